@@ -1,0 +1,32 @@
+# timebill_ros: `make demo` and `make test` set everything up from nothing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+# DDS stays on loopback; each run gets its own domain id unless one is given.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export ROS_DOMAIN_ID ?= $(shell shuf -i 10-200 -n 1)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TIMEBILL_HOME ?= $(CURDIR)/.timebill
+ENV := source scripts/env.sh
+
+.PHONY: help setup demo test bench clean
+help:
+	@echo "make setup   - venv, pinned dependencies, colcon build (idempotent)"
+	@echo "make demo    - start the node, send one goal with feedback, stop"
+	@echo "make test    - the whole test suite"
+	@echo "make bench   - benchmarks; JSON lands in results/"
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@$(ENV) && bash scripts/demo.sh
+
+test: setup
+	@$(ENV) && python -m pytest test $(PYTEST_ARGS)
+
+bench: setup
+	@$(ENV) && bash scripts/bench.sh
+
+clean:
+	rm -rf build install log .timebill results

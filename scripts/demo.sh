@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# make demo: calibrate if needed, start timebill_node, send one goal with feedback, stop the node.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PARAMS=${PARAMS:-config/timebill.yaml}
+MODEL=$(python -c "import yaml,sys; print(yaml.safe_load(open('$PARAMS'))['timebill_node']['ros__parameters']['model_path'])")
+PROMPT=${PROMPT:-"The robot arm is at the charging dock. Summarise its state in one sentence."}
+BUDGET=${BUDGET:-2.0}
+echo "== ROS_DOMAIN_ID=$ROS_DOMAIN_ID, discovery $ROS_AUTOMATIC_DISCOVERY_RANGE, model $MODEL"
+
+if ! timebill calibrate --check --params-file "$PARAMS" >/dev/null 2>&1; then
+  echo "== no calibration for $MODEL on this machine yet: calibrating (once)"
+  timebill calibrate --params-file "$PARAMS"
+fi
+
+LOG=$(mktemp -t timebill_node.XXXX.log)
+timebill_node --ros-args --params-file "$PARAMS" >"$LOG" 2>&1 &
+NODE=$!
+trap 'kill -INT $NODE 2>/dev/null; wait $NODE 2>/dev/null || true; echo "== node log: $LOG"' EXIT
+
+echo "== timebill send \"$PROMPT\" --budget $BUDGET --feedback"
+status=0
+timebill send "$PROMPT" --budget "$BUDGET" --feedback --server-timeout 30 || status=$?
+echo "== exit code $status (0 = SUCCEEDED)"

@@ -1,0 +1,86 @@
+"""`timebill calibrate`: profile, fit, save, and print the fit's error."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import click
+import yaml
+from tqdm import tqdm
+
+from timebill_ros.core.calibration import (
+    Calibration,
+    CalibrationError,
+    CalibrationKey,
+    calibrate,
+    default_calibration_path,
+    machine_id,
+)
+from timebill_ros.core.engine import Engine, EngineConfig
+from timebill_ros.core.model import load_model, model_fingerprint, resolve_model_path
+from timebill_ros.core.predictor import FixedLengthPredictor
+from timebill_ros.core.timing import TimingModel
+
+
+@dataclass
+class CalibrationTarget:
+    """What to calibrate: the same settings the node runs with."""
+
+    model_path: str = "builtin:tiny-random"
+    dtype: str = "float32"
+    threads: int = 2
+    prefill_chunk: int = 512
+    calibration_path: str = ""
+
+    @classmethod
+    def from_sources(cls, params_file: str | None, given: dict) -> "CalibrationTarget":
+        """Defaults, then the node's params file, then explicit options."""
+        values = {}
+        if params_file:
+            doc = yaml.safe_load(Path(params_file).read_text()) or {}
+            params = next(iter(doc.values()), {}).get("ros__parameters", {})
+            values.update({f.name: params[f.name] for f in fields(cls) if f.name in params})
+        values.update({k: v for k, v in given.items() if v is not None})
+        return cls(**values)
+
+    def key(self) -> CalibrationKey:
+        """The calibration key (model fingerprint, dtype, threads, machine)."""
+        name = model_fingerprint(resolve_model_path(self.model_path))
+        return CalibrationKey(name, self.dtype, self.threads, machine_id())
+
+    def path(self) -> Path:
+        """Where the calibration JSON lives."""
+        return Path(self.calibration_path) if self.calibration_path else default_calibration_path(self.key())
+
+
+def check_calibration(target: CalibrationTarget) -> int:
+    """0 when a readable calibration exists for TARGET, else 1 (with the reason on stderr)."""
+    try:
+        Calibration.load(target.path())
+    except CalibrationError as exc:
+        click.echo(str(exc), err=True)
+        return 1
+    click.echo(str(target.path()))
+    return 0
+
+
+def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_length: int) -> Path:
+    """Calibrate TARGET and write the JSON; returns its path."""
+    loaded = load_model(target.model_path, dtype=target.dtype, threads=target.threads)
+    config = EngineConfig(prefill_chunk=target.prefill_chunk)
+    engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), config)
+    with tqdm(desc=f"calibrating {loaded.name}", unit="step") as bar:
+
+        def progress(total: int):
+            bar.reset(total=total)
+            return lambda: bar.update(1)
+
+        result = calibrate(engine, target.key(), points=points, repeats=repeats,
+                           max_length=max_length or None, progress=progress)
+    engine.close()
+    path = result.save(target.path())
+    t = result.timing
+    click.echo(f"saved {path}")
+    click.echo(f"prefill(N) = {t.a:.3e}*N^2 + {t.b:.3e}*N + {t.c:.3e} s   held-out MAPE {result.prefill_mape:.2f}%")
+    click.echo(f"decode(N_kv) = {t.p:.3e}*N_kv + {t.q:.3e} s          held-out MAPE {result.decode_mape:.2f}%")
+    return path

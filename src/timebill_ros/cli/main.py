@@ -1,0 +1,78 @@
+"""`timebill`: the command-line entry point. Each command imports what it needs lazily,
+so `timebill calibrate` works without a ROS environment and `timebill --help` is fast."""
+from __future__ import annotations
+
+import os
+
+import click
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Time-budgeted LLM inference for ROS 2 (TimeBill)."""
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--budget", type=float, required=True, help="Time budget in seconds, from goal acceptance.")
+@click.option("--feedback", is_flag=True, help="Print the feedback stream (like ros2 action send_goal --feedback).")
+@click.option("--max-new-tokens", type=int, default=0, show_default=True, help="0 = the node's default.")
+@click.option("--k", type=float, default=-1.0, help="Pessimistic factor k (negative = node default).")
+@click.option("--alpha-max", type=float, default=-1.0, help="Largest eviction ratio (negative = node default).")
+@click.option("--fixed-alpha", type=float, default=-1.0, help="Baseline: a fixed eviction ratio.")
+@click.option("--policy", "overrun_policy", default="", help="kill | skip_next ('' = node default).")
+@click.option("--on-infeasible", default="", help="reject | best_effort ('' = node default).")
+@click.option("--action", "action_name", default="timebill/generate", show_default=True)
+@click.option("--server-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the server.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def send(prompt: str, budget: float, feedback: bool, server_timeout: float, action_name: str, as_json: bool, **goal) -> None:
+    """Send PROMPT as a TimedGenerate goal; exit code 0 only when it SUCCEEDED."""
+    from timebill_ros.cli.send import send_goal
+
+    raise SystemExit(send_goal(prompt, budget, feedback, server_timeout, action_name, as_json, goal))
+
+
+@cli.command()
+@click.option("--params-file", type=click.Path(exists=True, dir_okay=False),
+              help="Take model_path, dtype, threads, prefill_chunk and calibration_path from the node's YAML.")
+@click.option("--model", "model_path", help="Model dir or builtin:NAME  [default: builtin:tiny-random]")
+@click.option("--dtype", help="float32 | bfloat16 | float16  [default: float32]")
+@click.option("--threads", type=int, help="torch threads, as the node's `threads`  [default: 2]")
+@click.option("--prefill-chunk", type=int, help="As the node's prefill_chunk  [default: 512]")
+@click.option("--out", "calibration_path", type=click.Path(), help="Output JSON (default: where the node looks).")
+@click.option("--points", type=int, default=24, show_default=True, help="Lengths profiled (every third held out).")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Prefill repeats per length (median).")
+@click.option("--max-length", type=int, default=0, help="Longest prompt profiled (0 = the model's context).")
+@click.option("--check", is_flag=True, help="Only check: exit 0 when a calibration exists, 1 when not.")
+def calibrate(params_file: str | None, points: int, repeats: int, max_length: int, check: bool, **given) -> None:
+    """Profile the model on this machine and fit the execution-time model."""
+    from timebill_ros.cli.calibrate import CalibrationTarget, check_calibration, run_calibration
+
+    target = CalibrationTarget.from_sources(params_file, given)
+    if check:
+        raise SystemExit(check_calibration(target))
+    run_calibration(target, points, repeats, max_length)
+
+
+@cli.command("build-tiny-model")
+@click.argument("out_dir", type=click.Path())
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--layers", type=int, default=2, show_default=True)
+@click.option("--hidden", type=int, default=64, show_default=True)
+def build_tiny_model_cmd(out_dir: str, seed: int, layers: int, hidden: int) -> None:
+    """Write a tiny seeded random Qwen2 chat model (for tests and timing, not quality)."""
+    from timebill_ros.core.tiny_model import build_tiny_model
+
+    click.echo(build_tiny_model(out_dir, seed=seed, layers=layers, hidden=hidden))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""`timebill send`: a TimedGenerate action client that mirrors `ros2 action send_goal --feedback`."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import click
+
+EXIT_NOT_SUCCEEDED, EXIT_NO_SERVER, EXIT_GOAL_REFUSED = 1, 2, 3
+
+
+def make_goal(prompt: str, budget: float, overrides: dict):
+    """A TimedGenerate.Goal from CLI values (range checks are the server's job)."""
+    from builtin_interfaces.msg import Duration
+    from timebill_msgs.action import TimedGenerate
+
+    goal = TimedGenerate.Goal(prompt=prompt, **overrides)
+    if math.isfinite(budget) and budget > 0:
+        sec = int(budget)
+        goal.budget = Duration(sec=sec, nanosec=int(round((budget - sec) * 1e9)) % 1_000_000_000)
+    else:
+        # A non-positive or non-finite budget cannot be put in a Duration; send 0 so the
+        # server rejects it with its reason, exactly as it would for any other client.
+        goal.budget = Duration(sec=0, nanosec=0)
+    return goal
+
+
+def format_feedback(fb) -> str:
+    """One line per feedback message."""
+    return (
+        f"[{fb.elapsed:7.3f}s] {fb.phase:<8} N_hat={fb.predicted_response_tokens:<5} "
+        f"N_W={fb.worst_case_response_tokens:<5} WCET={fb.wcet:.3f}s alpha={fb.alpha:.3f} "
+        f"tokens={fb.tokens_generated}"
+    )
+
+
+def _result_fields(result) -> dict:
+    return {name: getattr(result, name) for name in result.get_fields_and_field_types()}
+
+
+def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float, action_name: str,
+              as_json: bool, overrides: dict) -> int:
+    """Send one goal, stream feedback, print the result; return the exit code."""
+    import rclpy
+    from rclpy.action import ActionClient
+    from timebill_msgs.action import TimedGenerate
+
+    rclpy.init()
+    node = rclpy.create_node("timebill_send")
+    try:
+        client = ActionClient(node, TimedGenerate, action_name)
+        if not client.wait_for_server(timeout_sec=server_timeout):
+            click.echo(f"no action server '{action_name}' within {server_timeout}s (is timebill_node running, "
+                       "with the same ROS_DOMAIN_ID?)", err=True)
+            return EXIT_NO_SERVER
+        on_feedback = (lambda msg: click.echo(format_feedback(msg.feedback))) if feedback else None
+        goal_future = client.send_goal_async(make_goal(prompt, budget, overrides), feedback_callback=on_feedback)
+        rclpy.spin_until_future_complete(node, goal_future)
+        handle = goal_future.result()
+        if not handle.accepted:
+            click.echo("goal refused by the server (shutting down?)", err=True)
+            return EXIT_GOAL_REFUSED
+        result_future = handle.get_result_async()
+        try:
+            rclpy.spin_until_future_complete(node, result_future)
+        except KeyboardInterrupt:
+            click.echo("canceling the goal", err=True)
+            cancel = handle.cancel_goal_async()
+            rclpy.spin_until_future_complete(node, cancel, timeout_sec=2.0)
+            rclpy.spin_until_future_complete(node, result_future, timeout_sec=5.0)
+        response = result_future.result()
+        result = response.result
+        if not result.status_name:
+            result.status_name = "UNKNOWN"
+            result.status_reason = f"the server sent no result (action status {response.status})"
+        print_result(result, as_json)
+        return 0 if result.status == TimedGenerate.Result.SUCCEEDED else EXIT_NOT_SUCCEEDED
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def print_result(result, as_json: bool) -> None:
+    """Print the result as JSON or as readable lines."""
+    fields = _result_fields(result)
+    if as_json:
+        click.echo(json.dumps(fields, indent=2))
+        return
+    click.echo(f"status: {result.status_name}" + (f" ({result.status_reason})" if result.status_reason else ""))
+    click.echo(f"plan: alpha={result.alpha:.3f} N_hat={result.predicted_response_tokens} "
+               f"N_W={result.worst_case_response_tokens} WCET={result.wcet:.3f}s feasible={result.feasible}")
+    click.echo(f"times: queue={result.queue_time:.3f}s prefill={result.prefill_time:.3f}s "
+               f"evict={result.evict_time:.4f}s decode={result.decode_time:.3f}s total={result.total_time:.3f}s "
+               f"(deadline margin {result.deadline_margin:+.3f}s)")
+    click.echo(f"tokens: prompt={result.prompt_tokens} kept={result.kept_prompt_tokens} "
+               f"response={result.response_tokens}")
+    click.echo("text: " + result.text)
+    sys.stdout.flush()

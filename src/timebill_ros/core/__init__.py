@@ -1,0 +1,1 @@
+"""The time-budgeted inference core: no ROS imports, testable with plain pytest."""

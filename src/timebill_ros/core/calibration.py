@@ -1,0 +1,214 @@
+"""Profile the target model on this machine and fit the execution-time model.
+
+A calibration is data: one JSON file per (model, dtype, threads, machine) holding the
+fitted coefficients, every sample they came from, and the error on held-out lengths.
+The engine's own prefill and decode_step are profiled, so what is timed is exactly
+what runs in production (chunking and SnapKV scoring included).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from timebill_ros.core.paths import timebill_home
+from timebill_ros.core.timing import TimingModel, fit_decode, fit_prefill, mape
+
+FORMAT_VERSION = 1
+
+
+class CalibrationError(RuntimeError):
+    """Missing or unreadable calibration; the message says how to make one."""
+
+
+def machine_id() -> str:
+    """A name for this kind of machine: CPU model and core count (stable across reboots)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu}-{os.cpu_count()}cpu").strip("-").lower()
+
+
+@dataclass(frozen=True)
+class CalibrationKey:
+    """What a calibration is valid for."""
+
+    model: str
+    dtype: str
+    threads: int
+    machine: str
+
+    def filename(self) -> str:
+        """The JSON file name under the calibration folder."""
+        return f"{self.model}__{self.dtype}__t{self.threads}__{self.machine}.json"
+
+
+def default_calibration_path(key: CalibrationKey) -> Path:
+    """$TIMEBILL_HOME/calibration/<key>.json."""
+    return timebill_home() / "calibration" / key.filename()
+
+
+@dataclass
+class Calibration:
+    """Fitted coefficients, the samples behind them and their held-out error."""
+
+    key: CalibrationKey
+    timing: TimingModel
+    prefill_samples: list[tuple[int, float]]
+    decode_samples: list[tuple[int, float]]
+    prefill_mape: float  # % on held-out prompt lengths
+    decode_mape: float  # % on held-out cache lengths
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    settings: dict = field(default_factory=dict)
+
+    def save(self, path: Path) -> Path:
+        """Write the JSON (creating folders)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = asdict(self)
+        data["format_version"] = FORMAT_VERSION
+        path.write_text(json.dumps(data, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "Calibration":
+        """Read a calibration JSON; CalibrationError names the file and the fix."""
+        fix = "run `timebill calibrate` for this model (see README, Calibration)"
+        if not path.is_file():
+            raise CalibrationError(f"no calibration at '{path}': {fix}")
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                key=CalibrationKey(**data["key"]),
+                timing=TimingModel(**data["timing"]),
+                prefill_samples=[tuple(s) for s in data["prefill_samples"]],
+                decode_samples=[tuple(s) for s in data["decode_samples"]],
+                prefill_mape=float(data["prefill_mape"]),
+                decode_mape=float(data["decode_mape"]),
+                created=data.get("created", ""),
+                settings=data.get("settings", {}),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CalibrationError(f"calibration '{path}' is corrupt ({exc}): {fix}") from exc
+
+    def age_seconds(self) -> float:
+        """Seconds since this calibration was made."""
+        try:
+            return (datetime.now(timezone.utc) - datetime.fromisoformat(self.created)).total_seconds()
+        except ValueError:
+            return float("nan")
+
+
+def spread_lengths(low: int, high: int, count: int) -> list[int]:
+    """COUNT distinct integer lengths spread evenly over [low, high]."""
+    return sorted({int(round(x)) for x in np.linspace(low, high, count)})
+
+
+def split_held_out(lengths: list[int]) -> tuple[list[int], list[int]]:
+    """Every third length is held out for the error estimate; the rest are fitted."""
+    held = lengths[1::3]
+    return [n for n in lengths if n not in held], held
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def profile_prefill(engine, lengths: list[int], repeats: int, tick: Callable[[], None]) -> list[tuple[int, float]]:
+    """Median prefill time of the engine at each prompt length (random token ids)."""
+    gen = torch.Generator().manual_seed(0)
+    vocab = engine.loaded.model.config.vocab_size
+    samples = []
+    for n in lengths:
+        ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
+        samples.append((n, _median_time(lambda: engine.prefill(ids), repeats)))
+        tick()
+    return samples
+
+
+def profile_decode(
+    engine, lengths: list[int], steps: int, tick: Callable[[], None]
+) -> list[tuple[int, float]]:
+    """Median time of one decode step at each cache length.
+
+    One long prefill is cropped down to each length (longest first), so the sweep
+    costs one prefill rather than one per length.
+    """
+    gen = torch.Generator().manual_seed(1)
+    vocab = engine.loaded.model.config.vocab_size
+    ids = torch.randint(0, vocab, (max(lengths),), generator=gen).tolist()
+    cache, _ = engine.prefill(ids)
+    samples = []
+    for n in sorted(lengths, reverse=True):
+        times = []
+        for _ in range(steps):
+            cache.crop(n - cache.get_seq_length())  # negative: drop that many from the end
+            t0 = time.perf_counter()
+            int(engine.decode_step(cache, 1, n).argmax(-1))  # the same work as one step of the decode loop
+            times.append(time.perf_counter() - t0)
+        samples.append((n, statistics.median(times)))
+        tick()
+    return sorted(samples)
+
+
+def calibrate(
+    engine,
+    key: CalibrationKey,
+    *,
+    points: int = 24,
+    repeats: int = 3,
+    decode_steps: int = 9,
+    max_length: int | None = None,
+    progress: Callable[[int], Callable[[], None]] | None = None,
+) -> Calibration:
+    """Profile prefill and decode over lengths up to the context limit, fit, and measure held-out MAPE."""
+    limit = max_length or engine.loaded.context_limit
+    lengths = spread_lengths(16, limit - 1, points)
+    fit_n, held_n = split_held_out(lengths)
+    tick = progress(2 * len(lengths) + 2) if progress else (lambda: None)
+    # Warm-up: first calls allocate and pick kernels; keep them out of the samples.
+    engine.prefill(list(range(min(64, limit))))
+    tick()
+    engine.prefill(list(range(min(64, limit))))
+    tick()
+    prefill = profile_prefill(engine, lengths, repeats, tick)
+    decode = profile_decode(engine, lengths, decode_steps, tick)
+    timing = _fit(prefill, decode, set(fit_n))
+    held_pre = [(n, t) for n, t in prefill if n in held_n]
+    held_dec = [(n, t) for n, t in decode if n in held_n]
+    return Calibration(
+        key=key,
+        timing=timing,
+        prefill_samples=prefill,
+        decode_samples=decode,
+        prefill_mape=mape([timing.prefill(n) for n, _ in held_pre], [t for _, t in held_pre]),
+        decode_mape=mape([timing.decode_step(n) for n, _ in held_dec], [t for _, t in held_dec]),
+        settings={"points": points, "repeats": repeats, "decode_steps": decode_steps, "max_length": limit},
+    )
+
+
+def _fit(prefill: list[tuple[int, float]], decode: list[tuple[int, float]], fit_lengths: set[int]) -> TimingModel:
+    pre = np.array([s for s in prefill if s[0] in fit_lengths])
+    dec = np.array([s for s in decode if s[0] in fit_lengths])
+    a, b, c = fit_prefill(pre[:, 0], pre[:, 1])
+    p, q = fit_decode(dec[:, 0], dec[:, 1])
+    return TimingModel(a=a, b=b, c=c, p=p, q=q)

@@ -1,0 +1,249 @@
+"""One request end to end: prefill || predict -> plan -> evict -> decode (TimeBill section 4).
+
+The engine owns no thread policy and no ROS: callers pass a CancelToken (set by a
+deadline timer, a client cancel or a shutdown) and get Events while the job runs.
+Every baseline is a setting of this one engine: vanilla is fixed_alpha = 0, a fixed
+ratio is fixed_alpha = x, TimeBill is the planner's alpha*.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from timebill_ros.core.eviction import SnapKV, SnapKVScorer, evict
+from timebill_ros.core.jobs import CancelToken, Event, OnInfeasible, Request, Result, Status, Timings
+from timebill_ros.core.model import LoadedModel
+from timebill_ros.core.planner import Plan, plan
+from timebill_ros.core.predictor import LengthPredictor
+from timebill_ros.core.timing import TimingModel
+
+log = logging.getLogger(__name__)
+EventSink = Callable[[Event], None]
+
+
+class Stopped(Exception):
+    """Raised inside a job when its cancel token is set or the plan rejects it."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+@dataclass
+class EngineConfig:
+    """Engine-wide settings (per-request ones live on Request)."""
+
+    snapkv_window: int = 32
+    snapkv_kernel: int = 5
+    prefill_chunk: int = 512  # tokens per prefill forward; a kill lands between chunks
+    event_period: float = 0.05  # seconds between decode events (phase changes always emit)
+
+
+class Engine:
+    """Time-budgeted greedy generation on one model; one job at a time."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        timing: TimingModel,
+        predictor: LengthPredictor,
+        config: EngineConfig | None = None,
+    ) -> None:
+        self.loaded, self.timing, self.predictor = loaded, timing, predictor
+        self.config = config or EngineConfig()
+        self.press = SnapKV(self.config.snapkv_window, self.config.snapkv_kernel)
+        self.scorer = SnapKVScorer(self.press).attach(loaded.model)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="length-predictor")
+
+    def close(self) -> None:
+        """Release the hooks and the predictor thread."""
+        self.scorer.detach()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---------------------------------------------------------------- phases
+    @torch.inference_mode()
+    def prefill(self, ids: list[int], cancel: CancelToken | None = None) -> tuple[object, torch.Tensor]:
+        """Run the prompt through the model in chunks; return (cache, logits of the last position).
+
+        SnapKV scores are recorded during the last chunk, which is made at least one
+        observation window long. Between chunks the cancel token is honoured.
+        """
+        cache = None
+        self.scorer.scores.clear()
+        bounds = chunk_bounds(len(ids), self.config.prefill_chunk, self.press.window)
+        logits = None
+        for i, (start, end) in enumerate(bounds):
+            _raise_if_cancelled(cancel)
+            self.scorer.armed = i == len(bounds) - 1
+            try:
+                out = self.loaded.model(
+                    input_ids=torch.tensor([ids[start:end]]), cache=cache, use_cache=True, logits_to_keep=1
+                )
+            finally:
+                self.scorer.armed = False
+            cache, logits = out.cache, out.logits[:, -1]
+        return cache, logits
+
+    @torch.inference_mode()
+    def decode_step(self, cache: object, token: int, position: int) -> torch.Tensor:
+        """One decode step at the true position id; returns the next-token logits."""
+        out = self.loaded.model(
+            input_ids=torch.tensor([[token]]), position_ids=torch.tensor([[position]]), cache=cache, use_cache=True
+        )
+        return out.logits[:, -1]
+
+    # ------------------------------------------------------------------- job
+    def run(self, request: Request, cancel: CancelToken, on_event: EventSink | None = None) -> Result:
+        """Run one job to a terminal Result; never raises for a stopped job."""
+        job = _Job(self, request, cancel, on_event or (lambda event: None))
+        try:
+            return job.run()
+        except Stopped as stop:
+            return job.finish(stop.status, stop.reason)
+
+
+def chunk_bounds(n: int, chunk: int, min_last: int) -> list[tuple[int, int]]:
+    """[start, end) pieces of at most `chunk` tokens; the last is at least `min_last` long."""
+    ends = list(range(chunk, n, chunk)) + [n]
+    if len(ends) > 1 and ends[-1] - ends[-2] < min_last:
+        ends.pop(-2)
+    starts = [0] + ends[:-1]
+    return list(zip(starts, ends))
+
+
+def _raise_if_cancelled(cancel: CancelToken | None) -> None:
+    if cancel is not None and cancel.is_set:
+        raise Stopped(cancel.status, cancel.reason)
+
+
+class _Job:
+    """The state of one run; split out so each phase is a short method."""
+
+    def __init__(self, engine: Engine, request: Request, cancel: CancelToken, emit: EventSink) -> None:
+        self.engine, self.request, self.cancel, self.emit = engine, request, cancel, emit
+        self.started = time.monotonic()
+        self.timings = Timings(queue=self.started - request.accepted_at)
+        self.plan: Plan | None = None
+        self.tokens: list[int] = []
+        self.kept = len(request.prompt_ids)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.request.accepted_at
+
+    def event(self, phase: str) -> None:
+        p = self.plan
+        self.emit(
+            Event(
+                phase=phase,
+                elapsed=self.elapsed(),
+                predicted_tokens=p.predicted_tokens if p else 0,
+                worst_case_tokens=p.worst_case_tokens if p else 0,
+                wcet=p.wcet if p else 0.0,
+                alpha=p.alpha if p else 0.0,
+                tokens=list(self.tokens),
+            )
+        )
+
+    def make_plan(self, n_hat: int, t_fixed: float) -> Plan:
+        r, e = self.request, self.engine
+        return plan(
+            e.timing,
+            n_x=len(r.prompt_ids),
+            n_hat=n_hat,
+            budget=r.budget,
+            t_fixed=t_fixed,
+            k=r.k,
+            alpha_max=r.alpha_max,
+            n_max=r.max_new_tokens,
+            min_kept=e.press.window,
+            fixed_alpha=r.fixed_alpha,
+        )
+
+    def predict_and_plan(self) -> tuple[int, float]:
+        """Runs beside prefill: predict N_hat, then plan with the *predicted* prefill time."""
+        t0 = time.monotonic()
+        n_hat = max(1, int(self.engine.predictor.predict(self.request.prompt_ids)))
+        t_predict = time.monotonic() - t0
+        n_x = len(self.request.prompt_ids)
+        t_prefill = self.engine.timing.prefill(n_x)
+        # A prediction that finishes within prefill is hidden behind it and costs nothing.
+        t_fixed = (self.started - self.request.accepted_at) + t_prefill + max(0.0, t_predict - t_prefill)
+        self.plan = self.make_plan(n_hat, t_fixed)
+        self.event("planned")
+        if not self.plan.feasible and self.request.on_infeasible is OnInfeasible.REJECT:
+            self.cancel.cancel(Status.INFEASIBLE, infeasible_reason(self.plan))
+        return n_hat, t_predict
+
+    def run(self) -> Result:
+        self.event("prefill")
+        future = self.engine._pool.submit(self.predict_and_plan)
+        t0 = time.monotonic()
+        try:
+            cache, logits = self.engine.prefill(self.request.prompt_ids, self.cancel)
+        finally:
+            self.timings.prefill = time.monotonic() - t0
+            n_hat, self.timings.predict = future.result()
+        _raise_if_cancelled(self.cancel)
+        # Re-plan with what is now known: the real time spent so far replaces predictions.
+        self.plan = self.make_plan(n_hat, self.elapsed())
+        self.evict(cache)
+        self.decode(cache, logits)
+        late = time.monotonic() > self.request.deadline
+        return self.finish(Status.COMPLETED_LATE if late else Status.SUCCEEDED, "finished after the deadline" if late else "")
+
+    def evict(self, cache: object) -> None:
+        t0 = time.monotonic()
+        if self.plan.alpha > 0.0:
+            self.kept = evict(cache, self.engine.scorer.scores, self.plan.alpha, self.engine.press.window)
+        self.timings.evict = time.monotonic() - t0
+        self.event("evicted")
+
+    def decode(self, cache: object, logits: torch.Tensor) -> None:
+        t0 = time.monotonic()
+        eos = self.engine.loaded.eos_token_ids
+        position = len(self.request.prompt_ids)
+        period, last_event = self.engine.config.event_period, 0.0
+        try:
+            token = int(logits.argmax(-1))
+            while True:
+                self.tokens.append(token)
+                if token in eos or len(self.tokens) >= self.request.max_new_tokens:
+                    break
+                _raise_if_cancelled(self.cancel)
+                if time.monotonic() - last_event >= period:
+                    self.event("decode")
+                    last_event = time.monotonic()
+                token = int(self.engine.decode_step(cache, token, position).argmax(-1))
+                position += 1
+        finally:
+            self.timings.decode = time.monotonic() - t0
+
+    def finish(self, status: Status, reason: str) -> Result:
+        now = time.monotonic()
+        self.timings.total = now - self.request.accepted_at
+        keep_text = status in (Status.SUCCEEDED, Status.COMPLETED_LATE)
+        tokenizer = self.engine.loaded.tokenizer
+        return Result(
+            status=status,
+            reason=reason,
+            text=tokenizer.decode(self.tokens, skip_special_tokens=True) if keep_text else "",
+            token_ids=list(self.tokens) if keep_text else [],
+            prompt_tokens=len(self.request.prompt_ids),
+            kept_prompt_tokens=self.kept,
+            plan=self.plan,
+            timings=self.timings,
+            deadline_margin=now - self.request.deadline,
+        )
+
+
+def infeasible_reason(p: Plan) -> str:
+    """Why a plan cannot meet its budget, in words a user can act on."""
+    return (
+        f"budget {p.budget:.3f}s cannot be guaranteed: WCET {p.wcet:.3f}s even at alpha={p.alpha:.2f} "
+        f"for a worst case of {p.worst_case_tokens} tokens; raise the budget, lower max_new_tokens or k"
+    )

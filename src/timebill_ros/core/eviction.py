@@ -1,0 +1,120 @@
+"""SnapKV scoring and physical KV-cache eviction, once, after prefill (TimeBill section 4).
+
+SnapKV (arXiv 2404.14469): the last `window` prompt tokens (the observation window)
+attend to the earlier prompt tokens; that attention, averaged over the window,
+smoothed with a 1-D average pool and averaged within each GQA group, ranks the cache
+entries of every KV head. The window itself is always kept.
+
+The scores are computed by a forward hook on each attention layer during the last
+prefill chunk (the hook sees the layer's input and the full cache); the ratio alpha
+is only decided after prefill, so `evict` then keeps the top (1 - alpha) share and
+physically shrinks every layer's keys and values: decode time is linear in what stays.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class SnapKV:
+    """SnapKV scoring settings: observation window and pooling kernel (paper defaults)."""
+
+    window: int = 32
+    kernel: int = 5
+
+    def window_attention(
+        self, attn: nn.Module, hidden: torch.Tensor, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention of the last `window` queries to all keys, [B, heads, window, N] (causal)."""
+        bsz, kv_heads, n_keys, head_dim = keys.shape
+        w = self.window
+        query = attn.q_proj(hidden[:, -w:]).view(bsz, w, -1, head_dim).transpose(1, 2)
+        if hasattr(attn, "q_norm"):  # Qwen3-style query norm comes before RoPE
+            query = attn.q_norm(query)
+        cos, sin = cos[:, -w:].unsqueeze(1), sin[:, -w:].unsqueeze(1)
+        query = query * cos + _rotate_half(query) * sin
+        groups = query.shape[1] // kv_heads
+        expanded = keys.repeat_interleave(groups, dim=1)
+        logits = torch.matmul(query, expanded.transpose(2, 3)) / math.sqrt(head_dim)
+        # Query j of the window sits at position n_keys - w + j and sees keys up to it.
+        mask = torch.full((w, n_keys), float("-inf"), device=keys.device).triu(n_keys - w + 1)
+        return F.softmax(logits.float() + mask, dim=-1)
+
+    def score(
+        self, attn: nn.Module, hidden: torch.Tensor, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """Importance of every cache entry per KV head, [B, kv_heads, N]; the window scores highest."""
+        bsz, kv_heads, n_keys, _ = keys.shape
+        weights = self.window_attention(attn, hidden, keys, cos, sin)[..., : n_keys - self.window]
+        scores = weights.mean(dim=-2)
+        scores = F.avg_pool1d(scores, kernel_size=self.kernel, padding=self.kernel // 2, stride=1)
+        scores = scores.view(bsz, kv_heads, -1, n_keys - self.window).mean(dim=2)
+        return F.pad(scores, (0, self.window), value=float(scores.max()))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def kept_count(n_x: int, alpha: float, window: int) -> int:
+    """Entries kept of an N_x-token prompt at ratio alpha: floor((1-alpha)*N_x), never below the window."""
+    return min(n_x, max(int(n_x * (1.0 - alpha)), window, 1))
+
+
+@dataclass
+class SnapKVScorer:
+    """Forward hooks that record SnapKV scores of every attention layer while `armed`."""
+
+    press: SnapKV
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)
+    armed: bool = False
+    _handles: list = field(default_factory=list)
+
+    def attach(self, model: nn.Module) -> "SnapKVScorer":
+        """Register one hook per attention module (modules with q_proj and a layer_idx)."""
+        for module in model.modules():
+            if hasattr(module, "q_proj") and hasattr(module, "layer_idx"):
+                self._handles.append(module.register_forward_hook(self._hook, with_kwargs=True))
+        return self
+
+    def detach(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        if not self.armed:
+            return
+        hidden = args[0] if args else kwargs["hidden_states"]
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        cos, sin = kwargs["position_embeddings"]
+        keys = cache.layers[module.layer_idx].keys
+        if hidden.shape[1] < self.press.window or keys.shape[2] <= self.press.window:
+            return  # too short to score: nothing will be evicted
+        self.scores[module.layer_idx] = self.press.score(module, hidden, keys, cos, sin)
+
+
+def evict(cache: object, scores: dict[int, torch.Tensor], alpha: float, window: int) -> int:
+    """Keep the top (1 - alpha) share of every layer's cache by score; return the kept length.
+
+    Entries are gathered in position order; RoPE is already inside the keys, so decoding
+    must go on with the true position ids (N_x, N_x + 1, ...), not the shortened length.
+    """
+    layers = cache.layers
+    n_x = layers[0].keys.shape[2]
+    n_keep = kept_count(n_x, alpha, window)
+    if n_keep >= n_x or len(scores) != len(layers):
+        return n_x
+    for idx, layer in enumerate(layers):
+        top = scores[idx].topk(n_keep, dim=-1).indices.sort(dim=-1).values
+        gather = top.unsqueeze(-1).expand(-1, -1, -1, layer.keys.shape[-1])
+        layer.keys = layer.keys.gather(2, gather).contiguous()
+        layer.values = layer.values.gather(2, gather).contiguous()
+    return n_keep

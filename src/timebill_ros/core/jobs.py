@@ -1,0 +1,123 @@
+"""The vocabulary shared by the engine, the node and the evaluation: statuses,
+requests, events, results and the cancel token. Plain data, no torch, no ROS."""
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+from timebill_ros.core.planner import Plan
+
+
+class Status(enum.IntEnum):
+    """Terminal status of a job; the values match TimedGenerate.Result's constants."""
+
+    SUCCEEDED = 1
+    KILLED_AT_DEADLINE = 2
+    SKIPPED = 3
+    INFEASIBLE = 4
+    REJECTED = 5
+    CANCELED = 6
+    COMPLETED_LATE = 7
+
+
+class OverrunPolicy(str, enum.Enum):
+    """What happens when a job runs past its deadline (TimeBill section 5)."""
+
+    KILL = "kill"  # the job is terminated at its deadline, its response empty
+    SKIP_NEXT = "skip_next"  # the job finishes late; jobs arriving meanwhile are skipped
+
+
+class OnInfeasible(str, enum.Enum):
+    """What to do when even alpha_max cannot guarantee the budget."""
+
+    REJECT = "reject"  # report INFEASIBLE up front, run nothing
+    BEST_EFFORT = "best_effort"  # run at alpha_max; the deadline still applies
+
+
+class CancelToken:
+    """Set once by whoever stops a job (deadline timer, client cancel, shutdown)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.status: Status | None = None
+        self.reason = ""
+
+    def cancel(self, status: Status, reason: str) -> bool:
+        """Stop the job with STATUS; the first call wins. Returns True if this call set it."""
+        if self._event.is_set():
+            return False
+        self.status, self.reason = status, reason
+        self._event.set()
+        return True
+
+    @property
+    def is_set(self) -> bool:
+        """True once the job has been told to stop."""
+        return self._event.is_set()
+
+
+@dataclass
+class Request:
+    """One generation job as the engine sees it (already validated and tokenized)."""
+
+    prompt_ids: list[int]
+    budget: float  # seconds, counted from `accepted_at`
+    accepted_at: float = field(default_factory=time.monotonic)  # time.monotonic() at acceptance
+    max_new_tokens: int = 128
+    k: float = 5.0
+    alpha_max: float = 0.95
+    fixed_alpha: float | None = None  # baselines: a fixed ratio instead of the planner's
+    on_infeasible: OnInfeasible = OnInfeasible.BEST_EFFORT
+
+    @property
+    def deadline(self) -> float:
+        """Monotonic time by which the result is due."""
+        return self.accepted_at + self.budget
+
+
+@dataclass
+class Event:
+    """Progress of a running job, forwarded by the node as action feedback."""
+
+    phase: str  # "prefill" | "planned" | "evicted" | "decode"
+    elapsed: float
+    predicted_tokens: int = 0
+    worst_case_tokens: int = 0
+    wcet: float = 0.0
+    alpha: float = 0.0
+    tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Timings:
+    """Measured seconds of each phase."""
+
+    queue: float = 0.0
+    prefill: float = 0.0
+    predict: float = 0.0
+    evict: float = 0.0
+    decode: float = 0.0
+    total: float = 0.0
+
+
+@dataclass
+class Result:
+    """The outcome of one job."""
+
+    status: Status
+    reason: str = ""
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    kept_prompt_tokens: int = 0
+    plan: Plan | None = None
+    timings: Timings = field(default_factory=Timings)
+    deadline_margin: float = 0.0  # end of job minus deadline, seconds
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON."""
+        out = asdict(self)
+        out["status"] = self.status.name
+        return out

@@ -1,0 +1,70 @@
+"""The execution-time model of the target LLM on this machine (TimeBill section 2).
+
+    prefill:          t_prefill(N_x) = a*N_x^2 + b*N_x + c
+    one decode step:  t_dec(N_kv)    = p*N_kv + q
+    decode of N tokens after evicting alpha of the prompt once, after prefill:
+        sum_{i=1}^{N-1} p*((1-alpha)*N_x + i - 1) + q
+    (the first response token comes out of prefill, so N tokens cost N-1 decode steps).
+
+Coefficients are fitted by least squares on profiled timings (see `calibration`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TimingModel:
+    """Fitted coefficients; all times in seconds."""
+
+    a: float
+    b: float
+    c: float
+    p: float
+    q: float
+
+    def prefill(self, n_x: float) -> float:
+        """Predicted prefill time of an N_x-token prompt."""
+        return self.a * n_x * n_x + self.b * n_x + self.c
+
+    def decode_step(self, n_kv: float) -> float:
+        """Predicted time of one decode step that attends over N_kv cached entries."""
+        return self.p * n_kv + self.q
+
+    def decode(self, n_x: float, alpha: float, n_tokens: int) -> float:
+        """Predicted decode time for N tokens after evicting alpha of the prompt (closed-form sum)."""
+        steps = max(int(n_tokens) - 1, 0)
+        kept = (1.0 - alpha) * n_x
+        return steps * (self.p * kept + self.q) + self.p * steps * (steps - 1) / 2.0
+
+    def end_to_end(self, n_x: float, alpha: float, n_tokens: int) -> float:
+        """Predicted prefill + decode time."""
+        return self.prefill(n_x) + self.decode(n_x, alpha, n_tokens)
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+
+def fit_prefill(n_x: np.ndarray, seconds: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares a, b, c of a*N^2 + b*N + c."""
+    n = np.asarray(n_x, dtype=float)
+    design = np.stack([n * n, n, np.ones_like(n)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, np.asarray(seconds, dtype=float), rcond=None)
+    return float(coef[0]), float(coef[1]), float(coef[2])
+
+
+def fit_decode(n_kv: np.ndarray, seconds: np.ndarray) -> tuple[float, float]:
+    """Least-squares p, q of p*N_kv + q."""
+    n = np.asarray(n_kv, dtype=float)
+    design = np.stack([n, np.ones_like(n)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, np.asarray(seconds, dtype=float), rcond=None)
+    return float(coef[0]), float(coef[1])
+
+
+def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """Mean absolute percentage error, in percent."""
+    predicted, measured = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    return float(np.mean(np.abs(predicted - measured) / measured) * 100.0)

@@ -1,0 +1,1 @@
+"""The ROS 2 layer: a thin action server over timebill_ros.core."""

@@ -1,0 +1,274 @@
+"""timebill_node: the TimedGenerate action server.
+
+Thin by design: it validates goals, keeps them in order, runs one at a time through
+the core engine, turns engine events into feedback, and enforces deadlines with a
+timer at the control rate. All timing, planning and eviction live in the core.
+
+Goal life cycle:
+  accepted -> (bad input | queue full | skip-next overrun) -> finished at once, REJECTED/SKIPPED
+           -> queued -> running (engine) -> SUCCEEDED | KILLED_AT_DEADLINE | INFEASIBLE | CANCELED ...
+  The control timer kills the running job at its deadline (Kill policy), and finishes
+  queued goals whose deadline passed or that the client canceled.
+ROS 2 goal responses cannot carry a reason, so a bad goal is accepted and immediately
+aborted with status REJECTED and a status_reason; the server never stops serving.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action.server import ServerGoalHandle
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+from timebill_msgs.action import TimedGenerate
+
+from timebill_ros.core.calibration import Calibration, CalibrationError, CalibrationKey, default_calibration_path, machine_id
+from timebill_ros.core.engine import Engine
+from timebill_ros.core.jobs import CancelToken, Event, OverrunPolicy, Request, Result, Status
+from timebill_ros.core.model import encode_prompt, load_model
+from timebill_ros.core.predictor import FixedLengthPredictor
+from timebill_ros.core.timing import TimingModel
+from timebill_ros.core.validation import InvalidGoal, build_request
+from timebill_ros.node.convert import feedback_msg, goal_from_msg, result_msg
+from timebill_ros.node.params import NodeParams
+
+
+@dataclass
+class GoalJob:
+    """A goal the server holds, from acceptance to its result."""
+
+    handle: ServerGoalHandle
+    accepted_at: float
+    cancel: CancelToken = field(default_factory=CancelToken)
+    request: Request | None = None
+    policy: OverrunPolicy = OverrunPolicy.KILL
+    early: Result | None = None  # set when the goal is finished without running
+
+    @property
+    def deadline(self) -> float:
+        return self.request.deadline if self.request else self.accepted_at
+
+
+class TimeBillServer(Node):
+    """The action server node."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("timebill_node", **kwargs)
+        self.params = NodeParams.declare(self)
+        self.loaded = load_model(self.params.model_path, dtype=self.params.dtype, threads=self.params.threads)
+        self.calibration, self.not_ready = self._load_calibration()
+        timing = self.calibration.timing if self.calibration else TimingModel(0.0, 0.0, 0.0, 0.0, 0.0)
+        predictor = FixedLengthPredictor(self.params.fixed_prediction_tokens)
+        self.engine = Engine(self.loaded, timing, predictor, self.params.engine_config())
+        self.limits = self.params.limits(self.loaded.context_limit)
+        self._lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
+        self._queue: deque[GoalJob] = deque()
+        self._jobs: dict[bytes, GoalJob] = {}
+        self._running: GoalJob | None = None
+        self._shutting_down = False
+        self.stats = {"killed": 0, "deadline_misses": 0, "succeeded": 0, "last_alpha": 0.0, "last_wcet": 0.0}
+        self._server = ActionServer(
+            self,
+            TimedGenerate,
+            self.params.action_name,
+            execute_callback=self._execute,
+            goal_callback=self._on_goal,
+            handle_accepted_callback=self._on_accepted,
+            cancel_callback=self._on_cancel,
+            callback_group=ReentrantCallbackGroup(),
+        )
+        self._timer = self.create_timer(
+            1.0 / self.params.control_rate_hz, self._on_control_tick, callback_group=MutuallyExclusiveCallbackGroup()
+        )
+        self.get_logger().info(
+            f"serving '{self.params.action_name}' with model {self.loaded.name} ({self.loaded.dtype}, "
+            f"{self.loaded.threads} threads), control rate {self.params.control_rate_hz} Hz"
+        )
+
+    # ------------------------------------------------------------ start-up
+    def _load_calibration(self) -> tuple[Calibration | None, str]:
+        key = CalibrationKey(self.loaded.name, self.loaded.dtype, self.loaded.threads, machine_id())
+        path = Path(self.params.calibration_path) if self.params.calibration_path else default_calibration_path(key)
+        try:
+            calibration = Calibration.load(path)
+        except CalibrationError as exc:
+            command = (
+                f"timebill calibrate --model {self.params.model_path} --dtype {self.loaded.dtype} "
+                f"--threads {self.loaded.threads} --prefill-chunk {self.params.prefill_chunk}"
+                " (or: timebill calibrate --params-file <this node's params file>)"
+            )
+            reason = f"node not ready: {exc}. Calibrate with: {command}"
+            self.get_logger().error(reason)
+            return None, reason
+        self.get_logger().info(
+            f"calibration {path}: prefill MAPE {calibration.prefill_mape:.1f}%, "
+            f"decode MAPE {calibration.decode_mape:.1f}%"
+        )
+        return calibration, ""
+
+    # ------------------------------------------------------- action callbacks
+    def _on_goal(self, goal_request: TimedGenerate.Goal) -> GoalResponse:
+        # Everything is accepted so that a rejection can carry its reason in the result.
+        return GoalResponse.REJECT if self._shutting_down else GoalResponse.ACCEPT
+
+    def _on_accepted(self, handle: ServerGoalHandle) -> None:
+        job = GoalJob(handle, accepted_at=time.monotonic())
+        self._prepare(job)
+        with self._lock:
+            self._jobs[bytes(handle.goal_id.uuid)] = job
+            if job.early is None and self._overrunning():
+                job.early = self._early(job, Status.SKIPPED, "skipped: an earlier job is overrunning its deadline")
+            if job.early is None and len(self._queue) >= self.params.max_queue:
+                job.early = self._early(job, Status.REJECTED, f"queue full ({self.params.max_queue} goals waiting)")
+            if job.early is None:
+                self._queue.append(job)
+        if job.early is not None:
+            handle.execute()
+        self._start_next()
+
+    def _prepare(self, job: GoalJob) -> None:
+        """Validate and tokenize; on failure the job gets its early REJECTED result."""
+        if self.not_ready:
+            job.early = self._early(job, Status.REJECTED, self.not_ready)
+            return
+        try:
+            job.request, job.policy = build_request(
+                goal_from_msg(job.handle.request), self.limits, self._encode, job.accepted_at
+            )
+        except InvalidGoal as exc:
+            job.early = self._early(job, Status.REJECTED, f"invalid goal: {exc}")
+        if job.early is not None:
+            self.get_logger().warning(job.early.reason)
+
+    def _encode(self, messages: list[dict[str, str]]) -> list[int]:
+        with self._tokenizer_lock:  # HF fast tokenizers are not safe to share across threads
+            return encode_prompt(self.loaded.tokenizer, messages=messages)
+
+    def _on_cancel(self, handle: ServerGoalHandle) -> CancelResponse:
+        job = self._jobs.get(bytes(handle.goal_id.uuid))
+        if job is not None:
+            job.cancel.cancel(Status.CANCELED, "canceled by the client")
+        return CancelResponse.ACCEPT
+
+    def _execute(self, handle: ServerGoalHandle) -> TimedGenerate.Result:
+        job = self._jobs[bytes(handle.goal_id.uuid)]
+        try:
+            result = job.early or self._run(job)
+        except Exception as exc:  # a bug must not take the server down with it
+            self.get_logger().error(f"job failed: {exc}\n{traceback.format_exc()}")
+            result = self._early(job, Status.REJECTED, f"internal error: {exc}")
+        try:
+            return self._finish(job, result)
+        finally:
+            with self._lock:
+                self._jobs.pop(bytes(handle.goal_id.uuid), None)
+                if self._running is job:
+                    self._running = None
+            self._start_next()
+
+    # ---------------------------------------------------------------- running
+    def _start_next(self) -> None:
+        with self._lock:
+            if self._running is not None or not self._queue:
+                return
+            self._running = self._queue.popleft()
+            handle = self._running.handle
+        handle.execute()
+
+    def _run(self, job: GoalJob) -> Result:
+        tokenizer = self.loaded.tokenizer
+
+        def publish(event: Event) -> None:
+            with self._tokenizer_lock:
+                text = tokenizer.decode(event.tokens, skip_special_tokens=True)
+            job.handle.publish_feedback(feedback_msg(event, text))
+
+        return self.engine.run(job.request, job.cancel, publish)
+
+    def _finish(self, job: GoalJob, result: Result) -> TimedGenerate.Result:
+        self._count(result)
+        handle = job.handle
+        if result.status is Status.SUCCEEDED:
+            handle.succeed()
+        elif result.status is Status.CANCELED and handle.is_cancel_requested:
+            handle.canceled()
+        else:
+            handle.abort()
+        line = f"goal {result.status.name} in {result.timings.total:.3f}s {result.reason}".rstrip()
+        if result.status is Status.SUCCEEDED:  # rclpy wants one severity per call site
+            self.get_logger().info(line)
+        else:
+            self.get_logger().warning(line)
+        return result_msg(result)
+
+    def _count(self, result: Result) -> None:
+        with self._lock:
+            if result.status is Status.SUCCEEDED:
+                self.stats["succeeded"] += 1
+            if result.status is Status.KILLED_AT_DEADLINE:
+                self.stats["killed"] += 1
+            if result.status in (Status.KILLED_AT_DEADLINE, Status.COMPLETED_LATE):
+                self.stats["deadline_misses"] += 1
+            if result.plan is not None:
+                self.stats["last_alpha"], self.stats["last_wcet"] = result.plan.alpha, result.plan.wcet
+
+    def _early(self, job: GoalJob, status: Status, reason: str) -> Result:
+        result = Result(status=status, reason=reason)
+        result.timings.total = time.monotonic() - job.accepted_at
+        result.prompt_tokens = len(job.request.prompt_ids) if job.request else 0
+        return result
+
+    # ------------------------------------------------------------ the control loop
+    def _overrunning(self) -> bool:
+        """True while the running job is past its deadline (only possible under skip_next)."""
+        job = self._running
+        return job is not None and job.request is not None and time.monotonic() > job.deadline
+
+    def _on_control_tick(self) -> None:
+        """Deadline enforcement at control_rate_hz."""
+        now = time.monotonic()
+        finish_now: list[GoalJob] = []
+        with self._lock:
+            job = self._running
+            if job is not None and job.policy is OverrunPolicy.KILL and now >= job.deadline:
+                job.cancel.cancel(Status.KILLED_AT_DEADLINE, f"killed at the deadline ({job.request.budget:.3f}s budget)")
+            for queued in list(self._queue):
+                if queued.cancel.is_set:
+                    queued.early = self._early(queued, queued.cancel.status, queued.cancel.reason)
+                elif now >= queued.deadline:
+                    status = Status.KILLED_AT_DEADLINE if queued.policy is OverrunPolicy.KILL else Status.SKIPPED
+                    queued.early = self._early(queued, status, "the deadline passed while the goal waited in the queue")
+                else:
+                    continue
+                self._queue.remove(queued)
+                finish_now.append(queued)
+        for queued in finish_now:
+            queued.handle.execute()
+
+    # --------------------------------------------------------------- shutdown
+    def shutdown(self) -> None:
+        """Stop taking goals and stop every held job; their results say why."""
+        self._shutting_down = True
+        with self._lock:
+            held = ([self._running] if self._running else []) + list(self._queue)
+        for job in held:
+            job.cancel.cancel(Status.REJECTED, "node shutting down")
+        self._on_control_tick()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no goal is held (results sent), at most TIMEOUT seconds."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._lock:
+                if not self._jobs:
+                    break
+            time.sleep(0.02)
+        time.sleep(0.1)  # let the executor send the last results
+        with self._lock:
+            return not self._jobs
