@@ -54,7 +54,9 @@ class SnapKV:
         scores = weights.mean(dim=-2)
         scores = F.avg_pool1d(scores, kernel_size=self.kernel, padding=self.kernel // 2, stride=1)
         scores = scores.view(bsz, kv_heads, -1, n_keys - self.window).mean(dim=2)
-        return F.pad(scores, (0, self.window), value=float(scores.max()))
+        # The window is pinned with +inf. kvpress pads with the max score instead, which
+        # lets a tie drop a window entry; the method says the window is always kept.
+        return F.pad(scores, (0, self.window), value=float("inf"))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -101,6 +103,11 @@ class SnapKVScorer:
         self.scores[module.layer_idx] = self.press.score(module, hidden, keys, cos, sin)
 
 
+def kept_indices(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Positions of the N_KEEP highest scores per KV head, [B, kv_heads, n_keep], in position order."""
+    return scores.topk(n_keep, dim=-1).indices.sort(dim=-1).values
+
+
 def evict(cache: object, scores: dict[int, torch.Tensor], alpha: float, window: int) -> int:
     """Keep the top (1 - alpha) share of every layer's cache by score; return the kept length.
 
@@ -113,8 +120,7 @@ def evict(cache: object, scores: dict[int, torch.Tensor], alpha: float, window: 
     if n_keep >= n_x or len(scores) != len(layers):
         return n_x
     for idx, layer in enumerate(layers):
-        top = scores[idx].topk(n_keep, dim=-1).indices.sort(dim=-1).values
-        gather = top.unsqueeze(-1).expand(-1, -1, -1, layer.keys.shape[-1])
+        gather = kept_indices(scores[idx], n_keep).unsqueeze(-1).expand(-1, -1, -1, layer.keys.shape[-1])
         layer.keys = layer.keys.gather(2, gather).contiguous()
         layer.values = layer.values.gather(2, gather).contiguous()
     return n_keep

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny seeded models built at test time, a quick calibration, and
+(for the integration tests) a real timebill_node subprocess on a private DDS domain."""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before anything imports rclpy or transformers: loopback-only DDS, a domain of our own,
+# no downloads, and a private TIMEBILL_HOME.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 199)))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TIMEBILL_HOME"] = tempfile.mkdtemp(prefix="timebill-test-home-")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The smallest model: 2 layers, hidden 64 (fast core tests)."""
+    from timebill_ros.core.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def slow_model_dir(tmp_path_factory) -> Path:
+    """A larger random model (4 layers, hidden 256): jobs last long enough to cancel or kill."""
+    from timebill_ros.core.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("slow") / "slow", seed=1, layers=4, hidden=256)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir):
+    """The tiny model, loaded."""
+    from timebill_ros.core.model import load_model
+
+    return load_model(str(tiny_model_dir), threads=1)
+
+
+def quick_calibration(model_dir: Path, out: Path, *, threads: int = 1, prefill_chunk: int = 512) -> Path:
+    """A small calibration (few points) written to OUT, as `timebill calibrate` would."""
+    from timebill_ros.core.calibration import CalibrationKey, calibrate, machine_id
+    from timebill_ros.core.engine import Engine, EngineConfig
+    from timebill_ros.core.model import load_model
+    from timebill_ros.core.predictor import FixedLengthPredictor
+    from timebill_ros.core.timing import TimingModel
+
+    loaded = load_model(str(model_dir), threads=threads)
+    engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), EngineConfig(prefill_chunk=prefill_chunk))
+    key = CalibrationKey(loaded.name, loaded.dtype, threads, machine_id())
+    result = calibrate(engine, key, points=9, repeats=2, decode_steps=5)
+    engine.close()
+    return result.save(out)

@@ -1,0 +1,53 @@
+"""Calibration: profile a real model, fit, save, load; clear errors for bad files."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import quick_calibration
+from timebill_ros.cli.main import cli
+from timebill_ros.core.calibration import Calibration, CalibrationError
+
+
+@pytest.fixture(scope="module")
+def calibration_file(tiny_model_dir, tmp_path_factory):
+    return quick_calibration(tiny_model_dir, tmp_path_factory.mktemp("cal") / "cal.json")
+
+
+def test_calibration_round_trip_and_contents(calibration_file):
+    cal = Calibration.load(calibration_file)
+    assert cal.key.dtype == "float32" and cal.key.threads == 1 and cal.key.model.startswith("tiny-")
+    assert len(cal.prefill_samples) == 9 and len(cal.decode_samples) == 9
+    assert cal.timing.p > 0 or cal.timing.q > 0
+    # Longer prompts take longer to prefill, in the fit as in the samples.
+    assert cal.timing.prefill(2000) > cal.timing.prefill(20)
+    assert cal.prefill_mape >= 0 and cal.decode_mape >= 0
+    assert cal.age_seconds() >= 0
+
+
+def test_missing_calibration_names_file_and_command(tmp_path):
+    with pytest.raises(CalibrationError, match=r"no calibration at .*nope\.json.*timebill calibrate"):
+        Calibration.load(tmp_path / "nope.json")
+
+
+def test_corrupt_calibration_names_file_and_command(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CalibrationError, match=r"bad\.json.*corrupt.*timebill calibrate"):
+        Calibration.load(bad)
+    bad.write_text(json.dumps({"key": {}}))
+    with pytest.raises(CalibrationError, match="corrupt"):
+        Calibration.load(bad)
+
+
+def test_cli_calibrate_and_check(tiny_model_dir, tmp_path):
+    out = tmp_path / "c.json"
+    runner = CliRunner()
+    check = runner.invoke(cli, ["calibrate", "--check", "--model", str(tiny_model_dir), "--out", str(out)])
+    assert check.exit_code == 1 and "no calibration" in check.output
+    run = runner.invoke(cli, ["calibrate", "--model", str(tiny_model_dir), "--threads", "1", "--points", "6",
+                              "--repeats", "1", "--max-length", "512", "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    assert "held-out MAPE" in run.output and out.is_file()
+    check = runner.invoke(cli, ["calibrate", "--check", "--model", str(tiny_model_dir), "--out", str(out)])
+    assert check.exit_code == 0

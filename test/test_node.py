@@ -1,0 +1,205 @@
+"""Integration: the real timebill_node in a subprocess, driven by a real action client."""
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import time
+
+import pytest
+from action_msgs.msg import GoalStatus
+
+from conftest import quick_calibration
+from ros_harness import Client, NodeProcess
+
+LONG_PROMPT = "The robot stands in the hallway and sees boxes. " * 30  # ~1500 tokens
+BASE_PARAMS = {"threads": 1, "control_rate_hz": 50.0, "max_queue": 2, "max_new_tokens": 512,
+               "default_max_new_tokens": 64, "fixed_prediction_tokens": 32, "prefill_chunk": 512}
+
+
+@pytest.fixture(scope="module")
+def rclpy_context():
+    import rclpy
+
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def calibration(slow_model_dir, tmp_path_factory):
+    return quick_calibration(slow_model_dir, tmp_path_factory.mktemp("cal") / "slow.json")
+
+
+def start_node(slow_model_dir, calibration, workdir, name="node", **overrides):
+    params = {**BASE_PARAMS, "model_path": str(slow_model_dir), "calibration_path": str(calibration), **overrides}
+    return NodeProcess(params, workdir, name)
+
+
+@pytest.fixture(scope="module")
+def node(slow_model_dir, calibration, tmp_path_factory, rclpy_context):
+    proc = start_node(slow_model_dir, calibration, tmp_path_factory.mktemp("node"))
+    client = Client()
+    assert client.wait_for_server(), proc.log()
+    yield proc, client
+    client.close()
+    assert proc.stop() == 0, proc.log()
+
+
+def R(client):
+    return client.TimedGenerate.Result
+
+
+def test_success_streams_feedback_with_the_plan(node):
+    proc, client = node
+    run = client.call(client.goal("What is in the hallway?", budget=20.0, max_new_tokens=20))
+    r = run.result
+    assert r.status == R(client).SUCCEEDED and r.status_name == "SUCCEEDED", r.status_reason
+    assert run.status == GoalStatus.STATUS_SUCCEEDED
+    phases = [f.phase for f in run.feedback]
+    assert phases[0] == "prefill" and "planned" in phases and "decode" in phases
+    planned = next(f for f in run.feedback if f.phase == "planned")
+    assert planned.predicted_response_tokens == 32 and planned.worst_case_response_tokens == 20
+    assert planned.wcet > 0 and 0.0 <= planned.alpha <= 0.95
+    assert 1 <= r.response_tokens <= 20 and r.prompt_tokens > 5
+    assert r.predicted_response_tokens == 32 and r.feasible and r.wcet > 0
+    assert r.total_time > 0 and r.deadline_margin < 0
+
+
+BAD_GOALS = [
+    ({"prompt": ""}, "empty prompt"),
+    ({"budget": 0.0}, "budget"),
+    ({"budget": -2.0}, "budget"),
+    ({"prompt": "x" * 5000}, "tokens"),
+    ({"overrun_policy": "explode"}, "overrun_policy"),
+    ({"max_new_tokens": 100000}, "max_new_tokens"),
+    ({"k": math.nan}, "k must be finite"),
+    ({"alpha_max": math.inf}, "alpha_max"),
+    ({"chat_roles": ["user"], "chat_contents": []}, "chat_roles"),
+    ({"prompt": "", "chat_roles": ["robot"], "chat_contents": ["hi"]}, "unknown chat role"),
+    ({"on_infeasible": "hope"}, "on_infeasible"),
+]
+# A NUL cannot reach the server: ROS strings end at the first NUL (the core still rejects one).
+
+
+def test_bad_goals_are_rejected_with_reasons_and_the_server_keeps_serving(node):
+    proc, client = node
+    for fields, words in BAD_GOALS:
+        fields = dict(fields)
+        budget = fields.pop("budget", 5.0)
+        goal = client.goal(**{"prompt": "hi", **fields}, budget=max(budget, 0.0))
+        goal.budget.sec = int(budget) if budget < 0 else goal.budget.sec  # Duration holds negatives
+        run = client.call(goal)
+        assert run.result.status == R(client).REJECTED, (fields, run.result.status_reason)
+        assert words in run.result.status_reason, (fields, run.result.status_reason)
+        assert run.status == GoalStatus.STATUS_ABORTED
+    ok = client.call(client.goal("still there?", budget=20.0, max_new_tokens=4))
+    assert ok.result.status == R(client).SUCCEEDED
+
+
+def test_kill_at_the_deadline(node):
+    proc, client = node
+    run = client.call(client.goal(LONG_PROMPT, budget=0.5, max_new_tokens=512))
+    r = run.result
+    assert r.status == R(client).KILLED_AT_DEADLINE, r.status_reason
+    assert r.text == "" and run.status == GoalStatus.STATUS_ABORTED
+    assert r.deadline_margin >= 0  # it was stopped at (not before) its deadline
+    assert r.wcet > 0 and r.alpha > 0  # the plan tried to fit the budget by evicting
+
+
+def test_client_cancel_during_decode(node):
+    proc, client = node
+
+    def cancel_on_decode(run, fb):
+        if fb.phase == "decode" and fb.tokens_generated >= 2 and not getattr(run, "canceled", False):
+            run.canceled = True
+            client.cancel(run)
+
+    run = client.call(client.goal("tell me a long story", budget=60.0, max_new_tokens=512),
+                      on_feedback=cancel_on_decode)
+    assert run.result.status == R(client).CANCELED, run.result.status_reason
+    assert run.status == GoalStatus.STATUS_CANCELED and run.result.text == ""
+
+
+def test_queue_order_queue_full_and_cancel_while_queued(node):
+    proc, client = node
+    first = client.send(client.goal("long job", budget=60.0, max_new_tokens=512))
+    time.sleep(0.3)
+    second = client.send(client.goal("second", budget=60.0, max_new_tokens=4))
+    third = client.send(client.goal("third", budget=60.0, max_new_tokens=4))
+    time.sleep(0.3)
+    fourth = client.wait(client.send(client.goal("fourth", budget=60.0, max_new_tokens=4)))
+    assert fourth.result.status == R(client).REJECTED and "queue full" in fourth.result.status_reason
+    client.cancel(third)
+    for run in (first, second, third):
+        client.wait(run)
+    assert first.result.status == R(client).SUCCEEDED
+    assert second.result.status == R(client).SUCCEEDED
+    assert third.result.status == R(client).CANCELED and third.status == GoalStatus.STATUS_CANCELED
+    assert first.done_at <= second.done_at  # in order, one at a time
+    assert second.result.queue_time > 0
+
+
+def test_a_goal_whose_deadline_passes_in_the_queue_is_killed(node):
+    proc, client = node
+    first = client.send(client.goal("long job", budget=60.0, max_new_tokens=512))
+    time.sleep(0.2)
+    late = client.wait(client.send(client.goal("quick question", budget=0.2, max_new_tokens=4)))
+    assert late.result.status == R(client).KILLED_AT_DEADLINE
+    assert "queue" in late.result.status_reason
+    assert client.wait(first).result.status == R(client).SUCCEEDED
+
+
+def test_skip_next_lets_the_overrun_finish_and_skips_arrivals(node):
+    proc, client = node
+    overrun = client.send(client.goal(LONG_PROMPT, budget=0.4, max_new_tokens=512, overrun_policy="skip_next"))
+    deadline_passed = time.monotonic() + 10
+    while time.monotonic() < deadline_passed and not any(f.elapsed > 0.6 for f in overrun.feedback):
+        time.sleep(0.02)
+    skipped = client.wait(client.send(client.goal("meanwhile", budget=5.0, max_new_tokens=4)))
+    client.wait(overrun)
+    assert overrun.result.status == R(client).COMPLETED_LATE and overrun.result.text != ""
+    assert overrun.result.deadline_margin > 0
+    assert skipped.result.status == R(client).SKIPPED and "overrunning" in skipped.result.status_reason
+
+
+def test_cli_send_mirrors_send_goal(node):
+    ok = subprocess.run(["timebill", "send", "hello", "--budget", "20", "--feedback", "--max-new-tokens", "8"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "planned" in ok.stdout and "WCET=" in ok.stdout and "status: SUCCEEDED" in ok.stdout
+    bad = subprocess.run(["timebill", "send", "", "--budget", "2"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "REJECTED" in bad.stdout and "empty prompt" in bad.stdout
+
+
+def test_uncalibrated_node_refuses_with_the_fix(slow_model_dir, tmp_path, rclpy_context):
+    proc = start_node(slow_model_dir, tmp_path / "missing.json", tmp_path, name="uncalibrated",
+                      action_name="uncalibrated/generate")
+    client = Client("uncalibrated/generate")
+    try:
+        assert client.wait_for_server(), proc.log()
+        run = client.call(client.goal("hello", budget=5.0))
+        assert run.result.status == R(client).REJECTED
+        assert "missing.json" in run.result.status_reason and "timebill calibrate" in run.result.status_reason
+    finally:
+        client.close()
+        assert proc.stop() == 0
+
+
+def test_sigint_during_a_goal_aborts_it_and_exits(slow_model_dir, calibration, tmp_path, rclpy_context):
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="sigint", action_name="sigint/generate")
+    client = Client("sigint/generate")
+    try:
+        assert client.wait_for_server(), proc.log()
+
+        def interrupt_on_decode(run, fb):
+            if fb.phase == "decode" and not getattr(run, "signalled", False):
+                run.signalled = True
+                proc.proc.send_signal(signal.SIGINT)
+
+        run = client.call(client.goal("long story", budget=60.0, max_new_tokens=512), on_feedback=interrupt_on_decode)
+        assert run.result.status == R(client).REJECTED and "shutting down" in run.result.status_reason
+        assert proc.proc.wait(timeout=15) == 0, proc.log()
+    finally:
+        client.close()
+        proc.stop()
