@@ -1,0 +1,1 @@
+"""Evaluation: the offline LongBench-style task suite, metrics, workloads and harness."""

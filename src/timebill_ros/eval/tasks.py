@@ -1,0 +1,215 @@
+"""An offline, LongBench-style task suite, generated deterministically from a seed and
+from text on this machine (the Python standard library's source and docstrings).
+
+Three tasks, each with its LongBench metric:
+- `qa`: retrieval QA over several documents with distractor facts (QA F1);
+- `code`: complete the next line(s) of real stdlib Python source (edit similarity);
+- `list`: list every item of a kind found in a log, in order (ROUGE-L); the answer
+  length follows the number of items, from a few tokens to a few hundred.
+Prompt lengths are spread from about 128 to 2048 tokens. Splits are disjoint: each
+split draws from its own share of the stdlib files and filler sentences (by hash)
+and from its own random stream.
+"""
+from __future__ import annotations
+
+import ast
+import gzip
+import hashlib
+import json
+import random
+import re
+import sysconfig
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+from timebill_ros.eval.vocab import FACT_FRAME, ITEM_FRAMES, KINDS, OBJECTS, PLACES, QUESTION_FRAME
+
+SPLITS = ("train", "validation", "test")
+TASKS = ("qa", "code", "list")
+CHARS_PER_TOKEN = 3.6  # rough, for sizing prompts before the tokenizer exists
+SHIPPED = Path(__file__).resolve().parent.parent / "data" / "tasks"
+
+
+@dataclass
+class Example:
+    """One prompt with its reference answer."""
+
+    id: str
+    task: str  # qa | code | list
+    split: str
+    prompt: str
+    answer: str
+    target_tokens: int  # the prompt length it was sized for
+
+    def to_json(self) -> str:
+        """One JSONL line."""
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+
+def split_of(name: str) -> str:
+    """Assign a source (file or sentence) to a split by a stable hash: 80/10/10."""
+    bucket = int(hashlib.sha256(name.encode()).hexdigest(), 16) % 10
+    return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's Python files, in a stable order (no tests, no site-packages)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [p for p in sorted(root.glob("*.py")) + sorted(root.glob("*/*.py"))
+             if "test" not in p.parts[-2:][0] and "site-packages" not in p.parts and not p.name.startswith("test")]
+    return files
+
+
+@lru_cache(maxsize=None)
+def sentences(split: str) -> tuple[str, ...]:
+    """Plain English sentences from stdlib docstrings, this split's share."""
+    found: set[str] = set()
+    for path in stdlib_files():
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    found.update(_clean_sentences(doc))
+    return tuple(sorted(s for s in found if split_of(s) == split))
+
+
+def _clean_sentences(doc: str) -> Iterator[str]:
+    for s in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
+        if (6 <= len(s.split()) <= 30 and s[0].isupper() and s.endswith(".") and s.isascii()
+                and not re.search(r"[<>{}\[\]=_|\\]|\.\.|::", s)):
+            yield s
+
+
+@lru_cache(maxsize=None)
+def code_files(split: str) -> tuple[Path, ...]:
+    """This split's share of stdlib files, for the code task."""
+    return tuple(p for p in stdlib_files() if split_of(p.name + p.parent.name) == split)
+
+
+def filler(rng: random.Random, pool: tuple[str, ...], n_chars: int) -> list[str]:
+    """Random sentences from POOL adding up to about N_CHARS."""
+    out, total = [], 0
+    while total < n_chars:
+        s = rng.choice(pool)
+        out.append(s)
+        total += len(s) + 1
+    return out
+
+
+def make_qa(rng: random.Random, split: str, target: int, questions: int = 1) -> tuple[str, list[tuple[str, str]]]:
+    """Documents with facts and distractors; returns (documents text, [(question, answer)])."""
+    pool = sentences(split)
+    n_docs = rng.randint(2, 6)
+    n_facts = max(questions, rng.randint(3, 12))
+    objects = rng.sample(OBJECTS, n_facts)
+    facts = [(o, rng.choice(PLACES)) for o in objects]
+    budget = max(200, int(target * CHARS_PER_TOKEN) - 200)
+    docs: list[list[str]] = [filler(rng, pool, budget // n_docs) for _ in range(n_docs)]
+    for obj, place in facts:
+        doc = rng.choice(docs)
+        doc.insert(rng.randint(0, len(doc)), FACT_FRAME.format(object=obj, place=place))
+    text = "\n\n".join(f"Document {i + 1}:\n" + " ".join(d) for i, d in enumerate(docs))
+    asked = rng.sample(facts, questions)
+    return text, [(QUESTION_FRAME.format(object=o), p) for o, p in asked]
+
+
+def qa_example(rng: random.Random, split: str, target: int) -> tuple[str, str]:
+    """One retrieval-QA prompt and its answer."""
+    text, [(question, answer)] = make_qa(rng, split, target)
+    prompt = f"Read the documents and answer the question with one word.\n\n{text}\n\nQuestion: {question}"
+    return prompt, answer
+
+
+def code_example(rng: random.Random, split: str, target: int) -> tuple[str, str]:
+    """An excerpt of real Python source and its next line(s)."""
+    while True:
+        path = rng.choice(code_files(split))
+        lines = [ln.rstrip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+        n_next = rng.choice([1, 1, 1, 2, 3, 5, 8])
+        if len(lines) < 20 + n_next:
+            continue
+        budget = int(target * CHARS_PER_TOKEN * 0.8)  # code tokenizes denser than prose
+        end = rng.randint(1, max(1, len(lines) - n_next))
+        start, size = end, 0
+        while start > 0 and size < budget:
+            start -= 1
+            size += len(lines[start]) + 1
+        answer_lines = lines[end:end + n_next]
+        if size >= budget * 0.5 and sum(len(a.strip()) for a in answer_lines) >= 4 and lines[end].strip():
+            break
+    what = "line" if n_next == 1 else f"{n_next} lines"
+    code = "\n".join(lines[start:end])
+    return f"Complete the next {what} of this Python code.\n\n{code}\n", "\n".join(answer_lines)
+
+
+@lru_cache(maxsize=None)
+def neutral_sentences(split: str) -> tuple[str, ...]:
+    """Sentences that mention no listed item, so a list answer is exactly the inserted items."""
+    words = {w for items in KINDS.values() for w in items}
+    return tuple(s for s in sentences(split) if not words & set(re.findall(r"[a-z]+", s.lower())))
+
+
+def list_example(rng: random.Random, split: str, target: int) -> tuple[str, str]:
+    """A log mentioning items of several kinds; the answer lists one kind's items in order."""
+    pool = neutral_sentences(split)
+    kind = rng.choice(sorted(KINDS))
+    budget = max(200, int(target * CHARS_PER_TOKEN) - 150)
+    log = filler(rng, pool, budget)
+    n_items = min(len(log), rng.choice([1, 2, 3, 5, 8, 12, 20, 30, 45, 60]))
+    slots = sorted(rng.sample(range(len(log)), n_items))
+    items = []
+    for slot in slots:
+        item = rng.choice(KINDS[kind])
+        items.append(item)
+        log[slot] = rng.choice(ITEM_FRAMES).format(item=item) + " " + log[slot]
+    for _ in range(rng.randint(1, 6)):  # distractors of other kinds
+        other = rng.choice([k for k in KINDS if k != kind])
+        i = rng.randrange(len(log))
+        log[i] = rng.choice(ITEM_FRAMES).format(item=rng.choice(KINDS[other])) + " " + log[i]
+    prompt = (f"Read the log and list every {kind} it mentions, in order, separated by commas.\n\n"
+              + " ".join(log))
+    return prompt, ", ".join(items)
+
+
+MAKERS = {"qa": qa_example, "code": code_example, "list": list_example}
+
+
+def target_length(rng: random.Random) -> int:
+    """Prompt lengths spread log-uniformly over about 128..2048 tokens."""
+    return int(round(2 ** rng.uniform(7.0, 11.0)))
+
+
+def generate(split: str, n_per_task: int, seed: int = 0) -> list[Example]:
+    """N_PER_TASK examples of every task for SPLIT, deterministic in (split, seed)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    out = []
+    for task in TASKS:
+        rng = random.Random(f"{split}:{task}:{seed}")
+        for i in range(n_per_task):
+            target = target_length(rng)
+            prompt, answer = MAKERS[task](rng, split, target)
+            out.append(Example(f"{split}-{task}-{seed}-{i}", task, split, prompt, answer, target))
+    return out
+
+
+def save(examples: list[Example], path: Path) -> Path:
+    """Write examples as gzipped JSONL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(ex.to_json() + "\n")
+    return path
+
+
+def load(split: str, path: Path | None = None) -> list[Example]:
+    """The shipped examples of SPLIT (or those at PATH)."""
+    path = path or SHIPPED / f"{split}.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [Example(**json.loads(line)) for line in f]

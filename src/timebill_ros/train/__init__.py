@@ -1,0 +1,1 @@
+"""Training of the embedded default model (and, later, the length predictor)."""

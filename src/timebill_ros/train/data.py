@@ -1,0 +1,42 @@
+"""Training conversations for the default model, drawn from the task suite's train split.
+
+Retrieval QA is multi-turn (several questions about the same documents), so one
+sequence carries several retrieval signals: dense supervision is what lets a small
+model form the copy-from-context circuit in a CPU-sized training budget.
+"""
+from __future__ import annotations
+
+import random
+
+from timebill_ros.eval import tasks
+
+MIX = (("qa", 0.5), ("code", 0.25), ("list", 0.25))
+
+
+def conversation(rng: random.Random, target: int, split: str = "train") -> list[dict[str, str]]:
+    """One chat (user/assistant turns) of about TARGET prompt tokens."""
+    task = rng.choices([t for t, _ in MIX], weights=[w for _, w in MIX])[0]
+    if task == "qa":
+        questions = rng.randint(1, 8)
+        text, pairs = tasks.make_qa(rng, split, target, questions=questions)
+        first_q, first_a = pairs[0]
+        messages = [
+            {"role": "user", "content": "Read the documents and answer the question with one word.\n\n"
+                                        f"{text}\n\nQuestion: {first_q}"},
+            {"role": "assistant", "content": first_a},
+        ]
+        for q, a in pairs[1:]:
+            messages += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": a}]
+        return messages
+    prompt, answer = tasks.MAKERS[task](rng, split, target)
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def corpus_sample(n: int, seed: int = 0) -> list[str]:
+    """Plain text for training the tokenizer: N train conversations, flattened."""
+    rng = random.Random(f"tokenizer:{seed}")
+    out = []
+    for _ in range(n):
+        for m in conversation(rng, tasks.target_length(rng)):
+            out.append(m["content"])
+    return out

@@ -1,0 +1,229 @@
+"""Train the embedded default model: a small Qwen2 chat model (GQA, RoPE, ChatML, EOS)
+with its own byte-level BPE tokenizer, on the task suite's train split.
+
+Reproducible (seeded), resumable (checkpoints every few minutes), with a progress bar.
+`timebill train-default-model` is the command; README's model card holds the recipe
+and the measured figures.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from timebill_ros.core.tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS
+from timebill_ros.eval import tasks
+from timebill_ros.train.data import conversation, corpus_sample
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+@dataclass
+class Recipe:
+    """Everything that decides the trained weights (saved beside them)."""
+
+    seed: int = 0
+    vocab_size: int = 4096
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 8
+    kv_heads: int = 2
+    intermediate: int = 768
+    context: int = 2048
+    steps: int = 3000
+    tokens_per_step: int = 4096
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.1
+    other_token_weight: float = 0.1  # loss weight of non-answer tokens (answers weigh 1)
+    # Curriculum: the longest prompt grows with training (share of steps -> max target tokens).
+    curriculum: tuple = ((0.25, 384), (0.5, 1024), (1.0, 2000))
+
+
+def train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
+    """Byte-level BPE on a sample of the train split (prose, code, answers)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=recipe.vocab_size, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(corpus_sample(3000, recipe.seed), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   model_max_length=recipe.context)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_model(recipe: Recipe, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
+    """A fresh Qwen2 with the recipe's shape."""
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=recipe.hidden, intermediate_size=recipe.intermediate,
+        num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads, num_key_value_heads=recipe.kv_heads,
+        max_position_embeddings=recipe.context, rope_theta=10000.0, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(recipe.seed)
+    return Qwen2ForCausalLM(config)
+
+
+def encode(tokenizer, messages: list[dict[str, str]], other_weight: float) -> tuple[list[int], list[float]]:
+    """ChatML token ids of a conversation and per-token loss weights (answers weigh 1)."""
+    ids, weights = [], []
+    for m in messages:
+        header = f"<|im_start|>{m['role']}\n"
+        enc = tokenizer(header + m["content"] + "<|im_end|>\n", return_offsets_mapping=True)
+        for tid, (start, _) in zip(enc["input_ids"], enc["offset_mapping"]):
+            is_answer = m["role"] == "assistant" and start >= len(header)
+            ids.append(tid)
+            weights.append(1.0 if is_answer else other_weight)
+    return ids, weights
+
+
+def max_target(recipe: Recipe, step: int) -> int:
+    """The curriculum's longest prompt at STEP."""
+    share = step / max(1, recipe.steps)
+    return next(length for until, length in recipe.curriculum if share <= until)
+
+
+def batch(recipe: Recipe, tokenizer, rng: random.Random, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded ids and loss weights filling about tokens_per_step tokens."""
+    top = max_target(recipe, step)
+    # One length per batch (the sequences differ by at most 20%), so little is padding.
+    length = 2 ** rng.uniform(7.0, math.log2(top))
+    seqs, total = [], 0
+    while total < recipe.tokens_per_step:
+        target = int(round(length * rng.uniform(0.8, 1.0)))
+        ids, w = encode(tokenizer, conversation(rng, target), recipe.other_token_weight)
+        ids, w = ids[: recipe.context], w[: recipe.context]
+        seqs.append((ids, w))
+        total += len(ids)
+    width = max(len(s[0]) for s in seqs)
+    pad = tokenizer.pad_token_id
+    x = torch.full((len(seqs), width), pad, dtype=torch.long)
+    wt = torch.zeros((len(seqs), width))
+    for i, (ids, w) in enumerate(seqs):
+        x[i, : len(ids)] = torch.tensor(ids)
+        wt[i, : len(w)] = torch.tensor(w)
+    return x, wt
+
+
+def loss_of(model, x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+    """Weighted next-token cross-entropy."""
+    logits = model(input_ids=x).logits[:, :-1].float()
+    target, weight = x[:, 1:], wt[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+    return (ce * weight.reshape(-1)).sum() / weight.sum()
+
+
+@torch.no_grad()
+def qa_accuracy(model, tokenizer, n: int = 24, max_target_tokens: int = 2000, seed: int = 0) -> float:
+    """Exact-match accuracy on validation retrieval questions (a quick progress signal)."""
+    model.eval()
+    rng = random.Random(f"val-qa:{seed}")
+    hits = 0
+    for _ in range(n):
+        target = int(round(2 ** rng.uniform(7.0, math.log2(max_target_tokens))))
+        prompt, answer = tasks.qa_example(rng, "validation", target)
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            tokenize=True)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        text = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip().lower()
+        hits += text == answer.lower()
+    model.train()
+    return hits / n
+
+
+def lr_at(recipe: Recipe, step: int) -> float:
+    """Linear warm-up, then cosine decay to 10%."""
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train(recipe: Recipe, workdir: Path, out_dir: Path = DEFAULT_MODEL_DIR, threads: int = 2,
+          max_minutes: float | None = None, eval_every: int = 100, checkpoint_minutes: float = 5.0) -> Path:
+    """Train (or resume) and export the model to OUT_DIR; returns OUT_DIR."""
+    torch.set_num_threads(threads)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tok_dir = workdir / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        train_tokenizer(recipe).save_pretrained(tok_dir)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    model = build_model(recipe, tokenizer)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=recipe.weight_decay)
+    step, rng = _resume(workdir, model, opt, recipe)
+    log = (workdir / "metrics.jsonl").open("a")
+    started, last_ckpt = time.monotonic(), time.monotonic()
+    model.train()
+    with tqdm(total=recipe.steps, initial=step, desc="training default model", unit="step") as bar:
+        while step < recipe.steps:
+            if max_minutes and time.monotonic() - started > max_minutes * 60:
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr_at(recipe, step)
+            x, wt = batch(recipe, tokenizer, rng, step)
+            loss = loss_of(model, x, wt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", len=max_target(recipe, step))
+            record = {"step": step, "loss": round(loss.item(), 4), "tokens": int(x.numel()),
+                      "time": round(time.monotonic() - started, 1)}
+            if step % eval_every == 0:
+                record["val_qa_exact"] = qa_accuracy(model, tokenizer, max_target_tokens=max_target(recipe, step))
+                bar.write(json.dumps(record))
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if time.monotonic() - last_ckpt > checkpoint_minutes * 60:
+                _checkpoint(workdir, model, opt, step, rng)
+                last_ckpt = time.monotonic()
+    _checkpoint(workdir, model, opt, step, rng)
+    export(model, tokenizer, recipe, step, out_dir)
+    return out_dir
+
+
+def _checkpoint(workdir: Path, model, opt, step: int, rng: random.Random) -> None:
+    tmp = workdir / "checkpoint.pt.tmp"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, tmp)
+    tmp.replace(workdir / "checkpoint.pt")
+
+
+def _resume(workdir: Path, model, opt, recipe: Recipe) -> tuple[int, random.Random]:
+    rng = random.Random(f"train:{recipe.seed}")
+    path = workdir / "checkpoint.pt"
+    if not path.exists():
+        return 0, rng
+    state = torch.load(path, weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    rng.setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), rng
+
+
+def export(model, tokenizer, recipe: Recipe, step: int, out_dir: Path) -> None:
+    """save_pretrained (safetensors) + tokenizer + the recipe, loadable by AutoModelForCausalLM."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.do_sample = False
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "timebill_recipe.json").write_text(json.dumps({**asdict(recipe), "trained_steps": step}, indent=2))
