@@ -16,7 +16,8 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
     ],
-    include_package_data=True,
+    # The shipped task-suite splits and the embedded default model (weights + tokenizer).
+    package_data={PACKAGE: ["data/tasks/*.jsonl.gz", "models/default/*"]},
     zip_safe=False,
     maintainer="timebill_ros maintainers",
     maintainer_email="maintainers@timebill-ros.org",

@@ -10,7 +10,7 @@ import pytest
 from action_msgs.msg import GoalStatus
 
 from conftest import quick_calibration
-from ros_harness import Client, NodeProcess
+from timebill_ros.node.client import Client, NodeProcess
 
 LONG_PROMPT = "The robot stands in the hallway and sees boxes. " * 30  # ~1500 tokens
 BASE_PARAMS = {"threads": 1, "control_rate_hz": 50.0, "max_queue": 2, "max_new_tokens": 512,
@@ -203,3 +203,39 @@ def test_sigint_during_a_goal_aborts_it_and_exits(slow_model_dir, calibration, t
     finally:
         client.close()
         proc.stop()
+
+
+def test_diagnostics_report_health(node, rclpy_context):
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    received = []
+    sub_node = rclpy.create_node("diagnostics_listener")
+    sub_node.create_subscription(DiagnosticArray, "/diagnostics", received.append, 10)
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not any(
+                s.name.startswith("timebill_node") for m in received for s in m.status):
+            rclpy.spin_once(sub_node, timeout_sec=0.2)
+    finally:
+        sub_node.destroy_node()
+    status = next(s for m in received for s in m.status if s.name.startswith("timebill_node"))
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == DiagnosticStatus.OK and status.message == "serving"
+    assert {"queue_depth", "deadline_misses", "killed", "last_alpha", "last_wcet_s", "calibration_age_s",
+            "model", "device"} <= set(values)
+    assert int(values["killed"]) >= 0 and values["device"] == "cpu"
+
+
+@pytest.mark.parametrize("param, value, words", [
+    ("model_path", "/nonexistent/model", "no model at '/nonexistent/model'"),
+    ("predictor_path", "/nonexistent/rlp", "timebill train-rlp"),
+])
+def test_bad_configuration_fails_fast_with_a_clear_message(slow_model_dir, calibration, tmp_path, param, value,
+                                                           words):
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="badconfig", **{param: value})
+    code = proc.proc.wait(timeout=120)
+    log = proc.log()
+    proc.stop()
+    assert code == 2, log
+    assert words in log and "Traceback" not in log

@@ -69,6 +69,84 @@ def build_tiny_model_cmd(out_dir: str, seed: int, layers: int, hidden: int) -> N
     click.echo(build_tiny_model(out_dir, seed=seed, layers=layers, hidden=hidden))
 
 
+@cli.command("train-default-model")
+@click.option("--workdir", type=click.Path(), default=".timebill/train-default", show_default=True,
+              help="Checkpoints, tokenizer and metrics; a rerun resumes from here.")
+@click.option("--out", type=click.Path(), default="", help="Export folder (default: the packaged model folder).")
+@click.option("--steps", type=int, default=3000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--max-minutes", type=float, default=0, help="Stop (and export) after this long; 0 = no limit.")
+@click.option("--eval-every", type=int, default=250, show_default=True, help="Steps between validation QA checks.")
+def train_default_model(workdir: str, out: str, steps: int, seed: int, threads: int, max_minutes: float,
+                        eval_every: int) -> None:
+    """Train the embedded default chat model from scratch (seeded, resumable, CPU)."""
+    from pathlib import Path
+
+    from timebill_ros.train.default_model import DEFAULT_MODEL_DIR, Recipe, train
+
+    out_dir = Path(out) if out else DEFAULT_MODEL_DIR
+    train(Recipe(seed=seed, steps=steps), Path(workdir), out_dir, threads=threads,
+          max_minutes=max_minutes or None, eval_every=eval_every)
+    click.echo(f"exported {out_dir}")
+
+
+@cli.command("make-tasks")
+@click.option("--out", type=click.Path(), default="", help="Folder (default: the packaged data/tasks).")
+@click.option("--test", "n_test", type=int, default=40, show_default=True, help="Examples per task, test split.")
+@click.option("--validation", "n_val", type=int, default=40, show_default=True, help="Examples per task, validation.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def make_tasks(out: str, n_test: int, n_val: int, seed: int) -> None:
+    """Generate the task suite's validation and test splits (deterministic) as JSONL."""
+    from pathlib import Path
+
+    from timebill_ros.eval import tasks
+
+    folder = Path(out) if out else tasks.SHIPPED
+    for split, n in (("validation", n_val), ("test", n_test)):
+        path = tasks.save(tasks.generate(split, n, seed), folder / f"{split}.jsonl.gz")
+        click.echo(f"{split}: {3 * n} examples -> {path}")
+
+
+@cli.command("eval-quality")
+@click.option("--model", "model_path", default="builtin:default", show_default=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--limit", type=int, default=0, help="Examples per task (0 = all).")
+@click.option("--alphas", default="0,0.25,0.5,0.75,0.95", show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--out", type=click.Path(), default="results/quality.json", show_default=True)
+def eval_quality(model_path: str, split: str, limit: int, alphas: str, threads: int, out: str) -> None:
+    """Task-suite scores with the full KV cache, under eviction, and without context."""
+    from timebill_ros.cli.quality import run_quality
+
+    run_quality(model_path, split, limit, [float(a) for a in alphas.split(",")], threads, out)
+
+
+@cli.command("train-rlp")
+@click.option("--target", "model_path", default="builtin:default", show_default=True, help="The target model.")
+@click.option("--out", type=click.Path(), default="", help="Predictor folder (default: <target>/rlp).")
+@click.option("--predictors", default=",".join(("buckets16", "buckets32", "buckets64", "regression", "proxy5", "s3_10")),
+              show_default=True)
+@click.option("--per-task", type=int, default=300, show_default=True, help="Train prompts per task.")
+@click.option("--free", type=int, default=60, show_default=True, help="Extra free-form train prompts.")
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--layers", type=int, default=2, show_default=True, help="Target layers the SLM backbone keeps.")
+@click.option("--max-new-tokens", type=int, default=384, show_default=True, help="As served (N_max).")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--retrain", is_flag=True, help="Train even where a trained predictor exists.")
+@click.option("--results", type=click.Path(), default="results/rlp.json", show_default=True)
+def train_rlp(model_path: str, out: str, predictors: str, per_task: int, free: int, epochs: int, layers: int,
+              max_new_tokens: int, threads: int, retrain: bool, results: str) -> None:
+    """Distil the target's response lengths, train the predictors, print the MAE/RMSE/R^2 table.
+
+    With shipped predictors and distillation data this only re-evaluates (fast); --retrain trains anew.
+    """
+    from timebill_ros.cli.rlp import run_train_rlp
+
+    run_train_rlp(model_path, out, predictors.split(","), per_task, free, epochs, layers, max_new_tokens, threads,
+                  retrain, results)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli()

@@ -1,7 +1,8 @@
 """Load a causal LM and its tokenizer; build prompt token ids through the chat template.
 
 Any Hugging Face causal-LM directory works (Qwen2.5-7B-Instruct on a robot). The
-spec `builtin:tiny-random` names a tiny seeded model that is built on first use.
+spec `builtin:default` names the small chat model shipped with the package, and
+`builtin:tiny-random` a tiny seeded random model that is built on first use.
 Nothing is downloaded: loading is always local-files-only.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from timebill_ros.core.paths import timebill_home
 
 BUILTIN_PREFIX = "builtin:"
+PACKAGED_MODELS = Path(__file__).resolve().parent.parent / "models"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -56,8 +58,13 @@ def resolve_model_path(spec: str) -> Path:
     """Turn a model spec (a directory or `builtin:NAME`) into a local directory."""
     if spec.startswith(BUILTIN_PREFIX):
         name = spec[len(BUILTIN_PREFIX):]
+        if name == "default":
+            path = PACKAGED_MODELS / "default"
+            if not (path / "config.json").is_file():
+                raise ModelLoadError(f"the default model is missing at '{path}'; `timebill train-default-model` makes it")
+            return path
         if name != "tiny-random":
-            raise ModelLoadError(f"unknown builtin model '{spec}'; known: builtin:tiny-random")
+            raise ModelLoadError(f"unknown builtin model '{spec}'; known: builtin:default, builtin:tiny-random")
         path = timebill_home() / "models" / "tiny-random"
         if not (path / "config.json").exists():
             from timebill_ros.core.tiny_model import build_tiny_model

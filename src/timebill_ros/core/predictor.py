@@ -1,13 +1,27 @@
 """Response-length predictors: anything with `predict(prompt_ids) -> N_hat` tokens.
 
-The trained bucket classifier (TimeBill section 1) plugs in here. Until it is
-trained for a model, `FixedLengthPredictor` gives the same configurable guess for
-every prompt; the pessimistic factor k then carries all the uncertainty.
+TimeBill's predictor (section 1) is a small language model with a classification head
+over buckets of B tokens, trained on the target model's own response lengths:
+class c (0-based) holds lengths in ((c)B, (c+1)B], and N_hat is the bucket's upper
+edge, capped at N_max. Its input is compressed to the longest prefix+suffix whose
+predicted predictor time fits inside the target's predicted prefill time, so the
+prediction hides behind prefill.
+
+`FixedLengthPredictor` gives one configured guess for every prompt; k then carries all
+the uncertainty. `ModelLengthPredictor` loads a trained predictor folder (see
+`timebill train-rlp`): bucket classifiers, the regression baseline and the coarse
+ProxyModel/S3-style classifiers share it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import json
+import math
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
 
 
 class LengthPredictor(Protocol):
@@ -27,3 +41,127 @@ class FixedLengthPredictor:
     def predict(self, prompt_ids: list[int]) -> int:
         """Always `tokens`."""
         return self.tokens
+
+
+@dataclass
+class PredictorSpec:
+    """How a trained predictor's output becomes N_hat, and how its input is compressed."""
+
+    kind: str  # "buckets" | "regression" | "classes"
+    n_max: int  # the largest response length it was trained for
+    bucket_width: int = 16  # kind == buckets
+    class_values: list[float] = field(default_factory=list)  # kind == classes: N_hat of each class
+    class_edges: list[float] = field(default_factory=list)  # kind == classes: upper edges (training labels)
+    regression_scale: float = 256.0  # kind == regression: output * scale = N_hat
+    max_input_tokens: int = 2048  # the backbone's own limit (512 for the BERT-style baselines)
+    head_tokens: int = 32  # compression keeps this many leading tokens (the instruction) + the tail
+    time_coefficients: list[float] = field(default_factory=list)  # a_p, b_p, c_p of its own time (seconds)
+    target_model: str = ""
+
+    @property
+    def n_classes(self) -> int:
+        """Outputs of the head."""
+        if self.kind == "buckets":
+            return math.ceil(self.n_max / self.bucket_width)
+        return len(self.class_values) if self.kind == "classes" else 1
+
+    def label(self, n_tokens: int) -> int | float:
+        """Training label of a response of N tokens."""
+        if self.kind == "buckets":
+            return min(self.n_classes, max(1, math.ceil(n_tokens / self.bucket_width))) - 1
+        if self.kind == "classes":
+            return next((i for i, edge in enumerate(self.class_edges) if n_tokens <= edge), len(self.class_edges) - 1)
+        return n_tokens / self.regression_scale
+
+    def tokens(self, output: torch.Tensor) -> int:
+        """N_hat from the head's output for one prompt."""
+        if self.kind == "buckets":
+            return min(self.n_max, (int(output.argmax()) + 1) * self.bucket_width)
+        if self.kind == "classes":
+            return int(round(self.class_values[int(output.argmax())]))
+        return int(min(self.n_max, max(1.0, round(float(output.reshape(-1)[0]) * self.regression_scale))))
+
+    def input_budget(self, seconds: float) -> int:
+        """Longest input whose predicted predictor time fits in SECONDS (at least head + 16)."""
+        if not self.time_coefficients:
+            return self.max_input_tokens
+        a, b, c = self.time_coefficients
+        best = self.head_tokens + 16
+        lo, hi = best, self.max_input_tokens
+        while lo <= hi:  # the time is increasing in N over the range we care about
+            mid = (lo + hi) // 2
+            if a * mid * mid + b * mid + c <= seconds:
+                best, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    def save(self, folder: Path) -> None:
+        """predictor.json beside the weights."""
+        (folder / "predictor.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> "PredictorSpec":
+        """Read predictor.json."""
+        return cls(**json.loads((folder / "predictor.json").read_text()))
+
+
+def compress(ids: list[int], budget: int, head: int) -> list[int]:
+    """Keep the first HEAD tokens and the last (BUDGET - HEAD): instruction and question survive."""
+    if len(ids) <= budget:
+        return ids
+    return ids[:head] + ids[len(ids) - (budget - head):]
+
+
+class ModelLengthPredictor:
+    """A trained predictor folder (HF sequence-classification model + predictor.json)."""
+
+    def __init__(self, folder: str | Path, prefill_time: Callable[[int], float] | None = None) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        self.folder = Path(folder)
+        self.spec = PredictorSpec.load(self.folder)
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.folder, local_files_only=True).eval()
+        self.prefill_time = prefill_time  # the target's predicted prefill time, for input compression
+        self.last_input_tokens = 0
+        self._lock = threading.Lock()
+
+    def input_for(self, prompt_ids: list[int]) -> list[int]:
+        """The (compressed) predictor input for a prompt."""
+        budget = self.spec.max_input_tokens
+        if self.prefill_time is not None:
+            budget = min(budget, self.spec.input_budget(self.prefill_time(len(prompt_ids))))
+        return compress(prompt_ids, budget, self.spec.head_tokens)
+
+    @torch.inference_mode()
+    def predict(self, prompt_ids: list[int]) -> int:
+        """N_hat in tokens."""
+        ids = self.input_for(prompt_ids)
+        with self._lock:
+            self.last_input_tokens = len(ids)
+            output = self.model(input_ids=torch.tensor([ids])).logits[0]
+        return self.spec.tokens(output)
+
+
+class PredictorLoadError(RuntimeError):
+    """The configured predictor could not be loaded; the message names the folder and the fix."""
+
+
+def load_predictor(spec: str, prefill_time: Callable[[int], float] | None, fixed_tokens: int) -> LengthPredictor:
+    """`""` -> FixedLengthPredictor(fixed_tokens); `builtin:default` -> the shipped bucket predictor
+    of the default model; otherwise a predictor folder made by `timebill train-rlp`."""
+    if not spec:
+        return FixedLengthPredictor(fixed_tokens)
+    if spec == "builtin:default":
+        folder = Path(__file__).resolve().parent.parent / "models" / "default" / "rlp" / "buckets16"
+    else:
+        folder = Path(spec).expanduser()
+    if not (folder / "predictor.json").is_file():
+        raise PredictorLoadError(
+            f"no length predictor at '{folder}' (predictor.json missing): train one with "
+            "`timebill train-rlp --target <model>`, or set predictor_path to \"\" for a fixed prediction"
+        )
+    try:
+        return ModelLengthPredictor(folder, prefill_time)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PredictorLoadError(f"could not load the length predictor at '{folder}': {exc}") from exc

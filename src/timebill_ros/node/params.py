@@ -20,6 +20,7 @@ class NodeParams:
     calibration_path: str = ""  # "" = $TIMEBILL_HOME/calibration/<model, dtype, threads, machine>.json
     action_name: str = "timebill/generate"
     control_rate_hz: float = 20.0  # the deadline timer; a kill lands within one period + one decode step
+    diagnostics_rate_hz: float = 1.0  # DiagnosticArray on /diagnostics
     max_queue: int = 8  # accepted goals waiting behind the running one
     max_prompt_tokens: int = 2048
     max_new_tokens: int = 512  # upper bound a goal may ask for
@@ -27,6 +28,7 @@ class NodeParams:
     k: float = 5.0  # pessimistic factor for the worst-case length (paper: 5)
     alpha_max: float = 0.95  # largest eviction ratio (paper: 0.95)
     bucket_width: int = 16  # response-length predictor bucket width B (paper: 16)
+    predictor_path: str = ""  # "" = fixed N_hat; builtin:default; or a `timebill train-rlp` folder
     fixed_prediction_tokens: int = 64  # N_hat when no trained length predictor is configured
     snapkv_window: int = 32  # SnapKV observation window
     snapkv_kernel: int = 5  # SnapKV pooling kernel (paper: 5)

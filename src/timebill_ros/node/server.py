@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -31,10 +32,11 @@ from timebill_ros.core.calibration import Calibration, CalibrationError, Calibra
 from timebill_ros.core.engine import Engine
 from timebill_ros.core.jobs import CancelToken, Event, OverrunPolicy, Request, Result, Status
 from timebill_ros.core.model import encode_prompt, load_model
-from timebill_ros.core.predictor import FixedLengthPredictor
+from timebill_ros.core.predictor import load_predictor
 from timebill_ros.core.timing import TimingModel
 from timebill_ros.core.validation import InvalidGoal, build_request
 from timebill_ros.node.convert import feedback_msg, goal_from_msg, result_msg
+from timebill_ros.node.diagnostics import publish_health
 from timebill_ros.node.params import NodeParams
 
 
@@ -63,7 +65,7 @@ class TimeBillServer(Node):
         self.loaded = load_model(self.params.model_path, dtype=self.params.dtype, threads=self.params.threads)
         self.calibration, self.not_ready = self._load_calibration()
         timing = self.calibration.timing if self.calibration else TimingModel(0.0, 0.0, 0.0, 0.0, 0.0)
-        predictor = FixedLengthPredictor(self.params.fixed_prediction_tokens)
+        predictor = load_predictor(self.params.predictor_path, timing.prefill, self.params.fixed_prediction_tokens)
         self.engine = Engine(self.loaded, timing, predictor, self.params.engine_config())
         self.limits = self.params.limits(self.loaded.context_limit)
         self._lock = threading.Lock()
@@ -86,6 +88,11 @@ class TimeBillServer(Node):
         self._timer = self.create_timer(
             1.0 / self.params.control_rate_hz, self._on_control_tick, callback_group=MutuallyExclusiveCallbackGroup()
         )
+        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics_timer = self.create_timer(
+            1.0 / self.params.diagnostics_rate_hz, lambda: publish_health(self, self._diagnostics),
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
         self.get_logger().info(
             f"serving '{self.params.action_name}' with model {self.loaded.name} ({self.loaded.dtype}, "
             f"{self.loaded.threads} threads), control rate {self.params.control_rate_hz} Hz"
@@ -95,6 +102,7 @@ class TimeBillServer(Node):
     def _load_calibration(self) -> tuple[Calibration | None, str]:
         key = CalibrationKey(self.loaded.name, self.loaded.dtype, self.loaded.threads, machine_id())
         path = Path(self.params.calibration_path) if self.params.calibration_path else default_calibration_path(key)
+        self.calibration_file = path
         try:
             calibration = Calibration.load(path)
         except CalibrationError as exc:

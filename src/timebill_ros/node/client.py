@@ -1,5 +1,6 @@
-"""Test harness for the integration tests: a real timebill_node in a subprocess, and a
-real rclpy action client in the test process."""
+"""Drive a timebill_node from Python: start one in a subprocess (`NodeProcess`), and a
+TimedGenerate action client that spins in a background thread (`Client`). Used by the
+integration tests, the benchmarks and the evaluation harness."""
 from __future__ import annotations
 
 import shutil
@@ -21,7 +22,8 @@ class NodeProcess:
         self.params_file.write_text(yaml.safe_dump({"timebill_node": {"ros__parameters": params}}))
         self.log_file = workdir / f"{name}.log"
         executable = shutil.which("timebill_node")
-        assert executable, "timebill_node is not on PATH: run the tests through `make test`"
+        if not executable:
+            raise FileNotFoundError("timebill_node is not on PATH: `source scripts/env.sh` first")
         self._log = self.log_file.open("w")
         self.proc = subprocess.Popen(
             [executable, "--ros-args", "--params-file", str(self.params_file)],
@@ -55,7 +57,10 @@ class GoalRun:
     handle: object = None
     result: object = None
     status: int | None = None  # action_msgs GoalStatus
+    sent_at: float = field(default_factory=time.monotonic)
+    accepted_at: float | None = None
     done_at: float | None = None
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Client:
@@ -76,9 +81,11 @@ class Client:
         self._thread.start()
 
     def wait_for_server(self, timeout: float = 60.0) -> bool:
+        """True once the action server is discovered."""
         return self.client.wait_for_server(timeout_sec=timeout)
 
     def goal(self, prompt: str = "hello robot", budget: float = 10.0, **fields):
+        """A TimedGenerate goal; FIELDS are any other goal fields."""
         from builtin_interfaces.msg import Duration
 
         sec = int(budget)
@@ -96,36 +103,38 @@ class Client:
                 on_feedback(run, msg.feedback)
 
         future = self.client.send_goal_async(goal, feedback_callback=feedback)
-        done = threading.Event()
 
         def accepted(fut):
-            run.handle = fut.result()
+            run.handle, run.accepted_at = fut.result(), time.monotonic()
             run.accepted = run.handle.accepted
             if not run.accepted:
-                done.set()
+                run.done.set()
                 return
-            res = run.handle.get_result_async()
 
             def finished(rf):
                 run.result, run.status, run.done_at = rf.result().result, rf.result().status, time.monotonic()
-                done.set()
+                run.done.set()
 
-            res.add_done_callback(finished)
+            run.handle.get_result_async().add_done_callback(finished)
 
         future.add_done_callback(accepted)
-        run.done = done
         return run
 
     def wait(self, run: GoalRun, timeout: float = 60.0) -> GoalRun:
-        assert run.done.wait(timeout), "no result within the (hang-check) timeout"
+        """Block until RUN has its result; TimeoutError after TIMEOUT seconds (a hang check)."""
+        if not run.done.wait(timeout):
+            raise TimeoutError(f"no result within {timeout}s")
         return run
 
     def call(self, goal, timeout: float = 60.0, on_feedback=None) -> GoalRun:
+        """Send and wait for the result."""
         return self.wait(self.send(goal, on_feedback), timeout)
 
     def cancel(self, run: GoalRun) -> None:
+        """Ask the server to cancel RUN."""
         run.handle.cancel_goal_async()
 
     def close(self) -> None:
+        """Stop spinning and destroy the client node."""
         self.executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()

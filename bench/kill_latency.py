@@ -1,0 +1,65 @@
+"""Kill latency of timebill_node: how long after its deadline a killed goal's result comes.
+
+Starts a real node (subprocess) and sends goals that cannot finish in their budget
+(long prompt, many tokens, kill policy). Reports, per goal:
+- server side: the result's deadline_margin (job end minus deadline);
+- client side: result arrival minus (goal acceptance seen by the client + budget).
+The design bound is one control period plus one decode step.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import rclpy
+
+from common import calibrated_engine, parser, summary, write
+from timebill_ros.core.calibration import default_calibration_path
+from timebill_ros.node.client import Client, NodeProcess
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--goals", type=int, default=40)
+    p.add_argument("--control-rate", type=float, default=20.0)
+    args = p.parse_args()
+    engine, cal = calibrated_engine(args)
+    step = cal.timing.decode_step(1000)
+    work = Path(tempfile.mkdtemp(prefix="timebill-kill-"))
+    node = NodeProcess({"model_path": args.model, "threads": args.threads, "control_rate_hz": args.control_rate,
+                        "prefill_chunk": args.prefill_chunk, "max_new_tokens": 4096 if engine.loaded.context_limit > 4096 else engine.loaded.context_limit // 2,
+                        "calibration_path": str(default_calibration_path(cal.key))}, work)
+    engine.close()
+    rclpy.init()
+    client = Client()
+    try:
+        if not client.wait_for_server(120):
+            raise SystemExit(f"node did not come up; log:\n{node.log()}")
+        server, seen, statuses = [], [], {}
+        n_goals = 8 if args.quick else args.goals
+        prompt = "status report " * 60
+        for i in range(n_goals):
+            # Budgets that end somewhere inside decode, spread over a control period.
+            budget = cal.timing.prefill(200) + 20 * step + (i % 7) * (1 / args.control_rate) / 7
+            run = client.call(client.goal(prompt, budget=budget, max_new_tokens=engine.loaded.context_limit // 2 - 256,
+                                          k=1.0, alpha_max=0.0), timeout=120)
+            r = run.result
+            statuses[r.status_name] = statuses.get(r.status_name, 0) + 1
+            if r.status_name == "KILLED_AT_DEADLINE":
+                server.append(r.deadline_margin)
+                seen.append(run.done_at - (run.accepted_at + budget))
+        write("kill_latency", {
+            "model": engine.loaded.name, "control_rate_hz": args.control_rate, "goals": n_goals, "statuses": statuses,
+            "predicted_decode_step_s": step, "bound_s": 1 / args.control_rate + step,
+            "server_deadline_margin_s": summary(server) if server else None,
+            "client_seen_latency_s": summary(seen) if seen else None,
+            "p50_s": summary(server)["median"] if server else None, "p99_s": summary(server)["p99"] if server else None,
+        })
+    finally:
+        client.close()
+        rclpy.try_shutdown()
+        node.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""`timebill eval-quality`: the model card's numbers, reproduced from the shipped weights."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from timebill_ros.core.engine import Engine, EngineConfig
+from timebill_ros.core.model import load_model
+from timebill_ros.core.predictor import FixedLengthPredictor
+from timebill_ros.core.timing import TimingModel
+from timebill_ros.eval import tasks
+from timebill_ros.eval.quality import NO_CONTEXT, evaluate
+
+
+def run_quality(model_path: str, split: str, limit: int, alphas: list[float], threads: int, out: str) -> dict:
+    """Evaluate and write JSON; print a table (task x setting)."""
+    loaded = load_model(model_path, threads=threads)
+    engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), EngineConfig())
+    examples = tasks.load(split)
+    if limit:
+        examples = [e for t in tasks.TASKS for e in [x for x in examples if x.task == t][:limit]]
+    with tqdm(total=len(examples) * (len(alphas) + 1), desc="eval-quality", unit="answer") as bar:
+        report = evaluate(engine, examples, alphas, tick=lambda: bar.update(1))
+    engine.close()
+    data = {"model": loaded.name, "split": split, "examples": report.examples, "scores": report.scores,
+            "agreement_with_full_cache": report.agreement, "answers": report.answers}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(data, indent=2))
+    settings = [str(a) for a in alphas] + [NO_CONTEXT]
+    click.echo("task   " + " ".join(f"{s:>10}" for s in settings))
+    for task, row in report.scores.items():
+        click.echo(f"{task:<6} " + " ".join(f"{row.get(s, float('nan')):>10.3f}" for s in settings))
+    click.echo(f"saved {out}")
+    return data

@@ -1,0 +1,82 @@
+"""`timebill train-rlp`: distil, train and evaluate the response-length predictors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForSequenceClassification
+
+from timebill_ros.core.calibration import Calibration, CalibrationError, CalibrationKey, calibrate, \
+    default_calibration_path, machine_id
+from timebill_ros.core.engine import Engine, EngineConfig
+from timebill_ros.core.model import load_model
+from timebill_ros.core.predictor import FixedLengthPredictor, PredictorSpec
+from timebill_ros.core.timing import TimingModel
+from timebill_ros.train import predictor as rlp
+
+
+def target_engine(model_path: str, threads: int) -> tuple[Engine, Calibration]:
+    """The target model's engine and calibration (made now if missing)."""
+    loaded = load_model(model_path, threads=threads)
+    engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), EngineConfig())
+    key = CalibrationKey(loaded.name, loaded.dtype, threads, machine_id())
+    try:
+        cal = Calibration.load(default_calibration_path(key))
+    except CalibrationError:
+        click.echo("no calibration for the target yet: calibrating (needed for input compression)")
+        cal = calibrate(engine, key, points=12)
+        cal.save(default_calibration_path(key))
+    engine.timing = cal.timing
+    return engine, cal
+
+
+def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, free: int, epochs: int,
+                  layers: int, max_new_tokens: int, threads: int, retrain: bool, results: str) -> dict:
+    """Distil (cached), train what is missing (or everything with RETRAIN), evaluate; write JSON."""
+    engine, cal = target_engine(model_path, threads)
+    target_dir, tok = engine.loaded.path, engine.loaded.tokenizer
+    folder = Path(out) if out else target_dir / "rlp"
+    sets = {"train": rlp.predictor_prompts("train", per_task, free=free),
+            "validation": rlp.predictor_prompts("validation", 20),
+            "test": rlp.predictor_prompts("test", 0)}
+    data = {}
+    for split, prompts in sets.items():
+        with tqdm(total=len(prompts), desc=f"distilling {split} (target answers)", unit="prompt") as bar:
+            data[split] = rlp.distill(engine, prompts, max_new_tokens, folder / "distill" / f"{split}.jsonl.gz",
+                                      tick=lambda: bar.update(1))
+    prefill_budget = lambda n_x: cal.timing.prefill(n_x)  # noqa: E731 - the compression budget
+    table = {}
+    for name in names:
+        path = folder / name
+        spec = rlp.spec_for(name, data["train"], max_new_tokens, engine.loaded.name)
+        if retrain or not (path / "predictor.json").exists():
+            model = rlp.build_model(name, spec, target_dir, layers, len(tok), tok.pad_token_id)
+            with tqdm(total=epochs * len(data["train"]), desc=f"training {name}", unit="example") as bar:
+                history = rlp.fit(model, spec, data["train"], data["validation"], epochs=epochs,
+                                  lr=3e-4 if spec.kind != "classes" else 1e-3, tick=lambda: bar.update(1))
+            spec.time_coefficients = rlp.profile_time(model.eval(), [64, 256, 512, 1024, spec.max_input_tokens],
+                                                      len(tok))
+            path.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(path)
+            spec.save(path)
+            (path / "training.json").write_text(json.dumps(history, indent=2))
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        spec = PredictorSpec.load(path)
+        full = rlp.evaluate(model, spec, data["test"])
+        hidden = rlp.evaluate(model, spec, data["test"], budget=lambda n_x: spec.input_budget(prefill_budget(n_x)))
+        table[name] = {"full_input": full, "compressed_input": hidden}
+    report = {"target": engine.loaded.name, "max_new_tokens": max_new_tokens,
+              "train_examples": len(data["train"]), "test_examples": len(data["test"]), "predictors": table}
+    Path(results).parent.mkdir(parents=True, exist_ok=True)
+    Path(results).write_text(json.dumps(report, indent=2))
+    click.echo(f"{'predictor':<12}{'MAE':>8}{'RMSE':>8}{'R2':>8}   compressed: {'MAE':>7}{'R2':>7} truncated")
+    for name, row in table.items():
+        f, c = row["full_input"], row["compressed_input"]
+        click.echo(f"{name:<12}{f['MAE']:8.2f}{f['RMSE']:8.2f}{f['R2']:8.3f}   {c['MAE']:18.2f}{c['R2']:7.3f}"
+                   f" {c['truncated_share']:8.0%}")
+    engine.close()
+    torch.set_num_threads(threads)
+    return report

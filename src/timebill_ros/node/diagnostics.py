@@ -1,0 +1,43 @@
+"""The node's health as diagnostic_msgs/DiagnosticArray on /diagnostics, for robot monitoring."""
+from __future__ import annotations
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+
+def health_status(node) -> DiagnosticStatus:
+    """One DiagnosticStatus from the server's state (ERROR when it cannot promise budgets)."""
+    with node._lock:
+        queue_depth, running, stats = len(node._queue), node._running is not None, dict(node.stats)
+    cal = node.calibration
+    values = {
+        "model": node.loaded.name,
+        "device": "cpu",
+        "dtype": node.loaded.dtype,
+        "threads": node.loaded.threads,
+        "calibration": str(node.calibration_file),
+        "calibration_age_s": f"{cal.age_seconds():.0f}" if cal else "none",
+        "queue_depth": queue_depth,
+        "running": running,
+        "succeeded": stats["succeeded"],
+        "killed": stats["killed"],
+        "deadline_misses": stats["deadline_misses"],
+        "last_alpha": f"{stats['last_alpha']:.3f}",
+        "last_wcet_s": f"{stats['last_wcet']:.3f}",
+    }
+    if node.not_ready:
+        level, message = DiagnosticStatus.ERROR, node.not_ready
+    elif queue_depth >= node.params.max_queue:
+        level, message = DiagnosticStatus.WARN, "queue full: new goals are rejected"
+    else:
+        level, message = DiagnosticStatus.OK, "serving"
+    return DiagnosticStatus(
+        level=level, name=f"{node.get_name()}: time-budgeted inference", message=message,
+        hardware_id=node.loaded.name, values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+    )
+
+
+def publish_health(node, publisher) -> None:
+    """Publish the node's status now."""
+    msg = DiagnosticArray(status=[health_status(node)])
+    msg.header.stamp = node.get_clock().now().to_msg()
+    publisher.publish(msg)

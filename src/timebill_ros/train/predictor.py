@@ -1,0 +1,194 @@
+"""Train and evaluate response-length predictors (TimeBill section 1) by distillation.
+
+1. Distillation data: prompts disjoint from the evaluation test split (the task suite's
+   train split plus free-form prompts), answered by the *target* model with the serving
+   settings (greedy, chat template, max_new_tokens); label = response token count.
+2. Predictors, all trained the same way on the same data:
+   - `buckets{B}`: the TimeBill SLM, the target's first layers + a classification head
+     over ceil(N_max / B) buckets;
+   - `regression`: the same SLM with a single output;
+   - `proxy5`, `s3_10`: a small BERT-style encoder (512-token limit) with 5 / 10 classes,
+     the ProxyModel and S3 baselines.
+3. Evaluation on the test split: MAE, RMSE, R^2; with full and with compressed input.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+from transformers import AutoConfig, BertConfig, BertForSequenceClassification, Qwen2ForSequenceClassification
+
+from timebill_ros.core.engine import Engine
+from timebill_ros.core.jobs import CancelToken, Request
+from timebill_ros.core.model import encode_prompt
+from timebill_ros.core.predictor import PredictorSpec, compress
+from timebill_ros.eval import tasks
+from timebill_ros.train.data import corpus_sample
+
+PREDICTORS = ("buckets16", "buckets32", "buckets64", "regression", "proxy5", "s3_10")
+
+
+@dataclass
+class Sample:
+    """One distilled example."""
+
+    id: str
+    prompt_ids: list[int]
+    n_tokens: int
+
+
+def predictor_prompts(split: str, n_per_task: int, seed: int = 0, free: int = 0) -> list[tuple[str, str]]:
+    """Task-suite prompts of SPLIT, plus FREE free-form prompts built from docstring prose."""
+    prompts = [(e.id, e.prompt) for e in tasks.generate(split, n_per_task, seed)] if split != "test" else \
+        [(e.id, e.prompt) for e in tasks.load("test")]
+    rng = random.Random(f"free:{split}:{seed}")
+    texts = corpus_sample(max(free, 1) * 2, seed=hash(split) % 1000)
+    for i in range(free):
+        text = rng.choice(texts)[:4000]
+        ask = rng.choice(["Summarise this text.", "Answer briefly.", "Repeat the first sentence.",
+                          "What is this about?"])
+        prompts.append((f"{split}-free-{i}", f"{ask}\n\n{text}"))
+    return prompts
+
+
+def distill(engine: Engine, prompts: list[tuple[str, str]], max_new_tokens: int, cache: Path,
+            tick: Callable[[], None] = lambda: None) -> list[Sample]:
+    """Answer every prompt with the target (greedy); cached as JSONL.gz (resumes)."""
+    done: dict[str, Sample] = {}
+    if cache.exists():
+        with gzip.open(cache, "rt") as f:
+            for line in f:
+                d = json.loads(line)
+                done[d["id"]] = Sample(**d)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(cache, "at") as f:
+        for pid, text in prompts:
+            if pid not in done:
+                ids = encode_prompt(engine.loaded.tokenizer, text)
+                ids = ids[: engine.loaded.context_limit - max_new_tokens]
+                result = engine.run(Request(ids, budget=1e9, max_new_tokens=max_new_tokens, fixed_alpha=0.0),
+                                    CancelToken())
+                done[pid] = Sample(pid, ids, len(result.token_ids))
+                f.write(json.dumps(done[pid].__dict__) + "\n")
+                f.flush()
+            tick()
+    return [done[pid] for pid, _ in prompts]
+
+
+def spec_for(name: str, train: list[Sample], n_max: int, target: str) -> PredictorSpec:
+    """The spec of a named predictor; coarse classes are quantiles of the training lengths."""
+    if name.startswith("buckets"):
+        return PredictorSpec("buckets", n_max, bucket_width=int(name[7:]), target_model=target)
+    if name == "regression":
+        return PredictorSpec("regression", n_max, target_model=target)
+    n_classes = 5 if name == "proxy5" else 10
+    lengths = np.array(sorted(s.n_tokens for s in train))
+    edges = sorted(set(float(np.quantile(lengths, (i + 1) / n_classes)) for i in range(n_classes)))
+    edges[-1] = float(n_max)
+    values, low = [], 0.0
+    for edge in edges:  # each class predicts the mean training length inside it
+        inside = lengths[(lengths > low) & (lengths <= edge)]
+        values.append(float(inside.mean()) if len(inside) else edge)
+        low = edge
+    return PredictorSpec("classes", n_max, class_values=values, class_edges=edges, max_input_tokens=512,
+                         target_model=target)
+
+
+def build_model(name: str, spec: PredictorSpec, target_dir: Path, layers: int, vocab: int, pad_id: int):
+    """The SLM (target's first LAYERS layers + head) or a from-scratch BERT-style encoder."""
+    torch.manual_seed(0)
+    if spec.kind != "classes":
+        config = AutoConfig.from_pretrained(target_dir)
+        config.num_hidden_layers, config.num_labels = layers, spec.n_classes
+        config.layer_types = config.layer_types[:layers] if getattr(config, "layer_types", None) else None
+        config.pad_token_id = pad_id
+        config.problem_type = "regression" if spec.kind == "regression" else "single_label_classification"
+        model = Qwen2ForSequenceClassification(config)
+        from safetensors.torch import load_file
+
+        state = load_file(str(target_dir / "model.safetensors"))
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("lm_head")}, strict=False)
+        return model
+    config = BertConfig(vocab_size=vocab, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=512, max_position_embeddings=512, num_labels=spec.n_classes,
+                        pad_token_id=pad_id)
+    return BertForSequenceClassification(config)
+
+
+def predict_tokens(model, spec: PredictorSpec, ids: list[int]) -> int:
+    """N_hat for one (already compressed) input."""
+    with torch.inference_mode():
+        return spec.tokens(model(input_ids=torch.tensor([ids])).logits[0])
+
+
+def fit(model, spec: PredictorSpec, train: list[Sample], val: list[Sample], *, epochs: int, lr: float,
+        accumulate: int = 8, seed: int = 0, tick: Callable[[], None] = lambda: None) -> dict:
+    """Train with AdamW, batch 1 (no padding) x ACCUMULATE; keep the epoch with the best validation MAE."""
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    best, best_state, history = math.inf, None, []
+    for epoch in range(epochs):
+        model.train()
+        order = list(train)
+        rng.shuffle(order)
+        for i, s in enumerate(order):
+            ids = compress(s.prompt_ids, spec.max_input_tokens, spec.head_tokens)
+            label = spec.label(s.n_tokens)
+            target = torch.tensor([label], dtype=torch.float if spec.kind == "regression" else torch.long)
+            loss = model(input_ids=torch.tensor([ids]), labels=target).loss / accumulate
+            loss.backward()
+            if (i + 1) % accumulate == 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            tick()
+        model.eval()
+        mae = evaluate(model, spec, val)["MAE"]
+        history.append(mae)
+        if mae < best:
+            best, best_state = mae, {k: v.clone() for k, v in model.state_dict().items()}
+        elif len(history) >= 2 and history[-1] >= history[-2]:
+            break  # early stopping: validation got worse twice in a row
+    model.load_state_dict(best_state)
+    return {"val_mae_by_epoch": history, "best_val_mae": best}
+
+
+def evaluate(model, spec: PredictorSpec, samples: list[Sample], budget: Callable[[int], int] | None = None) -> dict:
+    """MAE, RMSE, R^2 of N_hat against the distilled lengths (optionally with compressed input)."""
+    truth, pred, truncated = [], [], 0
+    for s in samples:
+        limit = spec.max_input_tokens if budget is None else min(spec.max_input_tokens, budget(len(s.prompt_ids)))
+        ids = compress(s.prompt_ids, limit, spec.head_tokens)
+        truncated += len(ids) < len(s.prompt_ids)
+        truth.append(s.n_tokens)
+        pred.append(predict_tokens(model, spec, ids))
+    return {"MAE": float(mean_absolute_error(truth, pred)), "RMSE": float(math.sqrt(mean_squared_error(truth, pred))),
+            "R2": float(r2_score(truth, pred)), "n": len(samples), "truncated_share": truncated / len(samples)}
+
+
+def profile_time(model, lengths: list[int], vocab: int) -> list[float]:
+    """Fit a_p, b_p, c_p of the predictor's own forward time (median of 3)."""
+    times = []
+    for n in lengths:
+        ids = torch.randint(0, min(vocab, 250), (1, n))
+        model(input_ids=ids)  # warm
+        samples = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                model(input_ids=ids)
+            samples.append(time.perf_counter() - t0)
+        times.append(statistics.median(samples))
+    n = np.array(lengths, dtype=float)
+    coef, *_ = np.linalg.lstsq(np.stack([n * n, n, np.ones_like(n)], 1), np.array(times), rcond=None)
+    return [float(c) for c in coef]

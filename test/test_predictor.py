@@ -1,0 +1,68 @@
+"""Response-length predictors: label/N_hat arithmetic, input compression, and a small
+end-to-end distil -> train -> evaluate run on the tiny model."""
+import math
+
+import pytest
+import torch
+
+from timebill_ros.core.engine import Engine
+from timebill_ros.core.predictor import FixedLengthPredictor, ModelLengthPredictor, PredictorSpec, compress
+from timebill_ros.core.timing import TimingModel
+from timebill_ros.train import predictor as rlp
+
+
+def test_bucket_labels_and_upper_edges():
+    spec = PredictorSpec("buckets", n_max=8192, bucket_width=16)
+    assert spec.n_classes == 512
+    assert [spec.label(n) for n in (1, 16, 17, 32, 33, 8192, 9000)] == [0, 0, 1, 1, 2, 511, 511]
+    one_hot = torch.zeros(512)
+    one_hot[2] = 1
+    assert spec.tokens(one_hot) == 48  # upper edge of (32, 48]
+    last = torch.zeros(500)
+    last[499] = 1
+    assert PredictorSpec("buckets", n_max=8000, bucket_width=16).tokens(last) == 8000  # capped at N_max
+
+
+def test_regression_and_classes():
+    reg = PredictorSpec("regression", n_max=512, regression_scale=256.0)
+    assert reg.label(128) == 0.5 and reg.tokens(torch.tensor([0.5])) == 128
+    assert reg.tokens(torch.tensor([-3.0])) == 1 and reg.tokens(torch.tensor([9.0])) == 512
+    cls = PredictorSpec("classes", n_max=512, class_values=[3.0, 40.0, 300.0], class_edges=[5.0, 100.0, 512.0])
+    assert [cls.label(n) for n in (1, 5, 6, 100, 101, 512)] == [0, 0, 1, 1, 2, 2]
+    assert cls.tokens(torch.tensor([0.1, 0.9, 0.0])) == 40
+
+
+def test_input_budget_and_compression():
+    spec = PredictorSpec("buckets", n_max=512, time_coefficients=[0.0, 1e-3, 0.01], max_input_tokens=2048)
+    assert spec.input_budget(0.01 + 1e-3 * 500) == 500
+    assert spec.input_budget(0.0) == spec.head_tokens + 16  # never below the instruction + a little
+    assert spec.input_budget(100.0) == 2048
+    ids = list(range(1000))
+    kept = compress(ids, 100, 32)
+    assert len(kept) == 100 and kept[:32] == ids[:32] and kept[32:] == ids[-68:]
+    assert compress(ids[:50], 100, 32) == ids[:50]
+
+
+def test_distil_train_evaluate_and_serve(tiny, tiny_model_dir, tmp_path):
+    engine = Engine(tiny, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor())
+    prompts = [(f"p{i}", "word " * (10 + 7 * i)) for i in range(12)]
+    data = rlp.distill(engine, prompts, 24, tmp_path / "d.jsonl.gz")
+    again = rlp.distill(engine, prompts, 24, tmp_path / "d.jsonl.gz")  # from the cache
+    assert [s.n_tokens for s in data] == [s.n_tokens for s in again]
+    assert all(1 <= s.n_tokens <= 24 for s in data)
+    for name in ("buckets16", "regression", "proxy5"):
+        spec = rlp.spec_for(name, data, 24, tiny.name)
+        model = rlp.build_model(name, spec, tiny_model_dir, 1, len(tiny.tokenizer), tiny.tokenizer.pad_token_id)
+        history = rlp.fit(model, spec, data[:8], data[8:], epochs=1, lr=1e-3, accumulate=2)
+        assert math.isfinite(history["best_val_mae"])
+        scores = rlp.evaluate(model.eval(), spec, data)
+        assert scores["MAE"] >= 0 and scores["RMSE"] >= scores["MAE"] - 1e-9 and scores["n"] == 12
+        spec.time_coefficients = rlp.profile_time(model, [16, 64, 128], len(tiny.tokenizer))
+        folder = tmp_path / name
+        model.save_pretrained(folder)
+        spec.save(folder)
+        served = ModelLengthPredictor(folder, prefill_time=lambda n: 1e-9)  # tiny budget: compress hard
+        n_hat = served.predict(data[-1].prompt_ids)
+        assert 1 <= n_hat <= 24
+        assert served.last_input_tokens == min(len(data[-1].prompt_ids), spec.head_tokens + 16)
+    engine.close()

@@ -1,0 +1,67 @@
+"""The task suite: deterministic, disjoint splits, lengths and answers that vary; metrics."""
+import pytest
+
+from timebill_ros.eval import metrics, tasks
+
+
+@pytest.fixture(scope="module")
+def small():
+    return tasks.generate("validation", 6, seed=3)
+
+
+def test_generation_is_deterministic(small):
+    again = tasks.generate("validation", 6, seed=3)
+    assert [e.prompt for e in again] == [e.prompt for e in small]
+    assert [e.answer for e in again] == [e.answer for e in small]
+
+
+def test_splits_draw_on_disjoint_sources():
+    for a, b in [("train", "test"), ("validation", "test"), ("train", "validation")]:
+        assert not set(tasks.sentences(a)) & set(tasks.sentences(b))
+        assert not set(tasks.code_files(a)) & set(tasks.code_files(b))
+
+
+def test_every_task_is_present_with_varied_lengths_and_answers(small):
+    assert {e.task for e in small} == set(tasks.TASKS)
+    assert len({e.target_tokens for e in small}) > 10
+    assert all(128 <= e.target_tokens <= 2048 for e in small)
+    answers = [len(e.answer) for e in small if e.task == "list"]
+    assert max(answers) > 3 * min(answers)  # answer length follows the prompt
+
+
+def test_qa_answer_is_in_the_context_once_as_a_fact(small):
+    for e in (e for e in small if e.task == "qa"):
+        obj = e.prompt.rsplit("Where is the ", 1)[1].rstrip("?")
+        assert f"The {obj} is in the {e.answer}." in e.prompt
+
+
+def test_list_answer_lists_the_inserted_items_in_order(small):
+    for e in (e for e in small if e.task == "list"):
+        kind = e.prompt.split("list every ", 1)[1].split(" ", 1)[0]
+        assert kind in tasks.KINDS
+        items = e.answer.split(", ")
+        positions, start = [], 0
+        for item in items:  # each item appears after the previous one
+            start = e.prompt.index(item, start)
+            positions.append(start)
+        assert positions == sorted(positions)
+
+
+def test_shipped_splits_load_and_match_the_generator():
+    shipped = tasks.load("test")
+    assert {e.task for e in shipped} == set(tasks.TASKS) and all(e.split == "test" for e in shipped)
+    n = sum(e.task == "qa" for e in shipped)
+    regenerated = tasks.generate("test", n)
+    if regenerated[0].prompt != shipped[0].prompt:
+        pytest.skip("this Python's standard library differs from the one the splits were made from")
+    assert [e.answer for e in regenerated] == [e.answer for e in shipped]
+
+
+def test_metrics_follow_longbench():
+    assert metrics.qa_f1("The Garage.", "garage") == 1.0
+    assert metrics.qa_f1("kitchen", "garage") == 0.0
+    assert metrics.qa_f1("garage kitchen", "garage") == pytest.approx(2 / 3)
+    assert metrics.rouge_l("hammer, saw, drill", "hammer, saw, drill") == 1.0
+    assert 0 < metrics.rouge_l("hammer, drill", "hammer, saw, drill") < 1
+    assert metrics.edit_similarity("return x", "return x") == 1.0
+    assert metrics.edit_similarity("return y", "return x") == pytest.approx(7 / 8)
