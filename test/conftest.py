@@ -58,3 +58,44 @@ def quick_calibration(model_dir: Path, out: Path, *, threads: int = 1, prefill_c
     result = calibrate(engine, key, points=9, repeats=2, decode_steps=5)
     engine.close()
     return result.save(out)
+
+
+# ----------------------------------------------------------------- integration (ROS)
+BASE_PARAMS = {"threads": 1, "control_rate_hz": 50.0, "max_queue": 2, "max_new_tokens": 512,
+               "default_max_new_tokens": 64, "fixed_prediction_tokens": 32, "prefill_chunk": 512}
+
+
+@pytest.fixture(scope="module")
+def rclpy_context():
+    import rclpy
+
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+@pytest.fixture(scope="session")
+def calibration(slow_model_dir, tmp_path_factory):
+    return quick_calibration(slow_model_dir, tmp_path_factory.mktemp("cal") / "slow.json")
+
+
+def start_node(slow_model_dir, calibration, workdir, name="node", **overrides):
+    """A timebill_node subprocess on the slow test model."""
+    from timebill_ros.node.client import NodeProcess
+
+    params = {**BASE_PARAMS, "model_path": str(slow_model_dir), "calibration_path": str(calibration), **overrides}
+    return NodeProcess(params, workdir, name)
+
+
+@pytest.fixture(scope="module")
+def node(slow_model_dir, calibration, tmp_path_factory, rclpy_context):
+    proc = start_node(slow_model_dir, calibration, tmp_path_factory.mktemp("node"))
+    from timebill_ros.node.client import Client
+
+    client = Client()
+    assert client.wait_for_server(), proc.log()
+    yield proc, client
+    client.close()
+    assert proc.stop() == 0, proc.log()
+
+

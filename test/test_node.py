@@ -9,41 +9,10 @@ import time
 import pytest
 from action_msgs.msg import GoalStatus
 
-from conftest import quick_calibration
-from timebill_ros.node.client import Client, NodeProcess
+from conftest import start_node
+from timebill_ros.node.client import Client
 
 LONG_PROMPT = "The robot stands in the hallway and sees boxes. " * 30  # ~1500 tokens
-BASE_PARAMS = {"threads": 1, "control_rate_hz": 50.0, "max_queue": 2, "max_new_tokens": 512,
-               "default_max_new_tokens": 64, "fixed_prediction_tokens": 32, "prefill_chunk": 512}
-
-
-@pytest.fixture(scope="module")
-def rclpy_context():
-    import rclpy
-
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
-@pytest.fixture(scope="module")
-def calibration(slow_model_dir, tmp_path_factory):
-    return quick_calibration(slow_model_dir, tmp_path_factory.mktemp("cal") / "slow.json")
-
-
-def start_node(slow_model_dir, calibration, workdir, name="node", **overrides):
-    params = {**BASE_PARAMS, "model_path": str(slow_model_dir), "calibration_path": str(calibration), **overrides}
-    return NodeProcess(params, workdir, name)
-
-
-@pytest.fixture(scope="module")
-def node(slow_model_dir, calibration, tmp_path_factory, rclpy_context):
-    proc = start_node(slow_model_dir, calibration, tmp_path_factory.mktemp("node"))
-    client = Client()
-    assert client.wait_for_server(), proc.log()
-    yield proc, client
-    client.close()
-    assert proc.stop() == 0, proc.log()
 
 
 def R(client):

@@ -2,7 +2,9 @@
 so `timebill calibrate` works without a ROS environment and `timebill --help` is fast."""
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import click
 
@@ -145,6 +147,88 @@ def train_rlp(model_path: str, out: str, predictors: str, per_task: int, free: i
 
     run_train_rlp(model_path, out, predictors.split(","), per_task, free, epochs, layers, max_new_tokens, threads,
                   retrain, results)
+
+
+@cli.group()
+def bag() -> None:
+    """Workload bags: make them from the task suite, replay them against a running node."""
+
+
+@bag.command("make")
+@click.argument("out", type=click.Path())
+@click.option("--storage", type=click.Choice(["mcap", "sqlite3"]), default="mcap", show_default=True)
+@click.option("--per-task", type=int, default=10, show_default=True, help="Test-split examples per task.")
+@click.option("--budgets", default="auto", show_default=True,
+              help="Comma-separated seconds, or auto (quantiles of vanilla's predicted time).")
+@click.option("--methods", default=",".join(("vanilla", "fixed_0.25", "fixed_0.5", "fixed_0.75", "fixed_0.95",
+                                             "timebill")), show_default=True)
+@click.option("--k-sweep/--no-k-sweep", default=True, show_default=True, help="k = 1..8 at the second budget.")
+@click.option("--policies", default="kill", show_default=True, help="kill and/or skip_next, comma-separated.")
+@click.option("--params-file", type=click.Path(exists=True), default="config/timebill.yaml", show_default=True,
+              help="The node's params: model, threads, calibration (for auto budgets), max_new_tokens.")
+def bag_make(out: str, storage: str, per_task: int, budgets: str, methods: str, k_sweep: bool, policies: str,
+             params_file: str) -> None:
+    """Write a workload bag of requests from the task suite's test split."""
+    from timebill_ros.cli.bag import make_workload_bag
+    from timebill_ros.cli.calibrate import CalibrationTarget
+    from timebill_ros.core.calibration import Calibration
+    from timebill_ros.core.model import encode_prompt, load_model
+    from timebill_ros.eval import tasks, workload
+
+    examples = [e for t in tasks.TASKS for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
+    target = CalibrationTarget.from_sources(params_file, {})
+    max_new = 384
+    if budgets == "auto":
+        loaded = load_model(target.model_path, threads=target.threads)
+        timing = Calibration.load(target.path()).timing
+        prompt_n = [len(encode_prompt(loaded.tokenizer, e.prompt)) for e in examples]
+        answer_n = [len(loaded.tokenizer(e.answer)["input_ids"]) + 1 for e in examples]
+        chosen = workload.choose_budgets(timing, prompt_n, answer_n)
+    else:
+        chosen = [float(b) for b in budgets.split(",")]
+    picked = {m: workload.METHODS[m] for m in methods.split(",")}
+    requests = workload.build(examples, chosen, picked, policies.split(","), max_new)
+    if k_sweep:
+        tight = chosen[min(1, len(chosen) - 1)]
+        start = requests[-1].at + workload.GAP_S if requests else 0.0
+        requests += workload.build(examples, [tight], workload.K_SWEEP, policies.split(",")[:1], max_new, start)
+    path = make_workload_bag(Path(out), storage, requests)
+    click.echo(f"{len(requests)} requests, budgets {chosen}, {requests[-1].at:.0f}s of arrivals -> {path}")
+
+
+@bag.command("replay")
+@click.argument("bag_in", type=click.Path(exists=True))
+@click.option("--out", "bag_out", type=click.Path(), required=True, help="Result bag to write (must not exist).")
+@click.option("--rate", type=float, default=1.0, show_default=True, help="Arrival-time speed factor.")
+@click.option("--storage", type=click.Choice(["mcap", "sqlite3"]), default="mcap", show_default=True)
+@click.option("--wait", "wait_s", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the last results.")
+def bag_replay(bag_in: str, bag_out: str, rate: float, storage: str, wait_s: float) -> None:
+    """Play BAG_IN's requests against the running node and record every result into --out."""
+    from timebill_ros.cli.bag import replay
+
+    summary = replay(Path(bag_in), Path(bag_out), rate, storage, wait_s)
+    click.echo(json.dumps(summary))
+    if summary["lost"]:
+        raise SystemExit(1)
+
+
+@cli.command("eval")
+@click.argument("result_bags", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", type=click.Path(), default="results/eval", show_default=True)
+def eval_cmd(result_bags: tuple[str, ...], out: str) -> None:
+    """Scores, completion, deadline misses and alpha per method and budget; plots; claim check."""
+    from timebill_ros.cli.bag import evaluate_bags
+    from timebill_ros.eval.workload import METHODS
+
+    data = evaluate_bags([Path(p) for p in result_bags], Path(out), list(METHODS))
+    for policy, claim in data["claims"].items():
+        click.echo(f"[{policy}] TimeBill highest score at every budget: {claim['timebill_highest_score_at_every_budget']}")
+        if "completion_gap_vs_fixed_0.95_pts" in claim:
+            click.echo(f"[{policy}] completion minus fixed 0.95's (points): {claim['completion_gap_vs_fixed_0.95_pts']}")
+        if "k_sweep_shape" in claim:
+            click.echo(f"[{policy}] k sweep: {claim['k_sweep_shape']} (peak at k={claim['k_sweep_peak_k']})")
+    click.echo(f"saved {out}/eval.json and {len(data['plots'])} plots")
 
 
 def main() -> None:

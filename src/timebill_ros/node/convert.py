@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from timebill_msgs.action import TimedGenerate
+from timebill_msgs.msg import Request as RequestMsg
+from timebill_msgs.msg import ResultRecord
 
 from timebill_ros.core.jobs import Event, Result
 from timebill_ros.core.validation import Goal
@@ -62,3 +64,24 @@ def result_msg(result: Result) -> TimedGenerate.Result:
         msg.wcet = result.plan.wcet
         msg.feasible = result.plan.feasible
     return msg
+
+
+GOAL_FIELDS = ("prompt", "budget", "max_new_tokens", "k", "alpha_max", "fixed_alpha", "overrun_policy", "on_infeasible")
+RESULT_FIELDS = ("status", "status_name", "status_reason", "text", "queue_time", "prefill_time", "predict_time",
+                 "evict_time", "decode_time", "total_time", "deadline_margin", "alpha", "predicted_response_tokens",
+                 "worst_case_response_tokens", "wcet", "feasible", "prompt_tokens", "kept_prompt_tokens",
+                 "response_tokens")
+
+
+def goal_from_request(msg: RequestMsg) -> TimedGenerate.Goal:
+    """The TimedGenerate goal a topic request stands for."""
+    return TimedGenerate.Goal(**{f: getattr(msg, f) for f in GOAL_FIELDS})
+
+
+def record_msg(request: RequestMsg, result: TimedGenerate.Result) -> ResultRecord:
+    """A ResultRecord: the request's labels and the result's fields."""
+    return ResultRecord(
+        request_id=request.request_id, task=request.task, method=request.method, reference=request.reference,
+        budget=request.budget.sec + request.budget.nanosec * 1e-9, overrun_policy=request.overrun_policy,
+        **{f: getattr(result, f) for f in RESULT_FIELDS},
+    )

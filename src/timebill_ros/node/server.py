@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from timebill_msgs.action import TimedGenerate
+from timebill_msgs.msg import Request as RequestMsg
+from timebill_msgs.msg import ResultRecord
+from unique_identifier_msgs.msg import UUID
 
 from timebill_ros.core.calibration import Calibration, CalibrationError, CalibrationKey, default_calibration_path, machine_id
 from timebill_ros.core.engine import Engine
@@ -35,7 +39,7 @@ from timebill_ros.core.model import encode_prompt, load_model
 from timebill_ros.core.predictor import load_predictor
 from timebill_ros.core.timing import TimingModel
 from timebill_ros.core.validation import InvalidGoal, build_request
-from timebill_ros.node.convert import feedback_msg, goal_from_msg, result_msg
+from timebill_ros.node.convert import feedback_msg, goal_from_msg, goal_from_request, record_msg, result_msg
 from timebill_ros.node.diagnostics import publish_health
 from timebill_ros.node.params import NodeParams
 
@@ -44,7 +48,7 @@ from timebill_ros.node.params import NodeParams
 class GoalJob:
     """A goal the server holds, from acceptance to its result."""
 
-    handle: ServerGoalHandle
+    handle: ServerGoalHandle  # or a TopicGoalHandle
     accepted_at: float
     cancel: CancelToken = field(default_factory=CancelToken)
     request: Request | None = None
@@ -54,6 +58,30 @@ class GoalJob:
     @property
     def deadline(self) -> float:
         return self.request.deadline if self.request else self.accepted_at
+
+
+class TopicGoalHandle:
+    """A request that came in on `timebill/requests`. It goes through the same queue,
+    deadline timer and engine as an action goal; its result is published as a
+    ResultRecord on `timebill/results` (so `ros2 bag play` / `ros2 bag record` drive the node)."""
+
+    def __init__(self, server: "TimeBillServer", msg: RequestMsg) -> None:
+        self.server, self.source = server, msg
+        self.request = goal_from_request(msg)
+        self.goal_id = UUID(uuid=list(uuid.uuid4().bytes))
+        self.is_cancel_requested = False
+
+    def execute(self) -> None:
+        """Run on a thread of its own, as the executor runs an action goal."""
+        threading.Thread(target=self.server._execute_topic, args=(self,), daemon=True).start()
+
+    def publish_feedback(self, feedback: TimedGenerate.Feedback) -> None:
+        """Topic requests get no feedback stream."""
+
+    def succeed(self) -> None:
+        """The result is published instead."""
+
+    abort = canceled = succeed
 
 
 class TimeBillServer(Node):
@@ -88,6 +116,9 @@ class TimeBillServer(Node):
         self._timer = self.create_timer(
             1.0 / self.params.control_rate_hz, self._on_control_tick, callback_group=MutuallyExclusiveCallbackGroup()
         )
+        self._results = self.create_publisher(ResultRecord, "timebill/results", 100)
+        self.create_subscription(RequestMsg, "timebill/requests", self._on_request, 100,
+                                 callback_group=ReentrantCallbackGroup())
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer = self.create_timer(
             1.0 / self.params.diagnostics_rate_hz, lambda: publish_health(self, self._diagnostics),
@@ -139,6 +170,13 @@ class TimeBillServer(Node):
         if job.early is not None:
             handle.execute()
         self._start_next()
+
+    def _on_request(self, msg: RequestMsg) -> None:
+        if not self._shutting_down:
+            self._on_accepted(TopicGoalHandle(self, msg))
+
+    def _execute_topic(self, handle: TopicGoalHandle) -> None:
+        self._results.publish(record_msg(handle.source, self._execute(handle)))
 
     def _prepare(self, job: GoalJob) -> None:
         """Validate and tokenize; on failure the job gets its early REJECTED result."""

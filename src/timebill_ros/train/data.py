@@ -10,12 +10,14 @@ import random
 
 from timebill_ros.eval import tasks
 
-MIX = (("qa", 0.5), ("code", 0.25), ("list", 0.25))
+MIX = (("drill", 0.2), ("qa", 0.4), ("code", 0.2), ("list", 0.2))
 
 
 def conversation(rng: random.Random, target: int, split: str = "train") -> list[dict[str, str]]:
     """One chat (user/assistant turns) of about TARGET prompt tokens."""
     task = rng.choices([t for t, _ in MIX], weights=[w for _, w in MIX])[0]
+    if task == "drill":
+        return drill(rng)
     if task == "qa":
         questions = rng.randint(1, 8)
         text, pairs = tasks.make_qa(rng, split, target, questions=questions)
@@ -30,6 +32,19 @@ def conversation(rng: random.Random, target: int, split: str = "train") -> list[
         return messages
     prompt, answer = tasks.MAKERS[task](rng, split, target)
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def drill(rng: random.Random) -> list[dict[str, str]]:
+    """Short, dense retrieval: many facts, little filler, many questions. Forms the
+    look-up-and-copy circuit early; the long-document QA then reuses it."""
+    text, pairs = tasks.make_qa(rng, "train", rng.randint(40, 160), questions=rng.randint(4, 8))
+    first_q, first_a = pairs[0]
+    messages = [{"role": "user", "content": f"Read the documents and answer the question with one word.\n\n"
+                                            f"{text}\n\nQuestion: {first_q}"},
+                {"role": "assistant", "content": first_a}]
+    for q, a in pairs[1:]:
+        messages += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": a}]
+    return messages
 
 
 def corpus_sample(n: int, seed: int = 0) -> list[str]:

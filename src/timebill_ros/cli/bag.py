@@ -1,0 +1,85 @@
+"""`timebill bag make | replay` and `timebill eval`: workloads as rosbag2 bags, replayed
+against a running node, and evaluated from the recorded results."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from timebill_ros.eval import bags, report, workload
+
+
+def make_workload_bag(out: Path, storage: str, requests: list[workload.TimedRequest]) -> Path:
+    """Write the timed requests as /timebill/requests messages (stamps = arrival times)."""
+    start_ns = time.time_ns()
+    records = [(start_ns + int(r.at * 1e9), r.fields) for r in requests]
+    return bags.write_bag(out, bags.REQUEST_TOPIC, bags.REQUEST_TYPE, records, storage)
+
+
+def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float) -> dict:
+    """Publish the bag's requests at their (scaled) arrival times; record every result."""
+    import rclpy
+    from builtin_interfaces.msg import Duration
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from timebill_msgs.msg import Request, ResultRecord
+
+    requests = list(bags.read_bag([bag_in], bags.REQUEST_TOPIC))
+    if not requests:
+        raise click.ClickException(f"no {bags.REQUEST_TOPIC} messages in {bag_in}")
+    rclpy.init()
+    node = rclpy.create_node("timebill_bag_replay")
+    qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+    pub = node.create_publisher(Request, bags.REQUEST_TOPIC, qos)
+    results: dict[str, tuple[int, ResultRecord]] = {}
+    node.create_subscription(ResultRecord, bags.RESULT_TOPIC,
+                             lambda m: results.setdefault(m.request_id, (time.time_ns(), m)), qos)
+    try:
+        _wait_for_node(node, pub)
+        t0_bag, t0 = requests[0][0], time.monotonic()
+        with tqdm(total=len(requests), desc=f"replaying {bag_in.name}", unit="request") as bar:
+            for stamp, msg in requests:
+                due = t0 + (stamp - t0_bag) / 1e9 / rate
+                while time.monotonic() < due:
+                    rclpy.spin_once(node, timeout_sec=min(0.01, max(0.0, due - time.monotonic())))
+                fields = bags.as_dict(msg)
+                fields["budget"] = Duration(sec=msg.budget.sec, nanosec=msg.budget.nanosec)
+                pub.publish(Request(**fields))
+                bar.update(1)
+                bar.set_postfix(results=len(results))
+        deadline = time.monotonic() + wait_s
+        while len(results) < len(requests) and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.05)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    records = [(stamp, {f: getattr(m, f) for f in m.get_fields_and_field_types()}) for stamp, m in
+               sorted(results.values(), key=lambda x: x[0])]
+    bags.write_bag(bag_out, bags.RESULT_TOPIC, bags.RESULT_TYPE, records, storage)
+    return {"requests": len(requests), "results": len(results), "lost": len(requests) - len(results)}
+
+
+def _wait_for_node(node, pub, timeout: float = 60.0) -> None:
+    import rclpy
+
+    end = time.monotonic() + timeout
+    while pub.get_subscription_count() == 0 or node.count_publishers(bags.RESULT_TOPIC) == 0:
+        if time.monotonic() > end:
+            raise click.ClickException("no timebill_node subscribed to /timebill/requests (same ROS_DOMAIN_ID?)")
+        rclpy.spin_once(node, timeout_sec=0.1)
+
+
+def evaluate_bags(paths: list[Path], out: Path, main_methods: list[str]) -> dict:
+    """Summaries, claims and plots from result bags."""
+    records = [bags.as_dict(m) for _, m in bags.read_bag(paths, bags.RESULT_TOPIC)]
+    if not records:
+        raise click.ClickException("no results in the given bags")
+    table = report.summarise(records)
+    claims = report.check_claims(table, main_methods)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = report.plot(table, out, main_methods)
+    data = {"results": len(records), "table": table, "claims": claims, "plots": [str(p) for p in plots]}
+    (out / "eval.json").write_text(json.dumps(data, indent=2))
+    return data

@@ -1,0 +1,115 @@
+"""Evaluation of result bags: scores, completion, deadline misses, alpha; plots; the
+paper's claims checked on our data."""
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from timebill_ros.eval.metrics import score  # noqa: E402
+
+SUCCEEDED = 1
+MISSES = {"KILLED_AT_DEADLINE", "COMPLETED_LATE"}
+
+
+def summarise(records: list[dict]) -> dict:
+    """Per policy -> method -> budget: n, mean score (incomplete = 0), completion, misses, alpha."""
+    groups: dict = defaultdict(list)
+    for r in records:
+        groups[(r["overrun_policy"], r["method"], r["budget"])].append(r)
+    table: dict = defaultdict(lambda: defaultdict(dict))
+    for (policy, method, budget), rows in sorted(groups.items()):
+        scores = [score(r["task"], r["text"], r["reference"]) if r["status"] == SUCCEEDED else 0.0 for r in rows]
+        alphas = [r["alpha"] for r in rows if r["status"] == SUCCEEDED or r["status_name"] in MISSES]
+        statuses: dict = defaultdict(int)
+        for r in rows:
+            statuses[r["status_name"]] += 1
+        table[policy][method][str(budget)] = {
+            "n": len(rows), "score": statistics.fmean(scores), "completion": statuses["SUCCEEDED"] / len(rows),
+            "deadline_misses": sum(statuses[s] for s in MISSES), "statuses": dict(statuses),
+            "alpha_mean": statistics.fmean(alphas) if alphas else None,
+            "alpha_quartiles": statistics.quantiles(alphas, n=4) if len(alphas) > 1 else alphas,
+        }
+    return json.loads(json.dumps(table))
+
+
+def check_claims(table: dict, main_methods: list[str]) -> dict:
+    """Does TimeBill score highest at every budget? Is its completion close to fixed 0.95's?
+    What shape does the k sweep have? Measured, not assumed."""
+    claims = {}
+    for policy, methods in table.items():
+        if "timebill" not in methods:
+            continue
+        budgets = sorted(methods["timebill"], key=float)
+        best_everywhere, gaps, rows = True, [], []
+        for b in budgets:
+            scores = {m: methods[m][b]["score"] for m in main_methods if m in methods and b in methods[m]}
+            winner = max(scores, key=scores.get)
+            best_everywhere &= scores["timebill"] >= scores[winner] - 1e-9
+            if "fixed_0.95" in methods:
+                gaps.append(methods["timebill"][b]["completion"] - methods["fixed_0.95"][b]["completion"])
+            rows.append({"budget": float(b), "winner": winner, "scores": scores})
+        claim = {"timebill_highest_score_at_every_budget": best_everywhere, "per_budget": rows}
+        if gaps:
+            claim["completion_gap_vs_fixed_0.95_pts"] = [round(100 * g, 1) for g in gaps]
+            claim["completion_within_5_pts_of_fixed_0.95"] = all(abs(g) <= 0.05 for g in gaps)
+        sweep = {m: v for m, v in methods.items() if m.startswith("timebill_k")}
+        if sweep:
+            ks = sorted(sweep, key=lambda m: int(m.rsplit("k", 1)[1]))
+            claim["k_sweep"] = {m: next(iter(sweep[m].values())) for m in ks}
+            scores = [next(iter(sweep[m].values()))["score"] for m in ks]
+            peak = scores.index(max(scores))
+            claim["k_sweep_peak_k"] = int(ks[peak].rsplit("k", 1)[1])
+            claim["k_sweep_shape"] = ("rises then falls" if 0 < peak < len(ks) - 1 else
+                                      "falls" if peak == 0 else "rises")
+        claims[policy] = claim
+    return claims
+
+
+def plot(table: dict, out: Path, main_methods: list[str]) -> list[Path]:
+    """score vs budget and completion vs budget per policy; the k sweep."""
+    paths = []
+    for policy, methods in table.items():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for m in main_methods:
+            if m not in methods:
+                continue
+            budgets = sorted(methods[m], key=float)
+            xs = [float(b) for b in budgets]
+            axes[0].plot(xs, [methods[m][b]["score"] for b in budgets], marker="o", label=m)
+            axes[1].plot(xs, [methods[m][b]["completion"] for b in budgets], marker="o", label=m)
+        for ax, name in zip(axes, ("average score (incomplete = 0)", "completion rate")):
+            ax.set_xlabel("time budget (s)")
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"policy: {policy}")
+        fig.tight_layout()
+        path = out / f"budget_sweep_{policy}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+        sweep = {m: v for m, v in methods.items() if m.startswith("timebill_k")}
+        if sweep:
+            ks = sorted(sweep, key=lambda m: int(m.rsplit("k", 1)[1]))
+            fig, ax = plt.subplots(figsize=(5.5, 4))
+            rows = [next(iter(sweep[m].values())) for m in ks]
+            kv = [int(m.rsplit("k", 1)[1]) for m in ks]
+            ax.plot(kv, [r["score"] for r in rows], marker="o", label="average score")
+            ax.plot(kv, [r["completion"] for r in rows], marker="s", label="completion rate")
+            ax.set_xlabel("pessimistic factor k")
+            ax.set_title(f"k sweep at budget {next(iter(sweep[ks[0]]))} s ({policy})")
+            ax.legend()
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            path = out / f"k_sweep_{policy}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            paths.append(path)
+    return paths

@@ -1,0 +1,60 @@
+"""Workloads for the paper's experiments (section 5/6), as lists of timed requests.
+
+Jobs arrive periodically, one per budget period (the paper's setup: the budget is the
+period of the control loop that asks). Every compared method is a set of request
+overrides on the one engine: a baseline is a setting, not a copy of the decode loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from timebill_ros.core.timing import TimingModel
+from timebill_ros.eval.tasks import Example
+
+# name -> overrides of a TimedGenerate goal / Request
+METHODS: dict[str, dict] = {
+    "vanilla": {"fixed_alpha": 0.0},
+    "fixed_0.25": {"fixed_alpha": 0.25},
+    "fixed_0.5": {"fixed_alpha": 0.5},
+    "fixed_0.75": {"fixed_alpha": 0.75},
+    "fixed_0.95": {"fixed_alpha": 0.95},
+    "timebill": {"k": 5.0},
+}
+K_SWEEP = {f"timebill_k{k}": {"k": float(k)} for k in range(1, 9)}
+GAP_S = 1.0  # quiet time between blocks, so one block's overrun does not reach the next
+
+
+@dataclass
+class TimedRequest:
+    """A request and when it arrives (seconds from the workload's start)."""
+
+    at: float
+    fields: dict
+
+
+def choose_budgets(timing: TimingModel, prompt_tokens: list[int], answer_tokens: list[int],
+                   quantiles=(0.1, 0.3, 0.5, 0.7, 0.9)) -> list[float]:
+    """Budgets at quantiles of vanilla's predicted end-to-end time over the workload, so the
+    sweep goes from vanilla mostly failing to vanilla mostly completing."""
+    times = [timing.end_to_end(n, 0.0, max(1, a)) for n, a in zip(prompt_tokens, answer_tokens)]
+    return [round(float(np.quantile(times, q)), 3) for q in quantiles]
+
+
+def build(examples: list[Example], budgets: list[float], methods: dict[str, dict], policies: list[str],
+          max_new_tokens: int, start: float = 0.0) -> list[TimedRequest]:
+    """Every (policy, budget, method) block over EXAMPLES, arriving one per budget period."""
+    out, t = [], start
+    for policy in policies:
+        for budget in budgets:
+            for name, overrides in methods.items():
+                for ex in examples:
+                    fields = {"request_id": f"{policy}/{budget}/{name}/{ex.id}", "task": ex.task, "method": name,
+                              "prompt": ex.prompt, "budget": float(budget), "max_new_tokens": max_new_tokens,
+                              "k": -1.0, "alpha_max": -1.0, "fixed_alpha": -1.0, "overrun_policy": policy,
+                              "on_infeasible": "best_effort", "reference": ex.answer, **overrides}
+                    out.append(TimedRequest(t, fields))
+                    t += budget
+                t += GAP_S
+    return out

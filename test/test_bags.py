@@ -1,0 +1,86 @@
+"""Workload and result bags (real rosbag2 via rosbags), workloads, the report, and a
+smoke run of make -> replay against the real node -> eval."""
+import json
+import subprocess
+
+import pytest
+
+from conftest import start_node
+from timebill_ros.core.timing import TimingModel
+from timebill_ros.eval import bags, report, workload
+from timebill_ros.eval.tasks import Example
+
+REQUEST = dict(request_id="r1", task="qa", method="timebill", prompt="Where is the cup?", budget=1.25,
+               max_new_tokens=8, k=-1.0, alpha_max=-1.0, fixed_alpha=-1.0, overrun_policy="kill",
+               on_infeasible="", reference="kitchen")
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_request_bag_round_trip(tmp_path, storage):
+    path = bags.write_bag(tmp_path / "w", bags.REQUEST_TOPIC, bags.REQUEST_TYPE,
+                          [(10, REQUEST), (20, {**REQUEST, "request_id": "r2"})], storage)
+    got = list(bags.read_bag([path], bags.REQUEST_TOPIC))
+    assert [t for t, _ in got] == [10, 20] and [m.request_id for _, m in got] == ["r1", "r2"]
+    assert got[0][1].budget.sec == 1 and got[0][1].budget.nanosec == 250_000_000
+    assert got[0][1].prompt == REQUEST["prompt"] and got[0][1].reference == "kitchen"
+
+
+def ex(i, task="qa"):
+    return Example(f"e{i}", task, "test", f"prompt {i}", "kitchen", 200)
+
+
+def test_workload_blocks_are_periodic_and_carry_the_method_settings():
+    reqs = workload.build([ex(0), ex(1)], [0.5, 2.0], {"vanilla": {"fixed_alpha": 0.0}, "timebill": {"k": 5.0}},
+                          ["kill"], 64)
+    assert len(reqs) == 2 * 2 * 2
+    assert [r.at for r in reqs[:3]] == [0.0, 0.5, 1.0 + workload.GAP_S]
+    assert reqs[0].fields["fixed_alpha"] == 0.0 and reqs[2].fields["k"] == 5.0
+    assert len({r.fields["request_id"] for r in reqs}) == len(reqs)
+
+
+def test_budgets_span_vanilla_failing_to_completing():
+    timing = TimingModel(0, 1e-3, 0.0, 0.0, 0.01)
+    budgets = workload.choose_budgets(timing, [100, 200, 300, 400, 500], [10] * 5)
+    assert budgets == sorted(budgets) and budgets[0] < budgets[-1]
+
+
+def record(method, budget, status_name, text="kitchen", alpha=0.0):
+    status = {"SUCCEEDED": 1, "KILLED_AT_DEADLINE": 2}[status_name]
+    return {"overrun_policy": "kill", "method": method, "budget": budget, "status": status, "status_name": status_name,
+            "task": "qa", "text": text, "reference": "kitchen", "alpha": alpha}
+
+
+def test_report_scores_incomplete_as_zero_and_checks_claims():
+    rows = [record("timebill", 1.0, "SUCCEEDED", alpha=0.5), record("timebill", 1.0, "SUCCEEDED", alpha=0.3),
+            record("vanilla", 1.0, "SUCCEEDED"), record("vanilla", 1.0, "KILLED_AT_DEADLINE", text=""),
+            record("fixed_0.95", 1.0, "SUCCEEDED", text="garage", alpha=0.95),
+            record("fixed_0.95", 1.0, "SUCCEEDED", text="garage", alpha=0.95)]
+    table = report.summarise(rows)
+    tb, va = table["kill"]["timebill"]["1.0"], table["kill"]["vanilla"]["1.0"]
+    assert tb["score"] == 1.0 and tb["completion"] == 1.0 and tb["alpha_mean"] == pytest.approx(0.4)
+    assert va["score"] == 0.5 and va["completion"] == 0.5 and va["deadline_misses"] == 1
+    claims = report.check_claims(table, list(workload.METHODS))["kill"]
+    assert claims["timebill_highest_score_at_every_budget"] is True
+    assert claims["completion_gap_vs_fixed_0.95_pts"] == [0.0]
+
+
+def test_make_replay_eval_against_the_real_node(slow_model_dir, calibration, tmp_path):
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="bagnode", max_queue=8)
+    try:
+        made = subprocess.run(["timebill", "bag", "make", str(tmp_path / "work"), "--per-task", "1",
+                               "--budgets", "0.4,3", "--methods", "vanilla,timebill", "--no-k-sweep",
+                               "--params-file", str(proc.params_file)], capture_output=True, text=True, timeout=300)
+        assert made.returncode == 0, made.stderr
+        played = subprocess.run(["timebill", "bag", "replay", str(tmp_path / "work"), "--out", str(tmp_path / "res"),
+                                 "--rate", "3", "--storage", "sqlite3"], capture_output=True, text=True, timeout=300)
+        assert played.returncode == 0, played.stdout + played.stderr + proc.log()
+        assert json.loads(played.stdout.strip().splitlines()[-1]) == {"requests": 12, "results": 12, "lost": 0}
+        evaluated = subprocess.run(["timebill", "eval", str(tmp_path / "res"), "--out", str(tmp_path / "eval")],
+                                   capture_output=True, text=True, timeout=300)
+        assert evaluated.returncode == 0, evaluated.stderr
+        data = json.loads((tmp_path / "eval" / "eval.json").read_text())
+        assert data["results"] == 12
+        assert set(data["table"]["kill"]) == {"vanilla", "timebill"}
+        assert (tmp_path / "eval" / "budget_sweep_kill.png").stat().st_size > 1000
+    finally:
+        proc.stop()
