@@ -9,12 +9,13 @@ export TRANSFORMERS_OFFLINE := 1
 export TIMEBILL_HOME ?= $(CURDIR)/.timebill
 ENV := source scripts/env.sh
 
-.PHONY: help setup demo test bench clean
+.PHONY: help setup demo test bench eval clean
 help:
 	@echo "make setup   - venv, pinned dependencies, colcon build (idempotent)"
 	@echo "make demo    - start the node, send one goal with feedback, stop"
 	@echo "make test    - the whole test suite"
-	@echo "make bench   - benchmarks; JSON lands in results/"
+	@echo "make bench   - benchmarks; JSON lands in results/bench/"
+	@echo "make eval    - the paper's comparison through bags and the node; results/eval/"
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +28,9 @@ test: setup
 
 bench: setup
 	@$(ENV) && bash scripts/bench.sh
+
+eval: setup
+	@$(ENV) && bash scripts/eval.sh
 
 clean:
 	rm -rf build install log .timebill results

@@ -98,3 +98,14 @@ def test_completed_late_when_nothing_kills_it(engine):
     result = engine.run(req, CancelToken())
     assert result.status is Status.COMPLETED_LATE and result.deadline_margin > 0
     assert len(result.token_ids) >= 1  # a late answer keeps its text
+
+
+def test_int8_quantized_model_runs_through_the_same_engine(tiny_model_dir):
+    from timebill_ros.core.model import load_model
+
+    loaded = load_model(str(tiny_model_dir), threads=1, quantization="int8")
+    assert loaded.dtype == "float32+int8"
+    e = Engine(loaded, TIMING, FixedLengthPredictor(4))
+    result = e.run(Request(ids(60), budget=30.0, max_new_tokens=4, fixed_alpha=0.0), CancelToken())
+    e.close()
+    assert result.status is Status.SUCCEEDED and len(result.token_ids) == 4

@@ -28,6 +28,7 @@ class CalibrationTarget:
 
     model_path: str = "builtin:tiny-random"
     dtype: str = "float32"
+    quantization: str = ""
     threads: int = 2
     prefill_chunk: int = 512
     calibration_path: str = ""
@@ -46,7 +47,8 @@ class CalibrationTarget:
     def key(self) -> CalibrationKey:
         """The calibration key (model fingerprint, dtype, threads, machine)."""
         name = model_fingerprint(resolve_model_path(self.model_path))
-        return CalibrationKey(name, self.dtype, self.threads, machine_id())
+        dtype = f"{self.dtype}+{self.quantization}" if self.quantization else self.dtype
+        return CalibrationKey(name, dtype, self.threads, machine_id())
 
     def path(self) -> Path:
         """Where the calibration JSON lives."""
@@ -66,7 +68,8 @@ def check_calibration(target: CalibrationTarget) -> int:
 
 def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_length: int) -> Path:
     """Calibrate TARGET and write the JSON; returns its path."""
-    loaded = load_model(target.model_path, dtype=target.dtype, threads=target.threads)
+    loaded = load_model(target.model_path, dtype=target.dtype, threads=target.threads,
+                        quantization=target.quantization)
     config = EngineConfig(prefill_chunk=target.prefill_chunk)
     engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), config)
     with tqdm(desc=f"calibrating {loaded.name}", unit="step") as bar:

@@ -39,9 +39,10 @@ def send(prompt: str, budget: float, feedback: bool, server_timeout: float, acti
 
 @cli.command()
 @click.option("--params-file", type=click.Path(exists=True, dir_okay=False),
-              help="Take model_path, dtype, threads, prefill_chunk and calibration_path from the node's YAML.")
+              help="Take model_path, dtype, quantization, threads, prefill_chunk, calibration_path from the node's YAML.")
 @click.option("--model", "model_path", help="Model dir or builtin:NAME  [default: builtin:tiny-random]")
 @click.option("--dtype", help="float32 | bfloat16 | float16  [default: float32]")
+@click.option("--quantization", help="'' | int8  [default: '']")
 @click.option("--threads", type=int, help="torch threads, as the node's `threads`  [default: 2]")
 @click.option("--prefill-chunk", type=int, help="As the node's prefill_chunk  [default: 512]")
 @click.option("--out", "calibration_path", type=click.Path(), help="Output JSON (default: where the node looks).")
@@ -166,8 +167,9 @@ def bag() -> None:
 @click.option("--policies", default="kill", show_default=True, help="kill and/or skip_next, comma-separated.")
 @click.option("--params-file", type=click.Path(exists=True), default="config/timebill.yaml", show_default=True,
               help="The node's params: model, threads, calibration (for auto budgets), max_new_tokens.")
+@click.option("--budgets-out", type=click.Path(), default="", help="Also write the chosen budgets here (JSON).")
 def bag_make(out: str, storage: str, per_task: int, budgets: str, methods: str, k_sweep: bool, policies: str,
-             params_file: str) -> None:
+             params_file: str, budgets_out: str) -> None:
     """Write a workload bag of requests from the task suite's test split."""
     from timebill_ros.cli.bag import make_workload_bag
     from timebill_ros.cli.calibrate import CalibrationTarget
@@ -186,13 +188,19 @@ def bag_make(out: str, storage: str, per_task: int, budgets: str, methods: str, 
         chosen = workload.choose_budgets(timing, prompt_n, answer_n)
     else:
         chosen = [float(b) for b in budgets.split(",")]
-    picked = {m: workload.METHODS[m] for m in methods.split(",")}
+    known = {**workload.METHODS, **workload.QUANTIZED, **workload.K_SWEEP}
+    unknown = [m for m in methods.split(",") if m not in known]
+    if unknown:
+        raise click.BadParameter(f"unknown method(s) {unknown}; known: {', '.join(known)}", param_hint="--methods")
+    picked = {m: known[m] for m in methods.split(",")}
     requests = workload.build(examples, chosen, picked, policies.split(","), max_new)
     if k_sweep:
         tight = chosen[min(1, len(chosen) - 1)]
         start = requests[-1].at + workload.GAP_S if requests else 0.0
         requests += workload.build(examples, [tight], workload.K_SWEEP, policies.split(",")[:1], max_new, start)
     path = make_workload_bag(Path(out), storage, requests)
+    if budgets_out:
+        Path(budgets_out).write_text(json.dumps(chosen))
     click.echo(f"{len(requests)} requests, budgets {chosen}, {requests[-1].at:.0f}s of arrivals -> {path}")
 
 
@@ -219,9 +227,9 @@ def bag_replay(bag_in: str, bag_out: str, rate: float, storage: str, wait_s: flo
 def eval_cmd(result_bags: tuple[str, ...], out: str) -> None:
     """Scores, completion, deadline misses and alpha per method and budget; plots; claim check."""
     from timebill_ros.cli.bag import evaluate_bags
-    from timebill_ros.eval.workload import METHODS
+    from timebill_ros.eval.workload import METHODS, QUANTIZED
 
-    data = evaluate_bags([Path(p) for p in result_bags], Path(out), list(METHODS))
+    data = evaluate_bags([Path(p) for p in result_bags], Path(out), list(METHODS) + list(QUANTIZED))
     for policy, claim in data["claims"].items():
         click.echo(f"[{policy}] TimeBill highest score at every budget: {claim['timebill_highest_score_at_every_budget']}")
         if "completion_gap_vs_fixed_0.95_pts" in claim:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from timebill_ros.core.paths import timebill_home
 
@@ -86,18 +87,33 @@ def model_fingerprint(path: Path) -> str:
     return f"{path.name}-{digest}"
 
 
-def load_model(spec: str, *, dtype: str = "float32", threads: int = 2) -> LoadedModel:
-    """Load model and tokenizer from SPEC, with a fixed torch thread count."""
+QUANTIZATIONS = ("", "int8")
+
+
+def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantization: str = "") -> LoadedModel:
+    """Load model and tokenizer from SPEC, with a fixed torch thread count.
+
+    quantization="int8" applies torchao's int8 weight-only quantization (the AWQ-like
+    baseline of the paper); the calibration is then keyed by "<dtype>+int8".
+    """
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype '{dtype}'; choose one of {sorted(DTYPES)}")
+    if quantization not in QUANTIZATIONS:
+        raise ModelLoadError(f"unknown quantization '{quantization}'; choose one of {QUANTIZATIONS}")
     path = resolve_model_path(spec)
     torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()  # a node's log is no place for a loading bar
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=True)
     except (OSError, ValueError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"could not load the model at '{path}': {exc}") from exc
     model.eval()
+    if quantization == "int8":
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        quantize_(model, Int8WeightOnlyConfig())
+        dtype = f"{dtype}+int8"
     return LoadedModel(model, tokenizer, path, model_fingerprint(path), dtype, threads)
 
 

@@ -22,6 +22,9 @@ METHODS: dict[str, dict] = {
     "fixed_0.95": {"fixed_alpha": 0.95},
     "timebill": {"k": 5.0},
 }
+# The quantized-model baseline: plain inference (no eviction) on a node started with
+# quantization: int8. Its bag is replayed against that node; the method is a label here.
+QUANTIZED = {"int8": {"fixed_alpha": 0.0}}
 K_SWEEP = {f"timebill_k{k}": {"k": float(k)} for k in range(1, 9)}
 GAP_S = 1.0  # quiet time between blocks, so one block's overrun does not reach the next
 

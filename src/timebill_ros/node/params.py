@@ -16,6 +16,7 @@ class NodeParams:
 
     model_path: str = "builtin:tiny-random"  # HF causal-LM directory or builtin:tiny-random
     dtype: str = "float32"
+    quantization: str = ""  # "" | int8 (torchao weight-only; the paper's quantized baseline)
     threads: int = 2  # torch intra-op threads; the calibration is per thread count
     calibration_path: str = ""  # "" = $TIMEBILL_HOME/calibration/<model, dtype, threads, machine>.json
     action_name: str = "timebill/generate"

@@ -90,7 +90,8 @@ class TimeBillServer(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("timebill_node", **kwargs)
         self.params = NodeParams.declare(self)
-        self.loaded = load_model(self.params.model_path, dtype=self.params.dtype, threads=self.params.threads)
+        self.loaded = load_model(self.params.model_path, dtype=self.params.dtype, threads=self.params.threads,
+                                 quantization=self.params.quantization)
         self.calibration, self.not_ready = self._load_calibration()
         timing = self.calibration.timing if self.calibration else TimingModel(0.0, 0.0, 0.0, 0.0, 0.0)
         predictor = load_predictor(self.params.predictor_path, timing.prefill, self.params.fixed_prediction_tokens)
@@ -138,7 +139,8 @@ class TimeBillServer(Node):
             calibration = Calibration.load(path)
         except CalibrationError as exc:
             command = (
-                f"timebill calibrate --model {self.params.model_path} --dtype {self.loaded.dtype} "
+                f"timebill calibrate --model {self.params.model_path} --dtype {self.params.dtype} "
+                f"--quantization '{self.params.quantization}' "
                 f"--threads {self.loaded.threads} --prefill-chunk {self.params.prefill_chunk}"
                 " (or: timebill calibrate --params-file <this node's params file>)"
             )

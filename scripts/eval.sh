@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# make eval: the paper's comparison at a reduced size, through real bags and the real node.
+#   1. TimeBill, vanilla and fixed-alpha baselines (Kill and Skip-Next) + a k sweep, one node
+#   2. the int8 weight-only quantized model (plain inference), a second node
+#   3. timebill eval: JSON, plots and the claim check under results/eval/
+# PER_TASK (default 5) sets the size; POLICIES (default kill,skip_next).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PARAMS=${PARAMS:-config/timebill.yaml}
+PER_TASK=${PER_TASK:-5}
+POLICIES=${POLICIES:-kill,skip_next}
+OUT=results/eval
+rm -rf "$OUT" && mkdir -p "$OUT"
+INT8_PARAMS="$OUT/int8.yaml"
+python - "$PARAMS" "$INT8_PARAMS" <<'PY'
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+doc["timebill_node"]["ros__parameters"]["quantization"] = "int8"
+yaml.safe_dump(doc, open(sys.argv[2], "w"))
+PY
+
+for p in "$PARAMS" "$INT8_PARAMS"; do
+  timebill calibrate --check --params-file "$p" >/dev/null 2>&1 || timebill calibrate --params-file "$p"
+done
+
+run_node() {  # params bag_in bag_out
+  local log="$OUT/node-$(basename "$3").log"
+  timebill_node --ros-args --params-file "$1" >"$log" 2>&1 &
+  local pid=$!
+  timebill bag replay "$2" --out "$3" || { kill -INT $pid; wait $pid || true; echo "replay failed; see $log"; exit 1; }
+  kill -INT $pid; wait $pid || true
+}
+
+echo "== workload bags (test split, $PER_TASK prompts per task)"
+timebill bag make "$OUT/workload" --per-task "$PER_TASK" --policies "$POLICIES" --params-file "$PARAMS" \
+  --budgets-out "$OUT/budgets.json"
+BUDGETS=$(python -c "import json; print(','.join(map(str, json.load(open('$OUT/budgets.json')))))")
+timebill bag make "$OUT/workload_int8" --per-task "$PER_TASK" --policies kill --methods int8 --no-k-sweep \
+  --budgets "$BUDGETS" --params-file "$PARAMS"
+
+echo "== replay: TimeBill and baselines"
+run_node "$PARAMS" "$OUT/workload" "$OUT/results"
+echo "== replay: int8 quantized model"
+run_node "$INT8_PARAMS" "$OUT/workload_int8" "$OUT/results_int8"
+
+echo "== evaluate"
+timebill eval "$OUT/results" "$OUT/results_int8" --out "$OUT"
