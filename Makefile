@@ -9,13 +9,15 @@ export TRANSFORMERS_OFFLINE := 1
 export TIMEBILL_HOME ?= $(CURDIR)/.timebill
 ENV := source scripts/env.sh
 
-.PHONY: help setup demo test bench eval clean
+.PHONY: help setup demo test bench eval load soak clean
 help:
 	@echo "make setup   - venv, pinned dependencies, colcon build (idempotent)"
 	@echo "make demo    - start the node, send one goal with feedback, stop"
 	@echo "make test    - the whole test suite"
 	@echo "make bench   - benchmarks; JSON lands in results/bench/"
 	@echo "make eval    - the paper's comparison through bags and the node; results/eval/"
+	@echo "make load    - 4 clients, 200 goals in 10 s against the node; results/bench/load.json"
+	@echo "make soak    - 1000 goals in a row, memory/threads/fds; results/bench/soak.json"
 
 setup:
 	@bash scripts/setup.sh
@@ -31,6 +33,12 @@ bench: setup
 
 eval: setup
 	@$(ENV) && bash scripts/eval.sh
+
+load: setup
+	@$(ENV) && cd bench && python load.py $(BENCH_ARGS)
+
+soak: setup
+	@$(ENV) && cd bench && python soak.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build install log .timebill results

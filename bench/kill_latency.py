@@ -8,14 +8,11 @@ The design bound is one control period plus one decode step.
 """
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import rclpy
 
 from common import calibrated_engine, parser, summary, write
-from timebill_ros.core.calibration import default_calibration_path
-from timebill_ros.node.client import Client, NodeProcess
+from node_common import start_calibrated_node
+from timebill_ros.node.client import Client
 
 
 def main() -> None:
@@ -24,12 +21,10 @@ def main() -> None:
     p.add_argument("--control-rate", type=float, default=20.0)
     args = p.parse_args()
     engine, cal = calibrated_engine(args)
-    step = cal.timing.decode_step(1000)
-    work = Path(tempfile.mkdtemp(prefix="timebill-kill-"))
-    node = NodeProcess({"model_path": args.model, "threads": args.threads, "control_rate_hz": args.control_rate,
-                        "prefill_chunk": args.prefill_chunk, "max_new_tokens": 4096 if engine.loaded.context_limit > 4096 else engine.loaded.context_limit // 2,
-                        "calibration_path": str(default_calibration_path(cal.key))}, work)
+    context = engine.loaded.context_limit
     engine.close()
+    step = cal.timing.decode_step(1000)
+    node, _ = start_calibrated_node(args, control_rate_hz=args.control_rate, max_new_tokens=context // 2)
     rclpy.init()
     client = Client()
     try:
@@ -41,7 +36,7 @@ def main() -> None:
         for i in range(n_goals):
             # Budgets that end somewhere inside decode, spread over a control period.
             budget = cal.timing.prefill(200) + 20 * step + (i % 7) * (1 / args.control_rate) / 7
-            run = client.call(client.goal(prompt, budget=budget, max_new_tokens=engine.loaded.context_limit // 2 - 256,
+            run = client.call(client.goal(prompt, budget=budget, max_new_tokens=context // 2 - 256,
                                           k=1.0, alpha_max=0.0), timeout=120)
             r = run.result
             statuses[r.status_name] = statuses.get(r.status_name, 0) + 1
@@ -49,7 +44,7 @@ def main() -> None:
                 server.append(r.deadline_margin)
                 seen.append(run.done_at - (run.accepted_at + budget))
         write("kill_latency", {
-            "model": engine.loaded.name, "control_rate_hz": args.control_rate, "goals": n_goals, "statuses": statuses,
+            "model": args.model, "control_rate_hz": args.control_rate, "goals": n_goals, "statuses": statuses,
             "predicted_decode_step_s": step, "bound_s": 1 / args.control_rate + step,
             "server_deadline_margin_s": summary(server) if server else None,
             "client_seen_latency_s": summary(seen) if seen else None,

@@ -174,16 +174,15 @@ class TimeBillServer(Node):
         self._start_next()
 
     def _on_request(self, msg: RequestMsg) -> None:
-        if not self._shutting_down:
-            self._on_accepted(TopicGoalHandle(self, msg))
+        self._on_accepted(TopicGoalHandle(self, msg))
 
     def _execute_topic(self, handle: TopicGoalHandle) -> None:
         self._results.publish(record_msg(handle.source, self._execute(handle)))
 
     def _prepare(self, job: GoalJob) -> None:
         """Validate and tokenize; on failure the job gets its early REJECTED result."""
-        if self.not_ready:
-            job.early = self._early(job, Status.REJECTED, self.not_ready)
+        if self.not_ready or self._shutting_down:
+            job.early = self._early(job, Status.REJECTED, self.not_ready or "node shutting down")
             return
         try:
             job.request, job.policy = build_request(
@@ -274,9 +273,10 @@ class TimeBillServer(Node):
 
     # ------------------------------------------------------------ the control loop
     def _overrunning(self) -> bool:
-        """True while the running job is past its deadline (only possible under skip_next)."""
+        """True while a skip_next job runs past its deadline (a kill job is stopped instead)."""
         job = self._running
-        return job is not None and job.request is not None and time.monotonic() > job.deadline
+        return (job is not None and job.request is not None and job.policy is OverrunPolicy.SKIP_NEXT
+                and time.monotonic() > job.deadline)
 
     def _on_control_tick(self) -> None:
         """Deadline enforcement at control_rate_hz."""

@@ -1,0 +1,68 @@
+"""Load: several clients send many goals in a short time, mixed budgets and prompt lengths.
+
+Every goal must get exactly one terminal status; none may be lost; no SUCCEEDED goal may
+miss its deadline; queue bounds show up as REJECTED with a reason. Prints JSON.
+"""
+from __future__ import annotations
+
+import random
+import time
+
+import rclpy
+
+from common import parser, percentile, write
+from node_common import start_calibrated_node
+from timebill_ros.node.client import Client
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--goals", type=int, default=200)
+    p.add_argument("--seconds", type=float, default=10.0)
+    args = p.parse_args()
+    n_goals = 40 if args.quick else args.goals
+    node, cal = start_calibrated_node(args, max_queue=8, max_new_tokens=256)
+    rclpy.init()
+    clients = [Client() for _ in range(args.clients)]
+    runs = []
+    try:
+        if not all(c.wait_for_server(120) for c in clients):
+            raise SystemExit(f"node did not come up:\n{node.log()}")
+        rng = random.Random(0)
+        start = time.monotonic()
+        for i in range(n_goals):
+            due = start + args.seconds * i / n_goals
+            time.sleep(max(0.0, due - time.monotonic()))
+            prompt = "check the shelf " * rng.choice([2, 20, 120, 400])
+            budget = rng.choice([0.05, 0.2, 0.5, 1.0, 3.0])
+            client = clients[i % len(clients)]
+            runs.append((budget, client.send(client.goal(prompt, budget=budget, max_new_tokens=rng.choice([8, 64, 256])))))
+        for _, run in runs:
+            try:
+                clients[0].wait(run, timeout=300)
+            except TimeoutError:
+                pass
+        statuses: dict = {}
+        for _, run in runs:
+            name = run.result.status_name if run.result is not None else "LOST"
+            statuses[name] = statuses.get(name, 0) + 1
+        done = [run.result for _, run in runs if run.result is not None]
+        kills = [r.deadline_margin for r in done if r.status_name == "KILLED_AT_DEADLINE"]
+        write("load", {
+            "model": args.model, "clients": args.clients, "goals_sent": n_goals, "seconds": args.seconds,
+            "terminal_statuses": statuses, "lost": statuses.get("LOST", 0),
+            "succeeded_deadline_misses": sum(1 for r in done if r.status_name == "SUCCEEDED" and r.deadline_margin > 0),
+            "rejected_reasons": sorted({r.status_reason.split(" (")[0] for r in done if r.status_name == "REJECTED"}),
+            "kill_latency_p50_s": percentile(kills, 50) if kills else None,
+            "kill_latency_p99_s": percentile(kills, 99) if kills else None,
+        })
+    finally:
+        for c in clients:
+            c.close()
+        rclpy.try_shutdown()
+        node.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Shared by the node benchmarks: start a calibrated node and read its process stats."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from common import calibrated_engine
+from timebill_ros.core.calibration import default_calibration_path
+from timebill_ros.node.client import NodeProcess
+
+
+def start_calibrated_node(args, **params) -> tuple[NodeProcess, object]:
+    """A timebill_node on args.model with its calibration (made first if missing)."""
+    engine, cal = calibrated_engine(args)
+    engine.close()
+    work = Path(tempfile.mkdtemp(prefix="timebill-bench-"))
+    node = NodeProcess({"model_path": args.model, "threads": args.threads, "prefill_chunk": args.prefill_chunk,
+                        "calibration_path": str(default_calibration_path(cal.key)), **params}, work)
+    return node, cal
+
+
+def proc_stats(pid: int) -> dict:
+    """Resident memory (MB), thread count and open file descriptors of a process."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = dict(line.split(":", 1) for line in status if ":" in line)
+    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"]),
+            "fds": len(list(Path(f"/proc/{pid}/fd").iterdir()))}
