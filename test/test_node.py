@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -208,3 +209,67 @@ def test_bad_configuration_fails_fast_with_a_clear_message(slow_model_dir, calib
     proc.stop()
     assert code == 2, log
     assert words in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("phase", ["prefill", "planned", "evicted", "decode"])
+def test_cancel_in_every_phase(node, phase):
+    proc, client = node
+
+    def cancel_at_phase(run, fb):
+        if fb.phase == phase and not getattr(run, "canceled", False):
+            run.canceled = True
+            client.cancel(run)
+
+    run = client.call(client.goal(LONG_PROMPT, budget=60.0, max_new_tokens=512), on_feedback=cancel_at_phase)
+    assert run.result.status == R(client).CANCELED, (phase, run.result.status_name, run.result.status_reason)
+    assert run.status == GoalStatus.STATUS_CANCELED
+    # ... and the server keeps serving.
+    assert client.call(client.goal("next", budget=20.0, max_new_tokens=2)).result.status == R(client).SUCCEEDED
+
+
+def test_deadline_during_prefill_kills_between_chunks(node):
+    proc, client = node
+    run = client.call(client.goal(LONG_PROMPT, budget=0.03, max_new_tokens=64))
+    assert run.result.status == R(client).KILLED_AT_DEADLINE and run.result.text == ""
+    assert run.result.response_tokens == 0
+
+
+def test_a_client_that_disappears_mid_goal_harms_nobody(node, tmp_path):
+    proc, client = node
+    script = tmp_path / "vanishing_client.py"
+    script.write_text(
+        "import rclpy, time\n"
+        "from timebill_ros.node.client import Client\n"
+        "rclpy.init()\n"
+        "c = Client()\n"
+        "assert c.wait_for_server(60)\n"
+        "run = c.send(c.goal('long story', budget=30.0, max_new_tokens=512))\n"
+        "while not run.feedback: time.sleep(0.01)\n"
+        "print('feedback', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    vanishing = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert vanishing.stdout.readline().strip() == "feedback"
+    vanishing.kill()  # gone without a cancel
+    vanishing.wait()
+    run = client.call(client.goal("are you still there?", budget=60.0, max_new_tokens=4), timeout=120)
+    assert run.result.status == R(client).SUCCEEDED
+
+
+def test_sigterm_during_a_goal_aborts_it_and_exits(slow_model_dir, calibration, tmp_path, rclpy_context):
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="sigterm", action_name="sigterm/generate")
+    client = Client("sigterm/generate")
+    try:
+        assert client.wait_for_server(), proc.log()
+
+        def terminate_on_decode(run, fb):
+            if fb.phase == "decode" and not getattr(run, "signalled", False):
+                run.signalled = True
+                proc.proc.send_signal(signal.SIGTERM)
+
+        run = client.call(client.goal("long story", budget=60.0, max_new_tokens=512), on_feedback=terminate_on_decode)
+        assert run.result.status == R(client).REJECTED and "shutting down" in run.result.status_reason
+        assert proc.proc.wait(timeout=15) == 0, proc.log()
+    finally:
+        client.close()
+        proc.stop()
