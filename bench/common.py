@@ -51,7 +51,7 @@ def calibrated_engine(args, predictor=None) -> tuple[Engine, Calibration]:
         print(f"[bench] calibrating {loaded.name} (once)", file=sys.stderr)
         cal = calibrate(engine, key, points=12 if args.quick else 24)
         cal.save(path)
-    engine.timing = cal.timing
+    engine.timing = cal.planning_timing()
     return engine, cal
 
 

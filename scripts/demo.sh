@@ -4,7 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PARAMS=${PARAMS:-config/timebill.yaml}
 MODEL=$(python -c "import yaml,sys; print(yaml.safe_load(open('$PARAMS'))['timebill_node']['ros__parameters']['model_path'])")
-PROMPT=${PROMPT:-"The robot arm is at the charging dock. Summarise its state in one sentence."}
+# Default prompt: the shortest retrieval question of the task suite's test split.
+PROMPT=${PROMPT:-$(python -c "
+from timebill_ros.eval import tasks
+qa = sorted((e for e in tasks.load('test') if e.task == 'qa'), key=lambda e: len(e.prompt))[0]
+print(qa.prompt)
+print('(reference answer: ' + qa.answer + ')', end='', file=__import__('sys').stderr)
+" 2>"${TMPDIR:-/tmp}/timebill_demo_reference")}
 BUDGET=${BUDGET:-2.0}
 echo "== ROS_DOMAIN_ID=$ROS_DOMAIN_ID, discovery $ROS_AUTOMATIC_DISCOVERY_RANGE, model $MODEL"
 
@@ -18,7 +24,9 @@ timebill_node --ros-args --params-file "$PARAMS" >"$LOG" 2>&1 &
 NODE=$!
 trap 'kill -INT $NODE 2>/dev/null; wait $NODE 2>/dev/null || true; echo "== node log: $LOG"' EXIT
 
-echo "== timebill send \"$PROMPT\" --budget $BUDGET --feedback"
+echo "== prompt:"; echo "$PROMPT" | fold -s -w 100 | sed 's/^/   | /'
+echo "== $(cat "${TMPDIR:-/tmp}/timebill_demo_reference" 2>/dev/null)"
+echo "== timebill send <prompt> --budget $BUDGET --feedback"
 status=0
 timebill send "$PROMPT" --budget "$BUDGET" --feedback --server-timeout 30 || status=$?
 echo "== exit code $status (0 = SUCCEEDED)"

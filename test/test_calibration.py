@@ -51,3 +51,12 @@ def test_cli_calibrate_and_check(tiny_model_dir, tmp_path):
     assert "held-out MAPE" in run.output and out.is_file()
     check = runner.invoke(cli, ["calibrate", "--check", "--model", str(tiny_model_dir), "--out", str(out)])
     assert check.exit_code == 0
+
+
+def test_planning_adds_the_held_out_margins(calibration_file):
+    cal = Calibration.load(calibration_file)
+    assert cal.prefill_margin >= 0 and cal.decode_margin >= 0
+    plan_t = cal.planning_timing()
+    assert plan_t.p == pytest.approx(cal.timing.p * (1 + cal.decode_margin))
+    assert plan_t.q == pytest.approx(cal.timing.q * (1 + cal.decode_margin))
+    assert plan_t.prefill(1000) == pytest.approx(cal.timing.prefill(1000) * (1 + cal.prefill_margin))

@@ -38,3 +38,10 @@ def test_least_squares_recovers_known_coefficients():
 
 def test_mape_is_in_percent():
     assert mape([110, 90], [100, 100]) == pytest.approx(10.0)
+
+
+def test_worst_overrun():
+    from timebill_ros.core.timing import worst_overrun
+
+    assert worst_overrun([1.0, 2.0], [1.1, 1.0]) == pytest.approx(0.1)
+    assert worst_overrun([1.0, 2.0], [0.9, 1.0]) == 0.0

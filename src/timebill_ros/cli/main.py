@@ -81,8 +81,9 @@ def build_tiny_model_cmd(out_dir: str, seed: int, layers: int, hidden: int) -> N
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--max-minutes", type=float, default=0, help="Stop (and export) after this long; 0 = no limit.")
 @click.option("--eval-every", type=int, default=250, show_default=True, help="Steps between validation QA checks.")
+@click.option("--export-only", is_flag=True, help="Export the last checkpoint without training.")
 def train_default_model(workdir: str, out: str, steps: int, seed: int, threads: int, max_minutes: float,
-                        eval_every: int) -> None:
+                        eval_every: int, export_only: bool) -> None:
     """Train the embedded default chat model from scratch (seeded, resumable, CPU)."""
     from pathlib import Path
 
@@ -90,7 +91,7 @@ def train_default_model(workdir: str, out: str, steps: int, seed: int, threads: 
 
     out_dir = Path(out) if out else DEFAULT_MODEL_DIR
     train(Recipe(seed=seed, steps=steps), Path(workdir), out_dir, threads=threads,
-          max_minutes=max_minutes or None, eval_every=eval_every)
+          max_minutes=max_minutes or None, eval_every=eval_every, export_only=export_only)
     click.echo(f"exported {out_dir}")
 
 
@@ -184,7 +185,10 @@ def bag_make(out: str, storage: str, per_task: int, budgets: str, methods: str, 
         loaded = load_model(target.model_path, threads=target.threads)
         timing = Calibration.load(target.path()).timing
         prompt_n = [len(encode_prompt(loaded.tokenizer, e.prompt)) for e in examples]
-        answer_n = [len(loaded.tokenizer(e.answer)["input_ids"]) + 1 for e in examples]
+        # The target's own response lengths where distilled (what vanilla really has to decode),
+        # else the reference answer's length.
+        distilled = workload.distilled_lengths(loaded.path / "rlp" / "distill" / "test.jsonl.gz")
+        answer_n = [distilled.get(e.id, len(loaded.tokenizer(e.answer)["input_ids"]) + 1) for e in examples]
         chosen = workload.choose_budgets(timing, prompt_n, answer_n)
     else:
         chosen = [float(b) for b in budgets.split(",")]

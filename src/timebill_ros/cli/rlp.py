@@ -29,7 +29,7 @@ def target_engine(model_path: str, threads: int) -> tuple[Engine, Calibration]:
         click.echo("no calibration for the target yet: calibrating (needed for input compression)")
         cal = calibrate(engine, key, points=12)
         cal.save(default_calibration_path(key))
-    engine.timing = cal.timing
+    engine.timing = cal.planning_timing()
     return engine, cal
 
 
@@ -57,7 +57,8 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
             with tqdm(total=epochs * len(data["train"]), desc=f"training {name}", unit="example") as bar:
                 history = rlp.fit(model, spec, data["train"], data["validation"], epochs=epochs,
                                   lr=3e-4 if spec.kind != "classes" else 1e-3, tick=lambda: bar.update(1))
-            spec.time_coefficients = rlp.profile_time(model.eval(), [64, 256, 512, 1024, spec.max_input_tokens],
+            lengths = sorted({n for n in (64, 256, 512, 1024, spec.max_input_tokens) if n <= spec.max_input_tokens})
+            spec.time_coefficients = rlp.profile_time(model.eval(), lengths,
                                                       len(tok))
             path.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(path)

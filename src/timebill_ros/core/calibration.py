@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from timebill_ros.core.paths import timebill_home
-from timebill_ros.core.timing import TimingModel, fit_decode, fit_prefill, mape
+from timebill_ros.core.timing import TimingModel, fit_decode, fit_prefill, mape, worst_overrun
 
 FORMAT_VERSION = 1
 
@@ -73,6 +73,11 @@ class Calibration:
     decode_samples: list[tuple[int, float]]
     prefill_mape: float  # % on held-out prompt lengths
     decode_mape: float  # % on held-out cache lengths
+    # The largest share by which a held-out measurement exceeded the fit. The fit is a
+    # median, so alone it is exceeded about half the time; the planner adds these margins
+    # so the WCET bounds the time, not only the length.
+    prefill_margin: float = 0.0
+    decode_margin: float = 0.0
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     settings: dict = field(default_factory=dict)
 
@@ -99,11 +104,17 @@ class Calibration:
                 decode_samples=[tuple(s) for s in data["decode_samples"]],
                 prefill_mape=float(data["prefill_mape"]),
                 decode_mape=float(data["decode_mape"]),
+                prefill_margin=float(data.get("prefill_margin", 0.0)),
+                decode_margin=float(data.get("decode_margin", 0.0)),
                 created=data.get("created", ""),
                 settings=data.get("settings", {}),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CalibrationError(f"calibration '{path}' is corrupt ({exc}): {fix}") from exc
+
+    def planning_timing(self) -> TimingModel:
+        """The fit with the held-out margins added: what WCET and alpha* are computed from."""
+        return self.timing.scaled(1.0 + self.prefill_margin, 1.0 + self.decode_margin)
 
     def age_seconds(self) -> float:
         """Seconds since this calibration was made."""
@@ -202,6 +213,8 @@ def calibrate(
         decode_samples=decode,
         prefill_mape=mape([timing.prefill(n) for n, _ in held_pre], [t for _, t in held_pre]),
         decode_mape=mape([timing.decode_step(n) for n, _ in held_dec], [t for _, t in held_dec]),
+        prefill_margin=worst_overrun([timing.prefill(n) for n, _ in held_pre], [t for _, t in held_pre]),
+        decode_margin=worst_overrun([timing.decode_step(n) for n, _ in held_dec], [t for _, t in held_dec]),
         settings={"points": points, "repeats": repeats, "decode_steps": decode_steps, "max_length": limit},
     )
 

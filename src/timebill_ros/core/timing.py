@@ -47,6 +47,11 @@ class TimingModel:
         """Plain dict for JSON."""
         return asdict(self)
 
+    def scaled(self, prefill_factor: float, decode_factor: float) -> "TimingModel":
+        """The same model with prefill and decode times multiplied by the given factors."""
+        return TimingModel(self.a * prefill_factor, self.b * prefill_factor, self.c * prefill_factor,
+                           self.p * decode_factor, self.q * decode_factor)
+
 
 def fit_prefill(n_x: np.ndarray, seconds: np.ndarray) -> tuple[float, float, float]:
     """Least-squares a, b, c of a*N^2 + b*N + c."""
@@ -68,3 +73,9 @@ def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
     """Mean absolute percentage error, in percent."""
     predicted, measured = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
     return float(np.mean(np.abs(predicted - measured) / measured) * 100.0)
+
+
+def worst_overrun(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """The largest share by which a measurement exceeded its prediction (0 when none did)."""
+    predicted, measured = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    return float(max(0.0, np.max(measured / predicted - 1.0)))

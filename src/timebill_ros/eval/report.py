@@ -21,8 +21,8 @@ MISSES = {"KILLED_AT_DEADLINE", "COMPLETED_LATE"}
 def summarise(records: list[dict]) -> dict:
     """Per policy -> method -> budget: n, mean score (incomplete = 0), completion, misses, alpha."""
     groups: dict = defaultdict(list)
-    for r in records:
-        groups[(r["overrun_policy"], r["method"], r["budget"])].append(r)
+    for r in records:  # budgets travel as Durations: round away the nanosecond noise
+        groups[(r["overrun_policy"], r["method"], round(float(r["budget"]), 3))].append(r)
     table: dict = defaultdict(lambda: defaultdict(dict))
     for (policy, method, budget), rows in sorted(groups.items()):
         scores = [score(r["task"], r["text"], r["reference"]) if r["status"] == SUCCEEDED else 0.0 for r in rows]
@@ -47,15 +47,18 @@ def check_claims(table: dict, main_methods: list[str]) -> dict:
         if "timebill" not in methods:
             continue
         budgets = sorted(methods["timebill"], key=float)
-        best_everywhere, gaps, rows = True, [], []
+        best_everywhere, gaps, rows, ties = True, [], [], []
         for b in budgets:
             scores = {m: methods[m][b]["score"] for m in main_methods if m in methods and b in methods[m]}
             winner = max(scores, key=scores.get)
             best_everywhere &= scores["timebill"] >= scores[winner] - 1e-9
+            if sum(abs(v - scores[winner]) <= 1e-9 for v in scores.values()) > 1:
+                ties.append(float(b))  # "highest" is not informative where methods tie (e.g. all 0)
             if "fixed_0.95" in methods:
                 gaps.append(methods["timebill"][b]["completion"] - methods["fixed_0.95"][b]["completion"])
             rows.append({"budget": float(b), "winner": winner, "scores": scores})
-        claim = {"timebill_highest_score_at_every_budget": best_everywhere, "per_budget": rows}
+        claim = {"timebill_highest_score_at_every_budget": best_everywhere, "budgets_with_ties": ties,
+                 "per_budget": rows}
         if gaps:
             claim["completion_gap_vs_fixed_0.95_pts"] = [round(100 * g, 1) for g in gaps]
             claim["completion_within_5_pts_of_fixed_0.95"] = all(abs(g) <= 0.05 for g in gaps)
@@ -66,7 +69,8 @@ def check_claims(table: dict, main_methods: list[str]) -> dict:
             scores = [next(iter(sweep[m].values()))["score"] for m in ks]
             peak = scores.index(max(scores))
             claim["k_sweep_peak_k"] = int(ks[peak].rsplit("k", 1)[1])
-            claim["k_sweep_shape"] = ("rises then falls" if 0 < peak < len(ks) - 1 else
+            claim["k_sweep_shape"] = ("flat" if max(scores) - min(scores) <= 1e-9 else
+                                      "rises then falls" if 0 < peak < len(ks) - 1 else
                                       "falls" if peak == 0 else "rises")
         claims[policy] = claim
     return claims

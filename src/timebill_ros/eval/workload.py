@@ -6,7 +6,10 @@ overrides on the one engine: a baseline is a setting, not a copy of the decode l
 """
 from __future__ import annotations
 
+import gzip
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +38,14 @@ class TimedRequest:
 
     at: float
     fields: dict
+
+
+def distilled_lengths(path: Path) -> dict[str, int]:
+    """Response lengths of the target per example id, from `timebill train-rlp`'s distillation."""
+    if not path.is_file():
+        return {}
+    with gzip.open(path, "rt") as f:
+        return {d["id"]: int(d["n_tokens"]) for d in map(json.loads, f)}
 
 
 def choose_budgets(timing: TimingModel, prompt_tokens: list[int], answer_tokens: list[int],

@@ -93,7 +93,7 @@ class TimeBillServer(Node):
         self.loaded = load_model(self.params.model_path, dtype=self.params.dtype, threads=self.params.threads,
                                  quantization=self.params.quantization)
         self.calibration, self.not_ready = self._load_calibration()
-        timing = self.calibration.timing if self.calibration else TimingModel(0.0, 0.0, 0.0, 0.0, 0.0)
+        timing = self.calibration.planning_timing() if self.calibration else TimingModel(0.0, 0.0, 0.0, 0.0, 0.0)
         predictor = load_predictor(self.params.predictor_path, timing.prefill, self.params.fixed_prediction_tokens)
         self.engine = Engine(self.loaded, timing, predictor, self.params.engine_config())
         self.limits = self.params.limits(self.loaded.context_limit)
@@ -149,7 +149,8 @@ class TimeBillServer(Node):
             return None, reason
         self.get_logger().info(
             f"calibration {path}: prefill MAPE {calibration.prefill_mape:.1f}%, "
-            f"decode MAPE {calibration.decode_mape:.1f}%"
+            f"decode MAPE {calibration.decode_mape:.1f}%, WCET margins +{100 * calibration.prefill_margin:.1f}% "
+            f"prefill / +{100 * calibration.decode_margin:.1f}% decode"
         )
         return calibration, ""
 

@@ -10,7 +10,14 @@ import random
 
 from timebill_ros.eval import tasks
 
-MIX = (("drill", 0.2), ("qa", 0.4), ("code", 0.2), ("list", 0.2))
+MIX = (("drill", 0.3), ("qa", 0.35), ("code", 0.15), ("list", 0.2))
+
+
+def spaced(answer: str) -> str:
+    """A word answer with a leading space, so its first token is the very token the
+    context holds (" garage", not "garage"): copying from context is then an identity
+    copy. Without it the model sat at a constant answer for 900 steps."""
+    return " " + answer
 
 
 def conversation(rng: random.Random, target: int, split: str = "train") -> list[dict[str, str]]:
@@ -25,13 +32,14 @@ def conversation(rng: random.Random, target: int, split: str = "train") -> list[
         messages = [
             {"role": "user", "content": "Read the documents and answer the question with one word.\n\n"
                                         f"{text}\n\nQuestion: {first_q}"},
-            {"role": "assistant", "content": first_a},
+            {"role": "assistant", "content": spaced(first_a)},
         ]
         for q, a in pairs[1:]:
-            messages += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": a}]
+            messages += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": spaced(a)}]
         return messages
     prompt, answer = tasks.MAKERS[task](rng, split, target)
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    return [{"role": "user", "content": prompt},
+            {"role": "assistant", "content": spaced(answer) if task == "list" else answer}]
 
 
 def drill(rng: random.Random) -> list[dict[str, str]]:
@@ -41,9 +49,9 @@ def drill(rng: random.Random) -> list[dict[str, str]]:
     first_q, first_a = pairs[0]
     messages = [{"role": "user", "content": f"Read the documents and answer the question with one word.\n\n"
                                             f"{text}\n\nQuestion: {first_q}"},
-                {"role": "assistant", "content": first_a}]
+                {"role": "assistant", "content": spaced(first_a)}]
     for q, a in pairs[1:]:
-        messages += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": a}]
+        messages += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": spaced(a)}]
     return messages
 
 
