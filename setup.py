@@ -17,7 +17,8 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
     ],
     # The shipped task-suite splits and the embedded default model (weights + tokenizer).
-    package_data={PACKAGE: ["data/tasks/*.jsonl.gz", "models/default/*"]},
+    package_data={PACKAGE: ["data/tasks/*", "models/default/*", "models/default/rlp/buckets16/*",
+                           "models/default/rlp/distill/*"]},
     zip_safe=False,
     maintainer="timebill_ros maintainers",
     maintainer_email="maintainers@timebill-ros.org",
