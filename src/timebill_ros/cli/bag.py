@@ -12,6 +12,40 @@ from tqdm import tqdm
 from timebill_ros.eval import bags, report, workload
 
 
+def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods: str, k_sweep: bool,
+                  policies: list[str], params_file: str, max_new_tokens: int = 384):
+    """Requests from the test split for every (policy, budget, method), written as a bag.
+    Returns (requests, budgets, path)."""
+    from timebill_ros.cli.calibrate import CalibrationTarget
+    from timebill_ros.core.calibration import Calibration
+    from timebill_ros.core.model import encode_prompt, load_model
+    from timebill_ros.eval import tasks
+
+    examples = [e for t in tasks.TASKS for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
+    if budgets == "auto":
+        target = CalibrationTarget.from_sources(params_file, {})
+        loaded = load_model(target.model_path, threads=target.threads)
+        timing = Calibration.load(target.path()).timing
+        prompt_n = [len(encode_prompt(loaded.tokenizer, e.prompt)) for e in examples]
+        # The target's own response lengths where distilled (what vanilla really has to decode),
+        # else the reference answer's length.
+        distilled = workload.distilled_lengths(loaded.path / "rlp" / "distill" / "test.jsonl.gz")
+        answer_n = [distilled.get(e.id, len(loaded.tokenizer(e.answer)["input_ids"]) + 1) for e in examples]
+        chosen = workload.choose_budgets(timing, prompt_n, answer_n)
+    else:
+        chosen = [float(b) for b in budgets.split(",")]
+    known = {**workload.METHODS, **workload.QUANTIZED, **workload.K_SWEEP}
+    unknown = [m for m in methods.split(",") if m not in known]
+    if unknown:
+        raise click.BadParameter(f"unknown method(s) {unknown}; known: {', '.join(known)}", param_hint="--methods")
+    requests = workload.build(examples, chosen, {m: known[m] for m in methods.split(",")}, policies, max_new_tokens)
+    if k_sweep:  # k = 1..8 at the second budget, under the first policy
+        tight = chosen[min(1, len(chosen) - 1)]
+        start = requests[-1].at + workload.GAP_S if requests else 0.0
+        requests += workload.build(examples, [tight], workload.K_SWEEP, policies[:1], max_new_tokens, start)
+    return requests, chosen, make_workload_bag(out, storage, requests)
+
+
 def make_workload_bag(out: Path, storage: str, requests: list[workload.TimedRequest]) -> Path:
     """Write the timed requests as /timebill/requests messages (stamps = arrival times)."""
     start_ns = time.time_ns()

@@ -178,37 +178,10 @@ def bag() -> None:
 def bag_make(out: str, storage: str, per_task: int, budgets: str, methods: str, k_sweep: bool, policies: str,
              params_file: str, budgets_out: str) -> None:
     """Write a workload bag of requests from the task suite's test split."""
-    from timebill_ros.cli.bag import make_workload_bag
-    from timebill_ros.cli.calibrate import CalibrationTarget
-    from timebill_ros.core.calibration import Calibration
-    from timebill_ros.core.model import encode_prompt, load_model
-    from timebill_ros.eval import tasks, workload
+    from timebill_ros.cli.bag import make_workload
 
-    examples = [e for t in tasks.TASKS for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
-    target = CalibrationTarget.from_sources(params_file, {})
-    max_new = 384
-    if budgets == "auto":
-        loaded = load_model(target.model_path, threads=target.threads)
-        timing = Calibration.load(target.path()).timing
-        prompt_n = [len(encode_prompt(loaded.tokenizer, e.prompt)) for e in examples]
-        # The target's own response lengths where distilled (what vanilla really has to decode),
-        # else the reference answer's length.
-        distilled = workload.distilled_lengths(loaded.path / "rlp" / "distill" / "test.jsonl.gz")
-        answer_n = [distilled.get(e.id, len(loaded.tokenizer(e.answer)["input_ids"]) + 1) for e in examples]
-        chosen = workload.choose_budgets(timing, prompt_n, answer_n)
-    else:
-        chosen = [float(b) for b in budgets.split(",")]
-    known = {**workload.METHODS, **workload.QUANTIZED, **workload.K_SWEEP}
-    unknown = [m for m in methods.split(",") if m not in known]
-    if unknown:
-        raise click.BadParameter(f"unknown method(s) {unknown}; known: {', '.join(known)}", param_hint="--methods")
-    picked = {m: known[m] for m in methods.split(",")}
-    requests = workload.build(examples, chosen, picked, policies.split(","), max_new)
-    if k_sweep:
-        tight = chosen[min(1, len(chosen) - 1)]
-        start = requests[-1].at + workload.GAP_S if requests else 0.0
-        requests += workload.build(examples, [tight], workload.K_SWEEP, policies.split(",")[:1], max_new, start)
-    path = make_workload_bag(Path(out), storage, requests)
+    requests, chosen, path = make_workload(Path(out), storage, per_task, budgets, methods, k_sweep,
+                                           policies.split(","), params_file)
     if budgets_out:
         Path(budgets_out).write_text(json.dumps(chosen))
     click.echo(f"{len(requests)} requests, budgets {chosen}, {requests[-1].at:.0f}s of arrivals -> {path}")
