@@ -45,3 +45,15 @@ def test_worst_overrun():
 
     assert worst_overrun([1.0, 2.0], [1.1, 1.0]) == pytest.approx(0.1)
     assert worst_overrun([1.0, 2.0], [0.9, 1.0]) == 0.0
+
+
+def test_fit_never_lets_time_fall_with_length():
+    # Noisy, nearly linear samples whose unconstrained fit has a negative N^2 term.
+    n = np.array([16.0, 64.0, 128.0])
+    seconds = np.array([0.00055, 0.00080, 0.00102])
+    unconstrained = np.linalg.lstsq(np.stack([n * n, n, np.ones_like(n)], 1), seconds, rcond=None)[0]
+    assert unconstrained[0] < 0
+    a, b, c = fit_prefill(n, seconds)
+    assert a >= 0 and b >= 0 and c >= 0
+    model = TimingModel(a, b, c, 0, 0)
+    assert model.prefill(4096) >= model.prefill(128) > 0

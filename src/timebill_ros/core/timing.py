@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.optimize import nnls
 
 
 @dataclass(frozen=True)
@@ -53,19 +54,28 @@ class TimingModel:
                            self.p * decode_factor, self.q * decode_factor)
 
 
+def _nonnegative_least_squares(design: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """Least squares with every coefficient >= 0. Time never falls as a prompt grows; an
+    unconstrained fit on noisy samples can get a negative N^2 term and then predict
+    shorter (even negative) times for long prompts, exactly where the plan matters.
+    Columns are scaled to unit norm first so the solver sees a well-conditioned problem."""
+    scale = np.linalg.norm(design, axis=0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls(design / scale, np.asarray(seconds, dtype=float))
+    return coef / scale
+
+
 def fit_prefill(n_x: np.ndarray, seconds: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares a, b, c of a*N^2 + b*N + c."""
+    """Non-negative least-squares a, b, c of a*N^2 + b*N + c."""
     n = np.asarray(n_x, dtype=float)
-    design = np.stack([n * n, n, np.ones_like(n)], axis=1)
-    coef, *_ = np.linalg.lstsq(design, np.asarray(seconds, dtype=float), rcond=None)
+    coef = _nonnegative_least_squares(np.stack([n * n, n, np.ones_like(n)], axis=1), seconds)
     return float(coef[0]), float(coef[1]), float(coef[2])
 
 
 def fit_decode(n_kv: np.ndarray, seconds: np.ndarray) -> tuple[float, float]:
-    """Least-squares p, q of p*N_kv + q."""
+    """Non-negative least-squares p, q of p*N_kv + q."""
     n = np.asarray(n_kv, dtype=float)
-    design = np.stack([n, np.ones_like(n)], axis=1)
-    coef, *_ = np.linalg.lstsq(design, np.asarray(seconds, dtype=float), rcond=None)
+    coef = _nonnegative_least_squares(np.stack([n, np.ones_like(n)], axis=1), seconds)
     return float(coef[0]), float(coef[1])
 
 

@@ -32,6 +32,7 @@ from timebill_ros.core.engine import Engine
 from timebill_ros.core.jobs import CancelToken, Request
 from timebill_ros.core.model import encode_prompt
 from timebill_ros.core.predictor import PredictorSpec, compress
+from timebill_ros.core.timing import fit_prefill
 from timebill_ros.eval import tasks
 from timebill_ros.train.data import corpus_sample
 
@@ -189,6 +190,4 @@ def profile_time(model, lengths: list[int], vocab: int) -> list[float]:
                 model(input_ids=ids)
             samples.append(time.perf_counter() - t0)
         times.append(statistics.median(samples))
-    n = np.array(lengths, dtype=float)
-    coef, *_ = np.linalg.lstsq(np.stack([n * n, n, np.ones_like(n)], 1), np.array(times), rcond=None)
-    return [float(c) for c in coef]
+    return list(fit_prefill(np.array(lengths, dtype=float), np.array(times)))  # same non-negative fit
