@@ -109,3 +109,15 @@ def test_int8_quantized_model_runs_through_the_same_engine(tiny_model_dir):
     result = e.run(Request(ids(60), budget=30.0, max_new_tokens=4, fixed_alpha=0.0), CancelToken())
     e.close()
     assert result.status is Status.SUCCEEDED and len(result.token_ids) == 4
+
+
+def test_kill_policy_discards_a_late_answer():
+    from timebill_ros.core.jobs import OverrunPolicy, Result
+    from timebill_ros.core.policy import apply_overrun_policy
+
+    late = Result(Status.COMPLETED_LATE, reason="finished after the deadline", text="hi", token_ids=[1, 2])
+    killed = apply_overrun_policy(late, OverrunPolicy.KILL)
+    assert killed.status is Status.KILLED_AT_DEADLINE and killed.text == "" and killed.token_ids == []
+    assert apply_overrun_policy(late, OverrunPolicy.SKIP_NEXT) is late
+    ok = Result(Status.SUCCEEDED, text="hi")
+    assert apply_overrun_policy(ok, OverrunPolicy.KILL) is ok

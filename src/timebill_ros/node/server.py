@@ -36,6 +36,7 @@ from timebill_ros.core.calibration import Calibration, CalibrationError, Calibra
 from timebill_ros.core.engine import Engine
 from timebill_ros.core.jobs import CancelToken, Event, OverrunPolicy, Request, Result, Status
 from timebill_ros.core.model import encode_prompt, load_model
+from timebill_ros.core.policy import apply_overrun_policy
 from timebill_ros.core.predictor import load_predictor
 from timebill_ros.core.timing import TimingModel
 from timebill_ros.core.validation import InvalidGoal, build_request
@@ -237,7 +238,7 @@ class TimeBillServer(Node):
                 text = tokenizer.decode(event.tokens, skip_special_tokens=True)
             job.handle.publish_feedback(feedback_msg(event, text))
 
-        return self.engine.run(job.request, job.cancel, publish)
+        return apply_overrun_policy(self.engine.run(job.request, job.cancel, publish), job.policy)
 
     def _finish(self, job: GoalJob, result: Result) -> TimedGenerate.Result:
         self._count(result)
@@ -267,9 +268,12 @@ class TimeBillServer(Node):
                 self.stats["last_alpha"], self.stats["last_wcet"] = result.plan.alpha, result.plan.wcet
 
     def _early(self, job: GoalJob, status: Status, reason: str) -> Result:
+        now = time.monotonic()
         result = Result(status=status, reason=reason)
-        result.timings.total = time.monotonic() - job.accepted_at
-        result.prompt_tokens = len(job.request.prompt_ids) if job.request else 0
+        result.timings.total = result.timings.queue = now - job.accepted_at
+        if job.request is not None:
+            result.prompt_tokens = len(job.request.prompt_ids)
+            result.deadline_margin = now - job.deadline
         return result
 
     # ------------------------------------------------------------ the control loop
