@@ -9,6 +9,8 @@ import time
 
 import pytest
 from action_msgs.msg import GoalStatus
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import start_node
 from timebill_ros.node.client import Client
@@ -273,3 +275,33 @@ def test_sigterm_during_a_goal_aborts_it_and_exits(slow_model_dir, calibration, 
     finally:
         client.close()
         proc.stop()
+
+
+goal_fields = st.fixed_dictionaries({
+    "prompt": st.text(max_size=400),
+    "budget": st.floats(min_value=-5.0, max_value=5.0, allow_nan=False) | st.sampled_from([0.0, 1e-9, 1e6]),
+    "max_new_tokens": st.integers(0, 2**32 - 1),
+    "k": st.floats(width=32) | st.sampled_from([1.0, 5.0, -1.0]),
+    "alpha_max": st.floats(width=32) | st.sampled_from([0.0, 0.5, -1.0]),
+    "fixed_alpha": st.floats(width=32) | st.sampled_from([0.0, 0.9, -1.0]),
+    "overrun_policy": st.sampled_from(["", "kill", "skip_next", "KILL", "nope"]) | st.text(max_size=8),
+    "on_infeasible": st.sampled_from(["", "reject", "best_effort", "??"]),
+})
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fields=goal_fields)
+def test_fuzzed_goals_each_get_one_terminal_status(node, fields):
+    proc, client = node
+    fields = dict(fields)
+    budget = fields.pop("budget")
+    fields["prompt"] = fields["prompt"].replace("\x00", "")  # ROS strings end at NUL anyway
+    goal = client.goal(budget=max(0.0, min(budget, 5.0)), **fields)
+    if budget < 0:
+        goal.budget.sec = int(budget) - 1
+    run = client.call(goal, timeout=120)
+    terminal = {R(client).SUCCEEDED, R(client).KILLED_AT_DEADLINE, R(client).SKIPPED, R(client).INFEASIBLE,
+                R(client).REJECTED, R(client).CANCELED, R(client).COMPLETED_LATE}
+    assert run.result.status in terminal
+    assert run.result.status == R(client).SUCCEEDED or run.result.status_reason
+    assert proc.proc.poll() is None  # the server is still up
