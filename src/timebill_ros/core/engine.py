@@ -58,12 +58,12 @@ class Engine:
         self.config = config or EngineConfig()
         self.press = SnapKV(self.config.snapkv_window, self.config.snapkv_kernel)
         self.scorer = SnapKVScorer(self.press).attach(loaded.model)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="length-predictor")
+        self.predictor_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="length-predictor")
 
     def close(self) -> None:
         """Release the hooks and the predictor thread."""
         self.scorer.detach()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.predictor_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------- phases
     @torch.inference_mode()
@@ -181,7 +181,7 @@ class _Job:
 
     def run(self) -> Result:
         self.event("prefill")
-        future = self.engine._pool.submit(self.predict_and_plan)
+        future = self.engine.predictor_pool.submit(self.predict_and_plan)
         t0 = time.monotonic()
         try:
             cache, logits = self.engine.prefill(self.request.prompt_ids, self.cancel)
