@@ -2,7 +2,6 @@
 end-to-end distil -> train -> evaluate run on the tiny model."""
 import math
 
-import pytest
 import torch
 
 from timebill_ros.core.engine import Engine
