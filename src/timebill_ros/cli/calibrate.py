@@ -86,6 +86,6 @@ def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_le
     click.echo(f"saved {path}")
     click.echo(f"prefill(N) = {t.a:.3e}*N^2 + {t.b:.3e}*N + {t.c:.3e} s   held-out MAPE {result.prefill_mape:.2f}%")
     click.echo(f"decode(N_kv) = {t.p:.3e}*N_kv + {t.q:.3e} s          held-out MAPE {result.decode_mape:.2f}%")
-    click.echo(f"WCET margins (worst held-out overrun): prefill +{100 * result.prefill_margin:.1f}%, "
+    click.echo(f"WCET margins (worst overrun of any sample): prefill +{100 * result.prefill_margin:.1f}%, "
                f"decode +{100 * result.decode_margin:.1f}%")
     return path

@@ -73,7 +73,7 @@ class Calibration:
     decode_samples: list[tuple[int, float]]
     prefill_mape: float  # % on held-out prompt lengths
     decode_mape: float  # % on held-out cache lengths
-    # The largest share by which a held-out measurement exceeded the fit. The fit is a
+    # The largest share by which any profiled sample exceeded the fit. The fit is a
     # median, so alone it is exceeded about half the time; the planner adds these margins
     # so the WCET bounds the time, not only the length.
     prefill_margin: float = 0.0
@@ -213,8 +213,9 @@ def calibrate(
         decode_samples=decode,
         prefill_mape=mape([timing.prefill(n) for n, _ in held_pre], [t for _, t in held_pre]),
         decode_mape=mape([timing.decode_step(n) for n, _ in held_dec], [t for _, t in held_dec]),
-        prefill_margin=worst_overrun([timing.prefill(n) for n, _ in held_pre], [t for _, t in held_pre]),
-        decode_margin=worst_overrun([timing.decode_step(n) for n, _ in held_dec], [t for _, t in held_dec]),
+        # Margins from every sample, fitted and held out: the worst overrun seen anywhere.
+        prefill_margin=worst_overrun([timing.prefill(n) for n, _ in prefill], [t for _, t in prefill]),
+        decode_margin=worst_overrun([timing.decode_step(n) for n, _ in decode], [t for _, t in decode]),
         settings={"points": points, "repeats": repeats, "decode_steps": decode_steps, "max_length": limit},
     )
 
