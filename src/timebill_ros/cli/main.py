@@ -137,8 +137,8 @@ def eval_quality(model_path: str, split: str, limit: int, alphas: str, threads: 
 @click.option("--out", type=click.Path(), default="", help="Predictor folder (default: <target>/rlp).")
 @click.option("--predictors", default=",".join(("buckets16", "buckets32", "buckets64", "regression", "proxy5", "s3_10")),
               show_default=True)
-@click.option("--per-task", type=int, default=300, show_default=True, help="Train prompts per task.")
-@click.option("--free", type=int, default=60, show_default=True, help="Extra free-form train prompts.")
+@click.option("--per-task", type=int, default=120, show_default=True, help="Train prompts per task (the shipped distillation has 120).")
+@click.option("--free", type=int, default=30, show_default=True, help="Extra free-form train prompts (shipped: 30).")
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--layers", type=int, default=2, show_default=True, help="Target layers the SLM backbone keeps.")
 @click.option("--max-new-tokens", type=int, default=384, show_default=True, help="As served (N_max).")
