@@ -18,8 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from timebill_ros.core.calibration import Calibration, CalibrationError, CalibrationKey, calibrate, \
-    default_calibration_path, machine_id  # noqa: E402
+from timebill_ros.core.calibration import Calibration, load_or_calibrate, machine_id  # noqa: E402
 from timebill_ros.core.engine import Engine, EngineConfig  # noqa: E402
 from timebill_ros.core.model import load_model  # noqa: E402
 from timebill_ros.core.predictor import FixedLengthPredictor  # noqa: E402
@@ -43,15 +42,8 @@ def calibrated_engine(args, predictor=None) -> tuple[Engine, Calibration]:
     loaded = load_model(args.model, threads=args.threads)
     engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), predictor or FixedLengthPredictor(64),
                     EngineConfig(prefill_chunk=args.prefill_chunk, event_period=1e9))
-    key = CalibrationKey(loaded.name, loaded.dtype, args.threads, machine_id())
-    path = default_calibration_path(key)
-    try:
-        cal = Calibration.load(path)
-    except CalibrationError:
-        print(f"[bench] calibrating {loaded.name} (once)", file=sys.stderr)
-        cal = calibrate(engine, key, points=12 if args.quick else 24)
-        cal.save(path)
-    engine.timing = cal.planning_timing()
+    cal = load_or_calibrate(engine, points=12 if args.quick else 24,
+                            announce=lambda message: print(f"[bench] {message}", file=sys.stderr))
     return engine, cal
 
 

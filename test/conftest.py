@@ -46,7 +46,7 @@ def tiny(tiny_model_dir):
 
 def quick_calibration(model_dir: Path, out: Path, *, threads: int = 1, prefill_chunk: int = 512) -> Path:
     """A small calibration (few points) written to OUT, as `timebill calibrate` would."""
-    from timebill_ros.core.calibration import CalibrationKey, calibrate, machine_id
+    from timebill_ros.core.calibration import CalibrationKey, calibrate
     from timebill_ros.core.engine import Engine, EngineConfig
     from timebill_ros.core.model import load_model
     from timebill_ros.core.predictor import FixedLengthPredictor
@@ -54,7 +54,7 @@ def quick_calibration(model_dir: Path, out: Path, *, threads: int = 1, prefill_c
 
     loaded = load_model(str(model_dir), threads=threads)
     engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), EngineConfig(prefill_chunk=prefill_chunk))
-    key = CalibrationKey(loaded.name, loaded.dtype, threads, machine_id())
+    key = CalibrationKey.for_model(loaded)
     result = calibrate(engine, key, points=9, repeats=2, decode_steps=5)
     engine.close()
     return result.save(out)

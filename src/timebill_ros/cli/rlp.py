@@ -9,8 +9,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification
 
-from timebill_ros.core.calibration import Calibration, CalibrationError, CalibrationKey, calibrate, \
-    default_calibration_path, machine_id
+from timebill_ros.core.calibration import Calibration, load_or_calibrate
 from timebill_ros.core.engine import Engine, EngineConfig
 from timebill_ros.core.model import load_model
 from timebill_ros.core.predictor import FixedLengthPredictor, PredictorSpec
@@ -19,18 +18,10 @@ from timebill_ros.train import predictor as rlp
 
 
 def target_engine(model_path: str, threads: int) -> tuple[Engine, Calibration]:
-    """The target model's engine and calibration (made now if missing)."""
-    loaded = load_model(model_path, threads=threads)
-    engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), EngineConfig())
-    key = CalibrationKey(loaded.name, loaded.dtype, threads, machine_id())
-    try:
-        cal = Calibration.load(default_calibration_path(key))
-    except CalibrationError:
-        click.echo("no calibration for the target yet: calibrating (needed for input compression)")
-        cal = calibrate(engine, key, points=12)
-        cal.save(default_calibration_path(key))
-    engine.timing = cal.planning_timing()
-    return engine, cal
+    """The target model's engine and calibration (made now if missing: input compression needs it)."""
+    engine = Engine(load_model(model_path, threads=threads), TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(),
+                    EngineConfig())
+    return engine, load_or_calibrate(engine, points=12, announce=click.echo)
 
 
 def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, free: int, epochs: int,

@@ -53,6 +53,11 @@ class CalibrationKey:
     threads: int
     machine: str
 
+    @classmethod
+    def for_model(cls, loaded) -> "CalibrationKey":
+        """The key of a loaded model (a LoadedModel) on this machine."""
+        return cls(loaded.name, loaded.dtype, loaded.threads, machine_id())
+
     def filename(self) -> str:
         """The JSON file name under the calibration folder."""
         return f"{self.model}__{self.dtype}__t{self.threads}__{self.machine}.json"
@@ -226,3 +231,18 @@ def _fit(prefill: list[tuple[int, float]], decode: list[tuple[int, float]], fit_
     a, b, c = fit_prefill(pre[:, 0], pre[:, 1])
     p, q = fit_decode(dec[:, 0], dec[:, 1])
     return TimingModel(a=a, b=b, c=c, p=p, q=q)
+
+
+def load_or_calibrate(engine, points: int = 24, announce: Callable[[str], None] = lambda message: None) -> Calibration:
+    """The calibration of the engine's model where the node looks for it, made and saved now
+    if there is none; the engine then plans with it."""
+    key = CalibrationKey.for_model(engine.loaded)
+    path = default_calibration_path(key)
+    try:
+        cal = Calibration.load(path)
+    except CalibrationError:
+        announce(f"no calibration for {key.model} on this machine yet: calibrating (once)")
+        cal = calibrate(engine, key, points=points)
+        cal.save(path)
+    engine.timing = cal.planning_timing()
+    return cal

@@ -23,6 +23,8 @@ from typing import Callable, Protocol
 
 import torch
 
+from timebill_ros.core.timing import TimingModel
+
 
 class LengthPredictor(Protocol):
     """Predicts the number of response tokens the target model will produce."""
@@ -85,12 +87,12 @@ class PredictorSpec:
         """Longest input whose predicted predictor time fits in SECONDS (at least head + 16)."""
         if not self.time_coefficients:
             return self.max_input_tokens
-        a, b, c = self.time_coefficients
+        own_time = TimingModel(*self.time_coefficients, p=0.0, q=0.0).prefill
         best = self.head_tokens + 16
         lo, hi = best, self.max_input_tokens
-        while lo <= hi:  # the time is increasing in N over the range we care about
+        while lo <= hi:  # the fit is non-negative, so the time grows with N
             mid = (lo + hi) // 2
-            if a * mid * mid + b * mid + c <= seconds:
+            if own_time(mid) <= seconds:
                 best, lo = mid, mid + 1
             else:
                 hi = mid - 1

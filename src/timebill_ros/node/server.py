@@ -32,7 +32,7 @@ from timebill_msgs.msg import Request as RequestMsg
 from timebill_msgs.msg import ResultRecord
 from unique_identifier_msgs.msg import UUID
 
-from timebill_ros.core.calibration import Calibration, CalibrationError, CalibrationKey, default_calibration_path, machine_id
+from timebill_ros.core.calibration import Calibration, CalibrationError, CalibrationKey, default_calibration_path
 from timebill_ros.core.engine import Engine
 from timebill_ros.core.jobs import CancelToken, Event, OverrunPolicy, Request, Result, Status
 from timebill_ros.core.model import encode_prompt, load_model
@@ -133,7 +133,7 @@ class TimeBillServer(Node):
 
     # ------------------------------------------------------------ start-up
     def _load_calibration(self) -> tuple[Calibration | None, str]:
-        key = CalibrationKey(self.loaded.name, self.loaded.dtype, self.loaded.threads, machine_id())
+        key = CalibrationKey.for_model(self.loaded)
         path = Path(self.params.calibration_path) if self.params.calibration_path else default_calibration_path(key)
         self.calibration_file = path
         try:
