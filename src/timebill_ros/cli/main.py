@@ -76,21 +76,34 @@ def build_tiny_model_cmd(out_dir: str, seed: int, layers: int, hidden: int) -> N
 @click.option("--workdir", type=click.Path(), default=".timebill/train-default", show_default=True,
               help="Checkpoints, tokenizer and metrics; a rerun resumes from here.")
 @click.option("--out", type=click.Path(), default="", help="Export folder (default: the packaged model folder).")
-@click.option("--steps", type=int, default=3000, show_default=True)
+@click.option("--steps", type=int, default=None, help="Training steps (default: the recipe's).")
+@click.option("--layers", type=int, default=None, help="Override the recipe's layer count.")
+@click.option("--hidden", type=int, default=None, help="Override the recipe's hidden size.")
+@click.option("--heads", type=int, default=None, help="Override the recipe's query heads (KV heads stay).")
+@click.option("--lr", type=float, default=None, help="Override the recipe's peak learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--max-minutes", type=float, default=0, help="Stop (and export) after this long; 0 = no limit.")
 @click.option("--eval-every", type=int, default=250, show_default=True, help="Steps between validation QA checks.")
 @click.option("--export-only", is_flag=True, help="Export the last checkpoint without training.")
-def train_default_model(workdir: str, out: str, steps: int, seed: int, threads: int, max_minutes: float,
+def train_default_model(workdir: str, out: str, steps: int | None, layers: int | None, hidden: int | None,
+                        heads: int | None, lr: float | None, seed: int, threads: int, max_minutes: float,
                         eval_every: int, export_only: bool) -> None:
-    """Train the embedded default chat model from scratch (seeded, resumable, CPU)."""
+    """Train the embedded default chat model from scratch (seeded, resumable, CPU).
+
+    Without overrides it trains the recipe of the shipped model (README model card)."""
+    from dataclasses import replace
     from pathlib import Path
 
     from timebill_ros.train.default_model import DEFAULT_MODEL_DIR, Recipe, train
 
+    overrides = {k: v for k, v in dict(steps=steps, layers=layers, hidden=hidden, heads=heads, lr=lr).items()
+                 if v is not None}
+    recipe = replace(Recipe(seed=seed), **overrides)
+    if hidden is not None:
+        recipe = replace(recipe, intermediate=3 * hidden)
     out_dir = Path(out) if out else DEFAULT_MODEL_DIR
-    train(Recipe(seed=seed, steps=steps), Path(workdir), out_dir, threads=threads,
+    train(recipe, Path(workdir), out_dir, threads=threads,
           max_minutes=max_minutes or None, eval_every=eval_every, export_only=export_only)
     click.echo(f"exported {out_dir}")
 

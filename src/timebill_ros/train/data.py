@@ -1,58 +1,86 @@
 """Training conversations for the default model, drawn from the task suite's train split.
 
-Retrieval QA is multi-turn (several questions about the same documents), so one
-sequence carries several retrieval signals: dense supervision is what lets a small
-model form the copy-from-context circuit in a CPU-sized training budget.
+Training follows a curriculum of `Level`s. It opens with short retrieval drills and no
+filler: first one fact (the model learns to copy a place from its context), then more
+and more facts (it learns which place belongs to the asked object), then filler between
+the facts, and only then the task suite's long documents, code and lists. Without the
+one-fact opening, three runs of ~1200 steps sat at a constant answer (README model card).
 """
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from timebill_ros.eval import tasks
+from timebill_ros.eval.vocab import FACT_FRAME, OBJECTS, PLACES, QUESTION_FRAME
 
 MIX = (("drill", 0.3), ("qa", 0.35), ("code", 0.15), ("list", 0.2))
+INSTRUCTION = "Read the documents and answer the question with one word.\n\n"
+
+
+@dataclass(frozen=True)
+class Level:
+    """One rung of the curriculum."""
+
+    facts: tuple[int, int]  # facts per drill (min, max)
+    filler: int  # most filler sentences in a drill
+    max_target: int  # longest task-suite prompt in tokens; 0 = drills only
+
+
+LEVELS = (
+    Level((1, 1), 0, 0),
+    Level((2, 3), 0, 0),
+    Level((2, 6), 0, 0),
+    Level((3, 12), 0, 0),
+    Level((3, 12), 8, 0),
+    Level((3, 12), 8, 512),
+    Level((3, 12), 8, 1024),
+    Level((3, 12), 8, 2000),
+)
 
 
 def spaced(answer: str) -> str:
     """A word answer with a leading space, so its first token is the very token the
-    context holds (" garage", not "garage"): copying from context is then an identity
-    copy. Without it the model sat at a constant answer for 900 steps."""
+    context holds (" garage", not "garage"): copying from context is then an identity copy."""
     return " " + answer
 
 
-def conversation(rng: random.Random, target: int, split: str = "train") -> list[dict[str, str]]:
-    """One chat (user/assistant turns) of about TARGET prompt tokens."""
-    task = rng.choices([t for t, _ in MIX], weights=[w for _, w in MIX])[0]
+def conversation(rng: random.Random, target: int, level: Level = LEVELS[-1]) -> list[dict]:
+    """One chat (user/assistant turns) of about TARGET prompt tokens at LEVEL.
+
+    Retrieval answers carry `"retrieval": True`, so training can track their accuracy."""
+    task = "drill" if not level.max_target else rng.choices([t for t, _ in MIX], weights=[w for _, w in MIX])[0]
     if task == "drill":
-        return drill(rng)
+        return drill(rng, level)
     if task == "qa":
-        questions = rng.randint(1, 8)
-        text, pairs = tasks.make_qa(rng, split, target, questions=questions)
-        first_q, first_a = pairs[0]
-        messages = [
-            {"role": "user", "content": "Read the documents and answer the question with one word.\n\n"
-                                        f"{text}\n\nQuestion: {first_q}"},
-            {"role": "assistant", "content": spaced(first_a)},
-        ]
-        for q, a in pairs[1:]:
-            messages += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": spaced(a)}]
-        return messages
-    prompt, answer = tasks.MAKERS[task](rng, split, target)
+        text, pairs = tasks.make_qa(rng, "train", min(target, level.max_target), questions=rng.randint(1, 8))
+        return qa_turns(text, pairs)
+    prompt, answer = tasks.MAKERS[task](rng, "train", min(target, level.max_target))
     return [{"role": "user", "content": prompt},
             {"role": "assistant", "content": spaced(answer) if task == "list" else answer}]
 
 
-def drill(rng: random.Random) -> list[dict[str, str]]:
-    """Short, dense retrieval: many facts, little filler, many questions. Forms the
-    look-up-and-copy circuit early; the long-document QA then reuses it."""
-    text, pairs = tasks.make_qa(rng, "train", rng.randint(40, 160), questions=rng.randint(4, 8))
-    first_q, first_a = pairs[0]
-    messages = [{"role": "user", "content": f"Read the documents and answer the question with one word.\n\n"
-                                            f"{text}\n\nQuestion: {first_q}"},
-                {"role": "assistant", "content": spaced(first_a)}]
-    for q, a in pairs[1:]:
-        messages += [{"role": "user", "content": f"Question: {q}"}, {"role": "assistant", "content": spaced(a)}]
+def qa_turns(text: str, pairs: list[tuple[str, str]]) -> list[dict]:
+    """Documents and a first question, then one turn per further question: several
+    retrieval answers per sequence (dense supervision)."""
+    messages: list[dict] = []
+    for i, (q, a) in enumerate(pairs):
+        user = f"{INSTRUCTION}{text}\n\nQuestion: {q}" if i == 0 else f"Question: {q}"
+        messages += [{"role": "user", "content": user},
+                     {"role": "assistant", "content": spaced(a), "retrieval": True}]
     return messages
+
+
+def drill(rng: random.Random, level: Level) -> list[dict]:
+    """Short, dense retrieval: a few facts, little or no filler, many questions."""
+    n = rng.randint(*level.facts)
+    facts = [(o, rng.choice(PLACES)) for o in rng.sample(OBJECTS, n)]
+    parts = [FACT_FRAME.format(object=o, place=p) for o, p in facts]
+    pool = tasks.sentences("train")
+    for _ in range(rng.randint(0, level.filler)):
+        parts.insert(rng.randint(0, len(parts)), rng.choice(pool))
+    asked = rng.sample(facts, rng.randint(1, n))
+    return qa_turns("Document 1:\n" + " ".join(parts), [(QUESTION_FRAME.format(object=o), p) for o, p in asked])
 
 
 def corpus_sample(n: int, seed: int = 0) -> list[str]:

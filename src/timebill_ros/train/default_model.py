@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from timebill_ros.core.tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS
 from timebill_ros.eval import tasks
-from timebill_ros.train.data import conversation, corpus_sample
+from timebill_ros.train.data import LEVELS, Level, conversation, corpus_sample
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
 
@@ -32,20 +32,25 @@ class Recipe:
 
     seed: int = 0
     vocab_size: int = 4096
+    tokenizer_conversations: int = 3000  # train-split chats the BPE is fitted on
     hidden: int = 256
     layers: int = 4
     heads: int = 8
     kv_heads: int = 2
     intermediate: int = 768
     context: int = 2048
-    steps: int = 2200
+    steps: int = 6000
     tokens_per_step: int = 4096
-    lr: float = 2e-3
-    warmup: int = 100
+    lr: float = 1e-2
+    warmup: int = 50
     weight_decay: float = 0.1
     other_token_weight: float = 0.1  # loss weight of non-answer tokens (answers weigh 1)
-    # Curriculum: the longest prompt grows with training (share of steps -> max target tokens).
-    curriculum: tuple = ((0.4, 512), (0.75, 1024), (1.0, 2000))
+    # Curriculum (train.data.LEVELS): move up a level once the running accuracy of the
+    # first token of retrieval answers reaches `advance_at` (after `min_level_steps`);
+    # from `long_from` of the steps on, train at the last level whatever the accuracy.
+    advance_at: float = 0.9
+    min_level_steps: int = 50
+    long_from: float = 0.8
 
 
 def train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
@@ -59,7 +64,7 @@ def train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
         vocab_size=recipe.vocab_size, special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(corpus_sample(3000, recipe.seed), trainer=trainer)
+    tok.train_from_iterator(corpus_sample(recipe.tokenizer_conversations, recipe.seed), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    model_max_length=recipe.context)
     fast.chat_template = CHAT_TEMPLATE
@@ -78,53 +83,66 @@ def build_model(recipe: Recipe, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForC
     return Qwen2ForCausalLM(config)
 
 
-def encode(tokenizer, messages: list[dict[str, str]], other_weight: float) -> tuple[list[int], list[float]]:
-    """ChatML token ids of a conversation and per-token loss weights (answers weigh 1)."""
-    ids, weights = [], []
+def encode(tokenizer, messages: list[dict], other_weight: float) -> tuple[list[int], list[float], list[bool]]:
+    """ChatML token ids of a conversation, per-token loss weights (answers weigh 1) and
+    flags on the first token of each retrieval answer (for the curriculum's accuracy)."""
+    ids, weights, first = [], [], []
     for m in messages:
         header = f"<|im_start|>{m['role']}\n"
         enc = tokenizer(header + m["content"] + "<|im_end|>\n", return_offsets_mapping=True)
+        seen_answer = False
         for tid, (start, _) in zip(enc["input_ids"], enc["offset_mapping"]):
             is_answer = m["role"] == "assistant" and start >= len(header)
             ids.append(tid)
             weights.append(1.0 if is_answer else other_weight)
-    return ids, weights
+            first.append(is_answer and not seen_answer and bool(m.get("retrieval")))
+            seen_answer |= is_answer
+    return ids, weights, first
 
 
-def max_target(recipe: Recipe, step: int) -> int:
-    """The curriculum's longest prompt at STEP."""
-    share = step / max(1, recipe.steps)
-    return next(length for until, length in recipe.curriculum if share <= until)
-
-
-def batch(recipe: Recipe, tokenizer, rng: random.Random, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded ids and loss weights filling about tokens_per_step tokens."""
-    top = max_target(recipe, step)
+def batch(recipe: Recipe, tokenizer, rng: random.Random, level: Level) -> tuple[torch.Tensor, ...]:
+    """Padded ids, loss weights and first-retrieval-answer flags filling about
+    tokens_per_step tokens."""
     # One length per batch (the sequences differ by at most 20%), so little is padding.
-    length = 2 ** rng.uniform(7.0, math.log2(top))
+    length = 2 ** rng.uniform(7.0, math.log2(max(level.max_target, 256)))
     seqs, total = [], 0
     while total < recipe.tokens_per_step:
         target = int(round(length * rng.uniform(0.8, 1.0)))
-        ids, w = encode(tokenizer, conversation(rng, target), recipe.other_token_weight)
-        ids, w = ids[: recipe.context], w[: recipe.context]
-        seqs.append((ids, w))
-        total += len(ids)
+        seq = [part[: recipe.context] for part in encode(tokenizer, conversation(rng, target, level),
+                                                         recipe.other_token_weight)]
+        seqs.append(seq)
+        total += len(seq[0])
     width = max(len(s[0]) for s in seqs)
-    pad = tokenizer.pad_token_id
-    x = torch.full((len(seqs), width), pad, dtype=torch.long)
+    x = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
     wt = torch.zeros((len(seqs), width))
-    for i, (ids, w) in enumerate(seqs):
+    first = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (ids, w, f) in enumerate(seqs):
         x[i, : len(ids)] = torch.tensor(ids)
         wt[i, : len(w)] = torch.tensor(w)
-    return x, wt
+        first[i, : len(f)] = torch.tensor(f)
+    return x, wt, first
 
 
-def loss_of(model, x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
-    """Weighted next-token cross-entropy."""
+def loss_of(model, x: torch.Tensor, wt: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, float | None]:
+    """Weighted next-token cross-entropy and the accuracy on first retrieval-answer tokens
+    (None when the batch has none)."""
     logits = model(input_ids=x).logits[:, :-1].float()
-    target, weight = x[:, 1:], wt[:, 1:]
+    target, weight, flags = x[:, 1:], wt[:, 1:], first[:, 1:]
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
-    return (ce * weight.reshape(-1)).sum() / weight.sum()
+    loss = (ce * weight.reshape(-1)).sum() / weight.sum()
+    if not flags.any():
+        return loss, None
+    return loss, (logits.argmax(-1)[flags] == target[flags]).float().mean().item()
+
+
+def next_level(recipe: Recipe, level: int, steps_in_level: int, accuracy: float, step: int) -> int:
+    """The curriculum's level for the next step."""
+    last = len(LEVELS) - 1
+    if step >= recipe.long_from * recipe.steps:
+        return last
+    if steps_in_level >= recipe.min_level_steps and accuracy >= recipe.advance_at:
+        return min(level + 1, last)
+    return level
 
 
 @torch.no_grad()
@@ -169,7 +187,7 @@ def train(recipe: Recipe, workdir: Path, out_dir: Path = DEFAULT_MODEL_DIR, thre
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     model = build_model(recipe, tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=recipe.weight_decay)
-    step, rng = _resume(workdir, model, opt, recipe)
+    step, rng, progress = _resume(workdir, model, opt, recipe)
     if export_only:
         export(model, tokenizer, recipe, step, out_dir)
         return out_dir
@@ -182,48 +200,63 @@ def train(recipe: Recipe, workdir: Path, out_dir: Path = DEFAULT_MODEL_DIR, thre
                 break
             for group in opt.param_groups:
                 group["lr"] = lr_at(recipe, step)
-            x, wt = batch(recipe, tokenizer, rng, step)
-            loss = loss_of(model, x, wt)
+            level = LEVELS[progress["level"]]
+            x, wt, first = batch(recipe, tokenizer, rng, level)
+            loss, accuracy = loss_of(model, x, wt, first)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
+            _track(recipe, progress, accuracy, step)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", len=max_target(recipe, step))
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{progress['accuracy']:.2f}", level=progress["level"])
             record = {"step": step, "loss": round(loss.item(), 4), "tokens": int(x.numel()),
-                      "time": round(time.monotonic() - started, 1)}
+                      "time": round(time.monotonic() - started, 1), "level": progress["level"],
+                      "answer_accuracy": round(progress["accuracy"], 3)}
             if step % eval_every == 0:
-                record["val_qa_exact"] = qa_accuracy(model, tokenizer, max_target_tokens=max_target(recipe, step))
+                record["val_qa_exact"] = qa_accuracy(model, tokenizer, max_target_tokens=max(256, level.max_target))
                 bar.write(json.dumps(record))
             log.write(json.dumps(record) + "\n")
             log.flush()
             if time.monotonic() - last_ckpt > checkpoint_minutes * 60:
-                _checkpoint(workdir, model, opt, step, rng)
+                _checkpoint(workdir, model, opt, step, rng, progress)
                 last_ckpt = time.monotonic()
-    _checkpoint(workdir, model, opt, step, rng)
+    _checkpoint(workdir, model, opt, step, rng, progress)
     export(model, tokenizer, recipe, step, out_dir)
     return out_dir
 
 
-def _checkpoint(workdir: Path, model, opt, step: int, rng: random.Random) -> None:
+def _track(recipe: Recipe, progress: dict, accuracy: float | None, step: int) -> None:
+    """Update the running answer accuracy (EMA) and the curriculum level."""
+    if accuracy is not None:
+        progress["accuracy"] = 0.9 * progress["accuracy"] + 0.1 * accuracy
+    progress["steps_in_level"] += 1
+    level = next_level(recipe, progress["level"], progress["steps_in_level"], progress["accuracy"], step)
+    if level != progress["level"]:
+        progress.update(level=level, steps_in_level=0, accuracy=0.0)
+        tqdm.write(f"step {step}: curriculum level {level} {LEVELS[level]}")
+
+
+def _checkpoint(workdir: Path, model, opt, step: int, rng: random.Random, progress: dict) -> None:
     tmp = workdir / "checkpoint.pt.tmp"
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "progress": progress,
                 "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, tmp)
     tmp.replace(workdir / "checkpoint.pt")
 
 
-def _resume(workdir: Path, model, opt, recipe: Recipe) -> tuple[int, random.Random]:
+def _resume(workdir: Path, model, opt, recipe: Recipe) -> tuple[int, random.Random, dict]:
     rng = random.Random(f"train:{recipe.seed}")
+    progress = {"level": 0, "steps_in_level": 0, "accuracy": 0.0}
     path = workdir / "checkpoint.pt"
     if not path.exists():
-        return 0, rng
+        return 0, rng, progress
     state = torch.load(path, weights_only=False)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     rng.setstate(state["rng"])
     torch.set_rng_state(state["torch_rng"])
-    return int(state["step"]), rng
+    return int(state["step"]), rng, state.get("progress", progress)
 
 
 def export(model, tokenizer, recipe: Recipe, step: int, out_dir: Path) -> None:

@@ -19,6 +19,7 @@ import math
 import random
 import statistics
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -53,7 +54,8 @@ def predictor_prompts(split: str, n_per_task: int, seed: int = 0, free: int = 0)
     prompts = [(e.id, e.prompt) for e in tasks.generate(split, n_per_task, seed)] if split != "test" else \
         [(e.id, e.prompt) for e in tasks.load("test")]
     rng = random.Random(f"free:{split}:{seed}")
-    texts = corpus_sample(max(free, 1) * 2, seed=hash(split) % 1000)
+    # crc32, not hash(): str hashes change per process, and the prompts must not.
+    texts = corpus_sample(max(free, 1) * 2, seed=zlib.crc32(split.encode()) % 1000)
     for i in range(free):
         text = rng.choice(texts)[:4000]
         ask = rng.choice(["Summarise this text.", "Answer briefly.", "Repeat the first sentence.",

@@ -1,0 +1,60 @@
+"""The default model's training: curriculum data, its level logic, and a tiny resumable run."""
+import random
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from timebill_ros.train.data import LEVELS, conversation
+from timebill_ros.train.default_model import Recipe, encode, next_level, train
+
+
+def test_first_level_drills_hold_one_fact_whose_place_is_the_answer():
+    rng = random.Random(0)
+    for _ in range(20):
+        chat = conversation(rng, 500, LEVELS[0])
+        assert [m["role"] for m in chat] == ["user", "assistant"]
+        answer = chat[1]["content"]
+        assert chat[0]["content"].count(" is in the ") == 1 and f"the{answer}." in chat[0]["content"]
+
+
+def test_every_retrieval_answer_is_flagged_once(tiny):
+    rng = random.Random(1)
+    chat = conversation(rng, 500, LEVELS[3])
+    ids, weights, first = encode(tiny.tokenizer, chat, 0.1)
+    assert len(ids) == len(weights) == len(first)
+    assert sum(first) == sum(1 for m in chat if m.get("retrieval"))
+    assert all(weights[i] == 1.0 for i, f in enumerate(first) if f)
+
+
+def test_code_and_list_answers_are_not_flagged(tiny):
+    rng = random.Random(2)
+    chats = [conversation(rng, 300, LEVELS[-1]) for _ in range(30)]
+    plain = [c for c in chats if not any(m.get("retrieval") for m in c)]
+    assert plain, "the last level mixes in code and list tasks"
+    assert not any(any(encode(tiny.tokenizer, c, 0.1)[2]) for c in plain)
+
+
+def test_level_moves_up_only_on_accuracy_after_min_steps_and_ends_long():
+    r = Recipe(steps=1000, min_level_steps=50, advance_at=0.9, long_from=0.8)
+    assert next_level(r, 0, 10, 0.99, 10) == 0  # too early in the level
+    assert next_level(r, 0, 60, 0.80, 60) == 0  # not accurate enough
+    assert next_level(r, 0, 60, 0.95, 60) == 1
+    assert next_level(r, len(LEVELS) - 1, 60, 0.95, 60) == len(LEVELS) - 1
+    assert next_level(r, 1, 5, 0.0, 800) == len(LEVELS) - 1  # the long phase starts regardless
+
+
+def test_tiny_training_run_resumes_and_exports_a_loadable_model(tmp_path):
+    recipe = Recipe(vocab_size=300, tokenizer_conversations=20, hidden=32, layers=1, heads=2, kv_heads=1,
+                    intermediate=64, context=512, steps=4, tokens_per_step=256, warmup=1, min_level_steps=1)
+    work, out = tmp_path / "work", tmp_path / "model"
+    train(recipe, work, out, threads=1, max_minutes=None, eval_every=1000)
+    metrics = (work / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 4
+    state = torch.load(work / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 4 and "progress" in state
+    train(Recipe(**{**recipe.__dict__, "steps": 6}), work, out, threads=1, eval_every=1000)
+    assert len((work / "metrics.jsonl").read_text().splitlines()) == 6  # resumed, not restarted
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    assert tok.eos_token == "<|im_end|>" and tok.chat_template
