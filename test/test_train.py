@@ -1,4 +1,5 @@
 """The default model's training: curriculum data, its level logic, and a tiny resumable run."""
+import json
 import random
 
 import torch
@@ -52,8 +53,11 @@ def test_tiny_training_run_resumes_and_exports_a_loadable_model(tmp_path):
     assert len(metrics) == 4
     state = torch.load(work / "checkpoint.pt", weights_only=False)
     assert state["step"] == 4 and "progress" in state
+    with (work / "metrics.jsonl").open("a") as log:  # as if a run died between checkpoints
+        log.write('{"step": 5, "loss": 1.0}\n')
     train(Recipe(**{**recipe.__dict__, "steps": 6}), work, out, threads=1, eval_every=1000)
-    assert len((work / "metrics.jsonl").read_text().splitlines()) == 6  # resumed, not restarted
+    steps = [json.loads(line)["step"] for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # resumed at 4, not restarted; the lost step 5 done once
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.num_key_value_heads < model.config.num_attention_heads

@@ -79,7 +79,8 @@ def build_tiny_model_cmd(out_dir: str, seed: int, layers: int, hidden: int) -> N
 @click.option("--steps", type=int, default=None, help="Training steps (default: the recipe's).")
 @click.option("--layers", type=int, default=None, help="Override the recipe's layer count.")
 @click.option("--hidden", type=int, default=None, help="Override the recipe's hidden size.")
-@click.option("--heads", type=int, default=None, help="Override the recipe's query heads (KV heads stay).")
+@click.option("--heads", type=int, default=None, help="Override the recipe's query heads.")
+@click.option("--kv-heads", type=int, default=None, help="Override the recipe's KV heads (fewer than --heads).")
 @click.option("--lr", type=float, default=None, help="Override the recipe's peak learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
@@ -87,7 +88,7 @@ def build_tiny_model_cmd(out_dir: str, seed: int, layers: int, hidden: int) -> N
 @click.option("--eval-every", type=int, default=250, show_default=True, help="Steps between validation QA checks.")
 @click.option("--export-only", is_flag=True, help="Export the last checkpoint without training.")
 def train_default_model(workdir: str, out: str, steps: int | None, layers: int | None, hidden: int | None,
-                        heads: int | None, lr: float | None, seed: int, threads: int, max_minutes: float,
+                        heads: int | None, kv_heads: int | None, lr: float | None, seed: int, threads: int, max_minutes: float,
                         eval_every: int, export_only: bool) -> None:
     """Train the embedded default chat model from scratch (seeded, resumable, CPU).
 
@@ -97,7 +98,7 @@ def train_default_model(workdir: str, out: str, steps: int | None, layers: int |
 
     from timebill_ros.train.default_model import DEFAULT_MODEL_DIR, Recipe, train
 
-    overrides = {k: v for k, v in dict(steps=steps, layers=layers, hidden=hidden, heads=heads, lr=lr).items()
+    overrides = {k: v for k, v in dict(steps=steps, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, lr=lr).items()
                  if v is not None}
     recipe = replace(Recipe(seed=seed), **overrides)
     if hidden is not None:

@@ -191,7 +191,7 @@ def train(recipe: Recipe, workdir: Path, out_dir: Path = DEFAULT_MODEL_DIR, thre
     if export_only:
         export(model, tokenizer, recipe, step, out_dir)
         return out_dir
-    log = (workdir / "metrics.jsonl").open("a")
+    log = _metrics_log(workdir / "metrics.jsonl", step)
     started, last_ckpt = time.monotonic(), time.monotonic()
     model.train()
     with tqdm(total=recipe.steps, initial=step, desc="training default model", unit="step") as bar:
@@ -225,6 +225,15 @@ def train(recipe: Recipe, workdir: Path, out_dir: Path = DEFAULT_MODEL_DIR, thre
     _checkpoint(workdir, model, opt, step, rng, progress)
     export(model, tokenizer, recipe, step, out_dir)
     return out_dir
+
+
+def _metrics_log(path: Path, step: int):
+    """The metrics log opened for appending, without the records of steps after STEP (those
+    of a run stopped between checkpoints, which the resumed run does again)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+    return path.open("a")
 
 
 def _track(recipe: Recipe, progress: dict, accuracy: float | None, step: int) -> None:
