@@ -14,8 +14,8 @@ import statistics
 import time
 
 import torch
-
 from common import calibrated_engine, parser, random_ids, summary, write
+
 from timebill_ros.core.calibration import spread_lengths
 from timebill_ros.core.eviction import evict
 from timebill_ros.core.jobs import CancelToken, Request
@@ -46,7 +46,8 @@ def ete_mape(engine, cal, quick: bool) -> dict:
             steps.append(time.perf_counter() - t0)
         dec_meas.append(statistics.median(steps))
         dec_pred.append(cal.timing.decode_step(n + 4))
-    return {"lengths": lengths, "prefill_mape_pct": mape(pre_pred, pre_meas), "decode_step_mape_pct": mape(dec_pred, dec_meas),
+    return {"lengths": lengths, "prefill_mape_pct": mape(pre_pred, pre_meas),
+            "decode_step_mape_pct": mape(dec_pred, dec_meas),
             "calibration_prefill_mape_pct": cal.prefill_mape, "calibration_decode_mape_pct": cal.decode_mape,
             "prefill_measured_s": pre_meas, "prefill_predicted_s": pre_pred,
             "decode_step_measured_s": dec_meas, "decode_step_predicted_s": dec_pred}
@@ -59,14 +60,16 @@ def wcet_coverage(engine, quick: bool, k: float = 5.0) -> dict:
     runs = []
     for i in range(10 if quick else 40):
         n = int(2 ** rng.uniform(7, 11))
-        req = Request(random_ids(n, vocab, seed=1000 + i), budget=1e6, max_new_tokens=rng.choice([32, 64, 128, 256]), k=k)
+        req = Request(random_ids(n, vocab, seed=1000 + i), budget=1e6,
+                      max_new_tokens=rng.choice([32, 64, 128, 256]), k=k)
         r = engine.run(req, CancelToken())
         runs.append({"n_x": n, "tokens": len(r.token_ids), "e2e": r.timings.total, "wcet": r.plan.wcet,
                      "n_w": r.plan.worst_case_tokens})
     covered = [r["e2e"] <= r["wcet"] for r in runs]
     slack = [(r["wcet"] - r["e2e"]) / r["wcet"] for r in runs]
     # WCET at the *actual* length: the time model alone, without k's headroom.
-    return {"k": k, "runs": len(runs), "coverage": sum(covered) / len(runs), "mean_slack_share": statistics.fmean(slack),
+    return {"k": k, "runs": len(runs), "coverage": sum(covered) / len(runs),
+            "mean_slack_share": statistics.fmean(slack),
             "min_slack_share": min(slack), "samples": runs,
             "note": "predictor: fixed N_hat; with a random model responses run to max_new_tokens"}
 

@@ -9,9 +9,9 @@ The design bound is one control period plus one decode step.
 from __future__ import annotations
 
 import rclpy
-
 from common import calibrated_engine, parser, summary, write
 from node_common import start_calibrated_node
+
 from timebill_ros.node.client import Client
 
 

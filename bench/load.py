@@ -9,9 +9,9 @@ import random
 import time
 
 import rclpy
-
 from common import parser, percentile, write
 from node_common import start_calibrated_node
+
 from timebill_ros.node.client import Client
 
 
@@ -37,7 +37,8 @@ def main() -> None:
             prompt = "check the shelf " * rng.choice([2, 20, 120, 400])
             budget = rng.choice([0.05, 0.2, 0.5, 1.0, 3.0])
             client = clients[i % len(clients)]
-            runs.append((budget, client.send(client.goal(prompt, budget=budget, max_new_tokens=rng.choice([8, 64, 256])))))
+            goal = client.goal(prompt, budget=budget, max_new_tokens=rng.choice([8, 64, 256]))
+            runs.append((budget, client.send(goal)))
         for _, run in runs:
             try:
                 clients[0].wait(run, timeout=300)

@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 from common import calibrated_engine
+
 from timebill_ros.core.calibration import default_calibration_path
 from timebill_ros.node.client import NodeProcess
 

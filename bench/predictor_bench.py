@@ -10,8 +10,8 @@ from __future__ import annotations
 import statistics
 
 import torch
-
 from common import calibrated_engine, parser, summary, write
+
 from timebill_ros.core.jobs import CancelToken, Request
 from timebill_ros.core.model import encode_prompt
 from timebill_ros.core.predictor import FixedLengthPredictor, load_predictor
@@ -26,7 +26,8 @@ def main() -> None:
     engine, cal = calibrated_engine(args)
     fixed = FixedLengthPredictor(64)
     trained = load_predictor(args.predictor, cal.timing.prefill, 64)
-    examples = [e for t in tasks.TASKS for e in [x for x in tasks.load("test") if x.task == t][:3 if args.quick else args.per_task]]
+    per_task = 3 if args.quick else args.per_task
+    examples = [e for t in tasks.TASKS for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
     rows = []
     for ex in examples:
         ids = encode_prompt(engine.loaded.tokenizer, ex.prompt)[: engine.loaded.context_limit - 64]
@@ -45,7 +46,8 @@ def main() -> None:
     engine.close()
     write("predictor_overhead", {
         "predictor": args.predictor, "prompts": len(rows), "torch_threads": torch.get_num_threads(),
-        "thread_split": "prefill on the calling thread, prediction on one worker thread; both use torch's intra-op pool",
+        "thread_split": ("prefill on the calling thread, prediction on one worker thread; "
+                         "both use torch's intra-op pool"),
         "hidden_share": sum(r["hidden"] for r in rows) / len(rows),
         "prefill_with_fixed_s": summary(base), "prefill_with_predictor_s": summary(with_pred),
         "overhead_pct_median": statistics.median((w / b - 1) * 100 for w, b in zip(with_pred, base)),

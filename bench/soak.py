@@ -3,9 +3,9 @@ every block of goals. Target: flat after warm-up (no leak). Prints JSON."""
 from __future__ import annotations
 
 import rclpy
-
 from common import parser, write
 from node_common import proc_stats, start_calibrated_node
+
 from timebill_ros.node.client import Client
 
 

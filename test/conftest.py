@@ -53,7 +53,8 @@ def quick_calibration(model_dir: Path, out: Path, *, threads: int = 1, prefill_c
     from timebill_ros.core.timing import TimingModel
 
     loaded = load_model(str(model_dir), threads=threads)
-    engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), EngineConfig(prefill_chunk=prefill_chunk))
+    engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(),
+                    EngineConfig(prefill_chunk=prefill_chunk))
     key = CalibrationKey.for_model(loaded)
     result = calibrate(engine, key, points=9, repeats=2, decode_steps=5)
     engine.close()

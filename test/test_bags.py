@@ -4,8 +4,8 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import start_node
+
 from timebill_ros.core.timing import TimingModel
 from timebill_ros.eval import bags, report, workload
 from timebill_ros.eval.tasks import Example

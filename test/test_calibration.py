@@ -3,8 +3,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import quick_calibration
+
 from timebill_ros.cli.main import cli
 from timebill_ros.core.calibration import Calibration, CalibrationError
 

@@ -15,7 +15,8 @@ TIMING = TimingModel(a=1e-9, b=1e-5, c=1e-3, p=1e-7, q=1e-3)
 
 @pytest.fixture(scope="module")
 def engine(tiny):
-    e = Engine(tiny, TIMING, FixedLengthPredictor(16), EngineConfig(snapkv_window=16, prefill_chunk=128, event_period=0.0))
+    e = Engine(tiny, TIMING, FixedLengthPredictor(16),
+               EngineConfig(snapkv_window=16, prefill_chunk=128, event_period=0.0))
     yield e
     e.close()
 

@@ -79,8 +79,8 @@ def test_alpha_zero_equals_transformers_generate(engine, tiny):
         ids = prompt_ids(n, seed)
         result = engine.run(Request(ids, budget=100.0, max_new_tokens=24, fixed_alpha=0.0), CancelToken())
         with torch.no_grad():
-            ref = tiny.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=24, do_sample=False,
-                                      eos_token_id=None, pad_token_id=0)
+            ref = tiny.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                      max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
         assert result.status is Status.SUCCEEDED
         assert result.token_ids == ref[0, n:].tolist()[: len(result.token_ids)]
         assert len(result.token_ids) == 24 or result.token_ids[-1] in tiny.eos_token_ids
@@ -90,8 +90,9 @@ def test_alpha_zero_logits_equal_generate_logits(engine, tiny):
     """Random models repeat tokens, so also compare every step's logits with generate's."""
     ids = prompt_ids(170, seed=2)
     with torch.no_grad():
-        ref = tiny.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=12, do_sample=False, eos_token_id=None,
-                                  pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+        ref = tiny.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                  max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0,
+                                  output_logits=True, return_dict_in_generate=True)
     cache, logits = engine.prefill(ids)
     token = int(logits.argmax(-1))
     assert torch.allclose(logits[0], ref.logits[0][0], atol=1e-4)

@@ -9,10 +9,10 @@ import time
 
 import pytest
 from action_msgs.msg import GoalStatus
+from conftest import start_node
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import start_node
 from timebill_ros.node.client import Client
 
 LONG_PROMPT = "The robot stands in the hallway and sees boxes. " * 30  # ~1500 tokens

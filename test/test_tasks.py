@@ -58,7 +58,8 @@ def test_shipped_splits_load_and_match_the_generator():
     if manifest["python"] != platform.python_version():
         pytest.skip(f"splits were made on Python {manifest['python']}; its standard library may differ")
     regenerated = tasks.generate("test", n, manifest["seed"])
-    assert [e.prompt for e in regenerated] == [e.prompt for e in shipped], "shipped splits are stale: timebill make-tasks"
+    stale = "shipped splits are stale: timebill make-tasks"
+    assert [e.prompt for e in regenerated] == [e.prompt for e in shipped], stale
     assert [e.answer for e in regenerated] == [e.answer for e in shipped]
 
 

@@ -58,6 +58,7 @@ def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float
     import rclpy
     from builtin_interfaces.msg import Duration
     from rclpy.qos import QoSProfile, ReliabilityPolicy
+
     from timebill_msgs.msg import Request, ResultRecord
 
     requests = list(bags.read_bag([bag_in], bags.REQUEST_TOPIC))

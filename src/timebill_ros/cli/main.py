@@ -30,7 +30,8 @@ def cli() -> None:
 @click.option("--action", "action_name", default="timebill/generate", show_default=True)
 @click.option("--server-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the server.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def send(prompt: str, budget: float, feedback: bool, server_timeout: float, action_name: str, as_json: bool, **goal) -> None:
+def send(prompt: str, budget: float, feedback: bool, server_timeout: float, action_name: str, as_json: bool,
+         **goal) -> None:
     """Send PROMPT as a TimedGenerate goal; exit code 0 only when it SUCCEEDED."""
     from timebill_ros.cli.send import send_goal
 
@@ -39,7 +40,8 @@ def send(prompt: str, budget: float, feedback: bool, server_timeout: float, acti
 
 @cli.command()
 @click.option("--params-file", type=click.Path(exists=True, dir_okay=False),
-              help="Take model_path, dtype, quantization, threads, prefill_chunk, calibration_path from the node's YAML.")
+              help="Take model_path, dtype, quantization, threads, prefill_chunk, calibration_path "
+                   "from the node's YAML.")
 @click.option("--model", "model_path", help="Model dir or builtin:NAME  [default: builtin:tiny-random]")
 @click.option("--dtype", help="float32 | bfloat16 | float16  [default: float32]")
 @click.option("--quantization", help="'' | int8  [default: '']")
@@ -88,8 +90,8 @@ def build_tiny_model_cmd(out_dir: str, seed: int, layers: int, hidden: int) -> N
 @click.option("--eval-every", type=int, default=250, show_default=True, help="Steps between validation QA checks.")
 @click.option("--export-only", is_flag=True, help="Export the last checkpoint without training.")
 def train_default_model(workdir: str, out: str, steps: int | None, layers: int | None, hidden: int | None,
-                        heads: int | None, kv_heads: int | None, lr: float | None, seed: int, threads: int, max_minutes: float,
-                        eval_every: int, export_only: bool) -> None:
+                        heads: int | None, kv_heads: int | None, lr: float | None, seed: int, threads: int,
+                        max_minutes: float, eval_every: int, export_only: bool) -> None:
     """Train the embedded default chat model from scratch (seeded, resumable, CPU).
 
     Without overrides it trains the recipe of the shipped model (README model card)."""
@@ -98,8 +100,8 @@ def train_default_model(workdir: str, out: str, steps: int | None, layers: int |
 
     from timebill_ros.train.default_model import DEFAULT_MODEL_DIR, Recipe, train
 
-    overrides = {k: v for k, v in dict(steps=steps, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, lr=lr).items()
-                 if v is not None}
+    given = dict(steps=steps, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, lr=lr)
+    overrides = {k: v for k, v in given.items() if v is not None}
     recipe = replace(Recipe(seed=seed), **overrides)
     if hidden is not None:
         recipe = replace(recipe, intermediate=3 * hidden)
@@ -116,11 +118,10 @@ def train_default_model(workdir: str, out: str, steps: int | None, layers: int |
 @click.option("--seed", type=int, default=0, show_default=True)
 def make_tasks(out: str, n_test: int, n_val: int, seed: int) -> None:
     """Generate the task suite's validation and test splits (deterministic) as JSONL."""
+    import platform
     from pathlib import Path
 
     from timebill_ros.eval import tasks
-
-    import platform
 
     folder = Path(out) if out else tasks.SHIPPED
     for split, n in (("validation", n_val), ("test", n_test)):
@@ -149,9 +150,11 @@ def eval_quality(model_path: str, split: str, limit: int, alphas: str, threads: 
 @cli.command("train-rlp")
 @click.option("--target", "model_path", default="builtin:default", show_default=True, help="The target model.")
 @click.option("--out", type=click.Path(), default="", help="Predictor folder (default: <target>/rlp).")
-@click.option("--predictors", default=",".join(("buckets16", "buckets32", "buckets64", "regression", "proxy5", "s3_10")),
+@click.option("--predictors",
+              default=",".join(("buckets16", "buckets32", "buckets64", "regression", "proxy5", "s3_10")),
               show_default=True)
-@click.option("--per-task", type=int, default=120, show_default=True, help="Train prompts per task (the shipped distillation has 120).")
+@click.option("--per-task", type=int, default=120, show_default=True,
+              help="Train prompts per task (the shipped distillation has 120).")
 @click.option("--free", type=int, default=30, show_default=True, help="Extra free-form train prompts (shipped: 30).")
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--layers", type=int, default=2, show_default=True, help="Target layers the SLM backbone keeps.")
@@ -228,9 +231,11 @@ def eval_cmd(result_bags: tuple[str, ...], out: str) -> None:
 
     data = evaluate_bags([Path(p) for p in result_bags], Path(out), list(METHODS) + list(QUANTIZED))
     for policy, claim in data["claims"].items():
-        click.echo(f"[{policy}] TimeBill highest score at every budget: {claim['timebill_highest_score_at_every_budget']}")
+        highest = claim["timebill_highest_score_at_every_budget"]
+        click.echo(f"[{policy}] TimeBill highest score at every budget: {highest}")
         if "completion_gap_vs_fixed_0.95_pts" in claim:
-            click.echo(f"[{policy}] completion minus fixed 0.95's (points): {claim['completion_gap_vs_fixed_0.95_pts']}")
+            gap = claim["completion_gap_vs_fixed_0.95_pts"]
+            click.echo(f"[{policy}] completion minus fixed 0.95's (points): {gap}")
         if "k_sweep_shape" in claim:
             click.echo(f"[{policy}] k sweep: {claim['k_sweep_shape']} (peak at k={claim['k_sweep_peak_k']})")
     click.echo(f"saved {out}/eval.json and {len(data['plots'])} plots")

@@ -13,6 +13,7 @@ EXIT_NOT_SUCCEEDED, EXIT_NO_SERVER, EXIT_GOAL_REFUSED = 1, 2, 3
 def make_goal(prompt: str, budget: float, overrides: dict):
     """A TimedGenerate.Goal from CLI values (range checks are the server's job)."""
     from builtin_interfaces.msg import Duration
+
     from timebill_msgs.action import TimedGenerate
 
     goal = TimedGenerate.Goal(prompt=prompt, **overrides)
@@ -44,6 +45,7 @@ def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float,
     """Send one goal, stream feedback, print the result; return the exit code."""
     import rclpy
     from rclpy.action import ActionClient
+
     from timebill_msgs.action import TimedGenerate
 
     rclpy.init()

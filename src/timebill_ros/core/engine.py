@@ -194,7 +194,9 @@ class _Job:
         self.evict(cache)
         self.decode(cache, logits)
         late = time.monotonic() > self.request.deadline
-        return self.finish(Status.COMPLETED_LATE if late else Status.SUCCEEDED, "finished after the deadline" if late else "")
+        if late:
+            return self.finish(Status.COMPLETED_LATE, "finished after the deadline")
+        return self.finish(Status.SUCCEEDED, "")
 
     def evict(self, cache: object) -> None:
         t0 = time.monotonic()

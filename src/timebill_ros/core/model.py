@@ -62,7 +62,8 @@ def resolve_model_path(spec: str) -> Path:
         if name == "default":
             path = PACKAGED_MODELS / "default"
             if not (path / "config.json").is_file():
-                raise ModelLoadError(f"the default model is missing at '{path}'; `timebill train-default-model` makes it")
+                raise ModelLoadError(f"the default model is missing at '{path}'; "
+                                     "`timebill train-default-model` makes it")
             return path
         if name != "tiny-random":
             raise ModelLoadError(f"unknown builtin model '{spec}'; known: builtin:default, builtin:tiny-random")

@@ -70,6 +70,7 @@ class Client:
         import rclpy
         from rclpy.action import ActionClient
         from rclpy.executors import SingleThreadedExecutor
+
         from timebill_msgs.action import TimedGenerate
 
         self.TimedGenerate = TimedGenerate

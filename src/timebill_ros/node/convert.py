@@ -4,7 +4,6 @@ from __future__ import annotations
 from timebill_msgs.action import TimedGenerate
 from timebill_msgs.msg import Request as RequestMsg
 from timebill_msgs.msg import ResultRecord
-
 from timebill_ros.core.jobs import Event, Result
 from timebill_ros.core.validation import Goal
 

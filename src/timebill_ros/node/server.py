@@ -27,11 +27,11 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
+from unique_identifier_msgs.msg import UUID
+
 from timebill_msgs.action import TimedGenerate
 from timebill_msgs.msg import Request as RequestMsg
 from timebill_msgs.msg import ResultRecord
-from unique_identifier_msgs.msg import UUID
-
 from timebill_ros.core.calibration import Calibration, CalibrationError, CalibrationKey, default_calibration_path
 from timebill_ros.core.engine import Engine
 from timebill_ros.core.jobs import CancelToken, Event, OverrunPolicy, Request, Result, Status
@@ -290,7 +290,8 @@ class TimeBillServer(Node):
         with self._lock:
             job = self._running
             if job is not None and job.policy is OverrunPolicy.KILL and now >= job.deadline:
-                job.cancel.cancel(Status.KILLED_AT_DEADLINE, f"killed at the deadline ({job.request.budget:.3f}s budget)")
+                reason = f"killed at the deadline ({job.request.budget:.3f}s budget)"
+                job.cancel.cancel(Status.KILLED_AT_DEADLINE, reason)
             for queued in list(self._queue):
                 if queued.cancel.is_set:
                     queued.early = self._early(queued, queued.cancel.status, queued.cancel.reason)
