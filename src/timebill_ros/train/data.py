@@ -5,6 +5,14 @@ filler: first one fact (the model learns to copy a place from its context), then
 and more facts (it learns which place belongs to the asked object), then filler between
 the facts, and only then the task suite's long documents, code and lists. Without the
 one-fact opening, three runs of ~1200 steps sat at a constant answer (README model card).
+
+Two things in the drills are there because a probe of a stalled run showed shortcuts:
+- questions are drawn *with* replacement: asked each fact once, the model learned "a place
+  not answered yet" (100 % on the last question, chance on the first) instead of binding;
+- half the questions are reversed ("What is in the garage?" -> " hammer"). To answer one,
+  the model must find the place (an easy same-token match) and read the object off it, which
+  trains exactly the head that binds a fact's object to its place; the forward question
+  ("Where is the hammer?") needs that head on its key side and had no gradient toward it.
 """
 from __future__ import annotations
 
@@ -13,6 +21,8 @@ from dataclasses import dataclass
 
 from timebill_ros.eval import tasks
 from timebill_ros.eval.vocab import FACT_FRAME, OBJECTS, PLACES, QUESTION_FRAME
+
+REVERSE_FRAME = "What is in the {place}?"
 
 MIX = (("drill", 0.3), ("qa", 0.35), ("code", 0.15), ("list", 0.2))
 INSTRUCTION = "Read the documents and answer the question with one word.\n\n"
@@ -74,13 +84,15 @@ def qa_turns(text: str, pairs: list[tuple[str, str]]) -> list[dict]:
 def drill(rng: random.Random, level: Level) -> list[dict]:
     """Short, dense retrieval: a few facts, little or no filler, many questions."""
     n = rng.randint(*level.facts)
-    facts = [(o, rng.choice(PLACES)) for o in rng.sample(OBJECTS, n)]
+    facts = list(zip(rng.sample(OBJECTS, n), rng.sample(PLACES, n)))  # distinct places: reverse is unambiguous
     parts = [FACT_FRAME.format(object=o, place=p) for o, p in facts]
     pool = tasks.sentences("train")
     for _ in range(rng.randint(0, level.filler)):
         parts.insert(rng.randint(0, len(parts)), rng.choice(pool))
-    asked = rng.sample(facts, rng.randint(1, n))
-    return qa_turns("Document 1:\n" + " ".join(parts), [(QUESTION_FRAME.format(object=o), p) for o, p in asked])
+    pairs = []
+    for o, p in rng.choices(facts, k=rng.randint(1, max(2, n))):
+        pairs.append((REVERSE_FRAME.format(place=p), o) if rng.random() < 0.5 else (QUESTION_FRAME.format(object=o), p))
+    return qa_turns("Document 1:\n" + " ".join(parts), pairs)
 
 
 def corpus_sample(n: int, seed: int = 0) -> list[str]:
