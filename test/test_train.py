@@ -63,3 +63,17 @@ def test_tiny_training_run_resumes_and_exports_a_loadable_model(tmp_path):
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.num_key_value_heads < model.config.num_attention_heads
     assert tok.eos_token == "<|im_end|>" and tok.chat_template
+
+
+def test_probe_reads_a_checkpoint_and_splits_by_question_kind(tmp_path):
+    from timebill_ros.train.probe import drill_accuracy, load_checkpoint
+
+    recipe = Recipe(vocab_size=300, tokenizer_conversations=20, hidden=32, layers=1, heads=2, kv_heads=1,
+                    intermediate=64, context=512, steps=2, tokens_per_step=256, warmup=1)
+    train(recipe, tmp_path / "work", tmp_path / "model", threads=1, eval_every=1000)
+    model, tokenizer, step = load_checkpoint(tmp_path / "work")
+    assert step == 2
+    result = drill_accuracy(model, tokenizer, facts=(1, 3), drills=6)
+    assert set(result) == {"1 facts", "3 facts"}
+    assert {"forward first", "reverse first"} & set(result["3 facts"])
+    assert all(0.0 <= v <= 1.0 for kinds in result.values() for v in kinds.values())

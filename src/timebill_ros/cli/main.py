@@ -111,6 +111,25 @@ def train_default_model(workdir: str, out: str, steps: int | None, layers: int |
     click.echo(f"exported {out_dir}")
 
 
+@cli.command("probe-default-model")
+@click.option("--workdir", type=click.Path(exists=True, file_okay=False), default=".timebill/train-default",
+              show_default=True, help="A train-default-model workdir (its last checkpoint is probed).")
+@click.option("--drills", type=int, default=40, show_default=True, help="Drills per fact count.")
+@click.option("--threads", type=int, default=2, show_default=True)
+def probe_default_model(workdir: str, drills: int, threads: int) -> None:
+    """Retrieval-drill accuracy of a training checkpoint, by fact count and question kind (JSON)."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from timebill_ros.train.probe import drill_accuracy, load_checkpoint
+
+    torch.set_num_threads(threads)
+    model, tokenizer, step = load_checkpoint(Path(workdir))
+    click.echo(json.dumps({"step": step, "accuracy": drill_accuracy(model, tokenizer, drills=drills)}, indent=2))
+
+
 @cli.command("make-tasks")
 @click.option("--out", type=click.Path(), default="", help="Folder (default: the packaged data/tasks).")
 @click.option("--test", "n_test", type=int, default=40, show_default=True, help="Examples per task, test split.")

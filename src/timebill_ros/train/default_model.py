@@ -181,6 +181,7 @@ def train(recipe: Recipe, workdir: Path, out_dir: Path = DEFAULT_MODEL_DIR, thre
     EXPORT_ONLY exports the last checkpoint as it is (e.g. after stopping a run early)."""
     torch.set_num_threads(threads)
     workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))  # for probes of checkpoints
     tok_dir = workdir / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         train_tokenizer(recipe).save_pretrained(tok_dir)
