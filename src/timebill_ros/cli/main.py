@@ -94,7 +94,8 @@ def train_default_model(workdir: str, out: str, steps: int | None, layers: int |
                         max_minutes: float, eval_every: int, export_only: bool) -> None:
     """Train the embedded default chat model from scratch (seeded, resumable, CPU).
 
-    Without overrides it trains the recipe of the shipped model (README model card)."""
+    Without overrides it trains `train.default_model.Recipe`, the curriculum recipe; the
+    shipped weights predate it (README model card says where they come from)."""
     from dataclasses import replace
     from pathlib import Path
 

@@ -9,10 +9,12 @@ one-fact opening, three runs of ~1200 steps sat at a constant answer (README mod
 Two things in the drills are there because a probe of a stalled run showed shortcuts:
 - questions are drawn *with* replacement: asked each fact once, the model learned "a place
   not answered yet" (100 % on the last question, chance on the first) instead of binding;
-- half the questions are reversed ("What is in the garage?" -> " hammer"). To answer one,
-  the model must find the place (an easy same-token match) and read the object off it, which
-  trains exactly the head that binds a fact's object to its place; the forward question
-  ("Where is the hammer?") needs that head on its key side and had no gradient toward it.
+- half the questions are reversed ("What is in the garage?" -> " hammer"). The idea: to
+  answer one, the model finds the place (an easy same-token match) and reads the object off
+  it, which trains the head that binds a fact's object to its place, a head the forward
+  question ("Where is the hammer?") needs but gives no gradient toward. Measured so far
+  (run C2, README): no help within 2,200 steps; the model mixed up which kind of word to
+  answer. Kept so that the next run starts from the recipe the README describes.
 """
 from __future__ import annotations
 
