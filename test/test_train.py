@@ -36,6 +36,14 @@ def test_code_and_list_answers_are_not_flagged(tiny):
     assert not any(any(encode(tiny.tokenizer, c, 0.1)[2]) for c in plain)
 
 
+def test_batches_flag_only_each_chats_first_retrieval_answer(tiny):
+    from timebill_ros.train.default_model import batch
+
+    x, wt, first = batch(Recipe(tokens_per_step=2048), tiny.tokenizer, random.Random(3), LEVELS[2])
+    assert first.sum(dim=1).tolist() == [1] * x.shape[0]  # drills only: one first question each
+    assert (wt[first] == 1.0).all()
+
+
 def test_level_moves_up_only_on_accuracy_after_min_steps_and_ends_long():
     r = Recipe(steps=1000, min_level_steps=50, advance_at=0.9, long_from=0.8)
     assert next_level(r, 0, 10, 0.99, 10) == 0  # too early in the level
