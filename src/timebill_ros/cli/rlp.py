@@ -49,8 +49,7 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
                 history = rlp.fit(model, spec, data["train"], data["validation"], epochs=epochs,
                                   lr=3e-4 if spec.kind != "classes" else 1e-3, tick=lambda: bar.update(1))
             lengths = sorted({n for n in (64, 256, 512, 1024, spec.max_input_tokens) if n <= spec.max_input_tokens})
-            spec.time_coefficients = rlp.profile_time(model.eval(), lengths,
-                                                      len(tok))
+            spec.time_coefficients = rlp.profile_time(model.eval(), lengths, len(tok))
             path.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(path)
             spec.save(path)

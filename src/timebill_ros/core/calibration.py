@@ -118,7 +118,8 @@ class Calibration:
             raise CalibrationError(f"calibration '{path}' is corrupt ({exc}): {fix}") from exc
 
     def planning_timing(self) -> TimingModel:
-        """The fit with the held-out margins added: what WCET and alpha* are computed from."""
+        """The fit raised by the margins (worst overrun of any profiled sample): what WCET
+        and alpha* are computed from."""
         return self.timing.scaled(1.0 + self.prefill_margin, 1.0 + self.decode_margin)
 
     def age_seconds(self) -> float:

@@ -30,6 +30,7 @@ SPLITS = ("train", "validation", "test")
 TASKS = ("qa", "code", "list")
 CHARS_PER_TOKEN = 4.0  # measured with the default tokenizer: prose 4.0-4.3, code 3.5 (scaled below)
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "tasks"
+QA_INSTRUCTION = "Read the documents and answer the question with one word.\n\n"  # training reuses it verbatim
 
 
 @dataclass
@@ -122,7 +123,7 @@ def make_qa(rng: random.Random, split: str, target: int, questions: int = 1) -> 
 def qa_example(rng: random.Random, split: str, target: int) -> tuple[str, str]:
     """One retrieval-QA prompt and its answer."""
     text, [(question, answer)] = make_qa(rng, split, target)
-    prompt = f"Read the documents and answer the question with one word.\n\n{text}\n\nQuestion: {question}"
+    prompt = f"{QA_INSTRUCTION}{text}\n\nQuestion: {question}"
     return prompt, answer
 
 

@@ -27,7 +27,6 @@ from timebill_ros.eval.vocab import FACT_FRAME, OBJECTS, PLACES, QUESTION_FRAME
 REVERSE_FRAME = "What is in the {place}?"
 
 MIX = (("drill", 0.3), ("qa", 0.35), ("code", 0.15), ("list", 0.2))
-INSTRUCTION = "Read the documents and answer the question with one word.\n\n"
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def qa_turns(text: str, pairs: list[tuple[str, str]]) -> list[dict]:
     retrieval answers per sequence (dense supervision)."""
     messages: list[dict] = []
     for i, (q, a) in enumerate(pairs):
-        user = f"{INSTRUCTION}{text}\n\nQuestion: {q}" if i == 0 else f"Question: {q}"
+        user = f"{tasks.QA_INSTRUCTION}{text}\n\nQuestion: {q}" if i == 0 else f"Question: {q}"
         messages += [{"role": "user", "content": user},
                      {"role": "assistant", "content": spaced(a), "retrieval": True}]
     return messages
