@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from timebill_ros.train.data import LEVELS, conversation
-from timebill_ros.train.default_model import Recipe, encode, next_level, train
+from timebill_ros.train.default_model import Recipe, build_model, encode, next_level, set_local_window, train
 
 
 def test_first_level_drills_hold_one_fact_and_ask_about_it():
@@ -44,6 +44,25 @@ def test_batches_flag_only_each_chats_first_retrieval_answer(tiny):
     assert (wt[first] == 1.0).all()
 
 
+def test_local_window_hides_distant_tokens_from_layer_0_until_reset(tiny):
+    recipe = Recipe(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, context=64)
+    model = build_model(recipe, tiny.tokenizer).eval()
+    a = torch.randint(5, 200, (1, 20))
+    b = a.clone()
+    b[0, 0] += 1  # differs only at position 0
+
+    def last_logits_differ() -> bool:
+        with torch.no_grad():
+            return not torch.allclose(model(input_ids=a).logits[0, -1], model(input_ids=b).logits[0, -1])
+
+    set_local_window(model, 8)
+    assert model.config.layer_types == ["sliding_attention"]
+    assert not last_logits_differ()  # position 19 sees positions 12..19 only
+    set_local_window(model, 0)
+    assert model.config.layer_types == ["full_attention"] and not model.config.use_sliding_window
+    assert last_logits_differ()
+
+
 def test_level_moves_up_only_on_accuracy_after_min_steps_and_ends_long():
     r = Recipe(steps=1000, min_level_steps=50, advance_at=0.9, long_from=0.8)
     assert next_level(r, 0, 10, 0.99, 10) == 0  # too early in the level
@@ -70,6 +89,7 @@ def test_tiny_training_run_resumes_and_exports_a_loadable_model(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.num_key_value_heads < model.config.num_attention_heads
+    assert set(model.config.layer_types) == {"full_attention"}  # trained at level 0 (local), ships full
     assert tok.eos_token == "<|im_end|>" and tok.chat_template
 
 

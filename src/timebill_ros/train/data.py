@@ -9,12 +9,10 @@ one-fact opening, three runs of ~1200 steps sat at a constant answer (README mod
 Two things in the drills are there because a probe of a stalled run showed shortcuts:
 - questions are drawn *with* replacement: asked each fact once, the model learned "a place
   not answered yet" (100 % on the last question, chance on the first) instead of binding;
-- half the questions are reversed ("What is in the garage?" -> " hammer"). The idea: to
-  answer one, the model finds the place (an easy same-token match) and reads the object off
-  it, which trains the head that binds a fact's object to its place, a head the forward
-  question ("Where is the hammer?") needs but gives no gradient toward. Measured so far
-  (run C2, README): no help within 2,200 steps; the model mixed up which kind of word to
-  answer. Kept so that the next run starts from the recipe the README describes.
+- questions are forward only ("Where is the hammer?"). Reversed ones ("What is in the
+  garage?" -> " hammer", `Level.reversed`) were meant to train the head that binds a fact's
+  object to its place; in run C2 (README) they did not, and the model mixed up which kind of
+  word to answer. The probe still asks both kinds.
 """
 from __future__ import annotations
 
@@ -36,13 +34,20 @@ class Level:
     facts: tuple[int, int]  # facts per drill (min, max)
     filler: int  # most filler sentences in a drill
     max_target: int  # longest task-suite prompt in tokens; 0 = drills only
+    reversed: float = 0.0  # share of reversed drill questions ("What is in the garage?")
+    window: int = 0  # layer 0 sees only this many recent tokens (a training scaffold); 0 = full attention
 
 
+# The drills train with a local first layer (window 8 covers "hammer is in the garage" and
+# "hammer?<|im_end|>...assistant" alike): at initialisation its output already mixes each token
+# with its neighbours, which the binding head in the next layer can use at once (probes: no
+# binding within 1,600 steps with full attention, README). From the filler level on the
+# model trains with the full attention it ships with.
 LEVELS = (
-    Level((1, 1), 0, 0),
-    Level((2, 3), 0, 0),
-    Level((2, 6), 0, 0),
-    Level((3, 12), 0, 0),
+    Level((1, 1), 0, 0, window=8),
+    Level((2, 3), 0, 0, window=8),
+    Level((2, 6), 0, 0, window=8),
+    Level((3, 12), 0, 0, window=8),
     Level((3, 12), 8, 0),
     Level((3, 12), 8, 512),
     Level((3, 12), 8, 1024),
@@ -92,7 +97,8 @@ def drill(rng: random.Random, level: Level) -> list[dict]:
         parts.insert(rng.randint(0, len(parts)), rng.choice(pool))
     pairs = []
     for o, p in rng.choices(facts, k=rng.randint(1, max(2, n))):
-        pairs.append((REVERSE_FRAME.format(place=p), o) if rng.random() < 0.5 else (QUESTION_FRAME.format(object=o), p))
+        reverse = rng.random() < level.reversed
+        pairs.append((REVERSE_FRAME.format(place=p), o) if reverse else (QUESTION_FRAME.format(object=o), p))
     return qa_turns("Document 1:\n" + " ".join(parts), pairs)
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from timebill_ros.train.data import REVERSE_FRAME, Level, drill
-from timebill_ros.train.default_model import Recipe, build_model, encode
+from timebill_ros.train.data import LEVELS, REVERSE_FRAME, Level, drill
+from timebill_ros.train.default_model import Recipe, build_model, encode, set_local_window
 
 
 def load_checkpoint(workdir: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFast, int]:
@@ -26,6 +26,7 @@ def load_checkpoint(workdir: Path) -> tuple[torch.nn.Module, PreTrainedTokenizer
     model = build_model(recipe, tokenizer)
     state = torch.load(workdir / "checkpoint.pt", weights_only=False)
     model.load_state_dict(state["model"])
+    set_local_window(model, LEVELS[state.get("progress", {}).get("level", 0)].window)  # as it was trained
     return model.eval(), tokenizer, int(state["step"])
 
 
@@ -38,7 +39,7 @@ def drill_accuracy(model, tokenizer, facts: tuple[int, ...] = (1, 2, 3, 4, 8), d
         rng = random.Random(f"probe:{seed}:{n}")
         hits: dict[str, list[int]] = defaultdict(list)
         for _ in range(drills):
-            chat = drill(rng, Level((n, n), 0, 0))
+            chat = drill(rng, Level((n, n), 0, 0, reversed=0.5))
             ids, _, first = encode(tokenizer, chat, 0.0)
             predicted = model(input_ids=torch.tensor([ids])).logits[0].argmax(-1)
             questions = [m["content"].rsplit("Question: ", 1)[-1] for m in chat if m["role"] == "user"]
