@@ -65,3 +65,16 @@ def test_distil_train_evaluate_and_serve(tiny, tiny_model_dir, tmp_path):
         assert 1 <= n_hat <= 24
         assert served.last_input_tokens == min(len(data[-1].prompt_ids), spec.head_tokens + 16)
     engine.close()
+
+
+def test_free_form_distillation_prompts_come_from_the_splits_prose_only():
+    from timebill_ros.eval import tasks
+    from timebill_ros.train.predictor import predictor_prompts
+
+    free = [text for pid, text in predictor_prompts("validation", 0, free=5) if "-free-" in pid]
+    assert len(free) == 5
+    assert free == [text for pid, text in predictor_prompts("validation", 0, free=5) if "-free-" in pid]
+    pool = tasks.sentences("validation")
+    for text in free:
+        body = text.split("\n\n", 1)[1]
+        assert any(body.startswith(s) for s in pool)  # not the default model's training chats

@@ -19,7 +19,6 @@ import math
 import random
 import statistics
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,7 +34,6 @@ from timebill_ros.core.model import encode_prompt
 from timebill_ros.core.predictor import PredictorSpec, compress
 from timebill_ros.core.timing import fit_prefill
 from timebill_ros.eval import tasks
-from timebill_ros.train.data import corpus_sample
 
 PREDICTORS = ("buckets16", "buckets32", "buckets64", "regression", "proxy5", "s3_10")
 
@@ -54,10 +52,12 @@ def predictor_prompts(split: str, n_per_task: int, seed: int = 0, free: int = 0)
     prompts = [(e.id, e.prompt) for e in tasks.generate(split, n_per_task, seed)] if split != "test" else \
         [(e.id, e.prompt) for e in tasks.load("test")]
     rng = random.Random(f"free:{split}:{seed}")
-    # crc32, not hash(): str hashes change per process, and the prompts must not.
-    texts = corpus_sample(max(free, 1) * 2, seed=zlib.crc32(split.encode()) % 1000)
+    # From the split's prose itself, not from the default model's training chats: those change
+    # with its recipe, and the distillation prompts must not (they did: the shipped free-form
+    # prompts no longer matched the code).
+    pool = tasks.sentences(split)
     for i in range(free):
-        text = rng.choice(texts)[:4000]
+        text = " ".join(rng.sample(pool, rng.randint(2, 40)))[:4000]
         ask = rng.choice(["Summarise this text.", "Answer briefly.", "Repeat the first sentence.",
                           "What is this about?"])
         prompts.append((f"{split}-free-{i}", f"{ask}\n\n{text}"))
