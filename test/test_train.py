@@ -1,6 +1,7 @@
 """The default model's training: curriculum data, its level logic, and a tiny resumable run."""
 import json
 import random
+from dataclasses import replace
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -17,6 +18,17 @@ def test_first_level_drills_hold_one_fact_and_ask_about_it():
         assert facts.split("Question:")[0].count(" is in the ") == 1
         for answer in [m["content"] for m in chat if m["role"] == "assistant"]:
             assert f"the{answer}." in facts or f"The{answer} is" in facts  # forward or reversed question
+
+
+def test_recall_drills_restate_only_the_documents_facts():
+    rng = random.Random(4)
+    level = replace(LEVELS[1], recall=1.0)
+    for _ in range(20):
+        user, answer = conversation(rng, 500, level)
+        facts = {s.strip() + "." for s in user["content"].split("Document 1:\n")[1].split(".") if s.strip()}
+        said = {s.strip() + "." for s in answer["content"].split(".") if s.strip()}
+        assert said <= facts and len(said) >= 1
+        assert not answer.get("retrieval")  # not counted as a first question
 
 
 def test_every_retrieval_answer_is_flagged_once(tiny):
@@ -39,9 +51,12 @@ def test_code_and_list_answers_are_not_flagged(tiny):
 def test_batches_flag_only_each_chats_first_retrieval_answer(tiny):
     from timebill_ros.train.default_model import batch
 
-    x, wt, first = batch(Recipe(tokens_per_step=2048), tiny.tokenizer, random.Random(3), LEVELS[2])
+    questions_only = replace(LEVELS[2], recall=0.0)
+    x, wt, first = batch(Recipe(tokens_per_step=2048), tiny.tokenizer, random.Random(3), questions_only)
     assert first.sum(dim=1).tolist() == [1] * x.shape[0]  # drills only: one first question each
     assert (wt[first] == 1.0).all()
+    x, wt, first = batch(Recipe(tokens_per_step=2048), tiny.tokenizer, random.Random(3), LEVELS[2])
+    assert set(first.sum(dim=1).tolist()) == {0, 1}  # recall drills have no question
 
 
 def test_local_window_hides_distant_tokens_from_layer_0_until_reset(tiny):

@@ -35,20 +35,22 @@ class Level:
     filler: int  # most filler sentences in a drill
     max_target: int  # longest task-suite prompt in tokens; 0 = drills only
     reversed: float = 0.0  # share of reversed drill questions ("What is in the garage?")
+    recall: float = 0.0  # share of drills answered by restating facts in a random order
     window: int = 0  # layer 0 sees only this many recent tokens (a training scaffold); 0 = full attention
 
 
-# The drills train with a local first layer (window 8 covers "hammer is in the garage" and
-# "hammer?<|im_end|>...assistant" alike): at initialisation its output already mixes each token
-# with its neighbours, which the binding head in the next layer can use at once (probes: no
-# binding within 1,600 steps with full attention, README). From the filler level on the
-# model trains with the full attention it ships with.
+# The drills train with a local first layer (8 tokens cover "hammer is in the garage" and
+# "hammer?<|im_end|>\n<|im_start|>assistant\n" alike): at initialisation its output already mixes
+# each token with its neighbours, which a binding head in the next layer could use at once.
+# Measured: in plain key-value probes it gave the first above-chance binding (38 % vs 25 %);
+# in chat drills it has not yet (runs E, E2: README). From the filler level on the model trains
+# with the full attention it ships with. Recall drills: the same, more place tokens a step.
 LEVELS = (
     Level((1, 1), 0, 0, window=8),
-    Level((2, 3), 0, 0, window=8),
-    Level((2, 6), 0, 0, window=8),
-    Level((3, 12), 0, 0, window=8),
-    Level((3, 12), 8, 0),
+    Level((2, 3), 0, 0, recall=0.5, window=8),
+    Level((2, 6), 0, 0, recall=0.5, window=8),
+    Level((3, 12), 0, 0, recall=0.5, window=8),
+    Level((3, 12), 8, 0, recall=0.3),
     Level((3, 12), 8, 512),
     Level((3, 12), 8, 1024),
     Level((3, 12), 8, 2000),
@@ -95,18 +97,34 @@ def drill(rng: random.Random, level: Level) -> list[dict]:
     pool = tasks.sentences("train")
     for _ in range(rng.randint(0, level.filler)):
         parts.insert(rng.randint(0, len(parts)), rng.choice(pool))
+    document = "Document 1:\n" + " ".join(parts)
+    if level.recall and rng.random() < level.recall:  # no draw when off: streams stay as they were
+        return recall(rng, document, facts)
     pairs = []
     for o, p in rng.choices(facts, k=rng.randint(1, max(2, n))):
         reverse = rng.random() < level.reversed
         pairs.append((REVERSE_FRAME.format(place=p), o) if reverse else (QUESTION_FRAME.format(object=o), p))
-    return qa_turns("Document 1:\n" + " ".join(parts), pairs)
+    return qa_turns(document, pairs)
+
+
+def recall(rng: random.Random, document: str, facts: list[tuple[str, str]]) -> list[dict]:
+    """The document's facts restated in a random order (with repeats). Every place in the
+    answer needs the same binding as a question, but a restated fact is a plain sentence, so
+    the object is a few tokens back, as in the document: a denser, simpler signal. (Runs G,
+    E2: no binding within 1,400-2,700 steps with them either.)"""
+    said = rng.choices(facts, k=rng.randint(len(facts), 2 * len(facts)))
+    answer = " " + " ".join(FACT_FRAME.format(object=o, place=p) for o, p in said)
+    return [{"role": "user", "content": f"Read the document and repeat its facts in any order.\n\n{document}"},
+            {"role": "assistant", "content": answer}]
 
 
 def corpus_sample(n: int, seed: int = 0) -> list[str]:
-    """Plain text for training the tokenizer: N train conversations, flattened."""
+    """Text for training the tokenizer: N train conversations, each turn after its role name
+    as in the chat template, so "assistant" is one token. (Split into three, it put the asked
+    object 8 tokens before the answer position, out of reach of the local first layer.)"""
     rng = random.Random(f"tokenizer:{seed}")
     out = []
     for _ in range(n):
         for m in conversation(rng, tasks.target_length(rng)):
-            out.append(m["content"])
+            out.append(f"{m['role']}\n{m['content']}")
     return out

@@ -49,6 +49,7 @@ class Recipe:
     # Weight init std. HF's 0.02 left every probe on a plateau (attention uniform, the copy
     # map a product of two tiny matrices); at 0.06 the copy step formed 7x sooner (README).
     init_std: float = 0.06
+    local_first_layer: bool = True  # train the drill levels with their local layer 0 (`Level.window`)
     other_token_weight: float = 0.1  # loss weight of non-answer tokens (answers weigh 1)
     # Curriculum (train.data.LEVELS): move up a level once the running accuracy of the
     # first token of each chat's first retrieval answer reaches `advance_at` (after `min_level_steps`);
@@ -226,7 +227,7 @@ def train(recipe: Recipe, workdir: Path, out_dir: Path = DEFAULT_MODEL_DIR, thre
             for group in opt.param_groups:
                 group["lr"] = lr_at(recipe, step)
             level = LEVELS[progress["level"]]
-            set_local_window(model, level.window)
+            set_local_window(model, level.window if recipe.local_first_layer else 0)
             x, wt, first = batch(recipe, tokenizer, rng, level)
             loss, accuracy = loss_of(model, x, wt, first)
             opt.zero_grad(set_to_none=True)

@@ -26,7 +26,8 @@ def load_checkpoint(workdir: Path) -> tuple[torch.nn.Module, PreTrainedTokenizer
     model = build_model(recipe, tokenizer)
     state = torch.load(workdir / "checkpoint.pt", weights_only=False)
     model.load_state_dict(state["model"])
-    set_local_window(model, LEVELS[state.get("progress", {}).get("level", 0)].window)  # as it was trained
+    if recipe.local_first_layer:  # as it was trained
+        set_local_window(model, LEVELS[state.get("progress", {}).get("level", 0)].window)
     return model.eval(), tokenizer, int(state["step"])
 
 
