@@ -33,8 +33,8 @@ class Recipe:
     seed: int = 0
     vocab_size: int = 4096
     tokenizer_conversations: int = 3000  # train-split chats the BPE is fitted on
-    # 2 layers / 128: in the probes the binding head formed there first (4 layers lagged),
-    # and a step costs ~0.7 s on one thread, so a session's run gets ~7,000 steps.
+    # 2 layers / 128: in the chat probes the copy step formed there first (4 layers lagged),
+    # and a drill step costs ~0.7 s on one thread, so a session's run gets ~7,000 steps.
     hidden: int = 128
     layers: int = 2
     heads: int = 8
