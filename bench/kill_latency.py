@@ -8,11 +8,8 @@ The design bound is one control period plus one decode step.
 """
 from __future__ import annotations
 
-import rclpy
 from common import calibrated_engine, parser, summary, write
-from node_common import start_calibrated_node
-
-from timebill_ros.node.client import Client
+from node_common import node_session
 
 
 def main() -> None:
@@ -24,12 +21,7 @@ def main() -> None:
     context = engine.loaded.context_limit
     engine.close()
     step = cal.timing.decode_step(1000)
-    node, _ = start_calibrated_node(args, control_rate_hz=args.control_rate, max_new_tokens=context // 2)
-    rclpy.init()
-    client = Client()
-    try:
-        if not client.wait_for_server(120):
-            raise SystemExit(f"node did not come up; log:\n{node.log()}")
+    with node_session(args, control_rate_hz=args.control_rate, max_new_tokens=context // 2) as (_, [client], _):
         server, seen, statuses = [], [], {}
         n_goals = 8 if args.quick else args.goals
         prompt = "status report " * 60
@@ -50,10 +42,6 @@ def main() -> None:
             "client_seen_latency_s": summary(seen) if seen else None,
             "p50_s": summary(server)["median"] if server else None, "p99_s": summary(server)["p99"] if server else None,
         })
-    finally:
-        client.close()
-        rclpy.try_shutdown()
-        node.stop()
 
 
 if __name__ == "__main__":

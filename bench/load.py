@@ -8,11 +8,8 @@ from __future__ import annotations
 import random
 import time
 
-import rclpy
 from common import parser, percentile, write
-from node_common import start_calibrated_node
-
-from timebill_ros.node.client import Client
+from node_common import node_session
 
 
 def main() -> None:
@@ -22,13 +19,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     args = p.parse_args()
     n_goals = 40 if args.quick else args.goals
-    node, cal = start_calibrated_node(args, max_queue=8, max_new_tokens=256)
-    rclpy.init()
-    clients = [Client() for _ in range(args.clients)]
     runs = []
-    try:
-        if not all(c.wait_for_server(120) for c in clients):
-            raise SystemExit(f"node did not come up:\n{node.log()}")
+    with node_session(args, clients=args.clients, max_queue=8, max_new_tokens=256) as (_, clients, _):
         rng = random.Random(0)
         start = time.monotonic()
         for i in range(n_goals):
@@ -58,11 +50,6 @@ def main() -> None:
             "kill_latency_p50_s": percentile(kills, 50) if kills else None,
             "kill_latency_p99_s": percentile(kills, 99) if kills else None,
         })
-    finally:
-        for c in clients:
-            c.close()
-        rclpy.try_shutdown()
-        node.stop()
 
 
 if __name__ == "__main__":

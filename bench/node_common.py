@@ -1,13 +1,16 @@
-"""Shared by the node benchmarks: start a calibrated node and read its process stats."""
+"""Shared by the node benchmarks: start a calibrated node, talk to it, read its process stats."""
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import rclpy
 from common import calibrated_engine
 
 from timebill_ros.core.calibration import default_calibration_path
-from timebill_ros.node.client import NodeProcess
+from timebill_ros.node.client import Client, NodeProcess
 
 
 def start_calibrated_node(args, **params) -> tuple[NodeProcess, object]:
@@ -18,6 +21,24 @@ def start_calibrated_node(args, **params) -> tuple[NodeProcess, object]:
     node = NodeProcess({"model_path": args.model, "threads": args.threads, "prefill_chunk": args.prefill_chunk,
                         "calibration_path": str(default_calibration_path(cal.key)), **params}, work)
     return node, cal
+
+
+@contextmanager
+def node_session(args, clients: int = 1, **params) -> Iterator[tuple[NodeProcess, list[Client], object]]:
+    """(node, clients that found its action server, calibration); on exit the clients,
+    rclpy and the node are shut down in that order, whatever happened."""
+    node, cal = start_calibrated_node(args, **params)
+    rclpy.init()
+    found = [Client() for _ in range(clients)]
+    try:
+        if not all(c.wait_for_server(120) for c in found):
+            raise SystemExit(f"node did not come up; log:\n{node.log()}")
+        yield node, found, cal
+    finally:
+        for c in found:
+            c.close()
+        rclpy.try_shutdown()
+        node.stop()
 
 
 def proc_stats(pid: int) -> dict:

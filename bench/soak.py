@@ -2,11 +2,8 @@
 every block of goals. Target: flat after warm-up (no leak). Prints JSON."""
 from __future__ import annotations
 
-import rclpy
 from common import parser, write
-from node_common import proc_stats, start_calibrated_node
-
-from timebill_ros.node.client import Client
+from node_common import node_session, proc_stats
 
 
 def main() -> None:
@@ -15,13 +12,8 @@ def main() -> None:
     p.add_argument("--block", type=int, default=100)
     args = p.parse_args()
     n_goals = 200 if args.quick else args.goals
-    node, _ = start_calibrated_node(args)
-    rclpy.init()
-    client = Client()
     samples, statuses = [], {}
-    try:
-        if not client.wait_for_server(120):
-            raise SystemExit(f"node did not come up:\n{node.log()}")
+    with node_session(args) as (node, [client], _):
         for i in range(n_goals):
             budget = 0.02 if i % 5 == 0 else 5.0  # every fifth goal is killed at its deadline
             run = client.call(client.goal("status of the arm " * (1 + i % 50), budget=budget, max_new_tokens=16),
@@ -35,10 +27,6 @@ def main() -> None:
                        "rss_growth_mb_per_100_goals_after_warmup": growth,
                        "threads_first_last": [samples[0]["threads"], samples[-1]["threads"]],
                        "fds_first_last": [samples[0]["fds"], samples[-1]["fds"]]})
-    finally:
-        client.close()
-        rclpy.try_shutdown()
-        node.stop()
 
 
 if __name__ == "__main__":
