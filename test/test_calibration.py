@@ -60,3 +60,17 @@ def test_planning_adds_the_held_out_margins(calibration_file):
     assert plan_t.p == pytest.approx(cal.timing.p * (1 + cal.decode_margin))
     assert plan_t.q == pytest.approx(cal.timing.q * (1 + cal.decode_margin))
     assert plan_t.prefill(1000) == pytest.approx(cal.timing.prefill(1000) * (1 + cal.prefill_margin))
+
+
+def test_slowest_prefill_chunk_is_the_last_of_a_full_context_and_the_warning_names_a_chunk_that_fits():
+    from timebill_ros.core.timing import TimingModel, largest_chunk_within, prefill_kill_warning, slowest_chunk
+
+    timing = TimingModel(a=1e-8, b=2e-5, c=1e-3, p=0.0, q=0.0)
+    assert slowest_chunk(timing, 512, 2048) > timing.prefill(512)  # the first chunk is cheaper
+    assert slowest_chunk(timing, 2048, 2048) == pytest.approx(timing.prefill(2048))
+    period = 0.02
+    fit = largest_chunk_within(timing, period, 2048)
+    assert slowest_chunk(timing, fit, 2048) <= period < slowest_chunk(timing, fit + 64, 2048)
+    assert prefill_kill_warning(timing, fit, 2048, period) is None
+    warning = prefill_kill_warning(timing, 512, 2048, period)
+    assert warning is not None and f"prefill_chunk <= {fit}" in warning

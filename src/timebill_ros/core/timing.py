@@ -54,6 +54,35 @@ class TimingModel:
                            self.p * decode_factor, self.q * decode_factor)
 
 
+def slowest_chunk(timing: TimingModel, chunk: int, context: int) -> float:
+    """Predicted time of the slowest prefill chunk: the last one of a full context, where
+    attention spans the most positions. A kill during prefill waits for the running chunk,
+    so this bounds how late it can land beyond the control tick."""
+    chunk = min(chunk, context)
+    return timing.prefill(context) - timing.prefill(context - chunk) + timing.c
+
+
+def largest_chunk_within(timing: TimingModel, seconds: float, context: int, step: int = 64) -> int:
+    """The largest multiple of STEP whose slowest chunk fits in SECONDS (at least STEP)."""
+    best = step
+    for chunk in range(step, context + 1, step):
+        if slowest_chunk(timing, chunk, context) <= seconds:
+            best = chunk
+    return best
+
+
+def prefill_kill_warning(timing: TimingModel, chunk: int, context: int, period: float) -> str | None:
+    """Why a kill during prefill could land more than one control PERIOD late with this
+    CHUNK, and the chunk that would not; None when the chunk is fine."""
+    slowest = slowest_chunk(timing, chunk, context)
+    if slowest <= period:
+        return None
+    fit = largest_chunk_within(timing, period, context)
+    return (f"prefill_chunk {chunk}: one prefill chunk can take {1000 * slowest:.0f} ms, more than the control "
+            f"period ({1000 * period:.0f} ms), so a kill during prefill can land that late; prefill_chunk <= {fit} "
+            f"keeps it within one period (calibrate again after changing it)")
+
+
 def _nonnegative_least_squares(design: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     """Least squares with every coefficient >= 0. Time never falls as a prompt grows; an
     unconstrained fit on noisy samples can get a negative N^2 term and then predict

@@ -38,7 +38,7 @@ from timebill_ros.core.jobs import CancelToken, Event, OverrunPolicy, Request, R
 from timebill_ros.core.model import encode_prompt, load_model
 from timebill_ros.core.policy import apply_overrun_policy
 from timebill_ros.core.predictor import load_predictor
-from timebill_ros.core.timing import TimingModel
+from timebill_ros.core.timing import TimingModel, prefill_kill_warning
 from timebill_ros.core.validation import InvalidGoal, build_request
 from timebill_ros.node.convert import feedback_msg, goal_from_msg, goal_from_request, record_msg, result_msg
 from timebill_ros.node.diagnostics import publish_health
@@ -153,6 +153,10 @@ class TimeBillServer(Node):
             f"decode MAPE {calibration.decode_mape:.1f}%, WCET margins +{100 * calibration.prefill_margin:.1f}% "
             f"prefill / +{100 * calibration.decode_margin:.1f}% decode"
         )
+        warning = prefill_kill_warning(calibration.planning_timing(), self.params.prefill_chunk,
+                                       self.loaded.context_limit, 1.0 / self.params.control_rate_hz)
+        if warning:
+            self.get_logger().warning(warning)
         return calibration, ""
 
     # ------------------------------------------------------- action callbacks
