@@ -74,3 +74,12 @@ def test_slowest_prefill_chunk_is_the_last_of_a_full_context_and_the_warning_nam
     assert prefill_kill_warning(timing, fit, 2048, period) is None
     warning = prefill_kill_warning(timing, 512, 2048, period)
     assert warning is not None and f"prefill_chunk <= {fit}" in warning
+
+
+def test_calibration_warns_when_other_work_holds_the_cores_it_needs():
+    from timebill_ros.core.calibration import busy_machine_warning
+
+    assert busy_machine_warning(0.1, 2, 2) is None
+    assert busy_machine_warning(3.0, 8, 2) is None
+    warning = busy_machine_warning(1.0, 2, 2)  # one of two cores taken: the case that timed 20x slow
+    assert warning is not None and "load 1.0 on 2 cores" in warning

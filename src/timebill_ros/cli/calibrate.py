@@ -1,6 +1,7 @@
 """`timebill calibrate`: profile, fit, save, and print the fit's error."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from timebill_ros.core.calibration import (
     Calibration,
     CalibrationError,
     CalibrationKey,
+    busy_machine_warning,
     calibrate,
     default_calibration_path,
     machine_id,
@@ -68,6 +70,9 @@ def check_calibration(target: CalibrationTarget) -> int:
 
 def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_length: int) -> Path:
     """Calibrate TARGET and write the JSON; returns its path."""
+    busy = busy_machine_warning(os.getloadavg()[0], os.cpu_count() or 1, target.threads)
+    if busy:
+        click.echo(f"warning: {busy}", err=True)
     loaded = load_model(target.model_path, dtype=target.dtype, threads=target.threads,
                         quantization=target.quantization)
     config = EngineConfig(prefill_chunk=target.prefill_chunk)

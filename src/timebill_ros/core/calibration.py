@@ -141,6 +141,17 @@ def split_held_out(lengths: list[int]) -> tuple[list[int], list[int]]:
     return [n for n in lengths if n not in held], held
 
 
+def busy_machine_warning(load: float, cores: int, threads: int) -> str | None:
+    """Why profiling THREADS threads now would time contention, not the model; None when the
+    1-minute LOAD leaves them free. (Measured: with one of two cores taken by another process,
+    a 2-thread calibration timed prefill ~20x slower than on the idle machine.)"""
+    if cores - load >= threads - 0.5:
+        return None
+    return (f"the machine is busy (1-minute load {load:.1f} on {cores} cores, {threads} threads wanted): "
+            "the profile will time the contention and overstate every plan on a quiet machine; "
+            "calibrate when it is idle, or with fewer threads")
+
+
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
