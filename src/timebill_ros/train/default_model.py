@@ -58,6 +58,11 @@ class Recipe:
     min_level_steps: int = 50
     long_from: float = 0.8
 
+    def window_at(self, level: Level) -> int:
+        """Layer 0's attention window at LEVEL under this recipe (0 = full attention): what
+        training uses and what a probe of its checkpoint must use too."""
+        return level.window if self.local_first_layer else 0
+
 
 def train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
     """Byte-level BPE on a sample of the train split (prose, code, answers)."""
@@ -227,7 +232,7 @@ def train(recipe: Recipe, workdir: Path, out_dir: Path = DEFAULT_MODEL_DIR, thre
             for group in opt.param_groups:
                 group["lr"] = lr_at(recipe, step)
             level = LEVELS[progress["level"]]
-            set_local_window(model, level.window if recipe.local_first_layer else 0)
+            set_local_window(model, recipe.window_at(level))
             x, wt, first = batch(recipe, tokenizer, rng, level)
             loss, accuracy = loss_of(model, x, wt, first)
             opt.zero_grad(set_to_none=True)

@@ -26,8 +26,7 @@ def load_checkpoint(workdir: Path) -> tuple[torch.nn.Module, PreTrainedTokenizer
     model = build_model(recipe, tokenizer)
     state = torch.load(workdir / "checkpoint.pt", weights_only=False)
     model.load_state_dict(state["model"])
-    if recipe.local_first_layer:  # as it was trained
-        set_local_window(model, LEVELS[state.get("progress", {}).get("level", 0)].window)
+    set_local_window(model, recipe.window_at(LEVELS[state.get("progress", {}).get("level", 0)]))  # as trained
     return model.eval(), tokenizer, int(state["step"])
 
 
