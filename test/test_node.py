@@ -144,6 +144,34 @@ def test_cli_send_mirrors_send_goal(node):
     assert bad.returncode == 1 and "REJECTED" in bad.stdout and "empty prompt" in bad.stdout
 
 
+def test_feedback_history_reaches_a_reader_that_joins_after_the_goal(node):
+    # The race `timebill send --feedback` lost in CI: its reader was matched only after a
+    # 28 ms goal ended. The server keeps a transient-local history; a late reader gets it.
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from timebill_ros.node.qos import feedback_qos
+
+    proc, client = node
+    run = client.call(client.goal("hello", budget=20.0, max_new_tokens=4))
+    assert run.result.status == R(client).SUCCEEDED
+    goal_id, phases = bytes(run.handle.goal_id.uuid), []
+    late = rclpy.create_node("late_feedback_reader")
+    late.create_subscription(client.TimedGenerate.Impl.FeedbackMessage, "timebill/generate/_action/feedback",
+                             lambda m: phases.append(m.feedback.phase) if bytes(m.goal_id.uuid) == goal_id else None,
+                             feedback_qos())
+    executor = SingleThreadedExecutor()
+    executor.add_node(late)
+    try:
+        give_up = time.monotonic() + 20
+        while "decode" not in phases and time.monotonic() < give_up:
+            executor.spin_once(timeout_sec=0.1)
+    finally:
+        executor.shutdown()
+        late.destroy_node()
+    assert phases[:2] == ["prefill", "planned"] and "decode" in phases, phases
+
+
 def test_uncalibrated_node_refuses_with_the_fix(slow_model_dir, tmp_path, rclpy_context):
     proc = start_node(slow_model_dir, tmp_path / "missing.json", tmp_path, name="uncalibrated",
                       action_name="uncalibrated/generate")

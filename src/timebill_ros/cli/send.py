@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
+import uuid
 
 import click
 
@@ -40,11 +42,52 @@ def _result_fields(result) -> dict:
     return {name: getattr(result, name) for name in result.get_fields_and_field_types()}
 
 
+class FeedbackPrinter:
+    """Prints the feedback of one goal from a subscription of our own to the action's feedback topic.
+
+    The ActionClient's feedback callback misses messages in two ways on a short goal: its reader
+    may not be matched by the server yet (wait_for_server checks the services only), and it drops
+    the callback as soon as the result is in, even with feedback still queued. Our reader is
+    transient-local (the server keeps a history, `node.convert.feedback_qos`), filters on our goal
+    id, and is drained after the result, so every message the server published is printed.
+    """
+
+    def __init__(self, node, action_name: str, goal_id, wait: float) -> None:
+        from timebill_msgs.action import TimedGenerate
+        from timebill_ros.node.qos import feedback_qos
+
+        self.node, self.goal_id, self.count = node, bytes(goal_id.uuid), 0
+        self.sub = node.create_subscription(TimedGenerate.Impl.FeedbackMessage, f"{action_name}/_action/feedback",
+                                            self._on_message, feedback_qos())
+        deadline = time.monotonic() + wait
+        while self.sub.get_publisher_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _on_message(self, msg) -> None:
+        if bytes(msg.goal_id.uuid) == self.goal_id:
+            self.count += 1
+            click.echo(format_feedback(msg.feedback))
+
+    def drain(self, idle: float = 0.2, limit: float = 2.0) -> None:
+        """Spin until no feedback has come for `idle` seconds (at most `limit`): the result can
+        overtake the last feedback messages, which travel on another topic."""
+        import rclpy
+
+        end = time.monotonic() + limit
+        quiet_until = time.monotonic() + idle
+        while time.monotonic() < min(end, quiet_until):
+            before = self.count
+            rclpy.spin_once(self.node, timeout_sec=0.05)
+            if self.count != before:
+                quiet_until = time.monotonic() + idle
+
+
 def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float, action_name: str,
               as_json: bool, overrides: dict) -> int:
     """Send one goal, stream feedback, print the result; return the exit code."""
     import rclpy
     from rclpy.action import ActionClient
+    from unique_identifier_msgs.msg import UUID
 
     from timebill_msgs.action import TimedGenerate
 
@@ -56,8 +99,9 @@ def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float,
             click.echo(f"no action server '{action_name}' within {server_timeout}s (is timebill_node running, "
                        "with the same ROS_DOMAIN_ID?)", err=True)
             return EXIT_NO_SERVER
-        on_feedback = (lambda msg: click.echo(format_feedback(msg.feedback))) if feedback else None
-        goal_future = client.send_goal_async(make_goal(prompt, budget, overrides), feedback_callback=on_feedback)
+        goal_id = UUID(uuid=list(uuid.uuid4().bytes))
+        printed = FeedbackPrinter(node, action_name, goal_id, server_timeout) if feedback else None
+        goal_future = client.send_goal_async(make_goal(prompt, budget, overrides), goal_uuid=goal_id)
         rclpy.spin_until_future_complete(node, goal_future)
         handle = goal_future.result()
         if not handle.accepted:
@@ -71,6 +115,8 @@ def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float,
             cancel = handle.cancel_goal_async()
             rclpy.spin_until_future_complete(node, cancel, timeout_sec=2.0)
             rclpy.spin_until_future_complete(node, result_future, timeout_sec=5.0)
+        if printed:
+            printed.drain()
         response = result_future.result()
         result = response.result
         if not result.status_name:

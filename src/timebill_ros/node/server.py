@@ -40,9 +40,16 @@ from timebill_ros.core.policy import apply_overrun_policy
 from timebill_ros.core.predictor import load_predictor
 from timebill_ros.core.timing import TimingModel, prefill_kill_warning
 from timebill_ros.core.validation import InvalidGoal, build_request
-from timebill_ros.node.convert import feedback_msg, goal_from_msg, goal_from_request, record_msg, result_msg
+from timebill_ros.node.convert import (
+    feedback_msg,
+    goal_from_msg,
+    goal_from_request,
+    record_msg,
+    result_msg,
+)
 from timebill_ros.node.diagnostics import publish_health
 from timebill_ros.node.params import NodeParams
+from timebill_ros.node.qos import feedback_qos
 
 
 @dataclass
@@ -114,6 +121,7 @@ class TimeBillServer(Node):
             handle_accepted_callback=self._on_accepted,
             cancel_callback=self._on_cancel,
             callback_group=ReentrantCallbackGroup(),
+            feedback_pub_qos_profile=feedback_qos(),
         )
         self._timer = self.create_timer(
             1.0 / self.params.control_rate_hz, self._on_control_tick, callback_group=MutuallyExclusiveCallbackGroup()
