@@ -74,38 +74,53 @@ def build_tiny_model_cmd(out_dir: str, seed: int, layers: int, hidden: int) -> N
     click.echo(build_tiny_model(out_dir, seed=seed, layers=layers, hidden=hidden))
 
 
+def recipe_options(command):
+    """The recipe overrides shared by the commands that train a default-model shape."""
+    for option in reversed((
+        click.option("--layers", type=int, default=None, help="Override the recipe's layer count."),
+        click.option("--hidden", type=int, default=None, help="Override the recipe's hidden size."),
+        click.option("--heads", type=int, default=None, help="Override the recipe's query heads."),
+        click.option("--kv-heads", type=int, default=None, help="Override the recipe's KV heads (fewer than --heads)."),
+        click.option("--lr", type=float, default=None, help="Override the recipe's peak learning rate."),
+    )):
+        command = option(command)
+    return command
+
+
+def recipe_with(seed: int, **overrides):
+    """`Recipe` with the given overrides (None = the recipe's value); the MLP follows --hidden."""
+    from dataclasses import replace
+
+    from timebill_ros.train.default_model import Recipe
+
+    recipe = replace(Recipe(seed=seed), **{k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("hidden") is not None:
+        recipe = replace(recipe, intermediate=3 * overrides["hidden"])
+    return recipe
+
+
 @cli.command("train-default-model")
 @click.option("--workdir", type=click.Path(), default=".timebill/train-default", show_default=True,
               help="Checkpoints, tokenizer and metrics; a rerun resumes from here.")
 @click.option("--out", type=click.Path(), default="", help="Export folder (default: the packaged model folder).")
 @click.option("--steps", type=int, default=None, help="Training steps (default: the recipe's).")
-@click.option("--layers", type=int, default=None, help="Override the recipe's layer count.")
-@click.option("--hidden", type=int, default=None, help="Override the recipe's hidden size.")
-@click.option("--heads", type=int, default=None, help="Override the recipe's query heads.")
-@click.option("--kv-heads", type=int, default=None, help="Override the recipe's KV heads (fewer than --heads).")
-@click.option("--lr", type=float, default=None, help="Override the recipe's peak learning rate.")
+@recipe_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--max-minutes", type=float, default=0, help="Stop (and export) after this long; 0 = no limit.")
 @click.option("--eval-every", type=int, default=250, show_default=True, help="Steps between validation QA checks.")
 @click.option("--export-only", is_flag=True, help="Export the last checkpoint without training.")
-def train_default_model(workdir: str, out: str, steps: int | None, layers: int | None, hidden: int | None,
-                        heads: int | None, kv_heads: int | None, lr: float | None, seed: int, threads: int,
-                        max_minutes: float, eval_every: int, export_only: bool) -> None:
+def train_default_model(workdir: str, out: str, steps: int | None, seed: int, threads: int,
+                        max_minutes: float, eval_every: int, export_only: bool, **shape) -> None:
     """Train the embedded default chat model from scratch (seeded, resumable, CPU).
 
     Without overrides it trains `train.default_model.Recipe`, the curriculum recipe; the
     shipped weights predate it (README model card says where they come from)."""
-    from dataclasses import replace
     from pathlib import Path
 
-    from timebill_ros.train.default_model import DEFAULT_MODEL_DIR, Recipe, train
+    from timebill_ros.train.default_model import DEFAULT_MODEL_DIR, train
 
-    given = dict(steps=steps, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, lr=lr)
-    overrides = {k: v for k, v in given.items() if v is not None}
-    recipe = replace(Recipe(seed=seed), **overrides)
-    if hidden is not None:
-        recipe = replace(recipe, intermediate=3 * hidden)
+    recipe = recipe_with(seed, steps=steps, **shape)
     out_dir = Path(out) if out else DEFAULT_MODEL_DIR
     train(recipe, Path(workdir), out_dir, threads=threads,
           max_minutes=max_minutes or None, eval_every=eval_every, export_only=export_only)
@@ -129,6 +144,47 @@ def probe_default_model(workdir: str, drills: int, threads: int) -> None:
     torch.set_num_threads(threads)
     model, tokenizer, step = load_checkpoint(Path(workdir))
     click.echo(json.dumps({"step": step, "accuracy": drill_accuracy(model, tokenizer, drills=drills)}, indent=2))
+
+
+@cli.command("probe-binding")
+@click.option("--workdir", type=click.Path(), default=".timebill/binding", show_default=True,
+              help="Where the probe's tokenizer is fitted once and reused.")
+@click.option("--frame", type=click.Choice(["adjacent", "gap2", "gap3", "sentence", "sentence-adjacent"]),
+              default="adjacent", show_default=True, help="How facts are written (train.binding.FRAMES).")
+@click.option("--facts", nargs=2, type=click.IntRange(min=1), default=(2, 8), show_default=True,
+              help="Fewest and most facts in a sequence.")
+@click.option("--window", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Layer 0's attention window while probing (0 = full attention).")
+@click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True)
+@click.option("--every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between reports.")
+@recipe_options
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True)
+def probe_binding(workdir: str, frame: str, facts: tuple[int, int], window: int, steps: int, every: int,
+                  seed: int, threads: int, **shape) -> None:
+    """Train a fresh model of the recipe's shape on key-value recall only and print its answer
+    accuracy as JSON lines: can this shape / window / frame learn to bind at all, in minutes?"""
+    import json
+    from pathlib import Path
+
+    import torch
+    from tqdm import tqdm
+
+    from timebill_ros.train.binding import Probe, run
+    from timebill_ros.train.default_model import workdir_tokenizer
+
+    try:
+        probe = Probe(frame=frame, facts=tuple(facts), window=window, steps=steps, every=every)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+    recipe = recipe_with(seed, **shape)
+    torch.set_num_threads(threads)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    tokenizer = workdir_tokenizer(recipe, Path(workdir))
+    with tqdm(total=steps, desc=f"binding probe ({frame})", unit="step") as bar:
+        for report in run(recipe, probe, tokenizer):
+            bar.update(report["step"] - bar.n)
+            bar.write(json.dumps({**report, "frame": frame, "heads": recipe.heads, "window": window}))
 
 
 @cli.command("make-tasks")

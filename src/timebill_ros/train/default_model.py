@@ -82,6 +82,14 @@ def train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
     return fast
 
 
+def workdir_tokenizer(recipe: Recipe, workdir: Path) -> PreTrainedTokenizerFast:
+    """WORKDIR's tokenizer, fitted (and saved there) on first use."""
+    tok_dir = workdir / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        train_tokenizer(recipe).save_pretrained(tok_dir)
+    return PreTrainedTokenizerFast.from_pretrained(tok_dir)
+
+
 def build_model(recipe: Recipe, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
     """A fresh Qwen2 with the recipe's shape."""
     config = Qwen2Config(
@@ -212,10 +220,7 @@ def train(recipe: Recipe, workdir: Path, out_dir: Path = DEFAULT_MODEL_DIR, thre
     torch.set_num_threads(threads)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))  # for probes of checkpoints
-    tok_dir = workdir / "tokenizer"
-    if not (tok_dir / "tokenizer.json").exists():
-        train_tokenizer(recipe).save_pretrained(tok_dir)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    tokenizer = workdir_tokenizer(recipe, workdir)
     model = build_model(recipe, tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=recipe.weight_decay)
     step, rng, progress = _resume(workdir, model, opt, recipe)
