@@ -7,8 +7,9 @@ import torch
 from click.testing import CliRunner
 
 from timebill_ros.eval.vocab import OBJECTS, PLACES
-from timebill_ros.train.binding import FRAMES, Probe, answer_loss, batch, run, sequence
-from timebill_ros.train.default_model import Recipe, build_model, train_tokenizer
+from timebill_ros.train.binding import FRAMES, Probe, run
+from timebill_ros.train.data import LEVELS, encode_pieces, kv_recall
+from timebill_ros.train.default_model import Recipe, batch, build_model, loss_of, train_tokenizer
 
 TINY = Recipe(vocab_size=300, tokenizer_conversations=20, hidden=32, layers=1, heads=2, kv_heads=1,
               intermediate=64, context=512, tokens_per_step=256, warmup=1)
@@ -24,7 +25,7 @@ def test_each_recalled_place_is_scored_once_and_belongs_to_its_key(tokenizer, fr
     fact_frame, _ = FRAMES[frame]
     rng = random.Random(3)
     for _ in range(10):
-        ids, flags = sequence(rng, tokenizer, Probe(frame=frame, facts=(2, 5)))
+        ids, flags = encode_pieces(tokenizer, kv_recall(rng, frame, (2, 5)))
         facts = tokenizer.decode(ids).split("Recall:")[0]
         scored = [i for i, f in enumerate(flags) if f]
         assert 2 <= len(scored) <= 5
@@ -35,15 +36,18 @@ def test_each_recalled_place_is_scored_once_and_belongs_to_its_key(tokenizer, fr
             assert fact_frame.format(o=key, p=place) in facts
 
 
-def test_answer_loss_scores_exactly_the_flagged_tokens(tokenizer):
+@pytest.mark.parametrize("level", [LEVELS[0], next(lv for lv in LEVELS if not lv.kv)], ids=["kv", "chat"])
+def test_loss_with_the_lm_head_on_weighted_tokens_only_equals_the_full_loss(tokenizer, level):
     model = build_model(TINY, tokenizer).eval()
-    x, flags = batch(random.Random(0), tokenizer, Probe(), 256)
-    loss, accuracy = answer_loss(model, x, flags)
+    x, weights, flags = batch(TINY, tokenizer, random.Random(0), level)
+    loss, accuracy = loss_of(model, x, weights, flags)
     logits = model(input_ids=x).logits[:, :-1]  # the full LM head, for comparison
-    scored = flags[:, 1:]
-    expected = torch.nn.functional.cross_entropy(logits[scored], x[:, 1:][scored])
-    assert torch.allclose(loss, expected, atol=1e-5)
-    assert accuracy == (logits[scored].argmax(-1) == x[:, 1:][scored]).float().mean().item()
+    target, w, f = x[:, 1:], weights[:, 1:], flags[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+    assert torch.allclose(loss, (ce * w).sum() / w.sum(), atol=1e-5)
+    assert accuracy == (logits[f].argmax(-1) == target[f]).float().mean().item()
+    if level.kv:  # answer-only: the values are exactly the weighted tokens
+        assert torch.equal(w > 0, f) and f.sum() >= 2
 
 
 def test_bad_probe_settings_are_refused_with_the_reason():

@@ -9,11 +9,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from timebill_ros.train.data import LEVELS, conversation
 from timebill_ros.train.default_model import Recipe, build_model, encode, next_level, set_local_window, train
 
+CHAT = [level for level in LEVELS if not level.kv]  # the chat levels, after the key-value ones
+
 
 def test_first_level_drills_hold_one_fact_and_ask_about_it():
     rng = random.Random(0)
     for _ in range(20):
-        chat = conversation(rng, 500, LEVELS[0])
+        chat = conversation(rng, 500, CHAT[0])
         facts = chat[0]["content"]
         assert facts.split("Question:")[0].count(" is in the ") == 1
         for answer in [m["content"] for m in chat if m["role"] == "assistant"]:
@@ -22,7 +24,7 @@ def test_first_level_drills_hold_one_fact_and_ask_about_it():
 
 def test_recall_drills_restate_only_the_documents_facts():
     rng = random.Random(4)
-    level = replace(LEVELS[1], recall=1.0)
+    level = replace(CHAT[1], recall=1.0)
     for _ in range(20):
         user, answer = conversation(rng, 500, level)
         facts = {s.strip() + "." for s in user["content"].split("Document 1:\n")[1].split(".") if s.strip()}
@@ -33,7 +35,7 @@ def test_recall_drills_restate_only_the_documents_facts():
 
 def test_every_retrieval_answer_is_flagged_once(tiny):
     rng = random.Random(1)
-    chat = conversation(rng, 500, LEVELS[3])
+    chat = conversation(rng, 500, CHAT[3])
     ids, weights, first = encode(tiny.tokenizer, chat, 0.1)
     assert len(ids) == len(weights) == len(first)
     assert sum(first) == sum(1 for m in chat if m.get("retrieval"))
@@ -51,11 +53,11 @@ def test_code_and_list_answers_are_not_flagged(tiny):
 def test_batches_flag_only_each_chats_first_retrieval_answer(tiny):
     from timebill_ros.train.default_model import batch
 
-    questions_only = replace(LEVELS[2], recall=0.0)
+    questions_only = replace(CHAT[2], recall=0.0)
     x, wt, first = batch(Recipe(tokens_per_step=2048), tiny.tokenizer, random.Random(3), questions_only)
     assert first.sum(dim=1).tolist() == [1] * x.shape[0]  # drills only: one first question each
     assert (wt[first] == 1.0).all()
-    x, wt, first = batch(Recipe(tokens_per_step=2048), tiny.tokenizer, random.Random(3), LEVELS[2])
+    x, wt, first = batch(Recipe(tokens_per_step=2048), tiny.tokenizer, random.Random(3), CHAT[2])
     assert set(first.sum(dim=1).tolist()) == {0, 1}  # recall drills have no question
 
 

@@ -1,10 +1,10 @@
 """Training conversations for the default model, drawn from the task suite's train split.
 
-Training follows a curriculum of `Level`s. It opens with short retrieval drills and no
-filler: first one fact (the model learns to copy a place from its context), then more
-and more facts (it learns which place belongs to the asked object), then filler between
-the facts, and only then the task suite's long documents, code and lists. Without the
-one-fact opening, three runs of ~1200 steps sat at a constant answer (README model card).
+Training follows a curriculum of `Level`s. It opens with plain key-value recall, where the
+binding of a key to its value forms (see LEVELS), then short retrieval chats with no filler
+(one fact, then more and more), then filler between the facts, and only then the task
+suite's long documents, code and lists. Without a short opening, three runs of ~1200 steps
+sat at a constant answer (README model card).
 
 Two things in the drills are there because a probe of a stalled run showed shortcuts:
 - questions are drawn *with* replacement: asked each fact once, the model learned "a place
@@ -23,6 +23,16 @@ from timebill_ros.eval import tasks
 from timebill_ros.eval.vocab import FACT_FRAME, OBJECTS, PLACES, QUESTION_FRAME
 
 REVERSE_FRAME = "What is in the {place}?"
+SENTENCE = FACT_FRAME.format(object="{o}", place="{p}")
+# Key-value recall frames (`Level.kv`, `timebill probe-binding`): how a fact is written among
+# the facts, and how it is restated in the recall part.
+KV_FRAMES = {
+    "adjacent": ("{o} {p}.", "{o} {p}."),
+    "gap2": ("{o} in {p}.", "{o} in {p}."),
+    "gap3": ("{o} is in {p}.", "{o} is in {p}."),
+    "sentence": (SENTENCE, SENTENCE),
+    "sentence-adjacent": (SENTENCE, "{o} {p}."),  # the recalled key is then the current token
+}
 
 MIX = (("drill", 0.3), ("qa", 0.35), ("code", 0.15), ("list", 0.2))
 
@@ -37,19 +47,31 @@ class Level:
     reversed: float = 0.0  # share of reversed drill questions ("What is in the garage?")
     recall: float = 0.0  # share of drills answered by restating facts in a random order
     window: int = 0  # layer 0 sees only this many recent tokens (a training scaffold); 0 = full attention
+    kv: str = ""  # a KV_FRAMES name: plain key-value recall instead of chats, loss on the values only
 
 
-# The drills train with a local first layer (8 tokens cover "hammer is in the garage" and
-# "hammer?<|im_end|>\n<|im_start|>assistant\n" alike): at initialisation its output already mixes
-# each token with its neighbours, which a binding head in the next layer could use at once.
-# Measured: in plain key-value probes it gave the first above-chance binding (38 % vs 25 %);
-# in chat drills it has not yet (runs E, E2: README). From the filler level on the model trains
-# with the full attention it ships with. Recall drills: the same, more place tokens a step.
+# The curriculum opens with plain key-value recall (`Level.kv`, loss on the values only): with
+# the value right after its key and layer 0 local over 4 tokens, a 2-head model binds keys to
+# values within ~400 steps (`timebill probe-binding`). Widening the window to 8 and writing the
+# facts as the task's sentences then costs nothing (the binding carries over at once), and so
+# does moving on to chat drills: in the probes, chats went from chance to 94-100 % within 150
+# steps, where every run that started on chats sat at 1/n for thousands of steps (README).
+# The chat drills keep layer 0 local over 8 tokens ("hammer?<|im_end|>\n<|im_start|>assistant\n"
+# fits), then the window widens step by step to the full attention the model ships with: in a
+# probe, dropping an 8-token window at once sent chat drills from 99 % back to chance (20 %)
+# for 300 steps and more; layer 0 must learn to stay local on its own.
 LEVELS = (
+    Level((2, 8), 0, 0, window=4, kv="adjacent"),
+    Level((2, 8), 0, 0, window=8, kv="adjacent"),
+    Level((2, 8), 0, 0, window=8, kv="sentence-adjacent"),
     Level((1, 1), 0, 0, window=8),
     Level((2, 3), 0, 0, recall=0.5, window=8),
     Level((2, 6), 0, 0, recall=0.5, window=8),
     Level((3, 12), 0, 0, recall=0.5, window=8),
+    Level((3, 12), 0, 0, recall=0.5, window=16),
+    Level((3, 12), 0, 0, recall=0.5, window=32),
+    Level((3, 12), 8, 0, recall=0.3, window=64),
+    Level((3, 12), 8, 0, recall=0.3, window=128),
     Level((3, 12), 8, 0, recall=0.3),
     Level((3, 12), 8, 512),
     Level((3, 12), 8, 1024),
@@ -116,6 +138,32 @@ def recall(rng: random.Random, document: str, facts: list[tuple[str, str]]) -> l
     answer = " " + " ".join(FACT_FRAME.format(object=o, place=p) for o, p in said)
     return [{"role": "user", "content": f"Read the document and repeat its facts in any order.\n\n{document}"},
             {"role": "assistant", "content": answer}]
+
+
+def kv_recall(rng: random.Random, frame: str, facts: tuple[int, int]) -> list[tuple[str, bool]]:
+    """One key-value recall sequence as text pieces, True on each recalled value:
+
+        Facts: hammer garage. cup kitchen. Recall: cup kitchen. hammer garage. ...
+
+    Values are asked with replacement, so "a value not recalled yet" is no shortcut."""
+    fact_frame, recall_frame = KV_FRAMES[frame]
+    n = rng.randint(*facts)
+    pairs = list(zip(rng.sample(OBJECTS, n), rng.sample(PLACES, n)))
+    pieces = [("Facts: " + " ".join(fact_frame.format(o=o, p=p) for o, p in pairs) + "\nRecall:", False)]
+    before, after = recall_frame.split("{p}")
+    for obj, place in rng.choices(pairs, k=max(2, n)):
+        pieces += [(" " + before.format(o=obj).strip(), False), (" " + place, True), (after, False)]
+    return pieces
+
+
+def encode_pieces(tokenizer, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[bool]]:
+    """Token ids of text pieces, and flags on the first token of each piece marked True."""
+    ids, flags = [], []
+    for text, marked in pieces:
+        enc = tokenizer(text)["input_ids"]
+        ids.extend(enc)
+        flags.extend([marked] + [False] * (len(enc) - 1))
+    return ids, flags
 
 
 def corpus_sample(n: int, seed: int = 0) -> list[str]:
