@@ -34,11 +34,13 @@ bench: setup
 eval: setup
 	@$(ENV) && bash scripts/eval.sh
 
+# load and soak run the shipped default model unless TIMEBILL_BENCH_MODEL names another
+# (bench/common.py alone falls back to the random plumbing model).
 load: setup
-	@$(ENV) && cd bench && python load.py $(BENCH_ARGS)
+	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:default} python load.py $(BENCH_ARGS)
 
 soak: setup
-	@$(ENV) && cd bench && python soak.py $(BENCH_ARGS)
+	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:default} python soak.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build install log .timebill results
