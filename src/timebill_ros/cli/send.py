@@ -48,7 +48,7 @@ class FeedbackPrinter:
     The ActionClient's feedback callback misses messages in two ways on a short goal: its reader
     may not be matched by the server yet (wait_for_server checks the services only), and it drops
     the callback as soon as the result is in, even with feedback still queued. Our reader is
-    transient-local (the server keeps a history, `node.convert.feedback_qos`), filters on our goal
+    transient-local (the server keeps a history, `node.qos.feedback_qos`), filters on our goal
     id, and is drained after the result, so every message the server published is printed.
     """
 
@@ -100,7 +100,7 @@ def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float,
                        "with the same ROS_DOMAIN_ID?)", err=True)
             return EXIT_NO_SERVER
         goal_id = UUID(uuid=list(uuid.uuid4().bytes))
-        printed = FeedbackPrinter(node, action_name, goal_id, server_timeout) if feedback else None
+        printer = FeedbackPrinter(node, action_name, goal_id, server_timeout) if feedback else None
         goal_future = client.send_goal_async(make_goal(prompt, budget, overrides), goal_uuid=goal_id)
         rclpy.spin_until_future_complete(node, goal_future)
         handle = goal_future.result()
@@ -115,8 +115,8 @@ def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float,
             cancel = handle.cancel_goal_async()
             rclpy.spin_until_future_complete(node, cancel, timeout_sec=2.0)
             rclpy.spin_until_future_complete(node, result_future, timeout_sec=5.0)
-        if printed:
-            printed.drain()
+        if printer:
+            printer.drain()
         response = result_future.result()
         result = response.result
         if not result.status_name:

@@ -40,13 +40,7 @@ from timebill_ros.core.policy import apply_overrun_policy
 from timebill_ros.core.predictor import load_predictor
 from timebill_ros.core.timing import TimingModel, prefill_kill_warning
 from timebill_ros.core.validation import InvalidGoal, build_request
-from timebill_ros.node.convert import (
-    feedback_msg,
-    goal_from_msg,
-    goal_from_request,
-    record_msg,
-    result_msg,
-)
+from timebill_ros.node.convert import feedback_msg, goal_from_msg, goal_from_request, record_msg, result_msg
 from timebill_ros.node.diagnostics import publish_health
 from timebill_ros.node.params import NodeParams
 from timebill_ros.node.qos import feedback_qos
