@@ -145,8 +145,9 @@ def test_cli_send_mirrors_send_goal(node):
 
 
 def test_feedback_history_reaches_a_reader_that_joins_after_the_goal(node):
-    # The race `timebill send --feedback` lost in CI: its reader was matched only after a
-    # 28 ms goal ended. The server keeps a transient-local history; a late reader gets it.
+    # Most likely what `timebill send --feedback` lost in CI (a 28 ms goal, no feedback line):
+    # its reader matched only after the goal ended. The server keeps a transient-local
+    # history, so a reader that joins late still gets the goal's feedback.
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 

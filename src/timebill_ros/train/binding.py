@@ -8,14 +8,15 @@ accuracy as it goes:
     Facts: hammer garage. cup kitchen. Recall: cup kitchen. hammer garage. ...
 
 Chance is "a random place from the facts" (about 1/n on n facts); a model that binds goes
-to ~100 %. Loss and logits are computed on the answer positions only, which makes a step
-~2.7x cheaper than a training step of the default model, so a probe answers in minutes
-whether a shape / window / frame can form the binding at all. The default model's own chat
+to ~100 %. Loss and logits are computed on the answer positions only (a step ~2.7x cheaper
+than with the full LM head), so a probe answers in minutes whether a shape / window / frame
+can form the binding at all. The default model's curriculum opens with the same data
+(`Level.kv`). The default model's own chat
 drills are probed with `timebill probe-default-model` instead.
 
 `FRAMES` are the fact layouts measured in the README: the value right after its key
-("adjacent") binds within a few hundred steps at head size 64; the task suite's sentence,
-with the value four tokens after its key, had not within 1,400 steps.
+("adjacent") binds within a few hundred steps at head size 64; from scratch, the task
+suite's sentence, with the value four tokens after its key, had not within 1,400 steps.
 """
 from __future__ import annotations
 
@@ -26,10 +27,9 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerFast
 
 from timebill_ros.eval.vocab import OBJECTS, PLACES
-from timebill_ros.train.data import KV_FRAMES, Level
+from timebill_ros.train.data import KV_FRAMES as FRAMES
+from timebill_ros.train.data import Level
 from timebill_ros.train.default_model import Recipe, batch, build_model, descend, loss_of, optimizer, set_local_window
-
-FRAMES = KV_FRAMES
 
 
 @dataclass(frozen=True)
