@@ -52,10 +52,11 @@ class Level:
 
 # The curriculum opens with plain key-value recall (`Level.kv`, loss on the values only): with
 # the value right after its key and layer 0 local over 4 tokens, a 2-head model binds keys to
-# values within ~400 steps (`timebill probe-binding`). Widening the window to 8 and writing the
-# facts as the task's sentences then costs nothing (the binding carries over at once), and so
-# does moving on to chat drills: in the probes, chats went from chance to 94-100 % within 150
-# steps, where every run that started on chats sat at 1/n for thousands of steps (README).
+# values within 300-600 steps in 5 of 6 runs (`timebill probe-binding`; one seed stalled).
+# Widening the window to 8 and writing the facts as the task's sentences then costs nothing
+# (the binding carries over at once), and so does moving on to chat drills: in the probes,
+# chats went from chance to 94-100 % within 150 steps, where every run that started on chats
+# sat at 1/n for thousands of steps (README).
 # The chat drills keep layer 0 local over 8 tokens ("hammer?<|im_end|>\n<|im_start|>assistant\n"
 # fits), then the window widens step by step to the full attention the model ships with: in a
 # probe, dropping an 8-token window at once sent chat drills from 99 % back to chance (20 %)

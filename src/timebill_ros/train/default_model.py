@@ -38,8 +38,8 @@ class Recipe:
     hidden: int = 128
     layers: int = 2
     # 2 query heads of 64 (1 KV head: still grouped-query attention). In `timebill probe-binding`
-    # (adjacent key-value recall, 2-8 facts, window 4) 2 heads bound in ~300 steps (96-99 %, 3 seeds)
-    # where 8 heads of 16 stalled at 33-38 % through 1,200: a key must be told apart from ~110 others.
+    # (adjacent key-value recall, 2-8 facts, window 4) 2 heads bound within 300-600 steps in 5 of 6
+    # runs (one seed stalled at ~36 %); 8 heads of 16 never did: a key is told apart from ~110 others.
     heads: int = 2
     kv_heads: int = 1
     intermediate: int = 384
