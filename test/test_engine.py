@@ -51,6 +51,33 @@ def test_tight_budget_evicts_and_shrinks_the_cache(engine):
     assert result.kept_prompt_tokens < n
 
 
+def test_a_chunk_shorter_than_the_snapkv_window_is_refused():
+    from timebill_ros.core.engine import chunk_bounds
+
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        EngineConfig(snapkv_window=32, prefill_chunk=16).validate()
+    # Even so, the last piece is never shorter than the window (it was merged only once).
+    assert chunk_bounds(100, 16, 32)[-1][1] - chunk_bounds(100, 16, 32)[-1][0] >= 32
+
+
+def test_a_model_without_scorable_attention_on_every_layer_is_refused(tiny_model_dir):
+    from timebill_ros.core.eviction import UnsupportedModelError
+    from timebill_ros.core.model import load_model
+
+    loaded = load_model(str(tiny_model_dir), threads=1)
+    del loaded.model.model.layers[1].self_attn.q_proj  # as a fused-QKV attention would look
+    with pytest.raises(UnsupportedModelError, match=loaded.name):
+        Engine(loaded, TIMING, FixedLengthPredictor(4))
+
+
+def test_eviction_without_scores_fails_loudly(engine):
+    from timebill_ros.core.eviction import EvictionError, evict
+
+    cache, _ = engine.prefill(ids(200))
+    with pytest.raises(EvictionError, match="no SnapKV scores"):
+        evict(cache, {}, 0.5, 16)
+
+
 def test_fixed_alpha_baseline(engine):
     result = engine.run(Request(ids(400), budget=30.0, max_new_tokens=5, fixed_alpha=0.5), CancelToken())
     assert result.plan.alpha == 0.5 and result.kept_prompt_tokens == 200
@@ -68,29 +95,141 @@ def test_cancel_during_decode(engine):
     assert result.text == "" and result.token_ids == []
 
 
-def test_cancel_before_prefill_runs_nothing(engine):
-    token = CancelToken()
+class CountingPredictor:
+    """A length predictor that records its calls and can act while prefill runs."""
+
+    def __init__(self, tokens=16, action=None):
+        self.tokens, self.action, self.calls = tokens, action, 0
+
+    def predict(self, prompt_ids):
+        self.calls += 1
+        if self.action:
+            self.action()
+        return self.tokens
+
+
+def engine_with(model, predictor, **config):
+    return Engine(model, TIMING, predictor, EngineConfig(**{"snapkv_window": 16, "prefill_chunk": 128,
+                                                            "event_period": 0.0, **config}))
+
+
+def test_cancel_before_prefill_runs_nothing(tiny):
+    predictor = CountingPredictor()
+    e = engine_with(tiny, predictor)
+    token, events = CancelToken(), []
     token.cancel(Status.KILLED_AT_DEADLINE, "deadline")
-    result = engine.run(Request(ids(100), budget=30.0), token)
-    assert result.status is Status.KILLED_AT_DEADLINE and result.timings.decode == 0.0
+    result = e.run(Request(ids(100), budget=30.0), token, events.append)
+    e.close()
+    assert result.status is Status.KILLED_AT_DEADLINE
+    assert events == [] and predictor.calls == 0 and result.timings.prefill == 0.0 and result.plan is None
 
 
-def test_kill_from_another_thread_lands_within_a_few_steps(engine):
-    token = CancelToken()
+def test_kill_from_another_thread_lands_at_the_next_decode_step(engine):
+    token, events = CancelToken(), []
 
     def on_event(event):
+        events.append(event)
         if event.phase == "decode" and len(event.tokens) == 10:
-            threading.Thread(target=token.cancel, args=(Status.KILLED_AT_DEADLINE, "deadline")).start()
+            killer = threading.Thread(target=token.cancel, args=(Status.KILLED_AT_DEADLINE, "deadline"))
+            killer.start()
+            killer.join()
 
-    result = engine.run(Request(ids(50), budget=30.0, max_new_tokens=500), token, on_event)
+    result = engine.run(Request(ids(50), budget=30.0, max_new_tokens=500, ignore_eos=True), token, on_event)
     assert result.status is Status.KILLED_AT_DEADLINE and result.text == ""
+    # The step running when the kill came finishes (token 11); the check after it stops the job.
+    assert max(len(e.tokens) for e in events) == 10
 
 
-def test_infeasible_reject_runs_no_decode(engine):
-    req = Request(ids(1500), budget=1e-4, max_new_tokens=100, on_infeasible=OnInfeasible.REJECT)
-    result = engine.run(req, CancelToken())
+def test_kill_during_prefill_lands_before_the_next_attention_layer(tiny):
+    """One chunk holds the whole prompt; a kill set inside layer 0 stops it before layer 1."""
+    token = CancelToken()
+    e = engine_with(tiny, CountingPredictor(), prefill_chunk=4096)
+    attention = [layer.self_attn for layer in tiny.model.model.layers]
+    ran = []
+    hooks = [m.register_forward_hook(lambda mod, a, out, i=i: ran.append(i)) for i, m in enumerate(attention)]
+    hooks.append(attention[0].register_forward_hook(
+        lambda *a: token.cancel(Status.KILLED_AT_DEADLINE, "deadline") and None))
+    try:
+        result = e.run(Request(ids(300), budget=30.0), token)
+    finally:
+        for h in hooks:
+            h.remove()
+        e.close()
+    assert result.status is Status.KILLED_AT_DEADLINE and ran == [0]
+
+
+def test_kill_during_prefill_does_not_wait_for_the_predictor(tiny):
+    """The predictor kills the job and then blocks: the job must end while it still blocks."""
+    token, release, finished = CancelToken(), threading.Event(), threading.Event()
+
+    def kill_then_block():
+        token.cancel(Status.KILLED_AT_DEADLINE, "deadline")
+        release.wait(30)
+        finished.set()
+
+    e = engine_with(tiny, CountingPredictor(action=kill_then_block), prefill_chunk=32)
+    result = e.run(Request(ids(600), budget=30.0), token)
+    predictor_was_still_running = not finished.is_set()
+    release.set()
+    e.close()
+    assert result.status is Status.KILLED_AT_DEADLINE and predictor_was_still_running
+
+
+def test_a_failing_predictor_falls_back_and_never_fails_or_masks_the_goal(tiny, caplog):
+    def boom():
+        raise RuntimeError("predictor exploded")
+
+    e = engine_with(tiny, CountingPredictor(action=boom), fallback_prediction_tokens=7)
+    with caplog.at_level("WARNING"):
+        result = e.run(Request(ids(200), budget=30.0, max_new_tokens=50), CancelToken())
+    assert result.status is Status.SUCCEEDED and result.plan.predicted_tokens == 7
+    assert "predictor exploded" in caplog.text
+
+    token = CancelToken()
+
+    def kill_then_fail():
+        token.cancel(Status.KILLED_AT_DEADLINE, "deadline")
+        raise RuntimeError("predictor exploded")
+
+    e.predictor = CountingPredictor(action=kill_then_fail)
+    result = e.run(Request(ids(200), budget=30.0, max_new_tokens=50), token)
+    e.close()
+    assert result.status is Status.KILLED_AT_DEADLINE
+
+
+def test_first_plan_uses_the_predicted_prefill_and_the_replan_the_real_one(engine):
+    n = 400
+    result = engine.run(Request(ids(n), budget=30.0, max_new_tokens=20, ignore_eos=True), CancelToken())
+    first, replan = result.first_plan, result.plan
+    assert len(result.token_ids) == 20  # ignore_eos: forced to max_new_tokens (here N_W)
+    n_w = first.worst_case_tokens
+    assert first.wcet == pytest.approx(result.timings.queue + TIMING.prefill(n) + TIMING.decode(n, 0.0, n_w),
+                                       abs=1e-3)
+    # The re-plan's fixed part is the time really spent, not the prediction.
+    assert replan.wcet - TIMING.decode(n, 0.0, n_w) >= result.timings.prefill
+
+
+def test_infeasible_reject_runs_nothing_when_prefill_alone_misses(tiny):
+    predictor = CountingPredictor()
+    e = engine_with(tiny, predictor)
+    events = []
+    req = Request(ids(1500), budget=TIMING.prefill(1500) * 0.5, max_new_tokens=100,
+                  on_infeasible=OnInfeasible.REJECT)
+    result = e.run(req, CancelToken(), events.append)
+    e.close()
+    assert result.status is Status.INFEASIBLE and "prefill alone" in result.reason
+    assert events == [] and predictor.calls == 0 and result.timings.prefill == 0.0
+
+
+def test_infeasible_reject_stops_before_eviction_and_decode(engine):
+    events = []
+    n = 1500
+    budget = TIMING.prefill(n) + 0.01  # prefill fits, 80 decode steps at 1 ms each do not
+    req = Request(ids(n), budget=budget, max_new_tokens=100, on_infeasible=OnInfeasible.REJECT)
+    result = engine.run(req, CancelToken(), events.append)
     assert result.status is Status.INFEASIBLE
-    assert "cannot be guaranteed" in result.reason and not result.plan.feasible
+    assert "cannot be guaranteed" in result.reason and not result.first_plan.feasible
+    assert "evicted" not in [e.phase for e in events] and result.timings.decode == 0.0
     assert result.token_ids == []
 
 

@@ -9,11 +9,13 @@ import time
 
 import pytest
 from action_msgs.msg import GoalStatus
-from conftest import start_node
+from conftest import BASE_PARAMS, start_node
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from timebill_ros.core.validation import InvalidGoal, build_request
 from timebill_ros.node.client import Client
+from timebill_ros.node.convert import goal_from_msg
 
 LONG_PROMPT = "The robot stands in the hallway and sees boxes. " * 30  # ~1500 tokens
 
@@ -301,9 +303,26 @@ goal_fields = st.fixed_dictionaries({
 })
 
 
+def encode_with(tokenizer):
+    from timebill_ros.core.model import encode_prompt
+
+    return lambda messages: encode_prompt(tokenizer, messages=messages)
+
+
+@pytest.fixture(scope="module")
+def oracle(slow_model_dir):
+    """The node's limits and tokenizer, so a test can compute what the node must answer."""
+    from transformers import AutoTokenizer
+
+    from timebill_ros.node.params import NodeParams
+
+    tokenizer = AutoTokenizer.from_pretrained(slow_model_dir, local_files_only=True)
+    return NodeParams(**BASE_PARAMS).limits(2048), encode_with(tokenizer)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fields=goal_fields)
-def test_fuzzed_goals_each_get_one_terminal_status(node, fields):
+def test_fuzzed_goals_each_get_the_status_their_validation_implies(node, oracle, fields):
     proc, client = node
     fields = dict(fields)
     budget = fields.pop("budget")
@@ -312,8 +331,65 @@ def test_fuzzed_goals_each_get_one_terminal_status(node, fields):
     if budget < 0:
         goal.budget.sec = int(budget) - 1
     run = client.call(goal, timeout=120)
-    terminal = {R(client).SUCCEEDED, R(client).KILLED_AT_DEADLINE, R(client).SKIPPED, R(client).INFEASIBLE,
-                R(client).REJECTED, R(client).CANCELED, R(client).COMPLETED_LATE}
-    assert run.result.status in terminal
-    assert run.result.status == R(client).SUCCEEDED or run.result.status_reason
+    # The verdict the core's validation gives the same goal message decides what may come back.
+    try:
+        build_request(goal_from_msg(goal), *oracle, time.monotonic())
+        reason = None
+    except InvalidGoal as exc:
+        reason = f"invalid goal: {exc}"
+    if reason is not None:
+        assert run.result.status == R(client).REJECTED and run.result.status_reason == reason
+    else:
+        ran = {R(client).SUCCEEDED, R(client).KILLED_AT_DEADLINE, R(client).SKIPPED, R(client).INFEASIBLE,
+               R(client).COMPLETED_LATE}
+        assert run.result.status in ran, (run.result.status_name, run.result.status_reason)
+        assert run.result.status == R(client).SUCCEEDED or run.result.status_reason
     assert proc.proc.poll() is None  # the server is still up
+
+
+# A chat template that raises on a marker (as templates that demand alternating roles do)
+# and is slow on another (a tokenizer made slow on purpose: ~2 s in the node).
+TRAP_TEMPLATE = (
+    "{%- if messages[0]['content'].startswith('RAISE') %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant') }}{%- endif %}"
+    "{%- if messages[0]['content'].startswith('SLOW') %}"
+    "{%- for i in range(100000) %}{%- for j in range(100) %}{%- endfor %}{%- endfor %}{%- endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def trap_node(slow_model_dir, calibration, tmp_path_factory, rclpy_context):
+    import shutil
+
+    model = tmp_path_factory.mktemp("trap") / "trap_model"
+    shutil.copytree(slow_model_dir, model)
+    template = model / "chat_template.jinja"
+    template.write_text(TRAP_TEMPLATE + template.read_text())
+    # Its own action name: the module's other node serves the default one on the same domain.
+    proc = start_node(model, calibration, tmp_path_factory.mktemp("trapnode"), name="trap",
+                      action_name="trap/generate")
+    client = Client("trap/generate")
+    assert client.wait_for_server(), proc.log()
+    yield proc, client
+    client.close()
+    assert proc.stop() == 0, proc.log()
+
+
+def test_a_goal_whose_preparation_raises_is_rejected_with_the_reason(trap_node):
+    proc, client = trap_node
+    run = client.call(client.goal("RAISE please", budget=20.0, max_new_tokens=4))
+    assert run.result.status == R(client).REJECTED, run.result.status_reason
+    assert "roles must alternate" in run.result.status_reason
+    assert client.call(client.goal("fine", budget=20.0, max_new_tokens=2)).result.status == R(client).SUCCEEDED
+
+
+def test_a_cancel_during_tokenization_ends_the_goal_canceled(trap_node):
+    proc, client = trap_node
+    run = client.send(client.goal("SLOW tokenization", budget=60.0, max_new_tokens=64))
+    deadline = time.monotonic() + 30
+    while getattr(run, "handle", None) is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    client.cancel(run)  # the server is still inside the chat template
+    client.wait(run, timeout=60)
+    assert run.result.status == R(client).CANCELED, (run.result.status_name, run.result.status_reason)
+    assert run.status == GoalStatus.STATUS_CANCELED and run.result.response_tokens == 0

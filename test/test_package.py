@@ -36,7 +36,7 @@ def test_params_file_sets_every_node_parameter_and_nothing_else():
     defaults = NodeParams()
     for name, value in params.items():
         assert type(value) is type(getattr(defaults, name)), name  # ROS parameter types must match
-    assert params["k"] == 5.0 and params["alpha_max"] == 0.95 and params["bucket_width"] == 16
+    assert params["k"] == 5.0 and params["alpha_max"] == 0.95 and params["snapkv_kernel"] == 5
 
 
 def test_package_manifests():

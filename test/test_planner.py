@@ -19,11 +19,17 @@ def test_exact_alpha_matches_the_corrected_formula():
     assert t_fixed + T.decode(n_x, expected, n_w) == pytest.approx(budget)
 
 
-def test_the_papers_printed_form_would_miss_the_budget():
-    """The printed middle term (N_W-2)/(2 p N_x) is a typo: it does not solve the constraint."""
-    n_x, n_w, budget, t_fixed = 1000, 11, 0.5, 0.1
-    printed = 1 - (budget - t_fixed - 10 * T.q) / (T.p * n_x * 10) + 9 / (2 * T.p * n_x)
-    assert t_fixed + T.decode(n_x, min(printed, 0.999), n_w) != pytest.approx(budget, rel=1e-3)
+def test_the_planner_uses_the_corrected_form_not_the_papers_printed_one():
+    """The printed middle term (N_W-2)/(2 p N_x) is a typo. With p = 0.01 s per entry both
+    forms land inside [0, alpha_max], so the planner's alpha tells which one it uses: the
+    corrected one uses the budget up exactly, the printed one over-evicts by ~0.45."""
+    t2 = TimingModel(a=0.0, b=0.0, c=0.0, p=0.01, q=0.001)
+    n_x, n_w, t_fixed = 1000, 11, 0.1
+    budget = t_fixed + t2.decode(n_x, 0.3, n_w)
+    printed = 1 - (budget - t_fixed - 10 * t2.q) / (t2.p * n_x * 10) + 9 / (2 * t2.p * n_x)
+    p = plan(t2, n_x=n_x, n_hat=n_w, budget=budget, t_fixed=t_fixed, k=1.0, alpha_max=0.95, n_max=n_w)
+    assert 0.3 < printed < 0.95 and abs(printed - 0.3) > 0.4
+    assert p.alpha == pytest.approx(0.3) and p.wcet == pytest.approx(budget) and p.feasible
 
 
 def test_worst_case_length_and_guards():

@@ -20,7 +20,7 @@ from timebill_ros.core.calibration import (
 )
 from timebill_ros.core.engine import Engine, EngineConfig
 from timebill_ros.core.model import load_model, model_fingerprint, resolve_model_path
-from timebill_ros.core.predictor import FixedLengthPredictor
+from timebill_ros.core.predictor import FixedLengthPredictor, load_predictor
 from timebill_ros.core.timing import TimingModel
 
 
@@ -34,6 +34,7 @@ class CalibrationTarget:
     threads: int = 2
     prefill_chunk: int = 512
     calibration_path: str = ""
+    predictor_path: str = ""  # the node's length predictor: its slow-down of prefill is measured
 
     @classmethod
     def from_sources(cls, params_file: str | None, given: dict) -> "CalibrationTarget":
@@ -83,14 +84,19 @@ def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_le
             bar.reset(total=total)
             return lambda: bar.update(1)
 
-        result = calibrate(engine, target.key(), points=points, repeats=repeats,
-                           max_length=max_length or None, progress=progress)
+        def predictor_for(fit: TimingModel):
+            return load_predictor(target.predictor_path, fit.prefill, 64)
+
+        result = calibrate(engine, target.key(), points=points, repeats=repeats, max_length=max_length or None,
+                           progress=progress, predictor_for=predictor_for if target.predictor_path else None)
     engine.close()
+    result.settings["predictor_path"] = target.predictor_path
     path = result.save(target.path())
     t = result.timing
     click.echo(f"saved {path}")
     click.echo(f"prefill(N) = {t.a:.3e}*N^2 + {t.b:.3e}*N + {t.c:.3e} s   held-out MAPE {result.prefill_mape:.2f}%")
     click.echo(f"decode(N_kv) = {t.p:.3e}*N_kv + {t.q:.3e} s          held-out MAPE {result.decode_mape:.2f}%")
     click.echo(f"WCET margins (worst overrun of any sample): prefill +{100 * result.prefill_margin:.1f}%, "
-               f"decode +{100 * result.decode_margin:.1f}%")
+               f"decode +{100 * result.decode_margin:.1f}%; prefill beside the length predictor "
+               f"x{result.prefill_contention:.2f}")
     return path

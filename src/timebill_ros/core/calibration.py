@@ -13,6 +13,7 @@ import platform
 import re
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,6 +84,10 @@ class Calibration:
     # so the WCET bounds the time, not only the length.
     prefill_margin: float = 0.0
     decode_margin: float = 0.0
+    # Prefill with the length predictor running beside it, over prefill alone (>= 1; 1 when
+    # no predictor was measured). The two threads share the cores, so the plan made beside
+    # prefill must use the contended time.
+    prefill_contention: float = 1.0
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     settings: dict = field(default_factory=dict)
 
@@ -111,6 +116,7 @@ class Calibration:
                 decode_mape=float(data["decode_mape"]),
                 prefill_margin=float(data.get("prefill_margin", 0.0)),
                 decode_margin=float(data.get("decode_margin", 0.0)),
+                prefill_contention=float(data.get("prefill_contention", 1.0)),
                 created=data.get("created", ""),
                 settings=data.get("settings", {}),
             )
@@ -118,9 +124,10 @@ class Calibration:
             raise CalibrationError(f"calibration '{path}' is corrupt ({exc}): {fix}") from exc
 
     def planning_timing(self) -> TimingModel:
-        """The fit raised by the margins (worst overrun of any profiled sample): what WCET
-        and alpha* are computed from."""
-        return self.timing.scaled(1.0 + self.prefill_margin, 1.0 + self.decode_margin)
+        """The fit raised by the margins (worst overrun of any profiled sample) and prefill by
+        the predictor's contention: what WCET and alpha* are computed from."""
+        contention = max(1.0, self.prefill_contention)
+        return self.timing.scaled((1.0 + self.prefill_margin) * contention, 1.0 + self.decode_margin)
 
     def age_seconds(self) -> float:
         """Seconds since this calibration was made."""
@@ -207,12 +214,19 @@ def calibrate(
     decode_steps: int = 9,
     max_length: int | None = None,
     progress: Callable[[int], Callable[[], None]] | None = None,
+    predictor_for: Callable[[TimingModel], object] | None = None,
 ) -> Calibration:
-    """Profile prefill and decode over lengths up to the context limit, fit, and measure held-out MAPE."""
+    """Profile prefill and decode over lengths up to the context limit, fit, and measure held-out MAPE.
+
+    PREDICTOR_FOR(fit) gives the length predictor the node will run beside prefill (it may
+    compress its input by the fitted prefill time); its slow-down of prefill is measured too.
+    """
     limit = max_length or engine.loaded.context_limit
     lengths = spread_lengths(16, limit - 1, points)
     fit_n, held_n = split_held_out(lengths)
-    tick = progress(2 * len(lengths) + 2) if progress else (lambda: None)
+    contention_lengths = sorted({lengths[len(lengths) // 4], lengths[len(lengths) // 2], lengths[-1]})
+    tick = progress(2 * len(lengths) + 2 + (len(contention_lengths) if predictor_for else 0)) if progress \
+        else (lambda: None)
     # Warm-up: first calls allocate and pick kernels; keep them out of the samples.
     engine.prefill(list(range(min(64, limit))))
     tick()
@@ -223,6 +237,12 @@ def calibrate(
     timing = _fit(prefill, decode, set(fit_n))
     held_pre = [(n, t) for n, t in prefill if n in held_n]
     held_dec = [(n, t) for n, t in decode if n in held_n]
+    contention = 1.0
+    if predictor_for is not None:
+        predictor = predictor_for(timing)
+        for n in contention_lengths:
+            contention = max(contention, measure_prefill_contention(engine, predictor, [n], repeats))
+            tick()
     return Calibration(
         key=key,
         timing=timing,
@@ -233,8 +253,31 @@ def calibrate(
         # Margins from every sample, fitted and held out: the worst overrun seen anywhere.
         prefill_margin=worst_overrun([timing.prefill(n) for n, _ in prefill], [t for _, t in prefill]),
         decode_margin=worst_overrun([timing.decode_step(n) for n, _ in decode], [t for _, t in decode]),
-        settings={"points": points, "repeats": repeats, "decode_steps": decode_steps, "max_length": limit},
+        prefill_contention=contention,
+        settings={"points": points, "repeats": repeats, "decode_steps": decode_steps, "max_length": limit,
+                  "prefill_chunk": engine.config.prefill_chunk},
     )
+
+
+def measure_prefill_contention(engine, predictor, lengths: list[int], repeats: int = 3) -> float:
+    """Prefill time with PREDICTOR.predict running in a second thread, as in a served job,
+    over prefill alone: the largest ratio of medians over LENGTHS (at least 1)."""
+    gen = torch.Generator().manual_seed(2)
+    vocab = engine.loaded.model.config.vocab_size
+    ratios = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for n in lengths:
+            ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
+            alone = _median_time(lambda: engine.prefill(ids), repeats)
+            beside = []
+            for _ in range(repeats):
+                future = pool.submit(predictor.predict, ids)
+                t0 = time.perf_counter()
+                engine.prefill(ids)
+                beside.append(time.perf_counter() - t0)
+                future.result()
+            ratios.append(statistics.median(beside) / alone)
+    return max(1.0, max(ratios))
 
 
 def _fit(prefill: list[tuple[int, float]], decode: list[tuple[int, float]], fit_lengths: set[int]) -> TimingModel:

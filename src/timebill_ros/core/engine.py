@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from timebill_ros.core.eviction import SnapKV, SnapKVScorer, evict
+from timebill_ros.core.eviction import SnapKV, SnapKVScorer, attention_modules, evict
 from timebill_ros.core.jobs import CancelToken, Event, OnInfeasible, Request, Result, Status, Timings
 from timebill_ros.core.model import LoadedModel
 from timebill_ros.core.planner import Plan, plan
@@ -40,8 +40,22 @@ class EngineConfig:
 
     snapkv_window: int = 32
     snapkv_kernel: int = 5
-    prefill_chunk: int = 512  # tokens per prefill forward; a kill lands between chunks
+    prefill_chunk: int = 512  # tokens per prefill forward (the cancel token is also checked between layers)
     event_period: float = 0.05  # seconds between decode events (phase changes always emit)
+    fallback_prediction_tokens: int = 64  # N_hat when the length predictor fails on a prompt
+
+    def validate(self) -> None:
+        """Raise ValueError naming the setting when the combination cannot work."""
+        if self.snapkv_window < 1 or self.snapkv_kernel < 1 or self.snapkv_kernel % 2 == 0:
+            raise ValueError(f"snapkv_window must be >= 1 and snapkv_kernel odd and >= 1, got "
+                             f"{self.snapkv_window} / {self.snapkv_kernel}")
+        if self.prefill_chunk < self.snapkv_window:
+            # SnapKV scores come from the last chunk's queries; a chunk shorter than the
+            # observation window would leave nothing to score and nothing could be evicted.
+            raise ValueError(f"prefill_chunk ({self.prefill_chunk}) must be >= snapkv_window "
+                             f"({self.snapkv_window})")
+        if self.fallback_prediction_tokens < 1:
+            raise ValueError(f"fallback_prediction_tokens must be >= 1, got {self.fallback_prediction_tokens}")
 
 
 class Engine:
@@ -56,14 +70,24 @@ class Engine:
     ) -> None:
         self.loaded, self.timing, self.predictor = loaded, timing, predictor
         self.config = config or EngineConfig()
+        self.config.validate()
         self.press = SnapKV(self.config.snapkv_window, self.config.snapkv_kernel)
-        self.scorer = SnapKVScorer(self.press).attach(loaded.model)
+        self.scorer = SnapKVScorer(self.press).attach(loaded.model, loaded.name)
+        # Checked before every attention layer while prefill runs: a kill lands within
+        # one layer's time instead of one chunk's.
+        self._prefill_cancel: CancelToken | None = None
+        self._layer_checks = [m.register_forward_pre_hook(self._check_cancel) for m in attention_modules(loaded.model)]
         self.predictor_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="length-predictor")
 
     def close(self) -> None:
         """Release the hooks and the predictor thread."""
         self.scorer.detach()
+        for handle in self._layer_checks:
+            handle.remove()
         self.predictor_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _check_cancel(self, module: torch.nn.Module, args: tuple) -> None:
+        _raise_if_cancelled(self._prefill_cancel)
 
     # ---------------------------------------------------------------- phases
     @torch.inference_mode()
@@ -71,22 +95,25 @@ class Engine:
         """Run the prompt through the model in chunks; return (cache, logits of the last position).
 
         SnapKV scores are recorded during the last chunk, which is made at least one
-        observation window long. Between chunks the cancel token is honoured.
+        observation window long. The cancel token is honoured before every attention
+        layer (raising Stopped), so a kill does not wait for the running chunk.
         """
         cache = None
         self.scorer.scores.clear()
         bounds = chunk_bounds(len(ids), self.config.prefill_chunk, self.press.window)
         logits = None
-        for i, (start, end) in enumerate(bounds):
-            _raise_if_cancelled(cancel)
-            self.scorer.armed = i == len(bounds) - 1
-            try:
+        self._prefill_cancel = cancel
+        try:
+            for i, (start, end) in enumerate(bounds):
+                _raise_if_cancelled(cancel)
+                self.scorer.armed = i == len(bounds) - 1
                 out = self.loaded.model(
                     input_ids=torch.tensor([ids[start:end]]), cache=cache, use_cache=True, logits_to_keep=1
                 )
-            finally:
-                self.scorer.armed = False
-            cache, logits = out.cache, out.logits[:, -1]
+                cache, logits = out.cache, out.logits[:, -1]
+        finally:
+            self.scorer.armed = False
+            self._prefill_cancel = None
         return cache, logits
 
     @torch.inference_mode()
@@ -108,9 +135,10 @@ class Engine:
 
 
 def chunk_bounds(n: int, chunk: int, min_last: int) -> list[tuple[int, int]]:
-    """[start, end) pieces of at most `chunk` tokens; the last is at least `min_last` long."""
+    """[start, end) pieces of at most `chunk` tokens, except the last, which is at least
+    `min_last` long (or the whole prompt when it is shorter)."""
     ends = list(range(chunk, n, chunk)) + [n]
-    if len(ends) > 1 and ends[-1] - ends[-2] < min_last:
+    while len(ends) > 1 and ends[-1] - ends[-2] < min_last:
         ends.pop(-2)
     starts = [0] + ends[:-1]
     return list(zip(starts, ends))
@@ -129,6 +157,8 @@ class _Job:
         self.started = time.monotonic()
         self.timings = Timings(queue=self.started - request.accepted_at)
         self.plan: Plan | None = None
+        self.first_plan: Plan | None = None  # made beside prefill, with the predicted prefill time
+        self.done = False
         self.tokens: list[int] = []
         self.kept = len(request.prompt_ids)
 
@@ -164,30 +194,61 @@ class _Job:
             fixed_alpha=r.fixed_alpha,
         )
 
+    def predict(self) -> int:
+        """N_hat; a predictor failure falls back to the configured length, never fails the job."""
+        try:
+            return max(1, int(self.engine.predictor.predict(self.request.prompt_ids)))
+        except Exception as exc:  # noqa: BLE001 - any predictor bug must leave the goal running
+            fallback = self.engine.config.fallback_prediction_tokens
+            log.warning("length predictor failed (%s: %s); planning with N_hat = %d", type(exc).__name__, exc, fallback)
+            return fallback
+
     def predict_and_plan(self) -> tuple[int, float]:
-        """Runs beside prefill: predict N_hat, then plan with the *predicted* prefill time."""
+        """Runs beside prefill: predict N_hat, then make the FIRST plan with the *predicted*
+        prefill time (contention with this thread included, see Calibration)."""
         t0 = time.monotonic()
-        n_hat = max(1, int(self.engine.predictor.predict(self.request.prompt_ids)))
+        n_hat = self.predict()
         t_predict = time.monotonic() - t0
-        n_x = len(self.request.prompt_ids)
-        t_prefill = self.engine.timing.prefill(n_x)
+        t_prefill = self.engine.timing.prefill(len(self.request.prompt_ids))
         # A prediction that finishes within prefill is hidden behind it and costs nothing.
         t_fixed = (self.started - self.request.accepted_at) + t_prefill + max(0.0, t_predict - t_prefill)
-        self.plan = self.make_plan(n_hat, t_fixed)
+        if self.done or self.cancel.is_set:
+            return n_hat, t_predict  # the job already ended: no late plan, no feedback after its result
+        self.plan = self.first_plan = self.make_plan(n_hat, t_fixed)
         self.event("planned")
         if not self.plan.feasible and self.request.on_infeasible is OnInfeasible.REJECT:
             self.cancel.cancel(Status.INFEASIBLE, infeasible_reason(self.plan))
         return n_hat, t_predict
 
+    def reject_if_prefill_alone_misses(self) -> None:
+        """on_infeasible=reject: when the predicted prefill alone (the least any answer costs)
+        cannot fit the budget, stop before anything runs."""
+        if self.request.on_infeasible is not OnInfeasible.REJECT:
+            return
+        t_prefill = self.engine.timing.prefill(len(self.request.prompt_ids))
+        if (self.started - self.request.accepted_at) + t_prefill > self.request.budget:
+            raise Stopped(Status.INFEASIBLE, f"budget {self.request.budget:.3f}s cannot be guaranteed: the "
+                          f"predicted prefill alone takes {t_prefill:.3f}s; raise the budget or shorten the prompt")
+
+    def wait_for_prediction(self, future: Future) -> tuple[int, float]:
+        """The predictor's (N_hat, seconds), honouring the cancel token while it is still running."""
+        while not future.done():
+            _raise_if_cancelled(self.cancel)
+            self.cancel.wait(0.002)
+        return future.result()
+
     def run(self) -> Result:
+        _raise_if_cancelled(self.cancel)
+        self.reject_if_prefill_alone_misses()
         self.event("prefill")
         future = self.engine.predictor_pool.submit(self.predict_and_plan)
         t0 = time.monotonic()
         try:
+            # A kill here raises at once: it never waits for the predictor thread.
             cache, logits = self.engine.prefill(self.request.prompt_ids, self.cancel)
         finally:
             self.timings.prefill = time.monotonic() - t0
-            n_hat, self.timings.predict = future.result()
+        n_hat, self.timings.predict = self.wait_for_prediction(future)
         _raise_if_cancelled(self.cancel)
         # Re-plan with what is now known: the real time spent so far replaces predictions.
         self.plan = self.make_plan(n_hat, self.elapsed())
@@ -214,7 +275,7 @@ class _Job:
             token = int(logits.argmax(-1))
             while True:
                 self.tokens.append(token)
-                if token in eos or len(self.tokens) >= self.request.max_new_tokens:
+                if len(self.tokens) >= self.request.max_new_tokens or (token in eos and not self.request.ignore_eos):
                     break
                 _raise_if_cancelled(self.cancel)
                 if time.monotonic() - last_event >= period:
@@ -226,6 +287,7 @@ class _Job:
             self.timings.decode = time.monotonic() - t0
 
     def finish(self, status: Status, reason: str) -> Result:
+        self.done = True  # a predictor thread still running stays quiet from now on
         now = time.monotonic()
         self.timings.total = now - self.request.accepted_at
         keep_text = status in (Status.SUCCEEDED, Status.COMPLETED_LATE)
@@ -238,6 +300,7 @@ class _Job:
             prompt_tokens=len(self.request.prompt_ids),
             kept_prompt_tokens=self.kept,
             plan=self.plan,
+            first_plan=self.first_plan,
             timings=self.timings,
             deadline_margin=now - self.request.deadline,
         )

@@ -69,6 +69,19 @@ def kept_count(n_x: int, alpha: float, window: int) -> int:
     return min(n_x, max(int(n_x * (1.0 - alpha)), window, 1))
 
 
+class UnsupportedModelError(RuntimeError):
+    """The model's attention cannot be scored by SnapKV; the message names the model."""
+
+
+class EvictionError(RuntimeError):
+    """Eviction was asked for but cannot be done (no scores); never silently skipped."""
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The attention module of every decoder layer: modules with a separate q_proj and a layer_idx."""
+    return [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "layer_idx")]
+
+
 @dataclass
 class SnapKVScorer:
     """Forward hooks that record SnapKV scores of every attention layer while `armed`."""
@@ -78,11 +91,18 @@ class SnapKVScorer:
     armed: bool = False
     _handles: list = field(default_factory=list)
 
-    def attach(self, model: nn.Module) -> "SnapKVScorer":
-        """Register one hook per attention module (modules with q_proj and a layer_idx)."""
-        for module in model.modules():
-            if hasattr(module, "q_proj") and hasattr(module, "layer_idx"):
-                self._handles.append(module.register_forward_hook(self._hook, with_kwargs=True))
+    def attach(self, model: nn.Module, name: str = "") -> "SnapKVScorer":
+        """Register one hook per attention module; UnsupportedModelError unless every layer has one."""
+        modules = attention_modules(model)
+        layers = getattr(model.config, "num_hidden_layers", None)
+        if not modules or (layers is not None and len(modules) != layers):
+            raise UnsupportedModelError(
+                f"model {name or type(model).__name__}: SnapKV found {len(modules)} attention modules with a "
+                f"separate q_proj and a layer_idx for {layers} layers; this architecture (e.g. a fused QKV "
+                "projection) cannot be scored, so eviction cannot be done"
+            )
+        for module in modules:
+            self._handles.append(module.register_forward_hook(self._hook, with_kwargs=True))
         return self
 
     def detach(self) -> None:
@@ -117,8 +137,12 @@ def evict(cache: object, scores: dict[int, torch.Tensor], alpha: float, window: 
     layers = cache.layers
     n_x = layers[0].keys.shape[2]
     n_keep = kept_count(n_x, alpha, window)
-    if n_keep >= n_x or len(scores) != len(layers):
+    if n_keep >= n_x:
         return n_x
+    missing = [i for i in range(len(layers)) if i not in scores or scores[i].shape[-1] != n_x]
+    if missing:
+        raise EvictionError(f"alpha {alpha:.2f} asks to keep {n_keep} of {n_x} entries, but {len(missing)} of "
+                            f"{len(layers)} layers have no SnapKV scores for this prompt (first: layer {missing[0]})")
     for idx, layer in enumerate(layers):
         gather = kept_indices(scores[idx], n_keep).unsqueeze(-1).expand(-1, -1, -1, layer.keys.shape[-1])
         layer.keys = layer.keys.gather(2, gather).contiguous()

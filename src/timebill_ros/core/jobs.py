@@ -32,7 +32,10 @@ class OverrunPolicy(str, enum.Enum):
 class OnInfeasible(str, enum.Enum):
     """What to do when even alpha_max cannot guarantee the budget."""
 
-    REJECT = "reject"  # report INFEASIBLE up front, run nothing
+    # INFEASIBLE without running anything when the predicted prefill alone misses the budget;
+    # otherwise prefill starts beside the prediction and the job stops INFEASIBLE as soon as
+    # the plan shows that even alpha_max cannot fit (before any eviction or decode step).
+    REJECT = "reject"
     BEST_EFFORT = "best_effort"  # run at alpha_max; the deadline still applies
 
 
@@ -57,6 +60,10 @@ class CancelToken:
         """True once the job has been told to stop."""
         return self._event.is_set()
 
+    def wait(self, timeout: float) -> bool:
+        """Block until the token is set or TIMEOUT seconds pass; True when set."""
+        return self._event.wait(timeout)
+
 
 @dataclass
 class Request:
@@ -70,6 +77,7 @@ class Request:
     alpha_max: float = 0.95
     fixed_alpha: float | None = None  # baselines: a fixed ratio instead of the planner's
     on_infeasible: OnInfeasible = OnInfeasible.BEST_EFFORT
+    ignore_eos: bool = False  # benchmarks: run to max_new_tokens (the worst case) whatever the tokens
 
     @property
     def deadline(self) -> float:
@@ -112,7 +120,8 @@ class Result:
     token_ids: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
     kept_prompt_tokens: int = 0
-    plan: Plan | None = None
+    plan: Plan | None = None  # the plan decoding ran with (re-made after prefill with the real time spent)
+    first_plan: Plan | None = None  # the plan made beside prefill with the predicted prefill time
     timings: Timings = field(default_factory=Timings)
     deadline_margin: float = 0.0  # end of job minus deadline, seconds
 

@@ -16,15 +16,17 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
+    from timebill_ros.core.eviction import UnsupportedModelError
     from timebill_ros.core.model import ModelLoadError
     from timebill_ros.core.predictor import PredictorLoadError
+    from timebill_ros.node.params import InvalidParameter
     from timebill_ros.node.server import TimeBillServer
 
     # Our own signal handling: held goals get their results before the context goes down.
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = TimeBillServer()
-    except (ModelLoadError, PredictorLoadError) as exc:
+    except (ModelLoadError, PredictorLoadError, UnsupportedModelError, InvalidParameter) as exc:
         print(f"timebill_node: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2

@@ -10,6 +10,10 @@ from timebill_ros.core.jobs import OnInfeasible, OverrunPolicy
 from timebill_ros.core.validation import Limits
 
 
+class InvalidParameter(ValueError):
+    """A parameter value the node cannot start with; the message names it and the allowed values."""
+
+
 @dataclass
 class NodeParams:
     """Every parameter of timebill_node with its default (config/timebill.yaml sets them too)."""
@@ -28,7 +32,6 @@ class NodeParams:
     default_max_new_tokens: int = 128
     k: float = 5.0  # pessimistic factor for the worst-case length (paper: 5)
     alpha_max: float = 0.95  # largest eviction ratio (paper: 0.95)
-    bucket_width: int = 16  # response-length predictor bucket width B (paper: 16)
     predictor_path: str = ""  # "" = fixed N_hat; builtin:default; or a `timebill train-rlp` folder
     fixed_prediction_tokens: int = 64  # N_hat when no trained length predictor is configured
     snapkv_window: int = 32  # SnapKV observation window
@@ -36,6 +39,31 @@ class NodeParams:
     prefill_chunk: int = 512  # tokens per prefill forward; bounds kill latency during prefill
     overrun_policy: str = "kill"  # kill | skip_next
     on_infeasible: str = "best_effort"  # reject | best_effort
+
+    def validate(self) -> None:
+        """Raise InvalidParameter naming the first parameter whose value cannot work."""
+        positive = {"control_rate_hz": self.control_rate_hz, "diagnostics_rate_hz": self.diagnostics_rate_hz,
+                    "threads": self.threads, "max_new_tokens": self.max_new_tokens,
+                    "default_max_new_tokens": self.default_max_new_tokens,
+                    "max_prompt_tokens": self.max_prompt_tokens,
+                    "fixed_prediction_tokens": self.fixed_prediction_tokens}
+        for name, value in positive.items():
+            if not value > 0:
+                raise InvalidParameter(f"parameter {name} must be > 0, got {value}")
+        if self.max_queue < 0:
+            raise InvalidParameter(f"parameter max_queue must be >= 0, got {self.max_queue}")
+        if not 1.0 <= self.k:
+            raise InvalidParameter(f"parameter k must be >= 1, got {self.k}")
+        if not 0.0 <= self.alpha_max < 1.0:
+            raise InvalidParameter(f"parameter alpha_max must be in [0, 1), got {self.alpha_max}")
+        for name, enum_type in (("overrun_policy", OverrunPolicy), ("on_infeasible", OnInfeasible)):
+            if getattr(self, name) not in {e.value for e in enum_type}:
+                options = ", ".join(e.value for e in enum_type)
+                raise InvalidParameter(f"parameter {name} must be one of {options}, got {getattr(self, name)!r}")
+        try:
+            self.engine_config().validate()
+        except ValueError as exc:
+            raise InvalidParameter(f"parameter {exc}") from None
 
     @classmethod
     def declare(cls, node: Node) -> "NodeParams":
@@ -65,4 +93,5 @@ class NodeParams:
             snapkv_kernel=self.snapkv_kernel,
             prefill_chunk=self.prefill_chunk,
             event_period=1.0 / self.control_rate_hz,
+            fallback_prediction_tokens=self.fixed_prediction_tokens,
         )

@@ -92,6 +92,7 @@ class TimeBillServer(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("timebill_node", **kwargs)
         self.params = NodeParams.declare(self)
+        self.params.validate()  # before the model loads: a bad value costs no loading time
         self.loaded = load_model(self.params.model_path, dtype=self.params.dtype, threads=self.params.threads,
                                  quantization=self.params.quantization)
         self.calibration, self.not_ready = self._load_calibration()
@@ -144,7 +145,8 @@ class TimeBillServer(Node):
             command = (
                 f"timebill calibrate --model {self.params.model_path} --dtype {self.params.dtype} "
                 f"--quantization '{self.params.quantization}' "
-                f"--threads {self.loaded.threads} --prefill-chunk {self.params.prefill_chunk}"
+                f"--threads {self.loaded.threads} --prefill-chunk {self.params.prefill_chunk} "
+                f"--predictor '{self.params.predictor_path}'"
                 " (or: timebill calibrate --params-file <this node's params file>)"
             )
             reason = f"node not ready: {exc}. Calibrate with: {command}"
@@ -155,6 +157,12 @@ class TimeBillServer(Node):
             f"decode MAPE {calibration.decode_mape:.1f}%, WCET margins +{100 * calibration.prefill_margin:.1f}% "
             f"prefill / +{100 * calibration.decode_margin:.1f}% decode"
         )
+        measured_with = calibration.settings.get("predictor_path", "")
+        if measured_with != self.params.predictor_path:
+            self.get_logger().warning(
+                f"the calibration measured prefill beside predictor_path '{measured_with}', this node runs "
+                f"'{self.params.predictor_path}': plans may misjudge how much the predictor slows prefill; "
+                "calibrate with --params-file <this node's params file>")
         warning = prefill_kill_warning(calibration.planning_timing(), self.params.prefill_chunk,
                                        self.loaded.context_limit, 1.0 / self.params.control_rate_hz)
         if warning:
@@ -168,9 +176,14 @@ class TimeBillServer(Node):
 
     def _on_accepted(self, handle: ServerGoalHandle) -> None:
         job = GoalJob(handle, accepted_at=time.monotonic())
+        with self._lock:
+            # Registered before the (possibly slow) tokenization, so a cancel that comes in
+            # meanwhile finds the job and is honoured.
+            self._jobs[bytes(handle.goal_id.uuid)] = job
         self._prepare(job)
         with self._lock:
-            self._jobs[bytes(handle.goal_id.uuid)] = job
+            if job.early is None and job.cancel.is_set:
+                job.early = self._early(job, job.cancel.status, job.cancel.reason)
             if job.early is None and self._overrunning():
                 job.early = self._early(job, Status.SKIPPED, "skipped: an earlier job is overrunning its deadline")
             if job.early is None and len(self._queue) >= self.params.max_queue:
@@ -198,6 +211,8 @@ class TimeBillServer(Node):
             )
         except InvalidGoal as exc:
             job.early = self._early(job, Status.REJECTED, f"invalid goal: {exc}")
+        except Exception as exc:  # noqa: BLE001 - e.g. a chat template that raises: this goal only
+            job.early = self._early(job, Status.REJECTED, f"could not prepare the goal: {type(exc).__name__}: {exc}")
         if job.early is not None:
             self.get_logger().warning(job.early.reason)
 
