@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TIMEBILL_HOME ?= $(CURDIR)/.timebill
 ENV := source scripts/env.sh
 
-.PHONY: help setup demo test bench eval load soak clean
+.PHONY: help setup demo test bench eval load soak results clean
 help:
 	@echo "make setup   - venv, pinned dependencies, colcon build (idempotent)"
 	@echo "make demo    - start the node, send one goal with feedback, stop"
@@ -18,6 +18,7 @@ help:
 	@echo "make eval    - the paper's comparison through bags and the node; results/eval/"
 	@echo "make load    - 4 clients, 200 goals in 10 s against the node; results/bench/load.json"
 	@echo "make soak    - 1000 goals in a row, memory/threads/fds; results/bench/soak.json"
+	@echo "make results - publish: copy results/ into docs/results and regenerate the README tables"
 
 setup:
 	@bash scripts/setup.sh
@@ -41,6 +42,9 @@ load: setup
 
 soak: setup
 	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:default} python soak.py $(BENCH_ARGS)
+
+results: setup
+	@$(ENV) && timebill publish
 
 clean:
 	rm -rf build install log .timebill results

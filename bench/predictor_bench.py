@@ -25,7 +25,7 @@ def main() -> None:
     args = p.parse_args()
     engine, cal = calibrated_engine(args)
     fixed = FixedLengthPredictor(64)
-    trained = load_predictor(args.predictor, cal.timing.prefill, 64)
+    trained = load_predictor(args.predictor, cal.planning_timing().prefill, 64)  # as the node serves
     per_task = 3 if args.quick else args.per_task
     examples = [e for t in tasks.TASKS for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
     rows = []

@@ -20,10 +20,11 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 
-deps=$(hash_of requirements.txt constraints.txt)
+deps=$(hash_of requirements.txt constraints.txt requirements-nodeps.txt)
 if ! stamp_ok deps "$deps"; then
   echo "[setup] installing pinned dependencies (first run: about a minute)"
   pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+  pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
   stamp_set deps "$deps"
   rm -f "$STAMPS/cmakefix" "$STAMPS/build"
 fi

@@ -44,7 +44,8 @@ def tiny(tiny_model_dir):
     return load_model(str(tiny_model_dir), threads=1)
 
 
-def quick_calibration(model_dir: Path, out: Path, *, threads: int = 1, prefill_chunk: int = 512) -> Path:
+def quick_calibration(model_dir: Path, out: Path, *, threads: int = 1, prefill_chunk: int = 512,
+                      max_length: int | None = None, points: int = 9) -> Path:
     """A small calibration (few points) written to OUT, as `timebill calibrate` would."""
     from timebill_ros.core.calibration import CalibrationKey, calibrate
     from timebill_ros.core.engine import Engine, EngineConfig
@@ -56,7 +57,7 @@ def quick_calibration(model_dir: Path, out: Path, *, threads: int = 1, prefill_c
     engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(),
                     EngineConfig(prefill_chunk=prefill_chunk))
     key = CalibrationKey.for_model(loaded)
-    result = calibrate(engine, key, points=9, repeats=2, decode_steps=5)
+    result = calibrate(engine, key, points=points, repeats=2, decode_steps=5, max_length=max_length)
     engine.close()
     return result.save(out)
 

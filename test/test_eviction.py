@@ -102,15 +102,20 @@ def test_alpha_zero_logits_equal_generate_logits(engine, tiny):
         token = int(logits.argmax(-1))
 
 
-def test_decode_after_eviction_uses_true_positions(engine, eager_model, tiny):
-    """Decoding on the shrunk cache must equal a full forward in which the response tokens
-    are masked off the evicted prompt entries (per KV head) and keep their true positions."""
-    n, steps, alpha = 120, 6, 0.5
-    ids = prompt_ids(n, seed=7)
+def test_decode_after_eviction_uses_true_positions(engine, eager_model):
+    """Decoding after eviction must equal a full forward whose attention masks are
+    masked off the evicted prompt entries (per KV head) and keep their true positions."""
+    assert_decode_after_eviction_matches_masked_forward(engine, eager_model, prompt_ids(120, seed=7), 0.5, WINDOW)
+
+
+def assert_decode_after_eviction_matches_masked_forward(engine, eager_model, ids, alpha, window, steps=6):
+    """Evict ALPHA after the engine's prefill, decode STEPS tokens, and compare every step's
+    logits with one eager forward of the whole sequence under per-layer, per-head masks."""
+    n = len(ids)
     cache, logits = engine.prefill(ids)
-    n_keep = kept_count(n, alpha, WINDOW)
+    n_keep = kept_count(n, alpha, window)
     keep = [kept_indices(s, n_keep)[0] for s in (engine.scorer.scores[i] for i in range(len(cache.layers)))]
-    evict(cache, engine.scorer.scores, alpha, WINDOW)
+    evict(cache, engine.scorer.scores, alpha, window)
     tokens, ours = [int(logits.argmax(-1))], []
     for i in range(steps):
         step_logits = engine.decode_step(cache, tokens[-1], n + i)

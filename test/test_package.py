@@ -65,3 +65,37 @@ def test_core_has_no_ros_imports():
             for name in names:
                 assert not name.startswith(("rclpy", "timebill_msgs", "timebill_ros.node", "timebill_ros.cli")), \
                     f"{path.name} imports {name}"
+
+
+def test_readme_figures_equal_their_json():
+    """Every README results block, rendered again from docs/results, must equal the README."""
+    from timebill_ros.eval.publish import BLOCK, TABLES, render
+
+    readme = (REPO / "README.md").read_text()
+    names = {m.group("name") for m in BLOCK.finditer(readme)}
+    assert names == set(TABLES), names  # every table is in the README, each once per name
+    assert render(readme, REPO / "docs" / "results") == readme, "README is stale: run `make results`"
+
+
+def test_publish_copies_results_fixes_plot_paths_and_regenerates_tables(tmp_path):
+    import json
+    import shutil
+
+    from timebill_ros.eval.publish import publish
+
+    docs = tmp_path / "docs"
+    shutil.copytree(REPO / "docs" / "results", docs)
+    results = tmp_path / "results"
+    (results / "bench").mkdir(parents=True)
+    changed = json.loads((docs / "planning_time.json").read_text())
+    changed["plan_s"]["median"] = 0.123456
+    (results / "bench" / "planning_time.json").write_text(json.dumps(changed))
+    (results / "eval").mkdir()
+    ev = json.loads((docs / "eval.json").read_text())
+    ev["plots"] = ["results/eval/budget_sweep_kill.png"]
+    (results / "eval" / "eval.json").write_text(json.dumps(ev))
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- results:bench -->\nold\n<!-- /results:bench -->\ny\n")
+    assert publish(results, docs, readme) == ["planning_time.json", "eval.json"]
+    assert "| one alpha* plan (median) | 123.5 ms |" in readme.read_text() and "old" not in readme.read_text()
+    assert json.loads((docs / "eval.json").read_text())["plots"] == ["docs/results/budget_sweep_kill.png"]

@@ -326,3 +326,16 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@cli.command("publish")
+@click.option("--results", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="Where make bench / make eval / eval-quality / train-rlp wrote their JSON.")
+@click.option("--docs", type=click.Path(file_okay=False), default="docs/results", show_default=True)
+@click.option("--readme", type=click.Path(dir_okay=False, exists=True), default="README.md", show_default=True)
+def publish(results: str, docs: str, readme: str) -> None:
+    """Copy measured JSON and plots into docs/results and regenerate the README's tables from them."""
+    from timebill_ros.eval.publish import publish as run_publish
+
+    copied = run_publish(Path(results), Path(docs), Path(readme))
+    click.echo(f"copied {len(copied)} file(s) to {docs}: {', '.join(copied) or 'none'}; {readme} tables regenerated")

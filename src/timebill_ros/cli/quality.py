@@ -26,12 +26,15 @@ def run_quality(model_path: str, split: str, limit: int, alphas: list[float], th
         report = evaluate(engine, examples, alphas, tick=lambda: bar.update(1))
     engine.close()
     data = {"model": loaded.name, "split": split, "examples": report.examples, "scores": report.scores,
-            "agreement_with_full_cache": report.agreement, "answers": report.answers}
+            "agreement_with_full_cache": report.agreement, "applied": report.applied,
+            "answers": report.answers}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(data, indent=2))
     settings = [str(a) for a in alphas] + [NO_CONTEXT]
     click.echo("task   " + " ".join(f"{s:>10}" for s in settings))
     for task, row in report.scores.items():
         click.echo(f"{task:<6} " + " ".join(f"{row.get(s, float('nan')):>10.3f}" for s in settings))
+        applied = report.applied[task]
+        click.echo("  applied alpha " + " ".join(f"{applied[str(a)]['applied_alpha']:>10.2f}" for a in alphas))
     click.echo(f"saved {out}")
     return data

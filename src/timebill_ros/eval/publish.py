@@ -1,0 +1,173 @@
+"""Publish measured results: copy them into docs/results and regenerate README tables.
+
+Every figure the README shows comes from a JSON file in docs/results. `timebill publish`
+copies what `make bench`, `make eval`, `timebill eval-quality` and `timebill train-rlp`
+wrote under results/ into docs/results, then rewrites each README block between
+`<!-- results:NAME -->` and `<!-- /results:NAME -->` from those files. A test renders
+the blocks again from docs/results and fails when the README differs, so a figure cannot
+drift from its source.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Callable
+
+# results/<source> -> docs/results/<name>; missing sources are left as they are.
+SOURCES = {
+    "bench/ete_mape.json": "ete_mape.json",
+    "bench/wcet_coverage.json": "wcet_coverage.json",
+    "bench/decode_overhead.json": "decode_overhead.json",
+    "bench/eviction_share.json": "eviction_share.json",
+    "bench/planning_time.json": "planning_time.json",
+    "bench/kill_latency.json": "kill_latency.json",
+    "bench/predictor_overhead.json": "predictor_overhead.json",
+    "bench/load.json": "load.json",
+    "bench/soak.json": "soak.json",
+    "quality.json": "quality.json",
+    "rlp.json": "rlp.json",
+    "eval/eval.json": "eval.json",
+    "eval/budget_sweep_kill.png": "budget_sweep_kill.png",
+    "eval/budget_sweep_skip_next.png": "budget_sweep_skip_next.png",
+    "eval/k_sweep_kill.png": "k_sweep_kill.png",
+}
+BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    return f"{100 * x:.{digits}f} %"
+
+
+def _ms(x: float) -> str:
+    return f"{1000 * x:.1f} ms" if x >= 1e-3 else f"{1e6 * x:.1f} us"
+
+
+def bench_table(load: Callable[[str], dict]) -> str:
+    """The engine benchmarks' table (make bench)."""
+    ete, cov, dec = load("ete_mape.json"), load("wcet_coverage.json"), load("decode_overhead.json")
+    ev, plan, kill, pred = load("eviction_share.json"), load("planning_time.json"), load("kill_latency.json"), \
+        load("predictor_overhead.json")
+    rows = [
+        ("model, threads", f"`{ete['model']}`, {ete['threads']}", "", ""),
+        (f"prefill time-model error, MAPE on {len(ete['lengths'])} fresh lengths",
+         f"{ete['prefill_mape_pct']:.1f} % (calibration's held-out: {ete['calibration_prefill_mape_pct']:.1f} %)",
+         "<= 3 % (paper: 1.22 % on a GPU)", "ete_mape"),
+        ("decode-step time-model error, MAPE",
+         f"{ete['decode_step_mape_pct']:.1f} % (calibration's held-out: {ete['calibration_decode_mape_pct']:.1f} %)",
+         "<= 3 % (paper: 1.69 %)", "ete_mape"),
+    ]
+    for name, label in (("first_plan", "first plan (predicted prefill)"), ("replan", "re-plan (after prefill)")):
+        c = cov[name]
+        rows.append((f"WCET coverage of the {label}, {cov['runs']} runs forced to N_W, k = {cov['k']:g}",
+                     f"{_pct(c['coverage'])} (mean slack {_pct(c['mean_slack_share'])}, "
+                     f"worst {_pct(c['min_slack_share'])})", ">= 99 %, mean slack <= 15 %", "wcet_coverage"))
+    rows.append((f"time per token, engine vs `model.generate`, both {dec['new_tokens']} tokens after "
+                 f"{dec['prompt_tokens']} prompt tokens, alpha 0",
+                 f"{_ms(dec['engine_s_per_token']['median'])} vs {_ms(dec['generate_s_per_token']['median'])} "
+                 f"({dec['engine_over_generate_pct']:+.1f} %)", "overhead < 5 %", "decode_overhead"))
+    steps = dec["decode_step_s_by_alpha"]
+    rows.append((f"decode step on a {dec['long_prompt_tokens']}-token prompt at alpha 0 / 0.5 / 0.9",
+                 " / ".join(_ms(steps[a]) for a in ("0.0", "0.5", "0.9"))
+                 + f" (speed-up {dec['speedup_alpha_0.5']:.2f}x / {dec['speedup_alpha_0.9']:.2f}x)", "",
+                 "decode_overhead"))
+    for row in ev["rows"]:
+        rows.append((f"eviction at alpha {ev['alpha']:g} / prefill, {row['n_x']} tokens",
+                     f"{_pct(row['evict_share_of_prefill'])} ({_ms(row['evict_s'])})", "< 5 %", "eviction_share"))
+    rows.append(("one alpha* plan (median)", _ms(plan["plan_s"]["median"]), "< 1 ms", "planning_time"))
+    for phase, data in kill["phases"].items():
+        where = f"{kill['long_prompt_tokens']}-token prompts" if phase == "prefill" else "short prompts"
+        value = (f"{_ms(data['p50_s'])} / {_ms(data['p99_s'])}" if data["p99_s"] is not None
+                 else f"no goal killed ({data['statuses']})")
+        rows.append((f"kill latency during {phase} at {kill['control_rate_hz']:g} Hz ({where}), p50 / p99",
+                     value, f"<= one period + one step = {_ms(kill['bound_s'])}", "kill_latency"))
+    rows.append((f"length predictor beside prefill ({pred['prompts']} test prompts): hidden / prefill slow-down / "
+                 "inputs compressed",
+                 f"{_pct(pred['hidden_share'], 0)} / {pred['overhead_pct_median']:+.0f} % / "
+                 f"{_pct(pred['truncated_share'], 0)}", "", "predictor_overhead"))
+    lines = ["| what | measured | target | JSON (docs/results) |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d and f'`{d}.json`'} |" for a, b, c, d in rows]
+    return "\n".join(lines) + "\n"
+
+
+def quality_table(load: Callable[[str], dict]) -> str:
+    """Task scores vs nominal alpha, with the alpha really applied (timebill eval-quality)."""
+    q = load("quality.json")
+    alphas = [a for a in next(iter(q["scores"].values())) if a != "no_context"]
+    metric = {"qa": "QA F1", "code": "edit similarity", "list": "ROUGE-L"}
+    head = "| task (metric) | " + " | ".join(f"alpha {float(a):g}" for a in alphas) + " | no context |"
+    lines = [head, "|" + "---|" * (len(alphas) + 2)]
+    for task, row in q["scores"].items():
+        cells = " | ".join(f"{row[a]:.3f}" for a in alphas)
+        lines.append(f"| {task} ({metric.get(task, task)}) | {cells} | {row['no_context']:.3f} |")
+    for task, row in q.get("applied", {}).items():
+        cells = " | ".join(f"{row[a]['applied_alpha']:.2f} ({row[a]['kept_tokens']:.0f} of "
+                           f"{row[a]['prompt_tokens']:.0f})" for a in alphas)
+        lines.append(f"| {task}: alpha applied (kept of prompt tokens, mean) | {cells} | |")
+    agree = q["agreement_with_full_cache"]
+    cells = " | ".join("1" if a == "0.0" else f"{sum(t[a] for t in agree.values()) / len(agree):.3f}" for a in alphas)
+    lines.append(f"| agreement with the full-cache answer (ROUGE-L, mean of tasks) | {cells} | |")
+    return "\n".join(lines) + f"\n\n{q['examples']} test prompts, model `{q['model']}`.\n"
+
+
+RLP_NAMES = {"buckets16": "SLM, 16-token buckets (TimeBill)", "buckets32": "SLM, 32-token buckets",
+             "buckets64": "SLM, 64-token buckets", "regression": "SLM regression",
+             "proxy5": "ProxyModel-style, 5 classes (small encoder)", "s3_10": "S3-style, 10 classes (small encoder)"}
+
+
+def rlp_table(load: Callable[[str], dict]) -> str:
+    """Table 1: the length predictors (timebill train-rlp)."""
+    r = load("rlp.json")
+    lines = ["| predictor | MAE | RMSE | R^2 | input compressed as served: MAE / R^2 / inputs compressed |",
+             "|---|---|---|---|---|"]
+    for name, row in r["predictors"].items():
+        f, c = row["full_input"], row["compressed_input"]
+        lines.append(f"| {RLP_NAMES.get(name, name)} | {f['MAE']:.1f} | {f['RMSE']:.1f} | {f['R2']:.3f} | "
+                     f"{c['MAE']:.1f} / {c['R2']:.3f} / {_pct(c['truncated_share'], 0)} |")
+    return "\n".join(lines) + f"\n\n{r['test_examples']} test prompts, target `{r['target']}`.\n"
+
+
+def eval_table(load: Callable[[str], dict]) -> str:
+    """The budget sweep under Kill: score / completion / mean alpha per method and budget."""
+    e = load("eval.json")
+    table = e["table"]["kill"]
+    budgets = sorted({b for row in table.values() for b in row}, key=float)
+    lines = ["| method (Kill) | " + " | ".join(f"{float(b):g} s" for b in budgets) + " |",
+             "|" + "---|" * (len(budgets) + 1)]
+    for method, row in table.items():
+        cells = " | ".join(f"{row[b]['score']:.3f} / {_pct(row[b]['completion'], 0)} / {row[b]['alpha_mean']:.2f}"
+                           if b in row else "" for b in budgets)
+        lines.append(f"| {method} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {"bench": bench_table, "quality": quality_table, "rlp": rlp_table, "eval": eval_table}
+
+
+def render(readme: str, docs: Path) -> str:
+    """README text with every results block regenerated from the JSON in DOCS."""
+    def load(name: str) -> dict:
+        return json.loads((docs / name).read_text())
+
+    def block(match: re.Match) -> str:
+        return match.group(1) + TABLES[match.group("name")](load) + match.group(4)
+
+    return BLOCK.sub(block, readme)
+
+
+def publish(results: Path, docs: Path, readme: Path) -> list[str]:
+    """Copy RESULTS into DOCS (fixing the plot paths eval.json names), regenerate README's
+    blocks; returns the files copied."""
+    docs.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for source, name in SOURCES.items():
+        if (results / source).is_file():
+            shutil.copyfile(results / source, docs / name)
+            copied.append(name)
+    if "eval.json" in copied:
+        data = json.loads((docs / "eval.json").read_text())
+        data["plots"] = [f"docs/results/{Path(p).name}" for p in data.get("plots", [])]
+        (docs / "eval.json").write_text(json.dumps(data, indent=2))
+    readme.write_text(render(readme.read_text(), docs))
+    return copied

