@@ -165,7 +165,7 @@ def publish(results: Path, docs: Path, readme: Path) -> list[str]:
         if (results / source).is_file():
             shutil.copyfile(results / source, docs / name)
             copied.append(name)
-    if "eval.json" in copied:
+    if (docs / "eval.json").is_file():  # plots are published beside it
         data = json.loads((docs / "eval.json").read_text())
         data["plots"] = [f"docs/results/{Path(p).name}" for p in data.get("plots", [])]
         (docs / "eval.json").write_text(json.dumps(data, indent=2))
