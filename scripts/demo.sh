@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PARAMS=${PARAMS:-config/timebill.yaml}
-MODEL=$(python -c "import yaml,sys; print(yaml.safe_load(open('$PARAMS'))['timebill_node']['ros__parameters']['model_path'])")
+MODEL=$(python -c "import yaml,sys; print(next(iter(yaml.safe_load(open('$PARAMS')).values()))['ros__parameters']['model_path'])")
 # Default prompt: the shortest retrieval question of the task suite's test split.
 PROMPT=${PROMPT:-$(python -c "
 from timebill_ros.eval import tasks
@@ -16,7 +16,7 @@ echo "== ROS_DOMAIN_ID=$ROS_DOMAIN_ID, discovery $ROS_AUTOMATIC_DISCOVERY_RANGE,
 
 if ! timebill calibrate --check --params-file "$PARAMS" >/dev/null 2>&1; then
   echo "== no calibration for $MODEL on this machine yet: calibrating (once)"
-  timebill calibrate --params-file "$PARAMS"
+  timebill calibrate --params-file "$PARAMS" --points 12 --repeats 2
 fi
 
 LOG=$(mktemp -t timebill_node.XXXX.log)

@@ -4,19 +4,26 @@
 #   2. the int8 weight-only quantized model (plain inference), a second node
 #   3. timebill eval: JSON, plots and the claim check under results/eval/
 # PER_TASK (default 5) sets the size; POLICIES (default kill,skip_next).
+# The comparison still runs on the toy model with its distilled length predictor
+# (EVAL_MODEL / EVAL_PREDICTOR); a SmolLM2 target and its predictor are the next step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PARAMS=${PARAMS:-config/timebill.yaml}
 PER_TASK=${PER_TASK:-5}
 POLICIES=${POLICIES:-kill,skip_next}
 OUT=results/eval
 rm -rf "$OUT" && mkdir -p "$OUT"
+PARAMS="$OUT/node.yaml"
 INT8_PARAMS="$OUT/int8.yaml"
-python - "$PARAMS" "$INT8_PARAMS" <<'PY'
+python - "${BASE_PARAMS:-config/timebill.yaml}" "$PARAMS" "$INT8_PARAMS" \
+  "${EVAL_MODEL:-builtin:toy}" "${EVAL_PREDICTOR:-builtin:default}" <<'PY'
 import sys, yaml
-doc = yaml.safe_load(open(sys.argv[1]))
-doc["timebill_node"]["ros__parameters"]["quantization"] = "int8"
-yaml.safe_dump(doc, open(sys.argv[2], "w"))
+base, out, out_int8, model, predictor = sys.argv[1:]
+doc = yaml.safe_load(open(base))
+params = next(iter(doc.values()))["ros__parameters"]
+params.update(model_path=model, predictor_path=predictor)
+yaml.safe_dump(doc, open(out, "w"))
+params["quantization"] = "int8"
+yaml.safe_dump(doc, open(out_int8, "w"))
 PY
 
 for p in "$PARAMS" "$INT8_PARAMS"; do

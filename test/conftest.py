@@ -81,12 +81,12 @@ def calibration(slow_model_dir, tmp_path_factory):
     return quick_calibration(slow_model_dir, tmp_path_factory.mktemp("cal") / "slow.json")
 
 
-def start_node(slow_model_dir, calibration, workdir, name="node", **overrides):
+def start_node(slow_model_dir, calibration, workdir, name="node", ros_args=(), **overrides):
     """A timebill_node subprocess on the slow test model."""
     from timebill_ros.node.client import NodeProcess
 
     params = {**BASE_PARAMS, "model_path": str(slow_model_dir), "calibration_path": str(calibration), **overrides}
-    return NodeProcess(params, workdir, name)
+    return NodeProcess(params, workdir, name, ros_args)
 
 
 @pytest.fixture(scope="module")

@@ -235,6 +235,12 @@ def test_diagnostics_report_health(node, rclpy_context):
 @pytest.mark.parametrize("param, value, words", [
     ("model_path", "/nonexistent/model", "no model at '/nonexistent/model'"),
     ("predictor_path", "/nonexistent/rlp", "timebill train-rlp"),
+    ("predictor_path", "builtin:default", "was distilled from model default-"),
+    ("prefill_chunk", 16, "prefill_chunk (16) must be >= snapkv_window (32)"),
+    ("control_rate_hz", 0.0, "parameter control_rate_hz must be in [0.1, 1000.0]"),
+    ("snapkv_kernel", 4, "snapkv_kernel odd"),
+    ("threads", "two", "parameter threads must be an integer"),
+    ("overrun_policy", "explode", "parameter overrun_policy must be one of 'kill', 'skip_next'"),
 ])
 def test_bad_configuration_fails_fast_with_a_clear_message(slow_model_dir, calibration, tmp_path, param, value,
                                                            words):
@@ -393,3 +399,74 @@ def test_a_cancel_during_tokenization_ends_the_goal_canceled(trap_node):
     client.wait(run, timeout=60)
     assert run.result.status == R(client).CANCELED, (run.result.status_name, run.result.status_reason)
     assert run.status == GoalStatus.STATUS_CANCELED and run.result.response_tokens == 0
+
+
+def test_deadlines_run_on_the_steady_clock_even_with_sim_time_and_no_clock(slow_model_dir, calibration, tmp_path,
+                                                                          rclpy_context):
+    """use_sim_time with nobody publishing /clock: ROS time stands still, the kill still comes
+    from the control timer (not from a late result discarded afterwards)."""
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="simtime", action_name="simtime/generate",
+                      use_sim_time=True)
+    client = Client("simtime/generate")
+    try:
+        assert client.wait_for_server(), proc.log()
+        run = client.call(client.goal(LONG_PROMPT, budget=0.5, max_new_tokens=512), timeout=120)
+    finally:
+        client.close()
+        assert proc.stop() == 0, proc.log()
+    assert run.result.status == R(client).KILLED_AT_DEADLINE, run.result.status_reason
+    assert run.result.status_reason.startswith("killed at the deadline"), run.result.status_reason
+
+
+def test_the_params_file_applies_under_a_namespace_and_another_node_name(slow_model_dir, calibration, tmp_path,
+                                                                        rclpy_context):
+    """The file's "/**" key: a renamed node in a namespace still reads it (here its
+    action_name, which then lives under the namespace)."""
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="renamed", action_name="ns_test/generate",
+                      ros_args=("-r", "__ns:=/robot1", "-r", "__node:=llm"))
+    client = Client("/robot1/ns_test/generate")
+    try:
+        assert client.wait_for_server(), proc.log()
+        run = client.call(client.goal("hello", budget=20.0, max_new_tokens=2))
+    finally:
+        client.close()
+        assert proc.stop() == 0, proc.log()
+    assert run.result.status == R(client).SUCCEEDED, run.result.status_reason
+
+
+def _set_parameter(node_name: str, name: str, value):
+    """SetParameters over the node's service, as `ros2 param set` does; the one result."""
+    import rclpy
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    helper = rclpy.create_node("param_setter")
+    try:
+        client = helper.create_client(SetParameters, f"/{node_name}/set_parameters")
+        assert client.wait_for_service(timeout_sec=30)
+        future = client.call_async(SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
+        rclpy.spin_until_future_complete(helper, future, timeout_sec=30)
+        return future.result().results[0]
+    finally:
+        helper.destroy_node()
+
+
+def test_run_time_parameters_change_over_the_parameter_services(slow_model_dir, calibration, tmp_path,
+                                                                 rclpy_context):
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="params", action_name="params/generate",
+                      ros_args=("-r", "__node:=params_node"))
+    client = Client("params/generate")
+    try:
+        assert client.wait_for_server(), proc.log()
+        accepted = _set_parameter("params_node", "k", 3.0)
+        rejected = _set_parameter("params_node", "alpha_max", 1.5)
+        read_only = _set_parameter("params_node", "model_path", "/elsewhere")
+        run = client.call(client.goal("hello", budget=20.0, max_new_tokens=200))
+    finally:
+        client.close()
+        assert proc.stop() == 0, proc.log()
+    assert accepted.successful, accepted.reason
+    assert not rejected.successful and "alpha_max" in rejected.reason
+    assert not read_only.successful
+    # The next goal plans with the new k: N_W = 3 x the fixed N_hat of 32.
+    assert run.result.worst_case_response_tokens == 96, run.result

@@ -31,11 +31,13 @@ def test_launch_file_starts_timebill_node_with_the_params_file():
 
 def test_params_file_sets_every_node_parameter_and_nothing_else():
     doc = yaml.safe_load((REPO / "config" / "timebill.yaml").read_text())
-    params = doc["timebill_node"]["ros__parameters"]
+    assert list(doc) == ["/**"]  # applies under any node name and namespace
+    params = doc["/**"]["ros__parameters"]
     assert set(params) == {f.name for f in fields(NodeParams)}
     defaults = NodeParams()
     for name, value in params.items():
         assert type(value) is type(getattr(defaults, name)), name  # ROS parameter types must match
+        assert value == getattr(defaults, name), name  # one set of defaults: the YAML equals the code
     assert params["k"] == 5.0 and params["alpha_max"] == 0.95 and params["snapkv_kernel"] == 5
 
 

@@ -149,6 +149,17 @@ class PredictorLoadError(RuntimeError):
     """The configured predictor could not be loaded; the message names the folder and the fix."""
 
 
+def check_target(predictor: LengthPredictor, model_name: str) -> None:
+    """PredictorLoadError when a trained predictor was distilled from another model: it reads
+    that model's token ids and predicts that model's lengths."""
+    target = getattr(getattr(predictor, "spec", None), "target_model", "")
+    if target and target != model_name:
+        raise PredictorLoadError(
+            f"the length predictor at '{predictor.folder}' was distilled from model {target}, but the node runs "
+            f"{model_name}: distil one for this model with `timebill train-rlp --target <model>`, or set "
+            "predictor_path to \"\" for a fixed prediction")
+
+
 def load_predictor(spec: str, prefill_time: Callable[[int], float] | None, fixed_tokens: int) -> LengthPredictor:
     """`""` -> FixedLengthPredictor(fixed_tokens); `builtin:default` -> the shipped bucket predictor
     of the default model; otherwise a predictor folder made by `timebill train-rlp`."""

@@ -17,16 +17,17 @@ import yaml
 class NodeProcess:
     """timebill_node started with a params file, like `ros2 run` with --params-file."""
 
-    def __init__(self, params: dict, workdir: Path, name: str = "node") -> None:
+    def __init__(self, params: dict, workdir: Path, name: str = "node", ros_args: tuple[str, ...] = ()) -> None:
         self.params_file = workdir / f"{name}.yaml"
-        self.params_file.write_text(yaml.safe_dump({"timebill_node": {"ros__parameters": params}}))
+        # "/**": the file applies whatever the node's name and namespace (as config/timebill.yaml).
+        self.params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
         self.log_file = workdir / f"{name}.log"
         executable = shutil.which("timebill_node")
         if not executable:
             raise FileNotFoundError("timebill_node is not on PATH: `source scripts/env.sh` first")
         self._log = self.log_file.open("w")
         self.proc = subprocess.Popen(
-            [executable, "--ros-args", "--params-file", str(self.params_file)],
+            [executable, "--ros-args", "--params-file", str(self.params_file), *ros_args],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
 

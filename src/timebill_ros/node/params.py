@@ -1,65 +1,78 @@
 """The node's ROS parameters: names, paper defaults, and their conversion to core settings."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
-from rclpy.node import Node
+from dataclasses import Field, dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from timebill_ros.core.engine import EngineConfig
 from timebill_ros.core.jobs import OnInfeasible, OverrunPolicy
 from timebill_ros.core.validation import Limits
+
+if TYPE_CHECKING:  # the CLI reads these defaults without a ROS environment
+    from rclpy.node import Node
 
 
 class InvalidParameter(ValueError):
     """A parameter value the node cannot start with; the message names it and the allowed values."""
 
 
+def _p(default, description: str, *, low=None, high=None, choices: tuple = (), runtime: bool = False):
+    """A parameter's default plus what its ROS descriptor and the checks need."""
+    return field(default=default, metadata={"description": description, "low": low, "high": high,
+                                            "choices": choices, "runtime": runtime})
+
+
+BIG = 1_000_000
+
+
 @dataclass
 class NodeParams:
-    """Every parameter of timebill_node with its default (config/timebill.yaml sets them too)."""
+    """Every parameter of timebill_node: default, description, allowed values, and whether it
+    may change while serving (`ros2 param set`). config/timebill.yaml equals these defaults
+    (a test checks it); the CLI's calibration target reads them too."""
 
-    model_path: str = "builtin:tiny-random"  # HF causal-LM directory or builtin:tiny-random
-    dtype: str = "float32"
-    quantization: str = ""  # "" | int8 (torchao weight-only; the paper's quantized baseline)
-    threads: int = 2  # torch intra-op threads; the calibration is per thread count
-    calibration_path: str = ""  # "" = $TIMEBILL_HOME/calibration/<model, dtype, threads, machine>.json
-    action_name: str = "timebill/generate"
-    control_rate_hz: float = 20.0  # the deadline timer; a kill lands within one period + one decode step
-    diagnostics_rate_hz: float = 1.0  # DiagnosticArray on /diagnostics
-    max_queue: int = 8  # accepted goals waiting behind the running one
-    max_prompt_tokens: int = 2048
-    max_new_tokens: int = 512  # upper bound a goal may ask for
-    default_max_new_tokens: int = 128
-    k: float = 5.0  # pessimistic factor for the worst-case length (paper: 5)
-    alpha_max: float = 0.95  # largest eviction ratio (paper: 0.95)
-    predictor_path: str = ""  # "" = fixed N_hat; builtin:default; or a `timebill train-rlp` folder
-    fixed_prediction_tokens: int = 64  # N_hat when no trained length predictor is configured
-    snapkv_window: int = 32  # SnapKV observation window
-    snapkv_kernel: int = 5  # SnapKV pooling kernel (paper: 5)
-    prefill_chunk: int = 512  # tokens per prefill forward; bounds kill latency during prefill
-    overrun_policy: str = "kill"  # kill | skip_next
-    on_infeasible: str = "best_effort"  # reject | best_effort
+    model_path: str = _p("builtin:smollm2", "HF causal-LM directory, a .gguf file, or builtin:smollm2 / "
+                         "builtin:toy / builtin:tiny-random")
+    dtype: str = _p("float32", "torch dtype of the model", choices=("float32", "bfloat16", "float16"))
+    quantization: str = _p("", "'' or int8 (torchao weight-only; the quantized-model baseline)", choices=("", "int8"))
+    threads: int = _p(2, "torch intra-op threads; a calibration is valid for one thread count", low=1, high=256)
+    calibration_path: str = _p("", "'' = $TIMEBILL_HOME/calibration/<model>__<dtype>__t<threads>__<machine>.json")
+    action_name: str = _p("timebill/generate", "the action's name (relative: remap or namespace it)")
+    control_rate_hz: float = _p(20.0, "the deadline timer's rate; a kill lands within one period plus one decode "
+                                "step", low=0.1, high=1000.0, runtime=True)
+    diagnostics_rate_hz: float = _p(1.0, "DiagnosticArray rate on /diagnostics", low=0.01, high=100.0)
+    max_queue: int = _p(8, "accepted goals waiting behind the running one; more are REJECTED", low=0, high=10_000,
+                        runtime=True)
+    max_prompt_tokens: int = _p(2048, "longest prompt taken (also bounded by the context minus max_new_tokens)",
+                                low=1, high=BIG)
+    max_new_tokens: int = _p(512, "the most response tokens a goal may ask for", low=1, high=BIG)
+    default_max_new_tokens: int = _p(128, "response tokens when a goal asks 0", low=1, high=BIG, runtime=True)
+    k: float = _p(5.0, "pessimistic factor: N_W = min(k * N_hat, max_new_tokens) (paper: 5)", low=1.0, high=1000.0,
+                  runtime=True)
+    alpha_max: float = _p(0.95, "largest KV-cache eviction ratio (paper: 0.95)", low=0.0, high=0.999, runtime=True)
+    predictor_path: str = _p("", "'' = fixed N_hat; builtin:default (the toy model's predictor); or a "
+                             "`timebill train-rlp` folder")
+    fixed_prediction_tokens: int = _p(64, "N_hat without a trained predictor, or when it fails", low=1, high=BIG)
+    snapkv_window: int = _p(32, "SnapKV observation window (always kept)", low=1, high=4096)
+    snapkv_kernel: int = _p(5, "SnapKV pooling kernel, odd (paper: 5)", low=1, high=63)
+    prefill_chunk: int = _p(512, "tokens per prefill forward; >= snapkv_window", low=1, high=BIG)
+    overrun_policy: str = _p("kill", "kill | skip_next (paper section 5)", choices=("kill", "skip_next"), runtime=True)
+    on_infeasible: str = _p("best_effort", "reject | best_effort", choices=("reject", "best_effort"), runtime=True)
+
+    @classmethod
+    def runtime_names(cls) -> set[str]:
+        """Parameters that may change while the node serves."""
+        return {f.name for f in fields(cls) if f.metadata["runtime"]}
 
     def validate(self) -> None:
         """Raise InvalidParameter naming the first parameter whose value cannot work."""
-        positive = {"control_rate_hz": self.control_rate_hz, "diagnostics_rate_hz": self.diagnostics_rate_hz,
-                    "threads": self.threads, "max_new_tokens": self.max_new_tokens,
-                    "default_max_new_tokens": self.default_max_new_tokens,
-                    "max_prompt_tokens": self.max_prompt_tokens,
-                    "fixed_prediction_tokens": self.fixed_prediction_tokens}
-        for name, value in positive.items():
-            if not value > 0:
-                raise InvalidParameter(f"parameter {name} must be > 0, got {value}")
-        if self.max_queue < 0:
-            raise InvalidParameter(f"parameter max_queue must be >= 0, got {self.max_queue}")
-        if not 1.0 <= self.k:
-            raise InvalidParameter(f"parameter k must be >= 1, got {self.k}")
-        if not 0.0 <= self.alpha_max < 1.0:
-            raise InvalidParameter(f"parameter alpha_max must be in [0, 1), got {self.alpha_max}")
-        for name, enum_type in (("overrun_policy", OverrunPolicy), ("on_infeasible", OnInfeasible)):
-            if getattr(self, name) not in {e.value for e in enum_type}:
-                options = ", ".join(e.value for e in enum_type)
-                raise InvalidParameter(f"parameter {name} must be one of {options}, got {getattr(self, name)!r}")
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if meta["low"] is not None and not meta["low"] <= value <= meta["high"]:
+                raise InvalidParameter(f"parameter {f.name} must be in [{meta['low']}, {meta['high']}], got {value}")
+            if meta["choices"] and value not in meta["choices"]:
+                options = ", ".join(repr(c) for c in meta["choices"])
+                raise InvalidParameter(f"parameter {f.name} must be one of {options}, got {value!r}")
         try:
             self.engine_config().validate()
         except ValueError as exc:
@@ -67,10 +80,19 @@ class NodeParams:
 
     @classmethod
     def declare(cls, node: Node) -> "NodeParams":
-        """Declare every parameter on NODE and read back the values in force."""
+        """Declare every parameter on NODE with its descriptor and read back the values in force."""
+        from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+
         values = {}
         for f in fields(cls):
-            values[f.name] = node.declare_parameter(f.name, getattr(cls(), f.name)).value
+            try:
+                values[f.name] = node.declare_parameter(f.name, f.default, descriptor(f)).value
+            except InvalidParameterTypeException:
+                kind = {int: "an integer", float: "a floating-point number (e.g. 1.0)", str: "a string"}
+                raise InvalidParameter(f"parameter {f.name} must be {kind[type(f.default)]}") from None
+            except InvalidParameterValueException:  # outside the descriptor's range
+                meta = f.metadata
+                raise InvalidParameter(f"parameter {f.name} must be in [{meta['low']}, {meta['high']}]") from None
         return cls(**values)
 
     def limits(self, context_limit: int) -> Limits:
@@ -95,3 +117,20 @@ class NodeParams:
             event_period=1.0 / self.control_rate_hz,
             fallback_prediction_tokens=self.fixed_prediction_tokens,
         )
+
+
+def descriptor(f: Field):
+    """The ROS ParameterDescriptor of a NodeParams field: description, range, read-only
+    unless it may change while serving (rclpy enforces the range and read_only)."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    meta = f.metadata
+    text = meta["description"] + ("" if meta["runtime"] else " (read at start-up)")
+    if meta["choices"]:
+        text += f"; one of {', '.join(repr(c) for c in meta['choices'])}"
+    d = ParameterDescriptor(description=text, read_only=not meta["runtime"])
+    if meta["low"] is not None and isinstance(f.default, float):
+        d.floating_point_range = [FloatingPointRange(from_value=float(meta["low"]), to_value=float(meta["high"]))]
+    elif meta["low"] is not None:
+        d.integer_range = [IntegerRange(from_value=int(meta["low"]), to_value=int(meta["high"]))]
+    return d

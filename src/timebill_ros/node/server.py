@@ -19,13 +19,15 @@ import time
 import traceback
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from unique_identifier_msgs.msg import UUID
 
@@ -37,12 +39,12 @@ from timebill_ros.core.engine import Engine
 from timebill_ros.core.jobs import CancelToken, Event, OverrunPolicy, Request, Result, Status
 from timebill_ros.core.model import encode_prompt, load_model
 from timebill_ros.core.policy import apply_overrun_policy
-from timebill_ros.core.predictor import load_predictor
+from timebill_ros.core.predictor import check_target, load_predictor
 from timebill_ros.core.timing import TimingModel, prefill_kill_warning
 from timebill_ros.core.validation import InvalidGoal, build_request
 from timebill_ros.node.convert import feedback_msg, goal_from_msg, goal_from_request, record_msg, result_msg
 from timebill_ros.node.diagnostics import publish_health
-from timebill_ros.node.params import NodeParams
+from timebill_ros.node.params import InvalidParameter, NodeParams
 from timebill_ros.node.qos import feedback_qos
 
 
@@ -98,6 +100,7 @@ class TimeBillServer(Node):
         self.calibration, self.not_ready = self._load_calibration()
         timing = self.calibration.planning_timing() if self.calibration else TimingModel(0.0, 0.0, 0.0, 0.0, 0.0)
         predictor = load_predictor(self.params.predictor_path, timing.prefill, self.params.fixed_prediction_tokens)
+        check_target(predictor, self.loaded.name)
         self.engine = Engine(self.loaded, timing, predictor, self.params.engine_config())
         self.limits = self.params.limits(self.loaded.context_limit)
         self._lock = threading.Lock()
@@ -118,16 +121,22 @@ class TimeBillServer(Node):
             callback_group=ReentrantCallbackGroup(),
             feedback_pub_qos_profile=feedback_qos(),
         )
+        # Deadlines are wall-clock facts: the control timer runs on the steady clock whatever
+        # use_sim_time says (a paused or slow /clock must not stop kills). Budgets are
+        # measured with time.monotonic() in the core, the same clock.
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._timer = self.create_timer(
-            1.0 / self.params.control_rate_hz, self._on_control_tick, callback_group=MutuallyExclusiveCallbackGroup()
+            1.0 / self.params.control_rate_hz, self._on_control_tick, callback_group=MutuallyExclusiveCallbackGroup(),
+            clock=self._steady,
         )
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._results = self.create_publisher(ResultRecord, "timebill/results", 100)
         self.create_subscription(RequestMsg, "timebill/requests", self._on_request, 100,
                                  callback_group=ReentrantCallbackGroup())
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer = self.create_timer(
             1.0 / self.params.diagnostics_rate_hz, lambda: publish_health(self, self._diagnostics),
-            callback_group=MutuallyExclusiveCallbackGroup(),
+            callback_group=MutuallyExclusiveCallbackGroup(), clock=self._steady,
         )
         self.get_logger().info(
             f"serving '{self.params.action_name}' with model {self.loaded.name} ({self.loaded.dtype}, "
@@ -155,7 +164,8 @@ class TimeBillServer(Node):
         self.get_logger().info(
             f"calibration {path}: prefill MAPE {calibration.prefill_mape:.1f}%, "
             f"decode MAPE {calibration.decode_mape:.1f}%, WCET margins +{100 * calibration.prefill_margin:.1f}% "
-            f"prefill / +{100 * calibration.decode_margin:.1f}% decode"
+            f"+ {1000 * calibration.prefill_margin_s:.1f} ms prefill / +{100 * calibration.decode_margin:.1f}% "
+            f"+ {1000 * calibration.decode_margin_s:.2f} ms per decode step"
         )
         measured_with = calibration.settings.get("predictor_path", "")
         if measured_with != self.params.predictor_path:
@@ -163,11 +173,33 @@ class TimeBillServer(Node):
                 f"the calibration measured prefill beside predictor_path '{measured_with}', this node runs "
                 f"'{self.params.predictor_path}': plans may misjudge how much the predictor slows prefill; "
                 "calibrate with --params-file <this node's params file>")
-        warning = prefill_kill_warning(calibration.planning_timing(), self.params.prefill_chunk,
-                                       self.loaded.context_limit, 1.0 / self.params.control_rate_hz)
+        longest_prompt = min(self.loaded.context_limit, self.params.max_prompt_tokens)
+        warning = prefill_kill_warning(calibration.planning_timing(), self.params.prefill_chunk, longest_prompt,
+                                       1.0 / self.params.control_rate_hz, self.loaded.model.config.num_hidden_layers)
         if warning:
             self.get_logger().warning(warning)
         return calibration, ""
+
+    def _on_set_parameters(self, changed: list) -> SetParametersResult:
+        """`ros2 param set` on a run-time parameter: validated like at start-up, then in force
+        for the next goals (the running one keeps its plan). Read-only ones rclpy refuses."""
+        updates = {p.name: p.value for p in changed if p.name in NodeParams.runtime_names()}
+        if not updates:
+            return SetParametersResult(successful=True)
+        candidate = replace(self.params, **updates)
+        try:
+            candidate.validate()
+        except InvalidParameter as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        with self._lock:
+            self.params = candidate
+            self.limits = candidate.limits(self.loaded.context_limit)
+            self.engine.config.event_period = 1.0 / candidate.control_rate_hz
+            if "control_rate_hz" in updates:
+                self._timer.timer_period_ns = int(1e9 / candidate.control_rate_hz)
+                self._timer.reset()
+        self.get_logger().info(f"parameters changed: {updates}")
+        return SetParametersResult(successful=True)
 
     # ------------------------------------------------------- action callbacks
     def _on_goal(self, goal_request: TimedGenerate.Goal) -> GoalResponse:
