@@ -9,12 +9,13 @@ export TRANSFORMERS_OFFLINE := 1
 export TIMEBILL_HOME ?= $(CURDIR)/.timebill
 ENV := source scripts/env.sh
 
-.PHONY: help setup demo test bench eval load soak results clean
+.PHONY: help setup demo test bench bench-llamacpp eval load soak results clean
 help:
 	@echo "make setup   - venv, pinned dependencies, colcon build (idempotent)"
 	@echo "make demo    - start the node, send one goal with feedback, stop"
 	@echo "make test    - the whole test suite"
 	@echo "make bench   - benchmarks; JSON lands in results/bench/"
+	@echo "make bench-llamacpp - build llama-cpp-python here (~5 min) and compare it on the same GGUF"
 	@echo "make eval    - the paper's comparison through bags and the node; results/eval/"
 	@echo "make load    - 4 clients, 200 goals in 10 s against the node; results/bench/load.json"
 	@echo "make soak    - 1000 goals in a row, memory/threads/fds; results/bench/soak.json"
@@ -32,16 +33,25 @@ test: setup
 bench: setup
 	@$(ENV) && bash scripts/bench.sh
 
+# Bench-only: llama.cpp compiled from source. Its default native build dies with an illegal
+# instruction on these CPUs, so AMX and native tuning are off; never part of make setup.
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+bench-llamacpp: setup
+	@$(ENV) && (python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" \
+		pip install --no-cache-dir llama-cpp-python==0.3.36 diskcache==5.6.3 -c constraints.txt) \
+		&& cd bench && python llamacpp_bench.py $(BENCH_ARGS)
+
 eval: setup
 	@$(ENV) && bash scripts/eval.sh
 
-# load and soak run the shipped default model unless TIMEBILL_BENCH_MODEL names another
-# (bench/common.py alone falls back to the random plumbing model).
+# load and soak run the toy model (many goals in seconds) unless TIMEBILL_BENCH_MODEL names
+# another (bench/common.py alone falls back to the random plumbing model).
 load: setup
-	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:default} python load.py $(BENCH_ARGS)
+	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:toy} python load.py $(BENCH_ARGS)
 
 soak: setup
-	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:default} python soak.py $(BENCH_ARGS)
+	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:toy} python soak.py $(BENCH_ARGS)
 
 results: setup
 	@$(ENV) && timebill publish

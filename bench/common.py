@@ -33,6 +33,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--model", default=os.environ.get("TIMEBILL_BENCH_MODEL", "builtin:tiny-random"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prefill-chunk", type=int, default=512)
+    p.add_argument("--max-length", type=int, default=4096,
+                   help="longest prompt + answer the calibration and the benchmarks use (capped by the context)")
     p.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     return p
 
@@ -42,9 +44,15 @@ def calibrated_engine(args, predictor=None) -> tuple[Engine, Calibration]:
     loaded = load_model(args.model, threads=args.threads)
     engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), predictor or FixedLengthPredictor(64),
                     EngineConfig(prefill_chunk=args.prefill_chunk, event_period=1e9))
-    cal = load_or_calibrate(engine, points=12 if args.quick else 24,
+    cal = load_or_calibrate(engine, points=12 if args.quick else 16, repeats=2,
+                            max_length=min(args.max_length, loaded.context_limit),
                             announce=lambda message: print(f"[bench] {message}", file=sys.stderr))
     return engine, cal
+
+
+def longest(engine, args) -> int:
+    """The longest sequence (prompt + answer) a benchmark may build: what was calibrated."""
+    return min(args.max_length, engine.loaded.context_limit)
 
 
 def random_ids(n: int, vocab: int, seed: int) -> list[int]:

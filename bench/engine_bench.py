@@ -6,6 +6,7 @@
 - decode_overhead: time per token of our engine at alpha = 0 against model.generate, both
                    forced to the same token count on the same prompts; decode step vs alpha
 - eviction_share: eviction time as a share of prefill time, per prompt length
+- prefill_overhead: the engine's chunked, hooked prefill against one plain forward
 - planning_time:  time of one alpha* plan
 """
 from __future__ import annotations
@@ -16,18 +17,18 @@ import statistics
 import time
 
 import torch
-from common import calibrated_engine, parser, random_ids, summary, write
+from common import calibrated_engine, longest, parser, random_ids, summary, write
 
 from timebill_ros.core.calibration import spread_lengths
+from timebill_ros.core.engine import Engine
 from timebill_ros.core.eviction import evict
 from timebill_ros.core.jobs import CancelToken, Request
 from timebill_ros.core.planner import plan
 from timebill_ros.core.timing import mape
 
 
-def ete_mape(engine, cal, quick: bool) -> dict:
+def ete_mape(engine, cal, quick: bool, limit: int) -> dict:
     """Prefill and decode-step error at lengths the fit never saw (offset from the grid)."""
-    limit = engine.loaded.context_limit
     lengths = [n + 7 for n in spread_lengths(40, limit - 64, 6 if quick else 12)]
     vocab = engine.loaded.model.config.vocab_size
     pre_meas, pre_pred, dec_meas, dec_pred = [], [], [], []
@@ -55,7 +56,7 @@ def ete_mape(engine, cal, quick: bool) -> dict:
             "decode_step_measured_s": dec_meas, "decode_step_predicted_s": dec_pred}
 
 
-def wcet_coverage(engine, quick: bool, k: float = 5.0) -> dict:
+def wcet_coverage(engine, quick: bool, limit: int, k: float = 5.0) -> dict:
     """Runs forced to their worst-case length N_W (EOS ignored) under budgets that kill nothing:
     how often does the measured end-to-end time stay under the WCET of the FIRST plan (made
     beside prefill with the predicted prefill time) and of the re-plan (made after prefill
@@ -64,7 +65,7 @@ def wcet_coverage(engine, quick: bool, k: float = 5.0) -> dict:
     vocab = engine.loaded.model.config.vocab_size
     runs = []
     for i in range(10 if quick else 40):
-        n = int(2 ** rng.uniform(7, math.log2(engine.loaded.context_limit - 300)))
+        n = int(2 ** rng.uniform(7, math.log2(limit - 300)))
         n_w = rng.choice([32, 64, 128, 256])
         req = Request(random_ids(n, vocab, seed=1000 + i), budget=1e6, max_new_tokens=n_w, k=k, ignore_eos=True)
         r = engine.run(req, CancelToken())
@@ -79,13 +80,12 @@ def wcet_coverage(engine, quick: bool, k: float = 5.0) -> dict:
     return {**out, "samples": runs}
 
 
-def decode_overhead(engine, quick: bool) -> dict:
+def decode_overhead(engine, quick: bool, limit: int) -> dict:
     """Time per generated token of our engine (alpha = 0) against model.generate, both forced
     to exactly the same number of tokens on the same prompts; and the decode step at
-    alpha = 0 / 0.5 / 0.9 on a long prompt."""
+    alpha = 0 / 0.5 / 0.9 for prompts of 512 tokens up to the calibrated length."""
     model, vocab = engine.loaded.model, engine.loaded.model.config.vocab_size
     n_new = 32 if quick else 96
-    n_long = min(2000, engine.loaded.context_limit - n_new - 8)
     ours, ref, tokens = [], [], []
     for seed in range(3 if quick else 6):
         ids = random_ids(512, vocab, seed)
@@ -101,28 +101,50 @@ def decode_overhead(engine, quick: bool) -> dict:
         ours.append(r.timings.total / len(r.token_ids))
         ref.append(t_ref / n_ref)
     assert all(t["engine"] == t["generate"] == n_new for t in tokens), tokens
-    speed = {}
-    ids = random_ids(n_long, vocab, 99)
-    for alpha in (0.0, 0.5, 0.9):
-        decode_times = []
-        for _ in range(2 if quick else 3):
+    by_length = {}
+    for n in sorted({min(n, limit - n_new - 8) for n in (512, 1024, 2048, 4096)}):
+        ids = random_ids(n, vocab, 99)
+        speed = {}
+        for alpha in (0.0, 0.5, 0.9):
             r = engine.run(Request(ids, budget=1e6, max_new_tokens=n_new, fixed_alpha=alpha, ignore_eos=True),
                            CancelToken())
-            decode_times.append(r.timings.decode / max(1, len(r.token_ids) - 1))
-        speed[str(alpha)] = statistics.median(decode_times)
+            speed[str(alpha)] = r.timings.decode / (len(r.token_ids) - 1)
+        by_length[str(n)] = speed
     return {"prompt_tokens": 512, "new_tokens": n_new, "token_counts": tokens,
             "engine_s_per_token": summary(ours), "generate_s_per_token": summary(ref),
             "engine_over_generate_pct": (statistics.median(ours) / statistics.median(ref) - 1) * 100,
-            "long_prompt_tokens": n_long, "decode_step_s_by_alpha": speed,
-            "speedup_alpha_0.5": speed["0.0"] / speed["0.5"], "speedup_alpha_0.9": speed["0.0"] / speed["0.9"]}
+            "decode_step_s_by_prompt_and_alpha": by_length}
 
 
-def eviction_share(engine, quick: bool) -> dict:
+def prefill_overhead(engine, quick: bool, limit: int) -> dict:
+    """The engine's prefill (chunks of prefill_chunk, SnapKV scoring, a cancel check before
+    every attention layer) against one plain unchunked forward without hooks, alternating."""
+    loaded, vocab = engine.loaded, engine.loaded.model.config.vocab_size
+    n = min(2048, limit - 8)
+    ids = random_ids(n, vocab, 5)
+    ours, bare = [], []
+    engine.close()  # its hooks would fire in the bare forward too
+    for _ in range(2 if quick else 4):
+        timed = Engine(loaded, engine.timing, engine.predictor, engine.config)
+        t0 = time.perf_counter()
+        timed.prefill(ids, CancelToken())
+        ours.append(time.perf_counter() - t0)
+        timed.close()
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            loaded.model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+            bare.append(time.perf_counter() - t0)
+    return {"prompt_tokens": n, "prefill_chunk": engine.config.prefill_chunk, "engine_s": summary(ours),
+            "one_forward_s": summary(bare),
+            "overhead_pct": (statistics.median(ours) / statistics.median(bare) - 1) * 100}
+
+
+def eviction_share(engine, quick: bool, limit: int) -> dict:
     """Eviction at alpha 0.5 (top-k + gather on every layer) against the prefill it follows,
     per prompt length."""
     vocab = engine.loaded.model.config.vocab_size
     rows = []
-    for n in (256, 1024, min(2000, engine.loaded.context_limit - 8)):
+    for n in sorted({256, 1024, min(2048, limit - 8)}):
         ids = random_ids(n, vocab, n)
         shares, evict_s = [], []
         for _ in range(2 if quick else 5):
@@ -152,12 +174,14 @@ def planning_time(engine) -> dict:
 def main() -> None:
     args = parser(__doc__).parse_args()
     engine, cal = calibrated_engine(args)
-    common = {"model": engine.loaded.name, "quick": args.quick}
-    write("ete_mape", {**common, **ete_mape(engine, cal, args.quick)})
-    write("wcet_coverage", {**common, **wcet_coverage(engine, args.quick)})
-    write("decode_overhead", {**common, **decode_overhead(engine, args.quick)})
-    write("eviction_share", {**common, **eviction_share(engine, args.quick)})
+    limit = longest(engine, args)
+    common = {"model": engine.loaded.name, "quick": args.quick, "dtype": engine.loaded.dtype}
+    write("ete_mape", {**common, **ete_mape(engine, cal, args.quick, limit)})
+    write("wcet_coverage", {**common, **wcet_coverage(engine, args.quick, limit)})
+    write("decode_overhead", {**common, **decode_overhead(engine, args.quick, limit)})
+    write("eviction_share", {**common, **eviction_share(engine, args.quick, limit)})
     write("planning_time", {**common, **planning_time(engine)})
+    write("prefill_overhead", {**common, **prefill_overhead(engine, args.quick, limit)})  # last: closes engine
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ The design bound is one control period plus one decode step.
 """
 from __future__ import annotations
 
-from common import calibrated_engine, parser, summary, write
+from common import calibrated_engine, longest, parser, summary, write
 from node_common import node_session
 
 from timebill_ros.core.model import encode_prompt
@@ -21,7 +21,7 @@ def main() -> None:
     p.add_argument("--control-rate", type=float, default=20.0)
     args = p.parse_args()
     engine, cal = calibrated_engine(args)
-    context = engine.loaded.context_limit
+    context = longest(engine, args)
     max_prompt = min(2048, context // 2)
     long_prompt = prompt_of_about(engine.loaded.tokenizer, max_prompt - 64)
     engine.close()

@@ -45,7 +45,8 @@ def main() -> None:
     with_pred = [r["trained"]["until_decode"] for r in rows]
     engine.close()
     write("predictor_overhead", {
-        "predictor": args.predictor, "prompts": len(rows), "torch_threads": torch.get_num_threads(),
+        "model": args.model, "predictor": args.predictor, "prompts": len(rows),
+        "torch_threads": torch.get_num_threads(),
         "thread_split": ("prefill on the calling thread, prediction on one worker thread; "
                          "both use torch's intra-op pool"),
         "hidden_share": sum(r["hidden"] for r in rows) / len(rows),

@@ -70,9 +70,9 @@ def test_planning_timing_plans_prefill_with_the_predictors_contention(calibratio
     cal.prefill_contention = 1.5
     cal = Calibration.load(cal.save(tmp_path / "c.json"))  # the factor survives the file
     assert cal.planning_timing().prefill(1000) == pytest.approx(
-        cal.timing.prefill(1000) * (1 + cal.prefill_margin) * 1.5)
+        (cal.timing.prefill(1000) * (1 + cal.prefill_margin) + cal.prefill_margin_s) * 1.5)
     assert cal.planning_timing().decode_step(1000) == pytest.approx(
-        cal.timing.decode_step(1000) * (1 + cal.decode_margin))
+        cal.timing.decode_step(1000) * (1 + cal.decode_margin) + cal.decode_margin_s)
 
 
 def test_prefill_contention_is_measured_beside_the_predictor(tiny):
@@ -123,6 +123,9 @@ def test_slowest_prefill_chunk_is_the_last_of_a_full_context_and_the_warning_nam
     assert prefill_kill_warning(timing, fit, 2048, period) is None
     warning = prefill_kill_warning(timing, 512, 2048, period)
     assert warning is not None and f"prefill_chunk <= {fit}" in warning
+    # A kill waits for one layer, not the whole chunk: 30 layers make a chunk 30x as long fine.
+    assert prefill_kill_warning(timing, 512, 2048, slowest_chunk(timing, 512, 2048) / 30, layers=30) is None
+    assert prefill_kill_warning(timing, 512, 2048, slowest_chunk(timing, 512, 2048) / 31, layers=30) is not None
 
 
 def test_calibration_warns_when_other_work_holds_the_cores_it_needs():

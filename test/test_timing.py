@@ -57,3 +57,15 @@ def test_fit_never_lets_time_fall_with_length():
     assert a >= 0 and b >= 0 and c >= 0
     model = TimingModel(a, b, c, 0, 0)
     assert model.prefill(4096) >= model.prefill(128) > 0
+
+
+def test_bounding_margins_cover_every_sample_and_one_short_outlier_does_not_scale_all():
+    from timebill_ros.core.timing import bounding_margins
+
+    lengths = [16, 256, 512, 1024, 2048]
+    predicted = [0.001, 0.1, 0.2, 0.4, 0.8]
+    measured = [0.003, 0.1, 0.21, 0.42, 0.8]  # the 16-token sample is 3x its fit, by 2 ms
+    r, d = bounding_margins(lengths, predicted, measured)
+    assert r == pytest.approx(0.05) and d == pytest.approx(0.003 - 0.001 * 1.05)
+    assert all(p * (1 + r) + d >= m - 1e-12 for p, m in zip(predicted, measured))
+    assert 0.8 * (1 + r) + d < 0.8 * 3  # a ratio over every sample would have tripled the plan

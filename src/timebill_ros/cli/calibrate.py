@@ -22,19 +22,24 @@ from timebill_ros.core.engine import Engine, EngineConfig
 from timebill_ros.core.model import load_model, model_fingerprint, resolve_model_path
 from timebill_ros.core.predictor import FixedLengthPredictor, load_predictor
 from timebill_ros.core.timing import TimingModel
+from timebill_ros.node.params import NodeParams
 
 
 @dataclass
 class CalibrationTarget:
     """What to calibrate: the same settings the node runs with."""
 
-    model_path: str = "builtin:tiny-random"
-    dtype: str = "float32"
-    quantization: str = ""
-    threads: int = 2
-    prefill_chunk: int = 512
-    calibration_path: str = ""
-    predictor_path: str = ""  # the node's length predictor: its slow-down of prefill is measured
+    model_path: str = NodeParams.model_path
+    dtype: str = NodeParams.dtype
+    quantization: str = NodeParams.quantization
+    threads: int = NodeParams.threads
+    prefill_chunk: int = NodeParams.prefill_chunk
+    calibration_path: str = NodeParams.calibration_path
+    predictor_path: str = NodeParams.predictor_path  # its slow-down of prefill is measured
+    # The node never holds more than a prompt plus its answer: profiling beyond that costs
+    # minutes on a real model (8k-token prefills) and buys nothing.
+    max_prompt_tokens: int = NodeParams.max_prompt_tokens
+    max_new_tokens: int = NodeParams.max_new_tokens
 
     @classmethod
     def from_sources(cls, params_file: str | None, given: dict) -> "CalibrationTarget":
@@ -87,7 +92,8 @@ def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_le
         def predictor_for(fit: TimingModel):
             return load_predictor(target.predictor_path, fit.prefill, 64)
 
-        result = calibrate(engine, target.key(), points=points, repeats=repeats, max_length=max_length or None,
+        longest = min(loaded.context_limit, target.max_prompt_tokens + target.max_new_tokens)
+        result = calibrate(engine, target.key(), points=points, repeats=repeats, max_length=max_length or longest,
                            progress=progress, predictor_for=predictor_for if target.predictor_path else None)
     engine.close()
     result.settings["predictor_path"] = target.predictor_path
@@ -96,7 +102,8 @@ def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_le
     click.echo(f"saved {path}")
     click.echo(f"prefill(N) = {t.a:.3e}*N^2 + {t.b:.3e}*N + {t.c:.3e} s   held-out MAPE {result.prefill_mape:.2f}%")
     click.echo(f"decode(N_kv) = {t.p:.3e}*N_kv + {t.q:.3e} s          held-out MAPE {result.decode_mape:.2f}%")
-    click.echo(f"WCET margins (worst overrun of any sample): prefill +{100 * result.prefill_margin:.1f}%, "
-               f"decode +{100 * result.decode_margin:.1f}%; prefill beside the length predictor "
+    click.echo(f"WCET margins (bounding every sample): prefill +{100 * result.prefill_margin:.1f}% "
+               f"+ {1000 * result.prefill_margin_s:.1f} ms, decode step +{100 * result.decode_margin:.1f}% "
+               f"+ {1000 * result.decode_margin_s:.2f} ms; prefill beside the length predictor "
                f"x{result.prefill_contention:.2f}")
     return path

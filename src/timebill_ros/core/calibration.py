@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import re
 import statistics
 import time
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from timebill_ros.core.paths import timebill_home
-from timebill_ros.core.timing import TimingModel, fit_decode, fit_prefill, mape, worst_overrun
+from timebill_ros.core.timing import TimingModel, bounding_margins, fit_decode, fit_prefill, mape
 
 FORMAT_VERSION = 1
 
@@ -79,11 +80,13 @@ class Calibration:
     decode_samples: list[tuple[int, float]]
     prefill_mape: float  # % on held-out prompt lengths
     decode_mape: float  # % on held-out cache lengths
-    # The largest share by which any profiled sample exceeded the fit. The fit is a
-    # median, so alone it is exceeded about half the time; the planner adds these margins
-    # so the WCET bounds the time, not only the length.
+    # The fit is a least-squares middle, exceeded by about half the samples; the planner
+    # plans with fit * (1 + margin) + margin_s, which bounds every profiled sample
+    # (timing.bounding_margins: a ratio from the longer samples, seconds for the rest).
     prefill_margin: float = 0.0
     decode_margin: float = 0.0
+    prefill_margin_s: float = 0.0
+    decode_margin_s: float = 0.0
     # Prefill with the length predictor running beside it, over prefill alone (>= 1; 1 when
     # no predictor was measured). The two threads share the cores, so the plan made beside
     # prefill must use the contended time.
@@ -116,6 +119,8 @@ class Calibration:
                 decode_mape=float(data["decode_mape"]),
                 prefill_margin=float(data.get("prefill_margin", 0.0)),
                 decode_margin=float(data.get("decode_margin", 0.0)),
+                prefill_margin_s=float(data.get("prefill_margin_s", 0.0)),
+                decode_margin_s=float(data.get("decode_margin_s", 0.0)),
                 prefill_contention=float(data.get("prefill_contention", 1.0)),
                 created=data.get("created", ""),
                 settings=data.get("settings", {}),
@@ -124,10 +129,11 @@ class Calibration:
             raise CalibrationError(f"calibration '{path}' is corrupt ({exc}): {fix}") from exc
 
     def planning_timing(self) -> TimingModel:
-        """The fit raised by the margins (worst overrun of any profiled sample) and prefill by
-        the predictor's contention: what WCET and alpha* are computed from."""
+        """The fit raised by the margins (bounding every profiled sample) and prefill by the
+        predictor's contention: what WCET and alpha* are computed from."""
         contention = max(1.0, self.prefill_contention)
-        return self.timing.scaled((1.0 + self.prefill_margin) * contention, 1.0 + self.decode_margin)
+        return self.timing.scaled((1.0 + self.prefill_margin) * contention, 1.0 + self.decode_margin,
+                                  self.prefill_margin_s * contention, self.decode_margin_s)
 
     def age_seconds(self) -> float:
         """Seconds since this calibration was made."""
@@ -169,15 +175,26 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 
 
 def profile_prefill(engine, lengths: list[int], repeats: int, tick: Callable[[], None]) -> list[tuple[int, float]]:
-    """Median prefill time of the engine at each prompt length (random token ids)."""
+    """Median prefill time of the engine at each prompt length (random token ids).
+
+    Each round visits every length once, in a shuffled order: on a shared machine a slow
+    spell then lands on one sample of many lengths (and the median drops it) instead of on
+    every sample of a few neighbouring lengths, which would bend the fit."""
     gen = torch.Generator().manual_seed(0)
     vocab = engine.loaded.model.config.vocab_size
-    samples = []
-    for n in lengths:
-        ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
-        samples.append((n, _median_time(lambda: engine.prefill(ids), repeats)))
-        tick()
-    return samples
+    prompts = {n: torch.randint(0, vocab, (n,), generator=gen).tolist() for n in lengths}
+    times: dict[int, list[float]] = {n: [] for n in lengths}
+    order, done = list(lengths), 0
+    for round_ in range(repeats):
+        random.Random(round_).shuffle(order)
+        for n in order:
+            t0 = time.perf_counter()
+            engine.prefill(prompts[n])
+            times[n].append(time.perf_counter() - t0)
+            done += 1
+            if done % repeats == 0:  # the bar counts lengths
+                tick()
+    return [(n, statistics.median(times[n])) for n in lengths]
 
 
 def profile_decode(
@@ -243,6 +260,11 @@ def calibrate(
         for n in contention_lengths:
             contention = max(contention, measure_prefill_contention(engine, predictor, [n], repeats))
             tick()
+    # Margins from every sample, fitted and held out.
+    pre_r, pre_d = bounding_margins([n for n, _ in prefill], [timing.prefill(n) for n, _ in prefill],
+                                    [t for _, t in prefill])
+    dec_r, dec_d = bounding_margins([n for n, _ in decode], [timing.decode_step(n) for n, _ in decode],
+                                    [t for _, t in decode])
     return Calibration(
         key=key,
         timing=timing,
@@ -250,9 +272,10 @@ def calibrate(
         decode_samples=decode,
         prefill_mape=mape([timing.prefill(n) for n, _ in held_pre], [t for _, t in held_pre]),
         decode_mape=mape([timing.decode_step(n) for n, _ in held_dec], [t for _, t in held_dec]),
-        # Margins from every sample, fitted and held out: the worst overrun seen anywhere.
-        prefill_margin=worst_overrun([timing.prefill(n) for n, _ in prefill], [t for _, t in prefill]),
-        decode_margin=worst_overrun([timing.decode_step(n) for n, _ in decode], [t for _, t in decode]),
+        prefill_margin=pre_r,
+        decode_margin=dec_r,
+        prefill_margin_s=pre_d,
+        decode_margin_s=dec_d,
         prefill_contention=contention,
         settings={"points": points, "repeats": repeats, "decode_steps": decode_steps, "max_length": limit,
                   "prefill_chunk": engine.config.prefill_chunk},
@@ -288,16 +311,22 @@ def _fit(prefill: list[tuple[int, float]], decode: list[tuple[int, float]], fit_
     return TimingModel(a=a, b=b, c=c, p=p, q=q)
 
 
-def load_or_calibrate(engine, points: int = 24, announce: Callable[[str], None] = lambda message: None) -> Calibration:
+def load_or_calibrate(engine, points: int = 24, announce: Callable[[str], None] = lambda message: None,
+                      max_length: int | None = None, repeats: int = 3) -> Calibration:
     """The calibration of the engine's model where the node looks for it, made and saved now
-    if there is none; the engine then plans with it."""
+    if there is none, or if it does not reach MAX_LENGTH tokens; the engine then plans with it."""
     key = CalibrationKey.for_model(engine.loaded)
     path = default_calibration_path(key)
+    want = max_length or engine.loaded.context_limit
     try:
         cal = Calibration.load(path)
+        if cal.settings.get("max_length", 0) < min(want, engine.loaded.context_limit) - 1:
+            announce(f"the calibration of {key.model} reaches {cal.settings.get('max_length')} tokens, "
+                     f"{want} are needed: calibrating again")
+            raise CalibrationError("too short")
     except CalibrationError:
-        announce(f"no calibration for {key.model} on this machine yet: calibrating (once)")
-        cal = calibrate(engine, key, points=points)
+        announce(f"calibrating {key.model} on this machine up to {want} tokens (once)")
+        cal = calibrate(engine, key, points=points, repeats=repeats, max_length=want)
         cal.save(path)
     engine.timing = cal.planning_timing()
     return cal

@@ -48,10 +48,12 @@ class TimingModel:
         """Plain dict for JSON."""
         return asdict(self)
 
-    def scaled(self, prefill_factor: float, decode_factor: float) -> "TimingModel":
-        """The same model with prefill and decode times multiplied by the given factors."""
-        return TimingModel(self.a * prefill_factor, self.b * prefill_factor, self.c * prefill_factor,
-                           self.p * decode_factor, self.q * decode_factor)
+    def scaled(self, prefill_factor: float, decode_factor: float, prefill_add: float = 0.0,
+               decode_add: float = 0.0) -> "TimingModel":
+        """The same model with prefill and decode-step times multiplied by the factors, then
+        raised by the additive seconds (the form stays a*N^2 + b*N + c and p*N + q)."""
+        return TimingModel(self.a * prefill_factor, self.b * prefill_factor, self.c * prefill_factor + prefill_add,
+                           self.p * decode_factor, self.q * decode_factor + decode_add)
 
 
 def slowest_chunk(timing: TimingModel, chunk: int, context: int) -> float:
@@ -71,16 +73,18 @@ def largest_chunk_within(timing: TimingModel, seconds: float, context: int, step
     return best
 
 
-def prefill_kill_warning(timing: TimingModel, chunk: int, context: int, period: float) -> str | None:
+def prefill_kill_warning(timing: TimingModel, chunk: int, context: int, period: float, layers: int = 1) -> str | None:
     """Why a kill during prefill could land more than one control PERIOD late with this
-    CHUNK, and the chunk that would not; None when the chunk is fine."""
-    slowest = slowest_chunk(timing, chunk, context)
+    CHUNK, and the chunk that would not; None when the chunk is fine. The engine checks the
+    cancel token before each of the model's LAYERS, so a kill waits for one layer of a chunk
+    (taken as an equal share of the chunk's time)."""
+    slowest = slowest_chunk(timing, chunk, context) / layers
     if slowest <= period:
         return None
-    fit = largest_chunk_within(timing, period, context)
-    return (f"prefill_chunk {chunk}: one prefill chunk can take {1000 * slowest:.0f} ms, more than the control "
-            f"period ({1000 * period:.0f} ms), so a kill during prefill can land that late; prefill_chunk <= {fit} "
-            f"keeps it within one period (calibrate again after changing it)")
+    fit = largest_chunk_within(timing, period * layers, context)
+    return (f"prefill_chunk {chunk}: one layer of a prefill chunk can take {1000 * slowest:.0f} ms, more than the "
+            f"control period ({1000 * period:.0f} ms), so a kill during prefill can land that late; "
+            f"prefill_chunk <= {fit} keeps it within one period (calibrate again after changing it)")
 
 
 def _nonnegative_least_squares(design: np.ndarray, seconds: np.ndarray) -> np.ndarray:
@@ -112,6 +116,20 @@ def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
     """Mean absolute percentage error, in percent."""
     predicted, measured = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
     return float(np.mean(np.abs(predicted - measured) / measured) * 100.0)
+
+
+def bounding_margins(lengths: np.ndarray, predicted: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """(relative r, absolute d seconds) such that predicted * (1 + r) + d >= every measurement.
+
+    r is the worst relative overrun among the longer half of the samples, where time is long
+    enough for a ratio to mean something; d then covers what is left, which is where short
+    samples' jitter lands. A ratio alone, taken over every sample, lets one 16-token prompt
+    whose few milliseconds came out 3x the fit triple every plan (seen: +203 %)."""
+    lengths, predicted, measured = (np.asarray(x, dtype=float) for x in (lengths, predicted, measured))
+    long = lengths >= np.median(lengths)
+    r = worst_overrun(predicted[long], measured[long])
+    d = float(max(0.0, np.max(measured - predicted * (1.0 + r))))
+    return r, d
 
 
 def worst_overrun(predicted: np.ndarray, measured: np.ndarray) -> float:

@@ -22,18 +22,21 @@ SOURCES = {
     "bench/decode_overhead.json": "decode_overhead.json",
     "bench/eviction_share.json": "eviction_share.json",
     "bench/planning_time.json": "planning_time.json",
+    "bench/prefill_overhead.json": "prefill_overhead.json",
     "bench/kill_latency.json": "kill_latency.json",
     "bench/predictor_overhead.json": "predictor_overhead.json",
+    "bench/llamacpp.json": "llamacpp.json",
     "bench/load.json": "load.json",
     "bench/soak.json": "soak.json",
     "quality.json": "quality.json",
+    "quality_smollm2.json": "quality_smollm2.json",
     "rlp.json": "rlp.json",
     "eval/eval.json": "eval.json",
     "eval/budget_sweep_kill.png": "budget_sweep_kill.png",
     "eval/budget_sweep_skip_next.png": "budget_sweep_skip_next.png",
     "eval/k_sweep_kill.png": "k_sweep_kill.png",
 }
-BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 
 
 def _pct(x: float, digits: int = 1) -> str:
@@ -67,11 +70,16 @@ def bench_table(load: Callable[[str], dict]) -> str:
                  f"{dec['prompt_tokens']} prompt tokens, alpha 0",
                  f"{_ms(dec['engine_s_per_token']['median'])} vs {_ms(dec['generate_s_per_token']['median'])} "
                  f"({dec['engine_over_generate_pct']:+.1f} %)", "overhead < 5 %", "decode_overhead"))
-    steps = dec["decode_step_s_by_alpha"]
-    rows.append((f"decode step on a {dec['long_prompt_tokens']}-token prompt at alpha 0 / 0.5 / 0.9",
-                 " / ".join(_ms(steps[a]) for a in ("0.0", "0.5", "0.9"))
-                 + f" (speed-up {dec['speedup_alpha_0.5']:.2f}x / {dec['speedup_alpha_0.9']:.2f}x)", "",
-                 "decode_overhead"))
+    for n, steps in dec["decode_step_s_by_prompt_and_alpha"].items():
+        rows.append((f"decode step after a {n}-token prompt at alpha 0 / 0.5 / 0.9",
+                     " / ".join(_ms(steps[a]) for a in ("0.0", "0.5", "0.9"))
+                     + f" (speed-up {steps['0.0'] / steps['0.5']:.2f}x / {steps['0.0'] / steps['0.9']:.2f}x)", "",
+                     "decode_overhead"))
+    pre = load("prefill_overhead.json")
+    rows.append((f"engine prefill (chunks of {pre['prefill_chunk']}, SnapKV, a cancel check per layer) vs one "
+                 f"plain forward, {pre['prompt_tokens']} tokens",
+                 f"{pre['engine_s']['median']:.3f} s vs {pre['one_forward_s']['median']:.3f} s "
+                 f"({pre['overhead_pct']:+.1f} %)", "overhead < 3 %", "prefill_overhead"))
     for row in ev["rows"]:
         rows.append((f"eviction at alpha {ev['alpha']:g} / prefill, {row['n_x']} tokens",
                      f"{_pct(row['evict_share_of_prefill'])} ({_ms(row['evict_s'])})", "< 5 %", "eviction_share"))
@@ -82,18 +90,30 @@ def bench_table(load: Callable[[str], dict]) -> str:
                  else f"no goal killed ({data['statuses']})")
         rows.append((f"kill latency during {phase} at {kill['control_rate_hz']:g} Hz ({where}), p50 / p99",
                      value, f"<= one period + one step = {_ms(kill['bound_s'])}", "kill_latency"))
-    rows.append((f"length predictor beside prefill ({pred['prompts']} test prompts): hidden / prefill slow-down / "
-                 "inputs compressed",
+    rows.append((f"length predictor beside prefill (`{pred.get('model', '?')}`, {pred['prompts']} test prompts): "
+                 "hidden / prefill slow-down / inputs compressed",
                  f"{_pct(pred['hidden_share'], 0)} / {pred['overhead_pct_median']:+.0f} % / "
                  f"{_pct(pred['truncated_share'], 0)}", "", "predictor_overhead"))
+    try:
+        llama = load("llamacpp.json")  # only after make bench-llamacpp
+    except FileNotFoundError:
+        llama = {"rows": []}
+    for row in llama["rows"]:
+        n = row["tokens"]
+        rows.append((f"prefill of {n} tokens, ours ({llama['dtype']}) vs llama.cpp ({llama['llama_cpp_quantization']})",
+                     f"{row['ours_prefill_s']:.3f} s vs {row['llama_cpp_prefill_s']:.3f} s "
+                     f"({row['prefill_ratio_ours_over_llama_cpp']:.2f}x)", "ours faster (< 1x)", "llamacpp"))
+        rows.append((f"decode step with a {n}-entry cache, ours vs llama.cpp",
+                     f"{_ms(row['ours_decode_step_s'])} vs {_ms(row['llama_cpp_decode_step_s'])} "
+                     f"({row['decode_ratio_ours_over_llama_cpp']:.2f}x)", "<= 1.5x", "llamacpp"))
     lines = ["| what | measured | target | JSON (docs/results) |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d and f'`{d}.json`'} |" for a, b, c, d in rows]
     return "\n".join(lines) + "\n"
 
 
-def quality_table(load: Callable[[str], dict]) -> str:
+def quality_table(load: Callable[[str], dict], source: str = "quality.json") -> str:
     """Task scores vs nominal alpha, with the alpha really applied (timebill eval-quality)."""
-    q = load("quality.json")
+    q = load(source)
     alphas = [a for a in next(iter(q["scores"].values())) if a != "no_context"]
     metric = {"qa": "QA F1", "code": "edit similarity", "list": "ROUGE-L"}
     head = "| task (metric) | " + " | ".join(f"alpha {float(a):g}" for a in alphas) + " | no context |"
@@ -108,7 +128,7 @@ def quality_table(load: Callable[[str], dict]) -> str:
     agree = q["agreement_with_full_cache"]
     cells = " | ".join("1" if a == "0.0" else f"{sum(t[a] for t in agree.values()) / len(agree):.3f}" for a in alphas)
     lines.append(f"| agreement with the full-cache answer (ROUGE-L, mean of tasks) | {cells} | |")
-    return "\n".join(lines) + f"\n\n{q['examples']} test prompts, model `{q['model']}`.\n"
+    return "\n".join(lines) + f"\n\n{q['examples']} test prompts, model `{q['model']}` (`docs/results/{source}`).\n"
 
 
 RLP_NAMES = {"buckets16": "SLM, 16-token buckets (TimeBill)", "buckets32": "SLM, 32-token buckets",
@@ -135,14 +155,35 @@ def eval_table(load: Callable[[str], dict]) -> str:
     budgets = sorted({b for row in table.values() for b in row}, key=float)
     lines = ["| method (Kill) | " + " | ".join(f"{float(b):g} s" for b in budgets) + " |",
              "|" + "---|" * (len(budgets) + 1)]
-    for method, row in table.items():
+    # The k sweep has its own plot; here the methods, in the paper's order.
+    methods = sorted((m for m in table if not m.startswith("timebill_k")),
+                     key=lambda m: (m != "vanilla", m.startswith("int8"), m == "timebill", m))
+    for method in methods:
+        row = table[method]
         cells = " | ".join(f"{row[b]['score']:.3f} / {_pct(row[b]['completion'], 0)} / {row[b]['alpha_mean']:.2f}"
                            if b in row else "" for b in budgets)
         lines.append(f"| {method} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
-TABLES = {"bench": bench_table, "quality": quality_table, "rlp": rlp_table, "eval": eval_table}
+def reliability_table(load: Callable[[str], dict]) -> str:
+    """make load and make soak."""
+    ld, sk = load("load.json"), load("soak.json")
+    statuses = lambda d: ", ".join(f"{n} {name}" for name, n in d.items())  # noqa: E731
+    load_row = (f"| load (`{ld['model']}`): {ld['clients']} clients, {ld['goals_sent']} goals in {ld['seconds']:g} s | "
+                f"{statuses(ld['terminal_statuses'])}; lost {ld['lost']}; succeeded goals that missed their deadline "
+                f"{ld['succeeded_deadline_misses']}; kill latency p50 {_ms(ld['kill_latency_p50_s'])}, "
+                f"p99 {_ms(ld['kill_latency_p99_s'])} |")
+    soak_row = (f"| soak (`{sk['model']}`): {sk['goals']} goals in a row | {statuses(sk['statuses'])}; resident memory "
+                f"+{sk['rss_growth_mb_per_100_goals_after_warmup']:.2f} MB per 100 goals after warm-up; threads "
+                f"{sk['threads_first_last'][0]} -> {sk['threads_first_last'][1]}; open files "
+                f"{sk['fds_first_last'][0]} -> {sk['fds_first_last'][1]} |")
+    return "| run | result |\n|---|---|\n" + load_row + "\n" + soak_row + "\n"
+
+
+TABLES = {"bench": bench_table, "quality": quality_table, "rlp": rlp_table, "eval": eval_table,
+          "quality_smollm2": lambda load: quality_table(load, "quality_smollm2.json"),
+          "reliability": reliability_table}
 
 
 def render(readme: str, docs: Path) -> str:
@@ -151,7 +192,11 @@ def render(readme: str, docs: Path) -> str:
         return json.loads((docs / name).read_text())
 
     def block(match: re.Match) -> str:
-        return match.group(1) + TABLES[match.group("name")](load) + match.group(4)
+        try:
+            body = TABLES[match.group("name")](load)
+        except FileNotFoundError as exc:  # measured by a run nobody has made yet: say so
+            body = f"_Not measured yet: `docs/results/{Path(exc.filename).name}` is missing._\n"
+        return match.group(1) + body + match.group(4)
 
     return BLOCK.sub(block, readme)
 
