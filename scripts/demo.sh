@@ -4,14 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PARAMS=${PARAMS:-config/timebill.yaml}
 MODEL=$(python -c "import yaml,sys; print(next(iter(yaml.safe_load(open('$PARAMS')).values()))['ros__parameters']['model_path'])")
-# Default prompt: the shortest retrieval question of the task suite's test split.
-PROMPT=${PROMPT:-$(python -c "
-from timebill_ros.eval import tasks
-qa = sorted((e for e in tasks.load('test') if e.task == 'qa'), key=lambda e: len(e.prompt))[0]
-print(qa.prompt)
-print('(reference answer: ' + qa.answer + ')', end='', file=__import__('sys').stderr)
-" 2>"${TMPDIR:-/tmp}/timebill_demo_reference")}
-BUDGET=${BUDGET:-2.0}
+# Default prompt: a three-fact retrieval question (reference answer "closet").
+PROMPT=${PROMPT:-"The vase is in the closet. The shirt is in the bathroom. The valve is in the dock. Question: Where is the vase? Answer in one word."}
+REFERENCE=${REFERENCE:-closet}
+# Without a length predictor distilled from SmolLM2 the node plans with N_hat = 64 and k = 5;
+# capping the answer at MAX_NEW tokens keeps the worst case (N_W) inside the budget.
+MAX_NEW=${MAX_NEW:-24}
+BUDGET=${BUDGET:-4.0}
 echo "== ROS_DOMAIN_ID=$ROS_DOMAIN_ID, discovery $ROS_AUTOMATIC_DISCOVERY_RANGE, model $MODEL"
 
 if ! timebill calibrate --check --params-file "$PARAMS" >/dev/null 2>&1; then
@@ -25,8 +24,8 @@ NODE=$!
 trap 'kill -INT $NODE 2>/dev/null; wait $NODE 2>/dev/null || true; echo "== node log: $LOG"' EXIT
 
 echo "== prompt:"; echo "$PROMPT" | fold -s -w 100 | sed 's/^/   | /'
-echo "== $(cat "${TMPDIR:-/tmp}/timebill_demo_reference" 2>/dev/null)"
-echo "== timebill send <prompt> --budget $BUDGET --feedback"
+echo "== (reference answer: $REFERENCE)"
+echo "== timebill send <prompt> --budget $BUDGET --max-new-tokens $MAX_NEW --feedback"
 status=0
-timebill send "$PROMPT" --budget "$BUDGET" --feedback --server-timeout 30 || status=$?
+timebill send "$PROMPT" --budget "$BUDGET" --max-new-tokens "$MAX_NEW" --feedback --server-timeout 60 || status=$?
 echo "== exit code $status (0 = SUCCEEDED)"
