@@ -438,16 +438,21 @@ def _set_parameter(node_name: str, name: str, value):
     """SetParameters over the node's service, as `ros2 param set` does; the one result."""
     import rclpy
     from rcl_interfaces.srv import SetParameters
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     helper = rclpy.create_node("param_setter")
+    executor = SingleThreadedExecutor()  # its own: other clients of this module spin theirs
+    executor.add_node(helper)
     try:
         client = helper.create_client(SetParameters, f"/{node_name}/set_parameters")
         assert client.wait_for_service(timeout_sec=30)
         future = client.call_async(SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
-        rclpy.spin_until_future_complete(helper, future, timeout_sec=30)
+        executor.spin_until_future_complete(future, timeout_sec=60)
+        assert future.done(), f"no answer from /{node_name}/set_parameters"
         return future.result().results[0]
     finally:
+        executor.shutdown()
         helper.destroy_node()
 
 

@@ -86,6 +86,12 @@ class Engine:
             handle.remove()
         self.predictor_pool.shutdown(wait=False, cancel_futures=True)
 
+    def warm_up(self) -> None:
+        """One short prefill and decode step: the first forward of a process allocates and picks
+        kernels (about a second for SmolLM2 here), which must not land on the first goal."""
+        cache, logits = self.prefill(list(range(1, self.press.window + 1)))
+        self.decode_step(cache, int(logits.argmax(-1)), self.press.window)
+
     def _check_cancel(self, module: torch.nn.Module, args: tuple) -> None:
         _raise_if_cancelled(self._prefill_cancel)
 

@@ -102,6 +102,7 @@ class TimeBillServer(Node):
         predictor = load_predictor(self.params.predictor_path, timing.prefill, self.params.fixed_prediction_tokens)
         check_target(predictor, self.loaded.name)
         self.engine = Engine(self.loaded, timing, predictor, self.params.engine_config())
+        self.engine.warm_up()
         self.limits = self.params.limits(self.loaded.context_limit)
         self._lock = threading.Lock()
         self._tokenizer_lock = threading.Lock()
