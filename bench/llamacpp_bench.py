@@ -8,24 +8,12 @@ compiled from source with flags that run on this CPU); `make setup` never does.
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 from common import calibrated_engine, parser, random_ids, write
 
+from timebill_ros.core.calibration import median_time
 from timebill_ros.core.model import builtin_gguf_file
 
 LENGTHS = (512, 2048)
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of FN over REPEATS calls."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def llama_prefill(llm, ids: list[int]) -> None:
@@ -36,7 +24,7 @@ def llama_prefill(llm, ids: list[int]) -> None:
 def llama_decode_step(llm, ids: list[int], steps: int) -> float:
     """Median time of one single-token eval after a prefill of IDS."""
     llama_prefill(llm, ids)
-    return timed(lambda: llm.eval([ids[-1]]), steps)
+    return median_time(lambda: llm.eval([ids[-1]]), steps)
 
 
 def ours_decode_step(engine, ids: list[int], steps: int) -> float:
@@ -47,7 +35,7 @@ def ours_decode_step(engine, ids: list[int], steps: int) -> float:
         int(engine.decode_step(cache, 1, position[0]).argmax(-1))
         position[0] += 1
 
-    return timed(step, steps)
+    return median_time(step, steps)
 
 
 def main() -> None:
@@ -66,8 +54,8 @@ def main() -> None:
         llama_prefill(llm, ids[:64])  # warm both
         engine.prefill(ids[:64])
         row = {"tokens": n,
-               "llama_cpp_prefill_s": timed(lambda: llama_prefill(llm, ids), repeats),
-               "ours_prefill_s": timed(lambda: engine.prefill(ids), repeats),
+               "llama_cpp_prefill_s": median_time(lambda: llama_prefill(llm, ids), repeats),
+               "ours_prefill_s": median_time(lambda: engine.prefill(ids), repeats),
                "llama_cpp_decode_step_s": llama_decode_step(llm, ids, steps),
                "ours_decode_step_s": ours_decode_step(engine, ids, steps)}
         row["prefill_ratio_ours_over_llama_cpp"] = row["ours_prefill_s"] / row["llama_cpp_prefill_s"]

@@ -165,7 +165,8 @@ def busy_machine_warning(load: float, cores: int, threads: int) -> str | None:
             "calibrate when it is idle, or with fewer threads")
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of FN over REPEATS calls."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -291,7 +292,7 @@ def measure_prefill_contention(engine, predictor, lengths: list[int], repeats: i
     with ThreadPoolExecutor(max_workers=1) as pool:
         for n in lengths:
             ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
-            alone = _median_time(lambda: engine.prefill(ids), repeats)
+            alone = median_time(lambda: engine.prefill(ids), repeats)
             beside = []
             for _ in range(repeats):
                 future = pool.submit(predictor.predict, ids)
