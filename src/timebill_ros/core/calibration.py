@@ -257,10 +257,7 @@ def calibrate(
     held_dec = [(n, t) for n, t in decode if n in held_n]
     contention = 1.0
     if predictor_for is not None:
-        predictor = predictor_for(timing)
-        for n in contention_lengths:
-            contention = max(contention, measure_prefill_contention(engine, predictor, [n], repeats))
-            tick()
+        contention = measure_prefill_contention(engine, predictor_for(timing), contention_lengths, repeats, tick)
     # Margins from every sample, fitted and held out.
     pre_r, pre_d = bounding_margins([n for n, _ in prefill], [timing.prefill(n) for n, _ in prefill],
                                     [t for _, t in prefill])
@@ -283,7 +280,8 @@ def calibrate(
     )
 
 
-def measure_prefill_contention(engine, predictor, lengths: list[int], repeats: int = 3) -> float:
+def measure_prefill_contention(engine, predictor, lengths: list[int], repeats: int = 3,
+                               tick: Callable[[], None] = lambda: None) -> float:
     """Prefill time with PREDICTOR.predict running in a second thread, as in a served job,
     over prefill alone: the largest ratio of medians over LENGTHS (at least 1)."""
     gen = torch.Generator().manual_seed(2)
@@ -301,6 +299,7 @@ def measure_prefill_contention(engine, predictor, lengths: list[int], repeats: i
                 beside.append(time.perf_counter() - t0)
                 future.result()
             ratios.append(statistics.median(beside) / alone)
+            tick()
     return max(1.0, max(ratios))
 
 
@@ -318,10 +317,10 @@ def load_or_calibrate(engine, points: int = 24, announce: Callable[[str], None] 
     if there is none, or if it does not reach MAX_LENGTH tokens; the engine then plans with it."""
     key = CalibrationKey.for_model(engine.loaded)
     path = default_calibration_path(key)
-    want = max_length or engine.loaded.context_limit
+    want = min(max_length or engine.loaded.context_limit, engine.loaded.context_limit)
     try:
         cal = Calibration.load(path)
-        if cal.settings.get("max_length", 0) < min(want, engine.loaded.context_limit) - 1:
+        if cal.settings.get("max_length", 0) < want - 1:
             announce(f"the calibration of {key.model} reaches {cal.settings.get('max_length')} tokens, "
                      f"{want} are needed: calibrating again")
             raise CalibrationError("too short")

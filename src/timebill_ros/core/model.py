@@ -132,7 +132,8 @@ def gguf_model_dir(gguf: Path) -> Path:
     place, so a killed conversion never leaves a half model behind."""
     if not gguf.is_file():
         raise ModelLoadError(f"no GGUF file at '{gguf}'")
-    out = timebill_home() / "models" / f"{gguf.stem}-{_file_sha256(gguf)[:12]}"
+    digest = _file_sha256(gguf)
+    out = timebill_home() / "models" / f"{gguf.stem}-{digest[:12]}"
     if (out / "config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +141,7 @@ def gguf_model_dir(gguf: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         _convert_gguf(gguf, tmp)
+        (tmp / "timebill_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": digest}))
         try:
             os.replace(tmp, out)
         except OSError:  # another process converted it meanwhile
@@ -166,7 +168,6 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "timebill_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": _file_sha256(gguf)}))
 
 
 def model_fingerprint(path: Path) -> str:
