@@ -9,6 +9,7 @@ export TIMEBILL_BENCH_MODEL=${TIMEBILL_BENCH_MODEL:-builtin:smollm2}
 echo "== benchmarks on $TIMEBILL_BENCH_MODEL"
 python engine_bench.py ${BENCH_ARGS:-}
 python kill_latency.py ${BENCH_ARGS:-}
+python online_bench.py ${BENCH_ARGS:-}
 echo "== length predictor beside prefill, on builtin:toy with its distilled predictor"
 TIMEBILL_BENCH_MODEL=builtin:toy python predictor_bench.py ${BENCH_ARGS:-}
 echo "results in $(cd .. && pwd)/results/bench/; publish them with: make results"

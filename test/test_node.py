@@ -228,7 +228,8 @@ def test_diagnostics_report_health(node, rclpy_context):
     values = {kv.key: kv.value for kv in status.values}
     assert status.level == DiagnosticStatus.OK and status.message == "serving"
     assert {"queue_depth", "deadline_misses", "killed", "last_alpha", "last_wcet_s", "calibration_age_s",
-            "model", "device"} <= set(values)
+            "model", "device", "online_timing", "prefill_slowdown", "decode_slowdown", "slowdown_goals"} <= set(values)
+    assert float(values["prefill_slowdown"]) > 0 and values["online_timing"] == "True"
     assert int(values["killed"]) >= 0 and values["device"] == "cpu"
 
 
@@ -241,6 +242,8 @@ def test_diagnostics_report_health(node, rclpy_context):
     ("snapkv_kernel", 4, "snapkv_kernel odd"),
     ("threads", "two", "parameter threads must be an integer"),
     ("overrun_policy", "explode", "parameter overrun_policy must be one of 'kill', 'skip_next'"),
+    ("online_window", 1, "parameter online_window must be in [2, 1000]"),
+    ("online_timing", "yes", "parameter online_timing must be true or false"),
 ])
 def test_bad_configuration_fails_fast_with_a_clear_message(slow_model_dir, calibration, tmp_path, param, value,
                                                            words):
@@ -466,12 +469,15 @@ def test_run_time_parameters_change_over_the_parameter_services(slow_model_dir, 
         accepted = _set_parameter("params_node", "k", 3.0)
         rejected = _set_parameter("params_node", "alpha_max", 1.5)
         read_only = _set_parameter("params_node", "model_path", "/elsewhere")
+        offline = _set_parameter("params_node", "online_timing", False)
         run = client.call(client.goal("hello", budget=20.0, max_new_tokens=200))
     finally:
         client.close()
         assert proc.stop() == 0, proc.log()
     assert accepted.successful, accepted.reason
     assert not rejected.successful and "alpha_max" in rejected.reason
-    assert not read_only.successful
+    assert not read_only.successful and offline.successful
+    # online_timing off: the goal is planned with the calibration as stored.
+    assert run.result.prefill_slowdown == run.result.decode_slowdown == 1.0
     # The next goal plans with the new k: N_W = 3 x the fixed N_hat of 32.
     assert run.result.worst_case_response_tokens == 96, run.result

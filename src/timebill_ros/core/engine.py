@@ -18,6 +18,7 @@ import torch
 from timebill_ros.core.eviction import SnapKV, SnapKVScorer, attention_modules, evict
 from timebill_ros.core.jobs import CancelToken, Event, OnInfeasible, Request, Result, Status, Timings
 from timebill_ros.core.model import LoadedModel
+from timebill_ros.core.online import OnlineTiming, PhaseWork, TimingSnapshot
 from timebill_ros.core.planner import Plan, plan
 from timebill_ros.core.predictor import LengthPredictor
 from timebill_ros.core.timing import TimingModel
@@ -78,6 +79,13 @@ class Engine:
         self._prefill_cancel: CancelToken | None = None
         self._layer_checks = [m.register_forward_pre_hook(self._check_cancel) for m in attention_modules(loaded.model)]
         self.predictor_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="length-predictor")
+        # When set, goals are planned with its live model and feed it their measured phases;
+        # otherwise they are planned with the static `timing`.
+        self.online: OnlineTiming | None = None
+
+    def planning_snapshot(self) -> TimingSnapshot:
+        """The timing model the next goal is planned with."""
+        return self.online.snapshot() if self.online else TimingSnapshot(self.timing, 1.0, 1.0)
 
     def close(self) -> None:
         """Release the hooks and the predictor thread."""
@@ -97,12 +105,14 @@ class Engine:
 
     # ---------------------------------------------------------------- phases
     @torch.inference_mode()
-    def prefill(self, ids: list[int], cancel: CancelToken | None = None) -> tuple[object, torch.Tensor]:
+    def prefill(self, ids: list[int], cancel: CancelToken | None = None,
+                on_chunk: Callable[[int, int, float], None] | None = None) -> tuple[object, torch.Tensor]:
         """Run the prompt through the model in chunks; return (cache, logits of the last position).
 
         SnapKV scores are recorded during the last chunk, which is made at least one
         observation window long. The cancel token is honoured before every attention
         layer (raising Stopped), so a kill does not wait for the running chunk.
+        ON_CHUNK(start, end, seconds) is called after each chunk that completed.
         """
         cache = None
         self.scorer.scores.clear()
@@ -113,10 +123,13 @@ class Engine:
             for i, (start, end) in enumerate(bounds):
                 _raise_if_cancelled(cancel)
                 self.scorer.armed = i == len(bounds) - 1
+                t0 = time.monotonic()
                 out = self.loaded.model(
                     input_ids=torch.tensor([ids[start:end]]), cache=cache, use_cache=True, logits_to_keep=1
                 )
                 cache, logits = out.cache, out.logits[:, -1]
+                if on_chunk is not None:
+                    on_chunk(start, end, time.monotonic() - t0)
         finally:
             self.scorer.armed = False
             self._prefill_cancel = None
@@ -167,6 +180,9 @@ class _Job:
         self.done = False
         self.tokens: list[int] = []
         self.kept = len(request.prompt_ids)
+        self.snapshot = engine.planning_snapshot()  # one timing model for all of this job's plans
+        self.timing = self.snapshot.timing
+        self.prefill_work, self.decode_work = PhaseWork(), PhaseWork()  # for the online timing model
 
     def elapsed(self) -> float:
         return time.monotonic() - self.request.accepted_at
@@ -188,7 +204,7 @@ class _Job:
     def make_plan(self, n_hat: int, t_fixed: float) -> Plan:
         r, e = self.request, self.engine
         return plan(
-            e.timing,
+            self.timing,
             n_x=len(r.prompt_ids),
             n_hat=n_hat,
             budget=r.budget,
@@ -215,7 +231,7 @@ class _Job:
         t0 = time.monotonic()
         n_hat = self.predict()
         t_predict = time.monotonic() - t0
-        t_prefill = self.engine.timing.prefill(len(self.request.prompt_ids))
+        t_prefill = self.timing.prefill(len(self.request.prompt_ids))
         # A prediction that finishes within prefill is hidden behind it and costs nothing.
         t_fixed = (self.started - self.request.accepted_at) + t_prefill + max(0.0, t_predict - t_prefill)
         if self.done or self.cancel.is_set:
@@ -231,7 +247,7 @@ class _Job:
         cannot fit the budget, stop before anything runs."""
         if self.request.on_infeasible is not OnInfeasible.REJECT:
             return
-        t_prefill = self.engine.timing.prefill(len(self.request.prompt_ids))
+        t_prefill = self.timing.prefill(len(self.request.prompt_ids))
         if (self.started - self.request.accepted_at) + t_prefill > self.request.budget:
             raise Stopped(Status.INFEASIBLE, f"budget {self.request.budget:.3f}s cannot be guaranteed: the "
                           f"predicted prefill alone takes {t_prefill:.3f}s; raise the budget or shorten the prompt")
@@ -251,7 +267,7 @@ class _Job:
         t0 = time.monotonic()
         try:
             # A kill here raises at once: it never waits for the predictor thread.
-            cache, logits = self.engine.prefill(self.request.prompt_ids, self.cancel)
+            cache, logits = self.engine.prefill(self.request.prompt_ids, self.cancel, self.count_chunk)
         finally:
             self.timings.prefill = time.monotonic() - t0
         n_hat, self.timings.predict = self.wait_for_prediction(future)
@@ -264,6 +280,17 @@ class _Job:
         if late:
             return self.finish(Status.COMPLETED_LATE, "finished after the deadline")
         return self.finish(Status.SUCCEEDED, "")
+
+    def count_chunk(self, start: int, end: int, seconds: float) -> None:
+        """A completed prefill chunk, against the unmargined fit's time for it."""
+        if self.engine.online is not None:
+            base = self.engine.online.base
+            self.prefill_work.add(base.prefill(end) - (base.prefill(start) if start else 0.0), seconds)
+
+    def count_step(self, seconds: float) -> None:
+        """A completed decode step; the timing model's i-th step attends over kept + i - 1 entries."""
+        if self.engine.online is not None:
+            self.decode_work.add(self.engine.online.base.decode_step(self.kept + len(self.tokens) - 1), seconds)
 
     def evict(self, cache: object) -> None:
         t0 = time.monotonic()
@@ -287,13 +314,17 @@ class _Job:
                 if time.monotonic() - last_event >= period:
                     self.event("decode")
                     last_event = time.monotonic()
+                step_started = time.monotonic()
                 token = int(self.engine.decode_step(cache, token, position).argmax(-1))
+                self.count_step(time.monotonic() - step_started)
                 position += 1
         finally:
             self.timings.decode = time.monotonic() - t0
 
     def finish(self, status: Status, reason: str) -> Result:
         self.done = True  # a predictor thread still running stays quiet from now on
+        if self.engine.online is not None:
+            self.engine.online.observe(self.prefill_work, self.decode_work)
         now = time.monotonic()
         self.timings.total = now - self.request.accepted_at
         keep_text = status in (Status.SUCCEEDED, Status.COMPLETED_LATE)
@@ -309,6 +340,8 @@ class _Job:
             first_plan=self.first_plan,
             timings=self.timings,
             deadline_margin=now - self.request.deadline,
+            prefill_factor=self.snapshot.prefill_factor,
+            decode_factor=self.snapshot.decode_factor,
         )
 
 

@@ -124,6 +124,9 @@ class Result:
     first_plan: Plan | None = None  # the plan made beside prefill with the predicted prefill time
     timings: Timings = field(default_factory=Timings)
     deadline_margin: float = 0.0  # end of job minus deadline, seconds
+    # The slow-down factors per phase the job was planned with (1 = as calibrated; see core.online)
+    prefill_factor: float = 1.0
+    decode_factor: float = 1.0
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""

@@ -26,6 +26,7 @@ SOURCES = {
     "bench/kill_latency.json": "kill_latency.json",
     "bench/predictor_overhead.json": "predictor_overhead.json",
     "bench/llamacpp.json": "llamacpp.json",
+    "bench/online_timing.json": "online_timing.json",
     "bench/load.json": "load.json",
     "bench/soak.json": "soak.json",
     "quality.json": "quality.json",
@@ -181,7 +182,34 @@ def reliability_table(load: Callable[[str], dict]) -> str:
     return "| run | result |\n|---|---|\n" + load_row + "\n" + soak_row + "\n"
 
 
-TABLES = {"bench": bench_table, "quality": quality_table, "rlp": rlp_table, "eval": eval_table,
+def online_table(load: Callable[[str], dict]) -> str:
+    """make bench's online-timing run: static vs online calibration, per load phase."""
+    o = load("online_timing.json")
+    lines = [f"Model `{o['model']}`, {o['tokens_per_goal']} tokens per goal, prompts {o['prompt_lengths']} tokens, "
+             f"window {o['window']}, load on core {o['load_core']}.\n",
+             "| phase | arm | goals | first-plan WCET coverage | broken promises (planned feasible, ran late) "
+             "| late in all | mean alpha | slow-down planned with (prefill / decode) | goals to adapt |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for phase in ("idle", "loaded", "idle_again"):
+        for arm in ("static", "online"):
+            r = o["arms"][arm][phase]
+            lines.append(f"| {phase.replace('_', ' ')} | {arm} | {r['goals']} | {r['first_plan_coverage_pct']:.0f} % "
+                         f"| {r['broken_promises']} | {r['late']} | {r['mean_alpha']:.2f} "
+                         f"| {r['mean_prefill_factor']:.2f} / {r['mean_decode_factor']:.2f} "
+                         f"| {r['goals_to_adapt'] if arm == 'online' else '(does not adapt)'} |")
+    lines += ["", "Estimators replayed on the static arm's per-goal slow-down ratios (share of goals whose "
+              "ratio the estimate from the goals before it, times the calibration margin, bounded; mean "
+              "over-estimate):", "", "| estimator | prefill bounded / over | decode bounded / over |",
+              "|---|---|---|"]
+    replay = o["estimator_replay"]
+    for name in replay["prefill"]:
+        cells = [f"{replay[ph][name]['bounded_pct']:.0f} % / {replay[ph][name]['mean_overestimate_pct']:+.0f} %"
+                 for ph in ("prefill", "decode")]
+        lines.append(f"| {name.replace('_', ' ')} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {"online": online_table, "bench": bench_table, "quality": quality_table, "rlp": rlp_table, "eval": eval_table,
           "quality_smollm2": lambda load: quality_table(load, "quality_smollm2.json"),
           "reliability": reliability_table}
 

@@ -55,6 +55,8 @@ def result_msg(result: Result) -> TimedGenerate.Result:
         kept_prompt_tokens=result.kept_prompt_tokens,
         response_tokens=len(result.token_ids),
         deadline_margin=result.deadline_margin,
+        prefill_slowdown=result.prefill_factor,
+        decode_slowdown=result.decode_factor,
     )
     if result.plan is not None:
         msg.alpha = result.plan.alpha
@@ -69,7 +71,7 @@ GOAL_FIELDS = ("prompt", "budget", "max_new_tokens", "k", "alpha_max", "fixed_al
 RESULT_FIELDS = ("status", "status_name", "status_reason", "text", "queue_time", "prefill_time", "predict_time",
                  "evict_time", "decode_time", "total_time", "deadline_margin", "alpha", "predicted_response_tokens",
                  "worst_case_response_tokens", "wcet", "feasible", "prompt_tokens", "kept_prompt_tokens",
-                 "response_tokens")
+                 "response_tokens", "prefill_slowdown", "decode_slowdown")
 
 
 def goal_from_request(msg: RequestMsg) -> TimedGenerate.Goal:

@@ -24,8 +24,16 @@ def health_status(node) -> DiagnosticStatus:
         "last_alpha": f"{stats['last_alpha']:.3f}",
         "last_wcet_s": f"{stats['last_wcet']:.3f}",
     }
+    online = node.engine.online
+    drift = online.out_of_band() if online else []
+    if online:
+        values.update({"online_timing": online.enabled, "prefill_slowdown": f"{online.factor('prefill'):.3f}",
+                       "decode_slowdown": f"{online.factor('decode'):.3f}",
+                       "slowdown_goals": min(online.observations(p) for p in ("prefill", "decode"))})
     if node.not_ready:
         level, message = DiagnosticStatus.ERROR, node.not_ready
+    elif drift:
+        level, message = DiagnosticStatus.WARN, "timing drift: " + "; ".join(drift)
     elif queue_depth >= node.params.max_queue:
         level, message = DiagnosticStatus.WARN, "queue full: new goals are rejected"
     else:

@@ -58,6 +58,10 @@ class NodeParams:
     prefill_chunk: int = _p(512, "tokens per prefill forward; >= snapkv_window", low=1, high=BIG)
     overrun_policy: str = _p("kill", "kill | skip_next (paper section 5)", choices=("kill", "skip_next"), runtime=True)
     on_infeasible: str = _p("best_effort", "reject | best_effort", choices=("reject", "best_effort"), runtime=True)
+    online_timing: bool = _p(True, "plan with the calibration scaled by the machine's live slow-down, measured on "
+                             "served goals (false: the calibration as stored, as in the paper)", runtime=True)
+    online_window: int = _p(5, "goals the live slow-down is estimated over (second-largest per-goal ratio)",
+                            low=2, high=1000)
 
     @classmethod
     def runtime_names(cls) -> set[str]:
@@ -88,7 +92,8 @@ class NodeParams:
             try:
                 values[f.name] = node.declare_parameter(f.name, f.default, descriptor(f)).value
             except InvalidParameterTypeException:
-                kind = {int: "an integer", float: "a floating-point number (e.g. 1.0)", str: "a string"}
+                kind = {bool: "true or false", int: "an integer", float: "a floating-point number (e.g. 1.0)",
+                        str: "a string"}
                 raise InvalidParameter(f"parameter {f.name} must be {kind[type(f.default)]}") from None
             except InvalidParameterValueException:  # outside the descriptor's range
                 meta = f.metadata

@@ -38,6 +38,7 @@ from timebill_ros.core.calibration import Calibration, CalibrationError, Calibra
 from timebill_ros.core.engine import Engine
 from timebill_ros.core.jobs import CancelToken, Event, OverrunPolicy, Request, Result, Status
 from timebill_ros.core.model import encode_prompt, load_model
+from timebill_ros.core.online import online_timing_from
 from timebill_ros.core.policy import apply_overrun_policy
 from timebill_ros.core.predictor import check_target, load_predictor
 from timebill_ros.core.timing import TimingModel, prefill_kill_warning
@@ -102,6 +103,9 @@ class TimeBillServer(Node):
         predictor = load_predictor(self.params.predictor_path, timing.prefill, self.params.fixed_prediction_tokens)
         check_target(predictor, self.loaded.name)
         self.engine = Engine(self.loaded, timing, predictor, self.params.engine_config())
+        if self.calibration:
+            self.engine.online = online_timing_from(self.calibration, window=self.params.online_window,
+                                                    enabled=self.params.online_timing)
         self.engine.warm_up()
         self.limits = self.params.limits(self.loaded.context_limit)
         self._lock = threading.Lock()
@@ -196,6 +200,8 @@ class TimeBillServer(Node):
             self.params = candidate
             self.limits = candidate.limits(self.loaded.context_limit)
             self.engine.config.event_period = 1.0 / candidate.control_rate_hz
+            if self.engine.online is not None:
+                self.engine.online.enabled = candidate.online_timing
             if "control_rate_hz" in updates:
                 self._timer.timer_period_ns = int(1e9 / candidate.control_rate_hz)
                 self._timer.reset()
