@@ -78,3 +78,25 @@ def test_free_form_distillation_prompts_come_from_the_splits_prose_only():
     for text in free:
         body = text.split("\n\n", 1)[1]
         assert any(body.startswith(s) for s in pool)  # not the default model's training chats
+
+
+def test_a_lora_predictor_ships_only_its_adapter_and_serves_what_was_trained(tiny, tiny_model_dir, tmp_path):
+    import torch
+
+    engine = Engine(tiny, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor())
+    data = rlp.distill(engine, [(f"p{i}", "word " * (10 + 7 * i)) for i in range(10)], 24, tmp_path / "d.jsonl.gz")
+    engine.close()
+    spec = rlp.spec_for("buckets16", data, 24, tiny.name)
+    spec.backbone, spec.backbone_layers = str(tiny_model_dir), 1
+    model = rlp.build_model("buckets16", spec, tiny_model_dir, 1, len(tiny.tokenizer), tiny.tokenizer.pad_token_id,
+                            lora_rank=4)
+    rlp.fit(model, spec, data[:8], data[8:], epochs=1, lr=1e-2, accumulate=2)
+    folder = tmp_path / "lora"
+    model.save_pretrained(folder)
+    spec.save(folder)
+    assert not (folder / "model.safetensors").exists() and (folder / "adapter_model.safetensors").exists()
+    served = ModelLengthPredictor(folder)
+    ids = torch.tensor([data[-1].prompt_ids])
+    with torch.inference_mode():
+        trained, merged = model.eval()(input_ids=ids).logits, served.model(input_ids=ids).logits
+    assert torch.allclose(trained, merged, atol=1e-4)

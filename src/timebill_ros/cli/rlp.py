@@ -7,12 +7,11 @@ from pathlib import Path
 import click
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForSequenceClassification
 
 from timebill_ros.core.calibration import Calibration, load_or_calibrate
 from timebill_ros.core.engine import Engine, EngineConfig
 from timebill_ros.core.model import load_model
-from timebill_ros.core.predictor import FixedLengthPredictor, PredictorSpec
+from timebill_ros.core.predictor import FixedLengthPredictor, PredictorSpec, load_classifier
 from timebill_ros.core.timing import TimingModel
 from timebill_ros.train import predictor as rlp
 
@@ -25,7 +24,8 @@ def target_engine(model_path: str, threads: int) -> tuple[Engine, Calibration]:
 
 
 def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, free: int, epochs: int,
-                  layers: int, max_new_tokens: int, threads: int, retrain: bool, results: str) -> dict:
+                  layers: int, max_new_tokens: int, threads: int, retrain: bool, results: str,
+                  lora_rank: int = 0) -> dict:
     """Distil (cached), train what is missing (or everything with RETRAIN), evaluate; write JSON."""
     engine, cal = target_engine(model_path, threads)
     target_dir, tok = engine.loaded.path, engine.loaded.tokenizer
@@ -43,19 +43,24 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
     for name in names:
         path = folder / name
         spec = rlp.spec_for(name, data["train"], max_new_tokens, engine.loaded.name)
+        if lora_rank and spec.kind != "classes":  # ship an adapter, rebuilt on the target at load
+            spec.backbone, spec.backbone_layers = model_path, layers
         if retrain or not (path / "predictor.json").exists():
-            model = rlp.build_model(name, spec, target_dir, layers, len(tok), tok.pad_token_id)
+            model = rlp.build_model(name, spec, target_dir, layers, len(tok), tok.pad_token_id,
+                                    lora_rank if spec.backbone else 0)
             with tqdm(total=epochs * len(data["train"]), desc=f"training {name}", unit="example") as bar:
                 history = rlp.fit(model, spec, data["train"], data["validation"], epochs=epochs,
                                   lr=3e-4 if spec.kind != "classes" else 1e-3, tick=lambda: bar.update(1))
-            lengths = sorted({n for n in (64, 256, 512, 1024, spec.max_input_tokens) if n <= spec.max_input_tokens})
-            spec.time_coefficients = rlp.profile_time(model.eval(), lengths, len(tok))
             path.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(path)
             spec.save(path)
             (path / "training.json").write_text(json.dumps(history, indent=2))
-        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+            # Timed as served (a LoRA adapter merged), for the input compression rule.
+            lengths = sorted({n for n in (64, 256, 512, 1024, spec.max_input_tokens) if n <= spec.max_input_tokens})
+            spec.time_coefficients = rlp.profile_time(load_classifier(path, spec).eval(), lengths, len(tok))
+            spec.save(path)
         spec = PredictorSpec.load(path)
+        model = load_classifier(path, spec).eval()
         full = rlp.evaluate(model, spec, data["test"])
         hidden = rlp.evaluate(model, spec, data["test"], budget=lambda n_x: spec.input_budget(prefill_budget(n_x)))
         table[name] = {"full_input": full, "compressed_input": hidden}

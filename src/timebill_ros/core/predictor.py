@@ -59,6 +59,11 @@ class PredictorSpec:
     head_tokens: int = 32  # compression keeps this many leading tokens (the instruction) + the tail
     time_coefficients: list[float] = field(default_factory=list)  # a_p, b_p, c_p of its own time (seconds)
     target_model: str = ""
+    # A predictor trained as a LoRA adapter on the target's first `backbone_layers` layers
+    # (a real target is too large to ship a copy of): the folder holds only the adapter and
+    # head; loading rebuilds the truncated backbone from `backbone` (a model spec) and merges.
+    backbone: str = ""
+    backbone_layers: int = 0
 
     @property
     def n_classes(self) -> int:
@@ -115,15 +120,55 @@ def compress(ids: list[int], budget: int, head: int) -> list[int]:
     return ids[:head] + ids[len(ids) - (budget - head):]
 
 
-class ModelLengthPredictor:
-    """A trained predictor folder (HF sequence-classification model + predictor.json)."""
+def truncated_backbone(target_dir: Path, layers: int, spec: PredictorSpec, pad_id: int | None):
+    """A sequence classifier of the target's own architecture with its first LAYERS layers and
+    the target's weights for them (the head is new): TimeBill's small LM, cut from the target.
+    Only the tensors it keeps are read from the target's safetensors."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    def __init__(self, folder: str | Path, prefill_time: Callable[[int], float] | None = None) -> None:
+    config = AutoConfig.from_pretrained(target_dir, local_files_only=True)
+    config.num_hidden_layers, config.num_labels = layers, spec.n_classes
+    config.layer_types = config.layer_types[:layers] if getattr(config, "layer_types", None) else None
+    config.pad_token_id = pad_id
+    config.problem_type = "regression" if spec.kind == "regression" else "single_label_classification"
+    torch.manual_seed(0)  # the head's initialisation
+    model = AutoModelForSequenceClassification.from_config(config)
+    wanted = set(model.state_dict())
+    with safe_open(str(target_dir / "model.safetensors"), framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys() if k in wanted}
+    missing, _ = model.load_state_dict(state, strict=False)
+    if any(not k.startswith("score.") for k in missing):
+        raise ValueError(f"the target's weights at '{target_dir}' do not fit a {type(model).__name__}: "
+                         f"missing {missing[:3]}")
+    return model
+
+
+def load_classifier(folder: Path, spec: PredictorSpec):
+    """The predictor's network: a saved model, or the target's truncated backbone with the
+    folder's LoRA adapter merged in."""
+    if not spec.backbone:
         from transformers import AutoModelForSequenceClassification
 
+        return AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
+    from peft import PeftModel
+
+    from timebill_ros.core.model import resolve_model_path
+
+    target_dir = resolve_model_path(spec.backbone)
+    config = json.loads((target_dir / "config.json").read_text())
+    base = truncated_backbone(target_dir, spec.backbone_layers, spec, config.get("pad_token_id"))
+    return PeftModel.from_pretrained(base, folder, local_files_only=True).merge_and_unload()
+
+
+class ModelLengthPredictor:
+    """A trained predictor folder (a sequence-classification model or a LoRA adapter on the
+    target's truncated backbone, + predictor.json)."""
+
+    def __init__(self, folder: str | Path, prefill_time: Callable[[int], float] | None = None) -> None:
         self.folder = Path(folder)
         self.spec = PredictorSpec.load(self.folder)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.folder, local_files_only=True).eval()
+        self.model = load_classifier(self.folder, self.spec).eval()
         self.prefill_time = prefill_time  # the target's predicted prefill time, for input compression
         self.last_input_tokens = 0
         self._lock = threading.Lock()

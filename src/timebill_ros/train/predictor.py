@@ -26,12 +26,12 @@ from typing import Callable
 import numpy as np
 import torch
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-from transformers import AutoConfig, BertConfig, BertForSequenceClassification, Qwen2ForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification
 
 from timebill_ros.core.engine import Engine
 from timebill_ros.core.jobs import CancelToken, Request
 from timebill_ros.core.model import encode_prompt
-from timebill_ros.core.predictor import PredictorSpec, compress
+from timebill_ros.core.predictor import PredictorSpec, compress, truncated_backbone
 from timebill_ros.core.timing import fit_prefill
 from timebill_ros.eval import tasks
 
@@ -107,21 +107,20 @@ def spec_for(name: str, train: list[Sample], n_max: int, target: str) -> Predict
                          target_model=target)
 
 
-def build_model(name: str, spec: PredictorSpec, target_dir: Path, layers: int, vocab: int, pad_id: int):
-    """The SLM (target's first LAYERS layers + head) or a from-scratch BERT-style encoder."""
+def build_model(name: str, spec: PredictorSpec, target_dir: Path, layers: int, vocab: int, pad_id: int,
+                lora_rank: int = 0):
+    """The SLM (the target's first LAYERS layers + head, fully trained, or with LORA_RANK > 0
+    a LoRA adapter + head, of which only the adapter is saved) or a from-scratch BERT-style encoder."""
     torch.manual_seed(0)
     if spec.kind != "classes":
-        config = AutoConfig.from_pretrained(target_dir)
-        config.num_hidden_layers, config.num_labels = layers, spec.n_classes
-        config.layer_types = config.layer_types[:layers] if getattr(config, "layer_types", None) else None
-        config.pad_token_id = pad_id
-        config.problem_type = "regression" if spec.kind == "regression" else "single_label_classification"
-        model = Qwen2ForSequenceClassification(config)
-        from safetensors.torch import load_file
+        model = truncated_backbone(target_dir, layers, spec, pad_id)
+        if not lora_rank:
+            return model
+        from peft import LoraConfig, get_peft_model
 
-        state = load_file(str(target_dir / "model.safetensors"))
-        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("lm_head")}, strict=False)
-        return model
+        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear",
+                            modules_to_save=["score"], task_type="SEQ_CLS")
+        return get_peft_model(model, config)
     config = BertConfig(vocab_size=vocab, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=512, max_position_embeddings=512, num_labels=spec.n_classes,
                         pad_token_id=pad_id)
