@@ -18,7 +18,8 @@ setup(
     ],
     # The shipped task-suite splits and the embedded default model (weights + tokenizer).
     package_data={PACKAGE: ["data/tasks/*", "models/default/*", "models/default/rlp/buckets16/*",
-                           "models/default/rlp/distill/*"]},
+                           "models/default/rlp/distill/*", "models/smollm2-tasks/*",
+                           "models/smollm2-tasks/rlp/buckets16/*", "models/smollm2-tasks/rlp/distill/*"]},
     zip_safe=False,
     maintainer="timebill_ros maintainers",
     maintainer_email="maintainers@timebill-ros.org",

@@ -51,6 +51,45 @@ def test_package_manifests():
     assert msgs.findtext("name") == "timebill_msgs" and msgs.find("export/build_type").text == "ament_cmake"
 
 
+# Top-level import name -> the rosdep key package.xml must declare for it.
+IMPORT_KEYS = {
+    "rclpy": "rclpy", "timebill_msgs": "timebill_msgs", "action_msgs": "action_msgs",
+    "builtin_interfaces": "builtin_interfaces", "diagnostic_msgs": "diagnostic_msgs",
+    "unique_identifier_msgs": "unique_identifier_msgs", "rcl_interfaces": "rcl_interfaces",
+    "ament_index_python": "ament_index_python", "launch": "launch", "launch_ros": "launch_ros",
+    "numpy": "python3-numpy", "scipy": "python3-scipy", "yaml": "python3-yaml", "click": "python3-click",
+    "tqdm": "python3-tqdm", "matplotlib": "python3-matplotlib", "sklearn": "python3-sklearn",
+    "torch": "python3-pytorch-pip", "transformers": "python3-transformers-pip",
+    "tokenizers": "python3-tokenizers-pip", "safetensors": "python3-safetensors-pip", "peft": "python3-peft-pip",
+    "torchao": "python3-torchao-pip", "rosbags": "python3-rosbags-pip", "rouge_score": "python3-rouge-score-pip",
+    "rapidfuzz": "python3-rapidfuzz-pip",
+}
+
+
+def imported_names(folders: list[Path]) -> set[str]:
+    """Top-level modules imported anywhere in the Python files under FOLDERS (not the stdlib, not ours)."""
+    import sys
+
+    names = set()
+    for folder in folders:
+        for path in folder.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names.update(a.name.split(".")[0] for a in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"timebill_ros", "__future__"}
+
+
+def test_package_xml_declares_every_run_dependency_the_installed_code_imports():
+    declared = {e.text for e in ET.parse(REPO / "package.xml").getroot().iter("exec_depend")}
+    imported = imported_names([REPO / "src" / "timebill_ros", REPO / "launch"])
+    unmapped = imported - set(IMPORT_KEYS)
+    assert not unmapped, f"new imports {unmapped}: add their rosdep key to package.xml and IMPORT_KEYS"
+    missing = {IMPORT_KEYS[name] for name in imported} - declared
+    assert not missing, f"package.xml lacks <exec_depend> for {missing}"
+
+
 def test_console_scripts_are_declared():
     source = (REPO / "setup.py").read_text()
     assert "timebill_node = timebill_ros.node.main:main" in source
