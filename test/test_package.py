@@ -13,7 +13,7 @@ from timebill_ros.node.params import NodeParams
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_launch_file_starts_timebill_node_with_the_params_file():
+def test_launch_file_starts_timebill_node_and_every_argument_reaches_it():
     source = (REPO / "launch" / "timebill.launch.py").read_text()
     tree = ast.parse(source)
     funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
@@ -23,10 +23,23 @@ def test_launch_file_starts_timebill_node_with_the_params_file():
     kwargs = {k.arg: k.value for k in node_calls[0].keywords}
     assert ast.literal_eval(kwargs["package"]) == "timebill_ros"
     assert ast.literal_eval(kwargs["executable"]) == "timebill_node"
-    assert "parameters" in kwargs
     assert '"config", "timebill.yaml"' in source and "get_package_share_directory(\"timebill_ros\")" in source
     imports = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert {"launch", "launch_ros.actions"} <= imports
+
+    def configurations(node) -> set[str]:
+        return {ast.literal_eval(c.args[0]) for c in ast.walk(node)
+                if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "LaunchConfiguration"}
+
+    declared = {ast.literal_eval(c.args[0]) for c in ast.walk(tree)
+                if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "DeclareLaunchArgument"}
+    # Each argument lands in the Node field that gives it its meaning.
+    reaches = {"params_file": "parameters", "use_sim_time": "parameters", "namespace": "namespace",
+               "node_name": "name", "log_level": "arguments"}
+    assert declared == set(reaches)
+    for argument, field in reaches.items():
+        assert argument in configurations(kwargs[field]), (argument, field)
+    assert "--log-level" in ast.unparse(kwargs["arguments"])
 
 
 def test_params_file_sets_every_node_parameter_and_nothing_else():
