@@ -261,3 +261,48 @@ def test_kill_policy_discards_a_late_answer():
     assert apply_overrun_policy(late, OverrunPolicy.SKIP_NEXT) is late
     ok = Result(Status.SUCCEEDED, text="hi")
     assert apply_overrun_policy(ok, OverrunPolicy.KILL) is ok
+
+
+# ------------------------------------------------------------- output control
+def test_temperature_zero_is_greedy_and_a_seed_repeats_its_draw(engine):
+    from timebill_ros.core.jobs import Sampling
+
+    def text(sampling):
+        request = Request(ids(120), budget=30.0, max_new_tokens=24, ignore_eos=True, sampling=sampling)
+        return engine.run(request, CancelToken()).token_ids
+
+    greedy = text(Sampling())
+    assert text(Sampling(temperature=0.0, top_p=0.5, seed=3)) == greedy  # temperature 0 ignores the rest
+    hot = Sampling(temperature=5.0, top_p=1.0, seed=11)
+    assert text(hot) == text(hot)  # the same seed, the same draw
+    draws = {tuple(text(Sampling(temperature=5.0, seed=s))) for s in range(4)}
+    assert len(draws) > 1 and tuple(greedy) not in draws  # a hot random model does not follow argmax
+
+
+def test_top_p_keeps_only_the_head_of_the_distribution():
+    import torch
+
+    from timebill_ros.core.jobs import Sampling
+    from timebill_ros.core.sampling import TokenChooser
+
+    logits = torch.log(torch.tensor([0.6, 0.3, 0.05, 0.05]))
+    chooser = TokenChooser(Sampling(temperature=1.0, top_p=0.8, seed=0))
+    assert {chooser(logits) for _ in range(300)} == {0, 1}  # 0.6 + 0.3 covers 0.8; the tail is cut
+    assert {TokenChooser(Sampling(1.0, 0.5, 0))(logits) for _ in range(50)} == {0}
+
+
+def test_a_stop_string_ends_the_response_like_eos(engine):
+    from timebill_ros.core.sampling import StopStrings
+
+    full = engine.run(Request(ids(120), budget=30.0, max_new_tokens=30, ignore_eos=False), CancelToken())
+    tokenizer = engine.loaded.tokenizer
+    # A stop string taken from the middle of the greedy answer.
+    pieces = [tokenizer.decode(full.token_ids[:i], skip_special_tokens=True) for i in range(1, len(full.token_ids))]
+    cut = next(i for i, p in enumerate(pieces) if len(p.strip()) >= 4 and i >= 3)
+    stop = tokenizer.decode(full.token_ids[cut:cut + 2], skip_special_tokens=True)
+    assert stop.strip(), "the greedy answer has no text to stop on"
+    stopped = engine.run(Request(ids(120), budget=30.0, max_new_tokens=30, stop=(stop,)), CancelToken())
+    assert stopped.status is Status.SUCCEEDED
+    assert len(stopped.token_ids) < len(full.token_ids)  # decoding stopped early, not just the text cut
+    assert stop not in stopped.text and full.text.startswith(stopped.text)
+    assert stopped.text == StopStrings(tokenizer, (stop,)).cut(full.text)

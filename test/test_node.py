@@ -40,6 +40,25 @@ def test_success_streams_feedback_with_the_plan(node):
     assert r.total_time > 0 and r.deadline_margin < 0
 
 
+def test_output_control_through_the_action(node):
+    proc, client = node
+
+    def call(**fields):
+        r = client.call(client.goal("What is in the hallway?", budget=20.0, max_new_tokens=16, **fields)).result
+        assert r.status == R(client).SUCCEEDED, r.status_reason
+        return r
+
+    greedy = call()
+    assert call(temperature=0.0, seed=5).text == greedy.text  # temperature 0 is today's greedy output
+    hot = {"temperature": 3.0, "top_p": 0.95, "seed": 1234}
+    assert call(**hot).text == call(**hot).text  # the same seed gives the same text
+    stop = greedy.text[len(greedy.text) // 2:][:3]  # the random test model may answer in whitespace: fine
+    assert stop, greedy
+    stopped = call(stop=[stop])
+    assert stop not in stopped.text and greedy.text.startswith(stopped.text)
+    assert stopped.response_tokens < greedy.response_tokens  # decoding ended there, not only the text
+
+
 BAD_GOALS = [
     ({"prompt": ""}, "empty prompt"),
     ({"budget": 0.0}, "budget"),
@@ -52,6 +71,8 @@ BAD_GOALS = [
     ({"chat_roles": ["user"], "chat_contents": []}, "chat_roles"),
     ({"prompt": "", "chat_roles": ["robot"], "chat_contents": ["hi"]}, "unknown chat role"),
     ({"on_infeasible": "hope"}, "on_infeasible"),
+    ({"temperature": -0.0, "top_p": 2.0}, "top_p must be in"),
+    ({"stop": ["a"] * 9}, "at most 8"),
 ]
 # A NUL cannot reach the server: ROS strings end at the first NUL (the core still rejects one).
 

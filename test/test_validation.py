@@ -55,6 +55,13 @@ def test_overrides_are_taken():
         ({"chat_roles": ["user"], "chat_contents": []}, "chat_roles"),
         ({"prompt": "", "chat_roles": ["robot"], "chat_contents": ["hi"]}, "unknown chat role"),
         ({"chat_roles": ["user"], "chat_contents": ["hi"]}, "either prompt or chat"),
+        ({"temperature": 101.0}, "temperature must be in"),
+        ({"temperature": math.inf}, "temperature must be finite"),
+        ({"top_p": 1.5}, "top_p must be in"),
+        ({"top_p": 0.0}, "top_p must be > 0"),
+        ({"stop": [""]}, "stop strings must be 1..256"),
+        ({"stop": ["x" * 257]}, "stop strings must be 1..256"),
+        ({"stop": ["a"] * 9}, "at most 8"),
     ],
 )
 def test_bad_goals_are_rejected_with_a_reason(fields, words):
@@ -66,6 +73,21 @@ def test_context_room_counts_the_response():
     limits = Limits(max_prompt_tokens=1000, context_limit=100, max_new_tokens=64)
     with pytest.raises(InvalidGoal, match="context 100 minus max_new_tokens 64"):
         build_request(Goal(prompt="x" * 40, budget=1.0, max_new_tokens=64), limits, encode, 0.0)
+
+
+def test_output_control_defaults_come_from_the_node_and_goals_override_them():
+    from timebill_ros.core.jobs import Sampling
+
+    node = Limits(max_prompt_tokens=100, context_limit=256, system_prompt="SYS:", temperature=0.7, top_p=0.9)
+    plain, _ = build_request(Goal(prompt="hi", budget=1.0), node, encode, 0.0)
+    assert plain.prompt_ids == list(b"SYS:hi") and plain.sampling == Sampling(0.7, 0.9, -1) and plain.stop == ()
+    own, _ = build_request(Goal(prompt="hi", budget=1.0, system_prompt="mine:", temperature=0.0, top_p=1.0,
+                                seed=7, stop=["\n"]), node, encode, 0.0)
+    assert own.prompt_ids == list(b"mine:hi") and own.sampling == Sampling(0.0, 1.0, 7) and own.stop == ("\n",)
+    # A chat that brings its own system message keeps it, and only it.
+    chat, _ = build_request(Goal(chat_roles=["system", "user"], chat_contents=["S", "hi"], budget=1.0), node,
+                            encode, 0.0)
+    assert chat.prompt_ids == list(b"Shi")
 
 
 def test_chat_messages_are_accepted():

@@ -18,6 +18,7 @@ def make_goal(prompt: str, budget: float, overrides: dict):
 
     from timebill_msgs.action import TimedGenerate
 
+    overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}  # click's multiple
     goal = TimedGenerate.Goal(prompt=prompt, **overrides)
     if math.isfinite(budget) and budget > 0:
         sec = int(budget)

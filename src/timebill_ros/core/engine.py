@@ -21,6 +21,7 @@ from timebill_ros.core.model import LoadedModel
 from timebill_ros.core.online import OnlineTiming, PhaseWork, TimingSnapshot
 from timebill_ros.core.planner import Plan, plan
 from timebill_ros.core.predictor import LengthPredictor
+from timebill_ros.core.sampling import StopStrings, TokenChooser
 from timebill_ros.core.timing import TimingModel
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,8 @@ class _Job:
         self.done = False
         self.tokens: list[int] = []
         self.kept = len(request.prompt_ids)
+        self.choose = TokenChooser(request.sampling)
+        self.stops = StopStrings(engine.loaded.tokenizer, request.stop)
         self.snapshot = engine.planning_snapshot()  # one timing model for all of this job's plans
         self.timing = self.snapshot.timing
         self.prefill_work, self.decode_work = PhaseWork(), PhaseWork()  # for the online timing model
@@ -305,21 +308,27 @@ class _Job:
         position = len(self.request.prompt_ids)
         period, last_event = self.engine.config.event_period, 0.0
         try:
-            token = int(logits.argmax(-1))
+            token = self.choose(logits)
             while True:
                 self.tokens.append(token)
-                if len(self.tokens) >= self.request.max_new_tokens or (token in eos and not self.request.ignore_eos):
+                if len(self.tokens) >= self.request.max_new_tokens or self.ends_response(token, eos):
                     break
                 _raise_if_cancelled(self.cancel)
                 if time.monotonic() - last_event >= period:
                     self.event("decode")
                     last_event = time.monotonic()
                 step_started = time.monotonic()
-                token = int(self.engine.decode_step(cache, token, position).argmax(-1))
+                token = self.choose(self.engine.decode_step(cache, token, position))
                 self.count_step(time.monotonic() - step_started)
                 position += 1
         finally:
             self.timings.decode = time.monotonic() - t0
+
+    def ends_response(self, token: int, eos: set[int]) -> bool:
+        """EOS or a stop string ends the response (benchmarks may ignore both)."""
+        if self.request.ignore_eos:
+            return False
+        return token in eos or self.stops.hit(self.tokens)
 
     def finish(self, status: Status, reason: str) -> Result:
         self.done = True  # a predictor thread still running stays quiet from now on
@@ -332,7 +341,7 @@ class _Job:
         return Result(
             status=status,
             reason=reason,
-            text=tokenizer.decode(self.tokens, skip_special_tokens=True) if keep_text else "",
+            text=self.stops.cut(tokenizer.decode(self.tokens, skip_special_tokens=True)) if keep_text else "",
             token_ids=list(self.tokens) if keep_text else [],
             prompt_tokens=len(self.request.prompt_ids),
             kept_prompt_tokens=self.kept,

@@ -65,6 +65,17 @@ class CancelToken:
         return self._event.wait(timeout)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How each response token is chosen. temperature 0 is greedy (argmax, as the paper);
+    otherwise softmax(logits / temperature) cut to the smallest set of tokens holding
+    top_p of the probability, drawn with a generator seeded by `seed` (negative: unseeded)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = -1
+
+
 @dataclass
 class Request:
     """One generation job as the engine sees it (already validated and tokenized)."""
@@ -78,6 +89,10 @@ class Request:
     fixed_alpha: float | None = None  # baselines: a fixed ratio instead of the planner's
     on_infeasible: OnInfeasible = OnInfeasible.BEST_EFFORT
     ignore_eos: bool = False  # benchmarks: run to max_new_tokens (the worst case) whatever the tokens
+    # The response ends at the first of these strings, like at EOS (the string is not kept).
+    # The plan is unchanged: it bounds the length, whatever ends the response.
+    stop: tuple[str, ...] = ()
+    sampling: Sampling = field(default_factory=Sampling)
 
     @property
     def deadline(self) -> float:

@@ -9,10 +9,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from timebill_ros.core.jobs import OnInfeasible, OverrunPolicy, Request
+from timebill_ros.core.jobs import OnInfeasible, OverrunPolicy, Request, Sampling
 
 ROLES = ("system", "user", "assistant")
 MAX_PROMPT_CHARS = 1_000_000  # refuse to even tokenize beyond this (about 250k tokens)
+MAX_STOP_STRINGS, MAX_STOP_CHARS = 8, 256  # each checked on every decode step
 
 
 class InvalidGoal(ValueError):
@@ -31,6 +32,9 @@ class Limits:
     alpha_max: float = 0.95
     overrun_policy: OverrunPolicy = OverrunPolicy.KILL
     on_infeasible: OnInfeasible = OnInfeasible.BEST_EFFORT
+    system_prompt: str = ""  # put first when a goal brings no system message of its own
+    temperature: float = 0.0
+    top_p: float = 1.0
 
 
 @dataclass
@@ -47,10 +51,16 @@ class Goal:
     fixed_alpha: float = -1.0
     overrun_policy: str = ""
     on_infeasible: str = ""
+    system_prompt: str = ""  # "" = the node's system_prompt
+    stop: Sequence[str] = field(default_factory=list)
+    temperature: float = -1.0  # negative = the node's; 0 = greedy
+    top_p: float = -1.0  # negative = the node's
+    seed: int = -1  # negative = unseeded sampling
 
 
-def messages_of(goal: Goal) -> list[dict[str, str]]:
-    """The chat messages a goal asks for (one user turn for a plain prompt)."""
+def messages_of(goal: Goal, system_prompt: str = "") -> list[dict[str, str]]:
+    """The chat messages a goal asks for (one user turn for a plain prompt), after the goal's
+    system prompt, else SYSTEM_PROMPT, unless the messages hold a system message already."""
     roles, contents = list(goal.chat_roles), list(goal.chat_contents)
     if len(roles) != len(contents):
         raise InvalidGoal(f"chat_roles has {len(roles)} entries but chat_contents has {len(contents)}")
@@ -68,7 +78,31 @@ def messages_of(goal: Goal) -> list[dict[str, str]]:
         raise InvalidGoal("prompt contains a NUL character")
     if len(text) > MAX_PROMPT_CHARS:
         raise InvalidGoal(f"prompt of {len(text)} characters is over the {MAX_PROMPT_CHARS} character limit")
-    return [{"role": r, "content": c} for r, c in zip(roles, contents)]
+    messages = [{"role": r, "content": c} for r, c in zip(roles, contents)]
+    system = goal.system_prompt or system_prompt
+    if system and "system" not in roles:
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def sampling_of(goal: Goal, limits: Limits) -> Sampling:
+    """Temperature and top_p (the node's when negative) and the seed, checked."""
+    temperature = _override(goal.temperature, limits.temperature, "temperature", 0.0, 100.0, False)
+    top_p = _override(goal.top_p, limits.top_p, "top_p", 0.0, 1.0, False)
+    if top_p == 0.0:
+        raise InvalidGoal("top_p must be > 0 (1 keeps the whole distribution)")
+    return Sampling(float(temperature), float(top_p), int(goal.seed))
+
+
+def stops_of(goal: Goal) -> tuple[str, ...]:
+    """The stop strings, checked: a few, each non-empty and short."""
+    stops = tuple(goal.stop)
+    if len(stops) > MAX_STOP_STRINGS:
+        raise InvalidGoal(f"{len(stops)} stop strings; at most {MAX_STOP_STRINGS}")
+    for s in stops:
+        if not s or len(s) > MAX_STOP_CHARS:
+            raise InvalidGoal(f"stop strings must be 1..{MAX_STOP_CHARS} characters, got {s!r}"[:200])
+    return stops
 
 
 def _override(value: float, default: float, name: str, low: float, high: float, high_open: bool) -> float:
@@ -99,7 +133,8 @@ def build_request(
     fixed = _override(goal.fixed_alpha, -1.0, "fixed_alpha", 0.0, 1.0, True)
     policy = _choice(goal.overrun_policy, limits.overrun_policy, OverrunPolicy, "overrun_policy")
     on_infeasible = _choice(goal.on_infeasible, limits.on_infeasible, OnInfeasible, "on_infeasible")
-    ids = encode(messages_of(goal))
+    sampling, stop = sampling_of(goal, limits), stops_of(goal)
+    ids = encode(messages_of(goal, limits.system_prompt))
     room = min(limits.max_prompt_tokens, limits.context_limit - max_new)
     if len(ids) > room:
         raise InvalidGoal(
@@ -116,6 +151,8 @@ def build_request(
         alpha_max=float(alpha_max),
         fixed_alpha=None if fixed < 0 else float(fixed),
         on_infeasible=on_infeasible,
+        stop=stop,
+        sampling=sampling,
     )
     return request, policy
 

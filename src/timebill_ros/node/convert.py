@@ -21,6 +21,11 @@ def goal_from_msg(msg: TimedGenerate.Goal) -> Goal:
         fixed_alpha=float(msg.fixed_alpha),
         overrun_policy=msg.overrun_policy,
         on_infeasible=msg.on_infeasible,
+        system_prompt=msg.system_prompt,
+        stop=list(msg.stop),
+        temperature=float(msg.temperature),
+        top_p=float(msg.top_p),
+        seed=int(msg.seed),
     )
 
 

@@ -58,6 +58,11 @@ class NodeParams:
     prefill_chunk: int = _p(512, "tokens per prefill forward; >= snapkv_window", low=1, high=BIG)
     overrun_policy: str = _p("kill", "kill | skip_next (paper section 5)", choices=("kill", "skip_next"), runtime=True)
     on_infeasible: str = _p("best_effort", "reject | best_effort", choices=("reject", "best_effort"), runtime=True)
+    system_prompt: str = _p("", "system message put first when a goal brings none ('' = none)", runtime=True)
+    temperature: float = _p(0.0, "0 = greedy (the paper's decoding); > 0 samples (goals may override)", low=0.0,
+                            high=100.0, runtime=True)
+    top_p: float = _p(1.0, "nucleus sampling mass when temperature > 0 (goals may override)", low=0.001, high=1.0,
+                      runtime=True)
     online_timing: bool = _p(True, "plan with the calibration scaled by the machine's live slow-down, measured on "
                              "served goals (false: the calibration as stored, as in the paper)", runtime=True)
     online_window: int = _p(5, "goals the live slow-down is estimated over (second-largest per-goal ratio)",
@@ -111,6 +116,9 @@ class NodeParams:
             alpha_max=self.alpha_max,
             overrun_policy=OverrunPolicy(self.overrun_policy),
             on_infeasible=OnInfeasible(self.on_infeasible),
+            system_prompt=self.system_prompt,
+            temperature=self.temperature,
+            top_p=self.top_p,
         )
 
     def engine_config(self) -> EngineConfig:
