@@ -502,3 +502,87 @@ def test_run_time_parameters_change_over_the_parameter_services(slow_model_dir, 
     assert run.result.prefill_slowdown == run.result.decode_slowdown == 1.0
     # The next goal plans with the new k: N_W = 3 x the fixed N_hat of 32.
     assert run.result.worst_case_response_tokens == 96, run.result
+
+
+# ------------------------------------------------------------------ lifecycle
+def _lifecycle(node_name: str, transition: int | None = None):
+    """(transition accepted or None, state label after it) over the node's lifecycle services."""
+    import rclpy
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from rclpy.executors import SingleThreadedExecutor
+
+    helper = rclpy.create_node("lifecycle_caller")
+    executor = SingleThreadedExecutor()
+    executor.add_node(helper)
+    try:
+        accepted = None
+        if transition is not None:
+            change = helper.create_client(ChangeState, f"/{node_name}/change_state")
+            assert change.wait_for_service(timeout_sec=30)
+            future = change.call_async(ChangeState.Request(transition=Transition(id=transition)))
+            executor.spin_until_future_complete(future, timeout_sec=120)
+            accepted = future.result().success
+        get = helper.create_client(GetState, f"/{node_name}/get_state")
+        assert get.wait_for_service(timeout_sec=30)
+        future = get.call_async(GetState.Request())
+        executor.spin_until_future_complete(future, timeout_sec=30)
+        return accepted, future.result().current_state.label
+    finally:
+        executor.shutdown()
+        helper.destroy_node()
+
+
+def test_every_lifecycle_transition_and_goals_in_each_state(slow_model_dir, calibration, tmp_path, rclpy_context):
+    from lifecycle_msgs.msg import Transition as T
+
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="life", action_name="life/generate",
+                      autostart=False, ros_args=("-r", "__node:=life_node"))
+    client = Client("life/generate")
+
+    def goal(**fields):
+        return client.call(client.goal("hello", budget=20.0, max_new_tokens=8, **fields)).result
+
+    try:
+        assert client.wait_for_server(), proc.log()
+        assert _lifecycle("life_node") == (None, "unconfigured")
+        unconfigured = goal()
+        assert _lifecycle("life_node", T.TRANSITION_CONFIGURE) == (True, "inactive")
+        inactive = goal()
+        assert _lifecycle("life_node", T.TRANSITION_ACTIVATE) == (True, "active")
+        served = goal()
+        long_run = client.send(client.goal(LONG_PROMPT, budget=60.0, max_new_tokens=512))
+        time.sleep(0.5)  # in prefill or decode
+        assert _lifecycle("life_node", T.TRANSITION_DEACTIVATE) == (True, "inactive")
+        client.wait(long_run, timeout=60)
+        deactivated = goal()
+        assert _lifecycle("life_node", T.TRANSITION_CLEANUP) == (True, "unconfigured")
+        assert _lifecycle("life_node", T.TRANSITION_UNCONFIGURED_SHUTDOWN) == (True, "finalized")
+    finally:
+        client.close()
+        assert proc.stop() == 0, proc.log()
+    assert unconfigured.status == R(client).REJECTED and "not configured" in unconfigured.status_reason
+    assert inactive.status == R(client).REJECTED and "is inactive, not active" in inactive.status_reason
+    assert served.status == R(client).SUCCEEDED, served.status_reason
+    held = long_run.result
+    assert held.status == R(client).REJECTED and held.status_reason == "node deactivated", held.status_reason
+    assert deactivated.status == R(client).REJECTED and "life_node activate" in deactivated.status_reason
+
+
+def test_a_failing_configure_leaves_the_node_unconfigured_with_the_reason(slow_model_dir, calibration, tmp_path,
+                                                                         rclpy_context):
+    from lifecycle_msgs.msg import Transition as T
+
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="badlife", action_name="badlife/generate",
+                      autostart=False, model_path="/nonexistent/model", ros_args=("-r", "__node:=badlife_node"))
+    client = Client("badlife/generate")
+    try:
+        assert client.wait_for_server(), proc.log()
+        assert _lifecycle("badlife_node", T.TRANSITION_CONFIGURE) == (False, "unconfigured")
+        refused = client.call(client.goal("hello", budget=5.0)).result
+        assert proc.proc.poll() is None  # still up, waiting for a configure that can work
+    finally:
+        client.close()
+        assert proc.stop() == 0, proc.log()
+    assert refused.status == R(client).REJECTED
+    assert "no model at '/nonexistent/model'" in refused.status_reason, refused.status_reason

@@ -8,12 +8,13 @@ def health_status(node) -> DiagnosticStatus:
     """One DiagnosticStatus from the server's state (ERROR when it cannot promise budgets)."""
     with node._lock:
         queue_depth, running, stats = len(node._queue), node._running is not None, dict(node.stats)
-    cal = node.calibration
+    cal, loaded = node.calibration, node.loaded
     values = {
-        "model": node.loaded.name,
+        "lifecycle_state": node.lifecycle_state(),
+        "model": loaded.name if loaded else node.params.model_path,
         "device": "cpu",
-        "dtype": node.loaded.dtype,
-        "threads": node.loaded.threads,
+        "dtype": loaded.dtype if loaded else node.params.dtype,
+        "threads": loaded.threads if loaded else node.params.threads,
         "calibration": str(node.calibration_file),
         "calibration_age_s": f"{cal.age_seconds():.0f}" if cal else "none",
         "queue_depth": queue_depth,
@@ -24,14 +25,17 @@ def health_status(node) -> DiagnosticStatus:
         "last_alpha": f"{stats['last_alpha']:.3f}",
         "last_wcet_s": f"{stats['last_wcet']:.3f}",
     }
-    online = node.engine.online
+    online = node.engine.online if node.engine else None
     drift = online.out_of_band() if online else []
     if online:
         values.update({"online_timing": online.enabled, "prefill_slowdown": f"{online.factor('prefill'):.3f}",
                        "decode_slowdown": f"{online.factor('decode'):.3f}",
                        "slowdown_goals": min(online.observations(p) for p in ("prefill", "decode"))})
-    if node.not_ready:
-        level, message = DiagnosticStatus.ERROR, node.not_ready
+    refusal = node.refusal()
+    if refusal:
+        # Inactive or shutting down is a state; no model or no calibration is a fault.
+        fault = node.engine is None or bool(node.not_ready)
+        level, message = DiagnosticStatus.ERROR if fault else DiagnosticStatus.WARN, refusal
     elif drift:
         level, message = DiagnosticStatus.WARN, "timing drift: " + "; ".join(drift)
     elif queue_depth >= node.params.max_queue:
@@ -40,7 +44,7 @@ def health_status(node) -> DiagnosticStatus:
         level, message = DiagnosticStatus.OK, "serving"
     return DiagnosticStatus(
         level=level, name=f"{node.get_name()}: time-budgeted inference", message=message,
-        hardware_id=node.loaded.name, values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+        hardware_id=str(values["model"]), values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
     )
 
 

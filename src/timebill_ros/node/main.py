@@ -14,11 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     """Start the action server and spin until SIGINT/SIGTERM."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.signals import SignalHandlerOptions
 
-    from timebill_ros.core.eviction import UnsupportedModelError
-    from timebill_ros.core.model import ModelLoadError
-    from timebill_ros.core.predictor import PredictorLoadError
     from timebill_ros.node.params import InvalidParameter
     from timebill_ros.node.server import TimeBillServer
 
@@ -26,10 +24,19 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = TimeBillServer()
-    except (ModelLoadError, PredictorLoadError, UnsupportedModelError, InvalidParameter) as exc:
+    except InvalidParameter as exc:
         print(f"timebill_node: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    # autostart: configure and activate now, as a plain node would start; a model that cannot
+    # load then ends the process (exit 2) rather than leaving a node nobody will configure.
+    if node.params.autostart:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            print(f"timebill_node: {node.configure_error}", file=sys.stderr)
+            node.destroy_node()
+            rclpy.try_shutdown()
+            return 2
+        node.trigger_activate()
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
 

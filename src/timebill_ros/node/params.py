@@ -63,6 +63,8 @@ class NodeParams:
                             high=100.0, runtime=True)
     top_p: float = _p(1.0, "nucleus sampling mass when temperature > 0 (goals may override)", low=0.001, high=1.0,
                       runtime=True)
+    autostart: bool = _p(True, "configure and activate at start; false waits for a lifecycle manager "
+                         "(ros2 lifecycle set)")
     online_timing: bool = _p(True, "plan with the calibration scaled by the machine's live slow-down, measured on "
                              "served goals (false: the calibration as stored, as in the paper)", runtime=True)
     online_window: int = _p(5, "goals the live slow-down is estimated over (second-largest per-goal ratio)",

@@ -1,8 +1,15 @@
-"""timebill_node: the TimedGenerate action server.
+"""timebill_node: the TimedGenerate action server, a lifecycle (managed) node.
 
 Thin by design: it validates goals, keeps them in order, runs one at a time through
 the core engine, turns engine events into feedback, and enforces deadlines with a
 timer at the control rate. All timing, planning and eviction live in the core.
+
+Lifecycle: configure loads the model, calibration and predictor (a failure leaves the
+node unconfigured, with the reason logged); activate serves goals; deactivate aborts the
+held goals (REJECTED, "node deactivated") and rejects new ones with the reason; cleanup
+and shutdown release the model. The action server and topics exist in every state, so a
+goal sent to an inactive node gets REJECTED with the reason instead of no answer. With
+`autostart` (default) the node configures and activates itself at start.
 
 Goal life cycle:
   accepted -> (bad input | queue full | skip-next overrun) -> finished at once, REJECTED/SKIPPED
@@ -28,7 +35,7 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from unique_identifier_msgs.msg import UUID
 
 from timebill_msgs.action import TimedGenerate
@@ -36,11 +43,12 @@ from timebill_msgs.msg import Request as RequestMsg
 from timebill_msgs.msg import ResultRecord
 from timebill_ros.core.calibration import Calibration, CalibrationError, CalibrationKey, default_calibration_path
 from timebill_ros.core.engine import Engine
+from timebill_ros.core.eviction import UnsupportedModelError
 from timebill_ros.core.jobs import CancelToken, Event, OverrunPolicy, Request, Result, Status
-from timebill_ros.core.model import encode_prompt, load_model
+from timebill_ros.core.model import ModelLoadError, encode_prompt, load_model
 from timebill_ros.core.online import online_timing_from
 from timebill_ros.core.policy import apply_overrun_policy
-from timebill_ros.core.predictor import check_target, load_predictor
+from timebill_ros.core.predictor import PredictorLoadError, check_target, load_predictor
 from timebill_ros.core.timing import TimingModel, prefill_kill_warning
 from timebill_ros.core.validation import InvalidGoal, build_request
 from timebill_ros.node.convert import feedback_msg, goal_from_msg, goal_from_request, record_msg, result_msg
@@ -89,25 +97,21 @@ class TopicGoalHandle:
     abort = canceled = succeed
 
 
-class TimeBillServer(Node):
+# What configure may fail with; the message names the cause and the fix.
+CONFIGURE_ERRORS = (ModelLoadError, PredictorLoadError, UnsupportedModelError)
+NOT_CONFIGURED = "node not configured: no model loaded (ros2 lifecycle set <node> configure)"
+
+
+class TimeBillServer(LifecycleNode):
     """The action server node."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__("timebill_node", **kwargs)
         self.params = NodeParams.declare(self)
         self.params.validate()  # before the model loads: a bad value costs no loading time
-        self.loaded = load_model(self.params.model_path, dtype=self.params.dtype, threads=self.params.threads,
-                                 quantization=self.params.quantization)
-        self.calibration, self.not_ready = self._load_calibration()
-        timing = self.calibration.planning_timing() if self.calibration else TimingModel(0.0, 0.0, 0.0, 0.0, 0.0)
-        predictor = load_predictor(self.params.predictor_path, timing.prefill, self.params.fixed_prediction_tokens)
-        check_target(predictor, self.loaded.name)
-        self.engine = Engine(self.loaded, timing, predictor, self.params.engine_config())
-        if self.calibration:
-            self.engine.online = online_timing_from(self.calibration, window=self.params.online_window,
-                                                    enabled=self.params.online_timing)
-        self.engine.warm_up()
-        self.limits = self.params.limits(self.loaded.context_limit)
+        self.loaded = self.engine = self.calibration = self.calibration_file = None
+        self.limits = self.params.limits(0)
+        self.not_ready, self.configure_error, self._active = NOT_CONFIGURED, "", False
         self._lock = threading.Lock()
         self._tokenizer_lock = threading.Lock()
         self._queue: deque[GoalJob] = deque()
@@ -143,10 +147,71 @@ class TimeBillServer(Node):
             1.0 / self.params.diagnostics_rate_hz, lambda: publish_health(self, self._diagnostics),
             callback_group=MutuallyExclusiveCallbackGroup(), clock=self._steady,
         )
+
+    # ------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the model, calibration and predictor; a failure leaves the node unconfigured."""
+        try:
+            self._load()
+        except CONFIGURE_ERRORS as exc:
+            self.configure_error = str(exc)
+            self.get_logger().error(f"configure failed: {exc}")
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        self.configure_error = ""
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Serve goals."""
+        self._active = True
         self.get_logger().info(
             f"serving '{self.params.action_name}' with model {self.loaded.name} ({self.loaded.dtype}, "
             f"{self.loaded.threads} threads), control rate {self.params.control_rate_hz} Hz"
         )
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop serving: held goals end REJECTED with the reason, new ones are rejected."""
+        self._active = False
+        self._abort_held("node deactivated")
+        self.wait_idle(timeout=5.0)
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release the model (back to unconfigured)."""
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Abort held goals and release the model."""
+        self.shutdown()
+        self.wait_idle(timeout=2.0)
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def lifecycle_state(self) -> str:
+        """The current lifecycle state's label (unconfigured, inactive, active, finalized)."""
+        return self._state_machine.current_state[1]
+
+    def _load(self) -> None:
+        self.loaded = load_model(self.params.model_path, dtype=self.params.dtype, threads=self.params.threads,
+                                 quantization=self.params.quantization)
+        self.calibration, self.not_ready = self._load_calibration()
+        timing = self.calibration.planning_timing() if self.calibration else TimingModel(0.0, 0.0, 0.0, 0.0, 0.0)
+        predictor = load_predictor(self.params.predictor_path, timing.prefill, self.params.fixed_prediction_tokens)
+        check_target(predictor, self.loaded.name)
+        self.engine = Engine(self.loaded, timing, predictor, self.params.engine_config())
+        if self.calibration:
+            self.engine.online = online_timing_from(self.calibration, window=self.params.online_window,
+                                                    enabled=self.params.online_timing)
+        self.engine.warm_up()
+        self.limits = self.params.limits(self.loaded.context_limit)
+
+    def _release(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.loaded = self.engine = self.calibration = None
+        self.not_ready = NOT_CONFIGURED
 
     # ------------------------------------------------------------ start-up
     def _load_calibration(self) -> tuple[Calibration | None, str]:
@@ -198,10 +263,11 @@ class TimeBillServer(Node):
             return SetParametersResult(successful=False, reason=str(exc))
         with self._lock:
             self.params = candidate
-            self.limits = candidate.limits(self.loaded.context_limit)
-            self.engine.config.event_period = 1.0 / candidate.control_rate_hz
-            if self.engine.online is not None:
-                self.engine.online.enabled = candidate.online_timing
+            if self.engine is not None:
+                self.limits = candidate.limits(self.loaded.context_limit)
+                self.engine.config.event_period = 1.0 / candidate.control_rate_hz
+                if self.engine.online is not None:
+                    self.engine.online.enabled = candidate.online_timing
             if "control_rate_hz" in updates:
                 self._timer.timer_period_ns = int(1e9 / candidate.control_rate_hz)
                 self._timer.reset()
@@ -241,8 +307,9 @@ class TimeBillServer(Node):
 
     def _prepare(self, job: GoalJob) -> None:
         """Validate and tokenize; on failure the job gets its early REJECTED result."""
-        if self.not_ready or self._shutting_down:
-            job.early = self._early(job, Status.REJECTED, self.not_ready or "node shutting down")
+        refusal = self.refusal()
+        if refusal:
+            job.early = self._early(job, Status.REJECTED, refusal)
             return
         try:
             job.request, job.policy = build_request(
@@ -254,6 +321,17 @@ class TimeBillServer(Node):
             job.early = self._early(job, Status.REJECTED, f"could not prepare the goal: {type(exc).__name__}: {exc}")
         if job.early is not None:
             self.get_logger().warning(job.early.reason)
+
+    def refusal(self) -> str:
+        """Why no goal can be served now ("" when goals are served)."""
+        if self._shutting_down:
+            return "node shutting down"
+        if self.engine is None:
+            return self.configure_error and f"node not configured: {self.configure_error}" or NOT_CONFIGURED
+        if not self._active:
+            return (f"node is {self.lifecycle_state()}, not active: goals are not served "
+                    f"(ros2 lifecycle set {self.get_fully_qualified_name()} activate)")
+        return self.not_ready
 
     def _encode(self, messages: list[dict[str, str]]) -> list[int]:
         with self._tokenizer_lock:  # HF fast tokenizers are not safe to share across threads
@@ -369,10 +447,13 @@ class TimeBillServer(Node):
     def shutdown(self) -> None:
         """Stop taking goals and stop every held job; their results say why."""
         self._shutting_down = True
+        self._abort_held("node shutting down")
+
+    def _abort_held(self, reason: str) -> None:
         with self._lock:
             held = ([self._running] if self._running else []) + list(self._queue)
         for job in held:
-            job.cancel.cancel(Status.REJECTED, "node shutting down")
+            job.cancel.cancel(Status.REJECTED, reason)
         self._on_control_tick()
 
     def wait_idle(self, timeout: float) -> bool:
