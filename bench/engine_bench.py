@@ -95,6 +95,7 @@ def decode_overhead(engine, quick: bool, limit: int) -> dict:
         with torch.no_grad():
             out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                  max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, pad_token_id=0)
+        engine.loaded.synchronize()
         t_ref = time.perf_counter() - t0
         n_ref = out.shape[1] - len(ids)
         tokens.append({"engine": len(r.token_ids), "generate": n_ref})
@@ -132,7 +133,8 @@ def prefill_overhead(engine, quick: bool, limit: int) -> dict:
         timed.close()
         with torch.inference_mode():
             t0 = time.perf_counter()
-            loaded.model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+            loaded.model(input_ids=torch.tensor([ids], device=loaded.device), use_cache=True, logits_to_keep=1)
+            loaded.synchronize()
             bare.append(time.perf_counter() - t0)
     return {"prompt_tokens": n, "prefill_chunk": engine.config.prefill_chunk, "engine_s": summary(ours),
             "one_forward_s": summary(bare),

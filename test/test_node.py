@@ -264,6 +264,7 @@ def test_diagnostics_report_health(node, rclpy_context):
     ("threads", "two", "parameter threads must be an integer"),
     ("overrun_policy", "explode", "parameter overrun_policy must be one of 'kill', 'skip_next'"),
     ("online_window", 1, "parameter online_window must be in [2, 1000]"),
+    ("device", "tpu", "parameter device must be cpu, cuda, cuda:N or auto"),
     ("online_timing", "yes", "parameter online_timing must be true or false"),
 ])
 def test_bad_configuration_fails_fast_with_a_clear_message(slow_model_dir, calibration, tmp_path, param, value,

@@ -18,6 +18,7 @@ from timebill_ros.core.calibration import (
     default_calibration_path,
     machine_id,
 )
+from timebill_ros.core.device import resolve_device
 from timebill_ros.core.engine import Engine, EngineConfig
 from timebill_ros.core.model import load_model, model_fingerprint, resolve_model_path
 from timebill_ros.core.predictor import FixedLengthPredictor, load_predictor
@@ -33,6 +34,7 @@ class CalibrationTarget:
     dtype: str = NodeParams.dtype
     quantization: str = NodeParams.quantization
     threads: int = NodeParams.threads
+    device: str = NodeParams.device
     prefill_chunk: int = NodeParams.prefill_chunk
     calibration_path: str = NodeParams.calibration_path
     predictor_path: str = NodeParams.predictor_path  # its slow-down of prefill is measured
@@ -56,7 +58,7 @@ class CalibrationTarget:
         """The calibration key (model fingerprint, dtype, threads, machine)."""
         name = model_fingerprint(resolve_model_path(self.model_path))
         dtype = f"{self.dtype}+{self.quantization}" if self.quantization else self.dtype
-        return CalibrationKey(name, dtype, self.threads, machine_id())
+        return CalibrationKey(name, dtype, self.threads, machine_id(), str(resolve_device(self.device)))
 
     def path(self) -> Path:
         """Where the calibration JSON lives."""
@@ -80,7 +82,7 @@ def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_le
     if busy:
         click.echo(f"warning: {busy}", err=True)
     loaded = load_model(target.model_path, dtype=target.dtype, threads=target.threads,
-                        quantization=target.quantization)
+                        quantization=target.quantization, device=target.device)
     config = EngineConfig(prefill_chunk=target.prefill_chunk)
     engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), config)
     with tqdm(desc=f"calibrating {loaded.name}", unit="step") as bar:

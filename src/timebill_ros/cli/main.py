@@ -51,6 +51,7 @@ def send(prompt: str, budget: float, feedback: bool, server_timeout: float, acti
 @click.option("--dtype", help="float32 | bfloat16 | float16  [default: float32]")
 @click.option("--quantization", help="'' | int8  [default: '']")
 @click.option("--threads", type=int, help="torch threads, as the node's `threads`  [default: 2]")
+@click.option("--device", help="cpu | cuda | cuda:N | auto, as the node's `device`  [default: cpu]")
 @click.option("--prefill-chunk", type=int, help="As the node's prefill_chunk  [default: 512]")
 @click.option("--predictor", "predictor_path",
               help="The node's predictor_path: its slow-down of prefill is measured and planned with  [default: '']")

@@ -54,15 +54,17 @@ class CalibrationKey:
     dtype: str
     threads: int
     machine: str
+    device: str = "cpu"  # where the model ran: a GPU's times say nothing about the CPU's
 
     @classmethod
     def for_model(cls, loaded) -> "CalibrationKey":
         """The key of a loaded model (a LoadedModel) on this machine."""
-        return cls(loaded.name, loaded.dtype, loaded.threads, machine_id())
+        return cls(loaded.name, loaded.dtype, loaded.threads, machine_id(), str(loaded.device))
 
     def filename(self) -> str:
-        """The JSON file name under the calibration folder."""
-        return f"{self.model}__{self.dtype}__t{self.threads}__{self.machine}.json"
+        """The JSON file name under the calibration folder (CPU keys keep their old name)."""
+        where = "" if self.device == "cpu" else f"__{self.device.replace(':', '')}"
+        return f"{self.model}__{self.dtype}__t{self.threads}__{self.machine}{where}.json"
 
 
 def default_calibration_path(key: CalibrationKey) -> Path:

@@ -100,6 +100,7 @@ class Engine:
         kernels (about a second for SmolLM2 here), which must not land on the first goal."""
         cache, logits = self.prefill(list(range(1, self.press.window + 1)))
         self.decode_step(cache, int(logits.argmax(-1)), self.press.window)
+        self.loaded.synchronize()
 
     def _check_cancel(self, module: torch.nn.Module, args: tuple) -> None:
         _raise_if_cancelled(self._prefill_cancel)
@@ -126,9 +127,11 @@ class Engine:
                 self.scorer.armed = i == len(bounds) - 1
                 t0 = time.monotonic()
                 out = self.loaded.model(
-                    input_ids=torch.tensor([ids[start:end]]), cache=cache, use_cache=True, logits_to_keep=1
+                    input_ids=torch.tensor([ids[start:end]], device=self.loaded.device), cache=cache, use_cache=True,
+                    logits_to_keep=1,
                 )
                 cache, logits = out.cache, out.logits[:, -1]
+                self.loaded.synchronize()  # the chunk's time, not its launch's, and prefill's end is real
                 if on_chunk is not None:
                     on_chunk(start, end, time.monotonic() - t0)
         finally:
@@ -138,10 +141,12 @@ class Engine:
 
     @torch.inference_mode()
     def decode_step(self, cache: object, token: int, position: int) -> torch.Tensor:
-        """One decode step at the true position id; returns the next-token logits."""
-        out = self.loaded.model(
-            input_ids=torch.tensor([[token]]), position_ids=torch.tensor([[position]]), cache=cache, use_cache=True
-        )
+        """One decode step at the true position id; returns the next-token logits (the device is
+        synchronized, so a clock read after it times the step)."""
+        device = self.loaded.device
+        out = self.loaded.model(input_ids=torch.tensor([[token]], device=device),
+                                position_ids=torch.tensor([[position]], device=device), cache=cache, use_cache=True)
+        self.loaded.synchronize()
         return out.logits[:, -1]
 
     # ------------------------------------------------------------------- job
@@ -299,6 +304,7 @@ class _Job:
         t0 = time.monotonic()
         if self.plan.alpha > 0.0:
             self.kept = evict(cache, self.engine.scorer.scores, self.plan.alpha, self.engine.press.window)
+            self.engine.loaded.synchronize()
         self.timings.evict = time.monotonic() - t0
         self.event("evicted")
 

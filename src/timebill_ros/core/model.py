@@ -28,6 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from timebill_ros.core.device import DeviceError, resolve_device, synchronize
 from timebill_ros.core.paths import timebill_home
 
 BUILTIN_PREFIX = "builtin:"
@@ -57,6 +58,11 @@ class LoadedModel:
     name: str
     dtype: str
     threads: int
+    device: torch.device = torch.device("cpu")
+
+    def synchronize(self) -> None:
+        """Wait for the device before a clock is read (a no-op on the CPU)."""
+        synchronize(self.device)
 
     @property
     def context_limit(self) -> int:
@@ -217,8 +223,9 @@ def model_fingerprint(path: Path) -> str:
 QUANTIZATIONS = ("", "int8")
 
 
-def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantization: str = "") -> LoadedModel:
-    """Load model and tokenizer from SPEC, with a fixed torch thread count.
+def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantization: str = "",
+               device: str = "cpu") -> LoadedModel:
+    """Load model and tokenizer from SPEC onto DEVICE, with a fixed torch thread count.
 
     quantization="int8" applies torchao's int8 weight-only quantization (the AWQ-like
     baseline of the paper); the calibration is then keyed by "<dtype>+int8".
@@ -227,6 +234,10 @@ def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantizat
         raise ModelLoadError(f"unknown dtype '{dtype}'; choose one of {sorted(DTYPES)}")
     if quantization not in QUANTIZATIONS:
         raise ModelLoadError(f"unknown quantization '{quantization}'; choose one of {QUANTIZATIONS}")
+    try:
+        where = resolve_device(device)
+    except DeviceError as exc:
+        raise ModelLoadError(str(exc)) from None
     path = resolve_model_path(spec)
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # a node's log is no place for a loading bar
@@ -235,13 +246,13 @@ def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantizat
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=True)
     except (OSError, ValueError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"could not load the model at '{path}': {exc}") from exc
-    model.eval()
+    model.to(where).eval()
     if quantization == "int8":
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
         quantize_(model, Int8WeightOnlyConfig())
         dtype = f"{dtype}+int8"
-    return LoadedModel(model, tokenizer, path, model_fingerprint(path), dtype, threads)
+    return LoadedModel(model, tokenizer, path, model_fingerprint(path), dtype, threads, where)
 
 
 def encode_prompt(

@@ -12,7 +12,7 @@ def health_status(node) -> DiagnosticStatus:
     values = {
         "lifecycle_state": node.lifecycle_state(),
         "model": loaded.name if loaded else node.params.model_path,
-        "device": "cpu",
+        "device": str(loaded.device) if loaded else node.params.device,
         "dtype": loaded.dtype if loaded else node.params.dtype,
         "threads": loaded.threads if loaded else node.params.threads,
         "calibration": str(node.calibration_file),

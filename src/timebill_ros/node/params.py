@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import Field, dataclass, field, fields
 from typing import TYPE_CHECKING
 
+from timebill_ros.core.device import DEVICE_SPEC
 from timebill_ros.core.engine import EngineConfig
 from timebill_ros.core.jobs import OnInfeasible, OverrunPolicy
 from timebill_ros.core.validation import Limits
@@ -35,6 +36,8 @@ class NodeParams:
                          "builtin:toy / builtin:tiny-random")
     dtype: str = _p("float32", "torch dtype of the model", choices=("float32", "bfloat16", "float16"))
     quantization: str = _p("", "'' or int8 (torchao weight-only; the quantized-model baseline)", choices=("", "int8"))
+    device: str = _p("cpu", "cpu, cuda, cuda:N or auto (CUDA when torch sees a GPU); a calibration is valid for "
+                     "one device")
     threads: int = _p(2, "torch intra-op threads; a calibration is valid for one thread count", low=1, high=256)
     calibration_path: str = _p("", "'' = $TIMEBILL_HOME/calibration/<model>__<dtype>__t<threads>__<machine>.json")
     action_name: str = _p("timebill/generate", "the action's name (relative: remap or namespace it)")
@@ -84,6 +87,8 @@ class NodeParams:
             if meta["choices"] and value not in meta["choices"]:
                 options = ", ".join(repr(c) for c in meta["choices"])
                 raise InvalidParameter(f"parameter {f.name} must be one of {options}, got {value!r}")
+        if not DEVICE_SPEC.match(self.device):
+            raise InvalidParameter(f"parameter device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         try:
             self.engine_config().validate()
         except ValueError as exc:

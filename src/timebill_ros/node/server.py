@@ -195,7 +195,7 @@ class TimeBillServer(LifecycleNode):
 
     def _load(self) -> None:
         self.loaded = load_model(self.params.model_path, dtype=self.params.dtype, threads=self.params.threads,
-                                 quantization=self.params.quantization)
+                                 quantization=self.params.quantization, device=self.params.device)
         self.calibration, self.not_ready = self._load_calibration()
         timing = self.calibration.planning_timing() if self.calibration else TimingModel(0.0, 0.0, 0.0, 0.0, 0.0)
         predictor = load_predictor(self.params.predictor_path, timing.prefill, self.params.fixed_prediction_tokens)
@@ -223,6 +223,7 @@ class TimeBillServer(LifecycleNode):
         except CalibrationError as exc:
             command = (
                 f"timebill calibrate --model {self.params.model_path} --dtype {self.params.dtype} "
+                f"--device {self.params.device} "
                 f"--quantization '{self.params.quantization}' "
                 f"--threads {self.loaded.threads} --prefill-chunk {self.params.prefill_chunk} "
                 f"--predictor '{self.params.predictor_path}'"
