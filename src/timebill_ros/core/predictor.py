@@ -205,13 +205,22 @@ def check_target(predictor: LengthPredictor, model_name: str) -> None:
             "predictor_path to \"\" for a fixed prediction")
 
 
+# builtin predictor name -> the packaged model folder whose rlp/buckets16 it is
+BUILTIN_PREDICTORS = {"default": "default", "toy": "default", "smollm2-tasks": "smollm2-tasks"}
+
+
 def load_predictor(spec: str, prefill_time: Callable[[int], float] | None, fixed_tokens: int) -> LengthPredictor:
-    """`""` -> FixedLengthPredictor(fixed_tokens); `builtin:default` -> the shipped bucket predictor
-    of the default model; otherwise a predictor folder made by `timebill train-rlp`."""
+    """`""` -> FixedLengthPredictor(fixed_tokens); `builtin:NAME` -> the shipped bucket predictor
+    of builtin model NAME (`default`/`toy`, `smollm2-tasks`); otherwise a predictor folder made
+    by `timebill train-rlp`."""
     if not spec:
         return FixedLengthPredictor(fixed_tokens)
-    if spec == "builtin:default":
-        folder = Path(__file__).resolve().parent.parent / "models" / "default" / "rlp" / "buckets16"
+    if spec.startswith("builtin:"):
+        name = spec[len("builtin:"):]
+        if name not in BUILTIN_PREDICTORS:
+            raise PredictorLoadError(f"unknown builtin predictor '{spec}'; known: "
+                                     + ", ".join(f"builtin:{n}" for n in BUILTIN_PREDICTORS))
+        folder = Path(__file__).resolve().parent.parent / "models" / BUILTIN_PREDICTORS[name] / "rlp" / "buckets16"
     else:
         folder = Path(spec).expanduser()
     if not (folder / "predictor.json").is_file():

@@ -31,7 +31,9 @@ SOURCES = {
     "bench/soak.json": "soak.json",
     "quality.json": "quality.json",
     "quality_smollm2.json": "quality_smollm2.json",
+    "quality_smollm2_tasks.json": "quality_smollm2_tasks.json",
     "rlp.json": "rlp.json",
+    "rlp_smollm2_tasks.json": "rlp_smollm2_tasks.json",
     "eval/eval.json": "eval.json",
     "eval/budget_sweep_kill.png": "budget_sweep_kill.png",
     "eval/budget_sweep_skip_next.png": "budget_sweep_skip_next.png",
@@ -137,9 +139,9 @@ RLP_NAMES = {"buckets16": "SLM, 16-token buckets (TimeBill)", "buckets32": "SLM,
              "proxy5": "ProxyModel-style, 5 classes (small encoder)", "s3_10": "S3-style, 10 classes (small encoder)"}
 
 
-def rlp_table(load: Callable[[str], dict]) -> str:
+def rlp_table(load: Callable[[str], dict], source: str = "rlp.json") -> str:
     """Table 1: the length predictors (timebill train-rlp)."""
-    r = load("rlp.json")
+    r = load(source)
     lines = ["| predictor | MAE | RMSE | R^2 | input compressed as served: MAE / R^2 / inputs compressed |",
              "|---|---|---|---|---|"]
     for name, row in r["predictors"].items():
@@ -209,8 +211,34 @@ def online_table(load: Callable[[str], dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLES = {"online": online_table, "bench": bench_table, "quality": quality_table, "rlp": rlp_table, "eval": eval_table,
+def params_table(load: Callable[[str], dict] | None = None) -> str:
+    """The node's parameters, from their one definition (node.params.NodeParams)."""
+    from dataclasses import fields
+
+    from timebill_ros.node.params import NodeParams
+
+    lines = ["| parameter | default | allowed | while serving | meaning |", "|---|---|---|---|---|"]
+    for f in fields(NodeParams):
+        meta = f.metadata
+        if meta["choices"]:
+            allowed = ", ".join(f"`{c}`" if c else '""' for c in meta["choices"])
+        elif meta["low"] is not None:
+            allowed = f"{meta['low']:g} .. {meta['high']:g}"
+        else:
+            allowed = {bool: "true, false", str: "text"}.get(type(f.default), "")
+        default = f"`{f.default}`" if f.default != "" else '""'
+        if isinstance(f.default, bool):
+            default = f"`{str(f.default).lower()}`"
+        changes = "yes (`ros2 param set`)" if meta["runtime"] else "read-only"
+        lines.append(f"| `{f.name}` | {default} | {allowed} | {changes} | {meta['description'].replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {"params": params_table, "online": online_table,
+          "bench": bench_table, "quality": quality_table, "rlp": rlp_table, "eval": eval_table,
           "quality_smollm2": lambda load: quality_table(load, "quality_smollm2.json"),
+          "quality_smollm2_tasks": lambda load: quality_table(load, "quality_smollm2_tasks.json"),
+          "rlp_smollm2_tasks": lambda load: rlp_table(load, "rlp_smollm2_tasks.json"),
           "reliability": reliability_table}
 
 

