@@ -306,3 +306,11 @@ def test_a_stop_string_ends_the_response_like_eos(engine):
     assert len(stopped.token_ids) < len(full.token_ids)  # decoding stopped early, not just the text cut
     assert stop not in stopped.text and full.text.startswith(stopped.text)
     assert stopped.text == StopStrings(tokenizer, (stop,)).cut(full.text)
+
+
+def test_the_callers_length_estimate_replaces_the_predictor(engine):
+    events = []
+    result = engine.run(Request(ids(200), budget=30.0, max_new_tokens=20, expected_tokens=3), CancelToken(),
+                        events.append)
+    planned = next(e for e in events if e.phase == "planned")
+    assert planned.predicted_tokens == 3 and result.plan.predicted_tokens == 3  # the fixture's predictor says 16

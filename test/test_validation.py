@@ -62,6 +62,7 @@ def test_overrides_are_taken():
         ({"stop": [""]}, "stop strings must be 1..256"),
         ({"stop": ["x" * 257]}, "stop strings must be 1..256"),
         ({"stop": ["a"] * 9}, "at most 8"),
+        ({"expected_response_tokens": 33}, "expected_response_tokens must be in"),
     ],
 )
 def test_bad_goals_are_rejected_with_a_reason(fields, words):

@@ -225,7 +225,10 @@ class _Job:
         )
 
     def predict(self) -> int:
-        """N_hat; a predictor failure falls back to the configured length, never fails the job."""
+        """N_hat: the caller's own estimate when it gave one, else the predictor's; a predictor
+        failure falls back to the configured length, never fails the job."""
+        if self.request.expected_tokens > 0:
+            return self.request.expected_tokens
         try:
             return max(1, int(self.engine.predictor.predict(self.request.prompt_ids)))
         except Exception as exc:  # noqa: BLE001 - any predictor bug must leave the goal running

@@ -92,6 +92,9 @@ class Request:
     # The response ends at the first of these strings, like at EOS (the string is not kept).
     # The plan is unchanged: it bounds the length, whatever ends the response.
     stop: tuple[str, ...] = ()
+    # The caller's own estimate of the response length (0 = ask the length predictor): a robot
+    # that wants a one-word answer knows; the evaluation's true-length upper bound uses it too.
+    expected_tokens: int = 0
     sampling: Sampling = field(default_factory=Sampling)
 
     @property

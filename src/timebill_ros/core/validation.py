@@ -56,6 +56,7 @@ class Goal:
     temperature: float = -1.0  # negative = the node's; 0 = greedy
     top_p: float = -1.0  # negative = the node's
     seed: int = -1  # negative = unseeded sampling
+    expected_response_tokens: int = 0  # 0 = the node's length predictor
 
 
 def messages_of(goal: Goal, system_prompt: str = "") -> list[dict[str, str]]:
@@ -134,6 +135,9 @@ def build_request(
     policy = _choice(goal.overrun_policy, limits.overrun_policy, OverrunPolicy, "overrun_policy")
     on_infeasible = _choice(goal.on_infeasible, limits.on_infeasible, OnInfeasible, "on_infeasible")
     sampling, stop = sampling_of(goal, limits), stops_of(goal)
+    if not 0 <= goal.expected_response_tokens <= max_new:
+        raise InvalidGoal(f"expected_response_tokens must be in [0, max_new_tokens = {max_new}], "
+                          f"got {goal.expected_response_tokens}")
     ids = encode(messages_of(goal, limits.system_prompt))
     room = min(limits.max_prompt_tokens, limits.context_limit - max_new)
     if len(ids) > room:
@@ -153,6 +157,7 @@ def build_request(
         on_infeasible=on_infeasible,
         stop=stop,
         sampling=sampling,
+        expected_tokens=int(goal.expected_response_tokens),
     )
     return request, policy
 

@@ -26,6 +26,7 @@ def goal_from_msg(msg: TimedGenerate.Goal) -> Goal:
         temperature=float(msg.temperature),
         top_p=float(msg.top_p),
         seed=int(msg.seed),
+        expected_response_tokens=int(msg.expected_response_tokens),
     )
 
 
@@ -72,7 +73,8 @@ def result_msg(result: Result) -> TimedGenerate.Result:
     return msg
 
 
-GOAL_FIELDS = ("prompt", "budget", "max_new_tokens", "k", "alpha_max", "fixed_alpha", "overrun_policy", "on_infeasible")
+GOAL_FIELDS = ("prompt", "budget", "max_new_tokens", "k", "alpha_max", "fixed_alpha", "overrun_policy", "on_infeasible",
+               "expected_response_tokens")
 RESULT_FIELDS = ("status", "status_name", "status_reason", "text", "queue_time", "prefill_time", "predict_time",
                  "evict_time", "decode_time", "total_time", "deadline_margin", "alpha", "predicted_response_tokens",
                  "worst_case_response_tokens", "wcet", "feasible", "prompt_tokens", "kept_prompt_tokens",
