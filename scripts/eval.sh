@@ -41,9 +41,8 @@ run_node() {  # params bag_in bag_out
 echo "== workload bags (test split, $PER_TASK prompts per task)"
 timebill bag make "$OUT/workload" --per-task "$PER_TASK" --policies "$POLICIES" --params-file "$PARAMS" \
   --budgets-out "$OUT/budgets.json"
-BUDGETS=$(python -c "import json; print(','.join(map(str, json.load(open('$OUT/budgets.json')))))")
 timebill bag make "$OUT/workload_int8" --per-task "$PER_TASK" --policies kill --methods int8 --no-k-sweep \
-  --budgets "$BUDGETS" --params-file "$PARAMS"
+  --budgets "$OUT/budgets.json" --params-file "$PARAMS"
 
 echo "== replay: TimeBill and baselines"
 run_node "$PARAMS" "$OUT/workload" "$OUT/results"

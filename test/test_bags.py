@@ -23,6 +23,7 @@ def test_request_bag_round_trip(tmp_path, storage):
     assert [t for t, _ in got] == [10, 20] and [m.request_id for _, m in got] == ["r1", "r2"]
     assert got[0][1].budget.sec == 1 and got[0][1].budget.nanosec == 250_000_000
     assert got[0][1].prompt == REQUEST["prompt"] and got[0][1].reference == "kitchen"
+    assert got[0][1].expected_response_tokens == 0  # absent from the record: the .msg default
 
 
 def ex(i, task="qa"):
@@ -30,24 +31,49 @@ def ex(i, task="qa"):
 
 
 def test_workload_blocks_are_periodic_and_carry_the_method_settings():
-    reqs = workload.build([ex(0), ex(1)], [0.5, 2.0], {"vanilla": {"fixed_alpha": 0.0}, "timebill": {"k": 5.0}},
-                          ["kill"], 64)
+    reqs = workload.build([ex(0), ex(1)], workload.fixed_budgets([0.5, 2.0], ["qa"]),
+                          {"vanilla": {"fixed_alpha": 0.0}, "timebill": {"k": 5.0}}, ["kill"], 64)
     assert len(reqs) == 2 * 2 * 2
     assert [r.at for r in reqs[:3]] == [0.0, 0.5, 1.0 + workload.GAP_S]
     assert reqs[0].fields["fixed_alpha"] == 0.0 and reqs[2].fields["k"] == 5.0
     assert len({r.fields["request_id"] for r in reqs}) == len(reqs)
+    assert reqs[0].fields["request_id"] == "kill/0.5s/vanilla/e0"
+
+
+def test_budget_levels_are_per_task_and_the_true_length_method_gets_each_examples_length():
+    budgets = {"qa": {"q10": 0.5, "q90": 1.0}, "list": {"q10": 2.0, "q90": 6.0}}
+    reqs = workload.build([ex(0), ex(1, "list")], budgets, {"timebill_true_length": workload.METHODS[
+        "timebill_true_length"]}, ["kill"], 64, true_lengths={"e0": 3, "e1": 200})
+    by_id = {r.fields["request_id"]: r.fields for r in reqs}
+    assert by_id["kill/q10/timebill_true_length/e0"]["budget"] == 0.5
+    assert by_id["kill/q10/timebill_true_length/e1"]["budget"] == 2.0
+    assert by_id["kill/q90/timebill_true_length/e1"]["expected_response_tokens"] == 64  # capped at max_new
+    assert by_id["kill/q90/timebill_true_length/e0"]["expected_response_tokens"] == 3
+    assert by_id["kill/q90/timebill_true_length/e0"]["k"] == 1.0
+    with pytest.raises(ValueError, match="train-rlp"):
+        workload.build([ex(0)], budgets, {"t": workload.METHODS["timebill_true_length"]}, ["kill"], 64)
 
 
 def test_budgets_span_vanilla_failing_to_completing():
     timing = TimingModel(0, 1e-3, 0.0, 0.0, 0.01)
     budgets = workload.choose_budgets(timing, [100, 200, 300, 400, 500], [10] * 5)
-    assert budgets == sorted(budgets) and budgets[0] < budgets[-1]
+    assert list(budgets) == ["q10", "q30", "q50", "q70", "q90"]
+    assert list(budgets.values()) == sorted(budgets.values()) and budgets["q10"] < budgets["q90"]
 
 
 def record(method, budget, status_name, text="kitchen", alpha=0.0):
     status = {"SUCCEEDED": 1, "KILLED_AT_DEADLINE": 2}[status_name]
     return {"overrun_policy": "kill", "method": method, "budget": budget, "status": status, "status_name": status_name,
             "task": "qa", "text": text, "reference": "kitchen", "alpha": alpha}
+
+
+def test_report_groups_by_budget_level_ordered_by_seconds():
+    rows = [{**record("timebill", b, "SUCCEEDED"), "request_id": f"kill/{lvl}/timebill/e{i}", "task": t}
+            for i, (lvl, b, t) in enumerate([("q90", 3.0, "qa"), ("q90", 9.0, "list"), ("q10", 0.5, "qa"),
+                                              ("q10", 1.5, "list")])]
+    cells = report.summarise(rows)["kill"]["timebill"]
+    assert report.level_order(cells) == ["q10", "q90"]
+    assert cells["q90"]["budget_s_mean"] == 6.0 and cells["q90"]["budget_s_by_task"] == {"list": 9.0, "qa": 3.0}
 
 
 def test_report_scores_incomplete_as_zero_and_checks_claims():

@@ -22,28 +22,50 @@ def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods:
     from timebill_ros.eval import tasks
 
     examples = [e for t in tasks.TASKS for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
+    target = CalibrationTarget.from_sources(params_file, {})
+    distilled = workload.distilled_lengths(distill_folder(target) / "test.jsonl.gz")
     if budgets == "auto":
-        target = CalibrationTarget.from_sources(params_file, {})
         loaded = load_model(target.model_path, threads=target.threads)
         timing = Calibration.load(target.path()).timing
-        prompt_n = [len(encode_prompt(loaded.tokenizer, e.prompt)) for e in examples]
-        # The target's own response lengths where distilled (what vanilla really has to decode),
-        # else the reference answer's length.
-        distilled = workload.distilled_lengths(loaded.path / "rlp" / "distill" / "test.jsonl.gz")
-        answer_n = [distilled.get(e.id, len(loaded.tokenizer(e.answer)["input_ids"]) + 1) for e in examples]
-        chosen = workload.choose_budgets(timing, prompt_n, answer_n)
+        chosen = {}
+        for task in tasks.TASKS:
+            mine = [e for e in examples if e.task == task]
+            prompt_n = [len(encode_prompt(loaded.tokenizer, e.prompt)) for e in mine]
+            # The target's own response lengths where distilled (what vanilla really has to
+            # decode), else the reference answer's length.
+            answer_n = [distilled.get(e.id, len(loaded.tokenizer(e.answer)["input_ids"]) + 1) for e in mine]
+            chosen[task] = workload.choose_budgets(timing, prompt_n, answer_n)
+    elif budgets.endswith(".json"):  # the levels another bag was made with (--budgets-out)
+        chosen = json.loads(Path(budgets).read_text())
     else:
-        chosen = [float(b) for b in budgets.split(",")]
+        chosen = workload.fixed_budgets([float(b) for b in budgets.split(",")], list(tasks.TASKS))
     known = {**workload.METHODS, **workload.QUANTIZED, **workload.K_SWEEP}
     unknown = [m for m in methods.split(",") if m not in known]
     if unknown:
         raise click.BadParameter(f"unknown method(s) {unknown}; known: {', '.join(known)}", param_hint="--methods")
-    requests = workload.build(examples, chosen, {m: known[m] for m in methods.split(",")}, policies, max_new_tokens)
-    if k_sweep:  # k = 1..8 at the second budget, under the first policy
-        tight = chosen[min(1, len(chosen) - 1)]
+    try:
+        requests = workload.build(examples, chosen, {m: known[m] for m in methods.split(",")}, policies,
+                                  max_new_tokens, true_lengths=distilled)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if k_sweep:  # k = 1..8 at the middle level (vanilla completes about half), under the first policy
+        levels = list(next(iter(chosen.values())))
+        middle = levels[len(levels) // 2]
         start = requests[-1].at + workload.GAP_S if requests else 0.0
-        requests += workload.build(examples, [tight], workload.K_SWEEP, policies[:1], max_new_tokens, start)
+        requests += workload.build(examples, {t: {middle: b[middle]} for t, b in chosen.items()}, workload.K_SWEEP,
+                                   policies[:1], max_new_tokens, start)
     return requests, chosen, make_workload_bag(out, storage, requests)
+
+
+def distill_folder(target) -> Path:
+    """Where the target's distilled response lengths are: beside the node's predictor, else
+    beside the model (the toy model keeps them in its rlp/ folder)."""
+    from timebill_ros.core.model import resolve_model_path
+    from timebill_ros.core.predictor import predictor_folder
+
+    if target.predictor_path:
+        return predictor_folder(target.predictor_path).parent / "distill"
+    return resolve_model_path(target.model_path) / "rlp" / "distill"
 
 
 def make_workload_bag(out: Path, storage: str, requests: list[workload.TimedRequest]) -> Path:

@@ -270,10 +270,11 @@ def bag() -> None:
 @click.option("--storage", type=click.Choice(["mcap", "sqlite3"]), default="mcap", show_default=True)
 @click.option("--per-task", type=int, default=10, show_default=True, help="Test-split examples per task.")
 @click.option("--budgets", default="auto", show_default=True,
-              help="Comma-separated seconds, or auto (quantiles of vanilla's predicted time).")
+              help="auto (levels at quantiles of each task's vanilla predicted time), comma-separated seconds "
+                   "(the same for every task), or a --budgets-out JSON of another bag.")
 @click.option("--methods", default=",".join(("vanilla", "fixed_0.25", "fixed_0.5", "fixed_0.75", "fixed_0.95",
-                                             "timebill")), show_default=True)
-@click.option("--k-sweep/--no-k-sweep", default=True, show_default=True, help="k = 1..8 at the second budget.")
+                                             "timebill", "timebill_true_length")), show_default=True)
+@click.option("--k-sweep/--no-k-sweep", default=True, show_default=True, help="k = 1..8 at the middle level.")
 @click.option("--policies", default="kill", show_default=True, help="kill and/or skip_next, comma-separated.")
 @click.option("--params-file", type=click.Path(exists=True), default="config/timebill.yaml", show_default=True,
               help="The node's params: model, threads, calibration (for auto budgets), max_new_tokens.")
@@ -287,7 +288,8 @@ def bag_make(out: str, storage: str, per_task: int, budgets: str, methods: str, 
                                            policies.split(","), params_file)
     if budgets_out:
         Path(budgets_out).write_text(json.dumps(chosen))
-    click.echo(f"{len(requests)} requests, budgets {chosen}, {requests[-1].at:.0f}s of arrivals -> {path}")
+    click.echo(f"{len(requests)} requests, budgets (task -> level -> s) {chosen}, {requests[-1].at:.0f}s of "
+               f"arrivals -> {path}")
 
 
 @bag.command("replay")

@@ -209,20 +209,24 @@ def check_target(predictor: LengthPredictor, model_name: str) -> None:
 BUILTIN_PREDICTORS = {"default": "default", "toy": "default", "smollm2-tasks": "smollm2-tasks"}
 
 
+def predictor_folder(spec: str) -> Path:
+    """The folder a predictor_path names (`builtin:NAME` or a path)."""
+    if not spec.startswith("builtin:"):
+        return Path(spec).expanduser()
+    name = spec[len("builtin:"):]
+    if name not in BUILTIN_PREDICTORS:
+        raise PredictorLoadError(f"unknown builtin predictor '{spec}'; known: "
+                                 + ", ".join(f"builtin:{n}" for n in BUILTIN_PREDICTORS))
+    return Path(__file__).resolve().parent.parent / "models" / BUILTIN_PREDICTORS[name] / "rlp" / "buckets16"
+
+
 def load_predictor(spec: str, prefill_time: Callable[[int], float] | None, fixed_tokens: int) -> LengthPredictor:
     """`""` -> FixedLengthPredictor(fixed_tokens); `builtin:NAME` -> the shipped bucket predictor
     of builtin model NAME (`default`/`toy`, `smollm2-tasks`); otherwise a predictor folder made
     by `timebill train-rlp`."""
     if not spec:
         return FixedLengthPredictor(fixed_tokens)
-    if spec.startswith("builtin:"):
-        name = spec[len("builtin:"):]
-        if name not in BUILTIN_PREDICTORS:
-            raise PredictorLoadError(f"unknown builtin predictor '{spec}'; known: "
-                                     + ", ".join(f"builtin:{n}" for n in BUILTIN_PREDICTORS))
-        folder = Path(__file__).resolve().parent.parent / "models" / BUILTIN_PREDICTORS[name] / "rlp" / "buckets16"
-    else:
-        folder = Path(spec).expanduser()
+    folder = predictor_folder(spec)
     if not (folder / "predictor.json").is_file():
         raise PredictorLoadError(
             f"no length predictor at '{folder}' (predictor.json missing): train one with "

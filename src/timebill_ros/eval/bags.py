@@ -50,9 +50,23 @@ def write_bag(path: Path, topic: str, msgtype: str, records: Iterable[tuple[int,
             if "budget" in values and isinstance(values["budget"], float) and msgtype == REQUEST_TYPE:
                 sec = int(values["budget"])
                 values["budget"] = duration(sec=sec, nanosec=int(round((values["budget"] - sec) * 1e9)))
-            msg = cls(**values)
+            msg = cls(**{**msg_defaults(msgtype), **values})
             writer.write(conn, stamp, store.serialize_cdr(msg, msgtype))
     return path
+
+
+def msg_defaults(msgtype: str) -> dict:
+    """The plain fields of a timebill_msgs message with their .msg defaults (zero when it has
+    none): fields added to a message later may be absent from older records."""
+    kinds = {"string": str, "bool": lambda v: v.lower() == "true", "float32": float, "float64": float}
+    out = {}
+    for line in (msg_dir() / f"{msgtype.rsplit('/', 1)[-1]}.msg").read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) < 2 or "=" in line.split("#", 1)[0] or "/" in words[0] or "[" in words[0]:
+            continue  # a comment, a constant, a nested message or an array
+        kind = kinds.get(words[0], int)
+        out[words[1]] = kind(words[2]) if len(words) > 2 else kind() if kind is not kinds["bool"] else False
+    return out
 
 
 def read_bag(paths: list[Path], topic: str) -> Iterator[tuple[int, object]]:

@@ -153,10 +153,16 @@ def rlp_table(load: Callable[[str], dict], source: str = "rlp.json") -> str:
 
 def eval_table(load: Callable[[str], dict]) -> str:
     """The budget sweep under Kill: score / completion / mean alpha per method and budget."""
+    from timebill_ros.eval.report import level_order
+
     e = load("eval.json")
     table = e["table"]["kill"]
-    budgets = sorted({b for row in table.values() for b in row}, key=float)
-    lines = ["| method (Kill) | " + " | ".join(f"{float(b):g} s" for b in budgets) + " |",
+    budgets = level_order(table["timebill"]) if "timebill" in table else \
+        level_order({b: cell for row in table.values() for b, cell in row.items()})
+    seconds = {b: cell.get("budget_s_mean") for row in table.values() for b, cell in row.items()}
+    header = [f"{float(b):g} s" if seconds[b] is None else b if b.endswith("s") else
+              f"{b} (mean {seconds[b]:.2g} s)" for b in budgets]
+    lines = ["| method (Kill) | " + " | ".join(header) + " |",
              "|" + "---|" * (len(budgets) + 1)]
     # The k sweep has its own plot; here the methods, in the paper's order.
     methods = sorted((m for m in table if not m.startswith("timebill_k")),

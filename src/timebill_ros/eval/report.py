@@ -18,11 +18,31 @@ SUCCEEDED = 1
 MISSES = {"KILLED_AT_DEADLINE", "COMPLETED_LATE"}
 
 
+def budget_level(record: dict) -> str:
+    """The budget level of a result: from its request_id ("policy/level/method/example"), else
+    its budget in seconds (budgets travel as Durations: round away the nanosecond noise)."""
+    parts = str(record.get("request_id", "")).split("/")
+    return parts[1] if len(parts) >= 4 else str(round(float(record["budget"]), 3))
+
+
+def level_order(cells: dict) -> list[str]:
+    """Budget levels from the tightest to the most generous (by their mean seconds)."""
+    return sorted(cells, key=lambda level: cells[level].get("budget_s_mean", _seconds(level)))
+
+
+def _seconds(level: str) -> float:
+    try:
+        return float(level.rstrip("s"))
+    except ValueError:
+        return float(level.lstrip("q"))
+
+
 def summarise(records: list[dict]) -> dict:
-    """Per policy -> method -> budget: n, mean score (incomplete = 0), completion, misses, alpha."""
+    """Per policy -> method -> budget level: n, mean score (incomplete = 0), completion, misses,
+    alpha, and the level's mean budget in seconds (per task when budgets are per task)."""
     groups: dict = defaultdict(list)
-    for r in records:  # budgets travel as Durations: round away the nanosecond noise
-        groups[(r["overrun_policy"], r["method"], round(float(r["budget"]), 3))].append(r)
+    for r in records:
+        groups[(r["overrun_policy"], r["method"], budget_level(r))].append(r)
     table: dict = defaultdict(lambda: defaultdict(dict))
     for (policy, method, budget), rows in sorted(groups.items()):
         scores = [score(r["task"], r["text"], r["reference"]) if r["status"] == SUCCEEDED else 0.0 for r in rows]
@@ -35,6 +55,9 @@ def summarise(records: list[dict]) -> dict:
             "deadline_misses": sum(statuses[s] for s in MISSES), "statuses": dict(statuses),
             "alpha_mean": statistics.fmean(alphas) if alphas else None,
             "alpha_quartiles": statistics.quantiles(alphas, n=4) if len(alphas) > 1 else alphas,
+            "budget_s_mean": statistics.fmean(float(r["budget"]) for r in rows),
+            "budget_s_by_task": {t: round(statistics.fmean(float(r["budget"]) for r in rows if r["task"] == t), 3)
+                                 for t in sorted({r["task"] for r in rows})},
         }
     return json.loads(json.dumps(table))
 
@@ -46,17 +69,18 @@ def check_claims(table: dict, main_methods: list[str]) -> dict:
     for policy, methods in table.items():
         if "timebill" not in methods:
             continue
-        budgets = sorted(methods["timebill"], key=float)
+        budgets = level_order(methods["timebill"])
         best_everywhere, gaps, rows, ties = True, [], [], []
         for b in budgets:
             scores = {m: methods[m][b]["score"] for m in main_methods if m in methods and b in methods[m]}
             winner = max(scores, key=scores.get)
             best_everywhere &= scores["timebill"] >= scores[winner] - 1e-9
             if sum(abs(v - scores[winner]) <= 1e-9 for v in scores.values()) > 1:
-                ties.append(float(b))  # "highest" is not informative where methods tie (e.g. all 0)
+                ties.append(b)  # "highest" is not informative where methods tie (e.g. all 0)
             if "fixed_0.95" in methods:
                 gaps.append(methods["timebill"][b]["completion"] - methods["fixed_0.95"][b]["completion"])
-            rows.append({"budget": float(b), "winner": winner, "scores": scores})
+            rows.append({"budget_level": b, "budget_s_by_task": methods["timebill"][b].get("budget_s_by_task"),
+                         "winner": winner, "scores": scores})
         claim = {"timebill_highest_score_at_every_budget": best_everywhere, "budgets_with_ties": ties,
                  "per_budget": rows}
         if gaps:
@@ -84,12 +108,11 @@ def plot(table: dict, out: Path, main_methods: list[str]) -> list[Path]:
         for m in main_methods:
             if m not in methods:
                 continue
-            budgets = sorted(methods[m], key=float)
-            xs = [float(b) for b in budgets]
-            axes[0].plot(xs, [methods[m][b]["score"] for b in budgets], marker="o", label=m)
-            axes[1].plot(xs, [methods[m][b]["completion"] for b in budgets], marker="o", label=m)
+            budgets = level_order(methods[m])
+            axes[0].plot(budgets, [methods[m][b]["score"] for b in budgets], marker="o", label=m)
+            axes[1].plot(budgets, [methods[m][b]["completion"] for b in budgets], marker="o", label=m)
         for ax, name in zip(axes, ("average score (incomplete = 0)", "completion rate")):
-            ax.set_xlabel("time budget (s)")
+            ax.set_xlabel("budget level (qN: N-th percentile of each task's vanilla predicted time; or seconds)")
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
@@ -108,7 +131,7 @@ def plot(table: dict, out: Path, main_methods: list[str]) -> list[Path]:
             ax.plot(kv, [r["score"] for r in rows], marker="o", label="average score")
             ax.plot(kv, [r["completion"] for r in rows], marker="s", label="completion rate")
             ax.set_xlabel("pessimistic factor k")
-            ax.set_title(f"k sweep at budget {next(iter(sweep[ks[0]]))} s ({policy})")
+            ax.set_title(f"k sweep at budget level {next(iter(sweep[ks[0]]))} ({policy})")
             ax.legend()
             ax.grid(alpha=0.3)
             fig.tight_layout()
