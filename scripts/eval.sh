@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PER_TASK=${PER_TASK:-5}
 POLICIES=${POLICIES:-kill,skip_next}
+LEVELS=${LEVELS:-0.1,0.3,0.5,0.7,0.9}  # budget levels: quantiles of each task's vanilla predicted time
 OUT=results/eval
 rm -rf "$OUT" && mkdir -p "$OUT"
 PARAMS="$OUT/node.yaml"
@@ -40,7 +41,7 @@ run_node() {  # params bag_in bag_out
 
 echo "== workload bags (test split, $PER_TASK prompts per task)"
 timebill bag make "$OUT/workload" --per-task "$PER_TASK" --policies "$POLICIES" --params-file "$PARAMS" \
-  --budgets-out "$OUT/budgets.json"
+  --levels "$LEVELS" --budgets-out "$OUT/budgets.json"
 timebill bag make "$OUT/workload_int8" --per-task "$PER_TASK" --policies kill --methods int8 --no-k-sweep \
   --budgets "$OUT/budgets.json" --params-file "$PARAMS"
 

@@ -13,7 +13,8 @@ from timebill_ros.eval import bags, report, workload
 
 
 def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods: str, k_sweep: bool,
-                  policies: list[str], params_file: str, max_new_tokens: int = 384):
+                  policies: list[str], params_file: str, max_new_tokens: int = 384,
+                  quantiles: tuple[float, ...] = workload.QUANTILES):
     """Requests from the test split for every (policy, budget, method), written as a bag.
     Returns (requests, budgets, path)."""
     from timebill_ros.cli.calibrate import CalibrationTarget
@@ -34,7 +35,7 @@ def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods:
             # The target's own response lengths where distilled (what vanilla really has to
             # decode), else the reference answer's length.
             answer_n = [distilled.get(e.id, len(loaded.tokenizer(e.answer)["input_ids"]) + 1) for e in mine]
-            chosen[task] = workload.choose_budgets(timing, prompt_n, answer_n)
+            chosen[task] = workload.choose_budgets(timing, prompt_n, answer_n, quantiles)
     elif budgets.endswith(".json"):  # the levels another bag was made with (--budgets-out)
         chosen = json.loads(Path(budgets).read_text())
     else:

@@ -279,13 +279,16 @@ def bag() -> None:
 @click.option("--params-file", type=click.Path(exists=True), default="config/timebill.yaml", show_default=True,
               help="The node's params: model, threads, calibration (for auto budgets), max_new_tokens.")
 @click.option("--budgets-out", type=click.Path(), default="", help="Also write the chosen budgets here (JSON).")
+@click.option("--levels", default="0.1,0.3,0.5,0.7,0.9", show_default=True,
+              help="Quantiles of each task's vanilla predicted time that --budgets auto makes levels of.")
 def bag_make(out: str, storage: str, per_task: int, budgets: str, methods: str, k_sweep: bool, policies: str,
-             params_file: str, budgets_out: str) -> None:
+             params_file: str, budgets_out: str, levels: str) -> None:
     """Write a workload bag of requests from the task suite's test split."""
     from timebill_ros.cli.bag import make_workload
 
     requests, chosen, path = make_workload(Path(out), storage, per_task, budgets, methods, k_sweep,
-                                           policies.split(","), params_file)
+                                           policies.split(","), params_file,
+                                           quantiles=tuple(float(q) for q in levels.split(",")))
     if budgets_out:
         Path(budgets_out).write_text(json.dumps(chosen))
     click.echo(f"{len(requests)} requests, budgets (task -> level -> s) {chosen}, {requests[-1].at:.0f}s of "
