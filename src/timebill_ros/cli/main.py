@@ -260,6 +260,40 @@ def train_rlp(model_path: str, out: str, predictors: str, per_task: int, free: i
                   retrain, results, lora_rank)
 
 
+@cli.command("rlp-layers")
+@click.option("--target", "model_path", default="builtin:smollm2-tasks", show_default=True)
+@click.option("--candidates", default="1,2,3,4", show_default=True, help="Layer counts to measure.")
+@click.option("--lengths", default="512,1024,2048", show_default=True, help="Prompt lengths (tokens).")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--out", type=click.Path(), default="results/rlp_layers.json", show_default=True)
+def rlp_layers(model_path: str, candidates: str, lengths: str, threads: int, out: str) -> None:
+    """Measure, per predictor layer count, its time against the target's prefill and its slow-down
+    of prefill when run beside it: choose the most layers that stay hidden (< 10 % slow-down)."""
+    from tqdm import tqdm
+
+    from timebill_ros.core.engine import Engine
+    from timebill_ros.core.model import load_model
+    from timebill_ros.core.predictor import FixedLengthPredictor
+    from timebill_ros.core.timing import TimingModel
+    from timebill_ros.train.predictor import measure_layers
+
+    engine = Engine(load_model(model_path, threads=threads), TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor())
+    engine.warm_up()
+    counts = [int(c) for c in candidates.split(",")]
+    with tqdm(total=len(counts), desc="predictor layers", unit="count") as bar:
+        rows = measure_layers(engine, counts, [int(n) for n in lengths.split(",")], tick=lambda: bar.update(1))
+    engine.close()
+    hidden = [r["layers"] for r in rows if r["prefill_slowdown_beside"] < 1.10 and r["predictor_over_prefill"] < 1]
+    data = {"target": model_path, "threads": threads, "rows": rows, "chosen_layers": max(hidden, default=None),
+            "rule": "most layers whose predictor finishes within prefill and slows it by < 10 %"}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(data, indent=2))
+    for r in rows:
+        click.echo(f"layers {r['layers']}: predictor/prefill {r['predictor_over_prefill']:.3f}, "
+                   f"prefill beside it x{r['prefill_slowdown_beside']:.3f}")
+    click.echo(f"chosen: {data['chosen_layers']} layers -> {out}")
+
+
 @cli.group()
 def bag() -> None:
     """Workload bags: make them from the task suite, replay them against a running node."""

@@ -192,3 +192,39 @@ def profile_time(model, lengths: list[int], vocab: int) -> list[float]:
             samples.append(time.perf_counter() - t0)
         times.append(statistics.median(samples))
     return list(fit_prefill(np.array(lengths, dtype=float), np.array(times)))  # same non-negative fit
+
+
+class _BackboneStub:
+    """A truncated backbone timed as the served predictor would run (its input compressed)."""
+
+    def __init__(self, model, max_input_tokens: int, head_tokens: int) -> None:
+        self.model, self.max_input, self.head = model.eval(), max_input_tokens, head_tokens
+
+    def predict(self, ids: list[int]) -> int:
+        with torch.inference_mode():
+            self.model(input_ids=torch.tensor([compress(ids, self.max_input, self.head)]))
+        return 1
+
+
+def measure_layers(engine: Engine, candidates: list[int], lengths: list[int], repeats: int = 2,
+                   tick: Callable[[], None] = lambda: None) -> list[dict]:
+    """For each layer count: the predictor's own time against the target's prefill, and how
+    much it slows prefill when run beside it (TimeBill hides the prediction behind prefill)."""
+    from timebill_ros.core.calibration import measure_prefill_contention, median_time
+
+    spec = PredictorSpec("buckets", 384)
+    pad = engine.loaded.tokenizer.pad_token_id
+    vocab = engine.loaded.model.config.vocab_size
+    rows = []
+    for layers in candidates:
+        stub = _BackboneStub(truncated_backbone(engine.loaded.path, layers, spec, pad), spec.max_input_tokens,
+                             spec.head_tokens)
+        ids = {n: torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in lengths}
+        own = {n: median_time(lambda: stub.predict(ids[n]), repeats) for n in lengths}
+        prefill = {n: median_time(lambda: engine.prefill(ids[n]), repeats) for n in lengths}
+        slowdown = measure_prefill_contention(engine, stub, lengths, repeats)
+        rows.append({"layers": layers, "predictor_s": own, "prefill_s": prefill,
+                     "predictor_over_prefill": max(own[n] / prefill[n] for n in lengths),
+                     "prefill_slowdown_beside": slowdown})
+        tick()
+    return rows
