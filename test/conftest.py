@@ -81,12 +81,13 @@ def calibration(slow_model_dir, tmp_path_factory):
     return quick_calibration(slow_model_dir, tmp_path_factory.mktemp("cal") / "slow.json")
 
 
-def start_node(slow_model_dir, calibration, workdir, name="node", ros_args=(), **overrides):
-    """A timebill_node subprocess on the slow test model."""
+def start_node(slow_model_dir, calibration, workdir, name="node", ros_args=(), action="", **overrides):
+    """A timebill_node subprocess on the slow test model; ACTION remaps its action's name."""
     from timebill_ros.node.client import NodeProcess
 
     params = {**BASE_PARAMS, "model_path": str(slow_model_dir), "calibration_path": str(calibration), **overrides}
-    return NodeProcess(params, workdir, name, ros_args)
+    remap = ("-r", f"timebill/generate:={action}") if action else ()
+    return NodeProcess(params, workdir, name, (*remap, *ros_args))
 
 
 @pytest.fixture(scope="module")

@@ -198,7 +198,7 @@ def test_feedback_history_reaches_a_reader_that_joins_after_the_goal(node):
 
 def test_uncalibrated_node_refuses_with_the_fix(slow_model_dir, tmp_path, rclpy_context):
     proc = start_node(slow_model_dir, tmp_path / "missing.json", tmp_path, name="uncalibrated",
-                      action_name="uncalibrated/generate")
+                      action="uncalibrated/generate")
     client = Client("uncalibrated/generate")
     try:
         assert client.wait_for_server(), proc.log()
@@ -213,7 +213,7 @@ def test_uncalibrated_node_refuses_with_the_fix(slow_model_dir, tmp_path, rclpy_
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_a_goal_aborts_it_and_exits(slow_model_dir, calibration, tmp_path, rclpy_context, sig):
     name = sig.name.lower()
-    proc = start_node(slow_model_dir, calibration, tmp_path, name=name, action_name=f"{name}/generate")
+    proc = start_node(slow_model_dir, calibration, tmp_path, name=name, action=f"{name}/generate")
     client = Client(f"{name}/generate")
     try:
         assert client.wait_for_server(), proc.log()
@@ -398,7 +398,7 @@ def trap_node(slow_model_dir, calibration, tmp_path_factory, rclpy_context):
     template.write_text(TRAP_TEMPLATE + template.read_text())
     # Its own action name: the module's other node serves the default one on the same domain.
     proc = start_node(model, calibration, tmp_path_factory.mktemp("trapnode"), name="trap",
-                      action_name="trap/generate")
+                      action="trap/generate")
     client = Client("trap/generate")
     assert client.wait_for_server(), proc.log()
     yield proc, client
@@ -430,7 +430,7 @@ def test_deadlines_run_on_the_steady_clock_even_with_sim_time_and_no_clock(slow_
                                                                           rclpy_context):
     """use_sim_time with nobody publishing /clock: ROS time stands still, the kill still comes
     from the control timer (not from a late result discarded afterwards)."""
-    proc = start_node(slow_model_dir, calibration, tmp_path, name="simtime", action_name="simtime/generate",
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="simtime", action="simtime/generate",
                       use_sim_time=True)
     client = Client("simtime/generate")
     try:
@@ -446,8 +446,8 @@ def test_deadlines_run_on_the_steady_clock_even_with_sim_time_and_no_clock(slow_
 def test_the_params_file_applies_under_a_namespace_and_another_node_name(slow_model_dir, calibration, tmp_path,
                                                                         rclpy_context):
     """The file's "/**" key: a renamed node in a namespace still reads it (here its
-    action_name, which then lives under the namespace)."""
-    proc = start_node(slow_model_dir, calibration, tmp_path, name="renamed", action_name="ns_test/generate",
+    fixed_prediction_tokens, 32 against the code's 64); its remapped action lives under the namespace."""
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="renamed", action="ns_test/generate",
                       ros_args=("-r", "__ns:=/robot1", "-r", "__node:=llm"))
     client = Client("/robot1/ns_test/generate")
     try:
@@ -457,6 +457,7 @@ def test_the_params_file_applies_under_a_namespace_and_another_node_name(slow_mo
         client.close()
         assert proc.stop() == 0, proc.log()
     assert run.result.status == R(client).SUCCEEDED, run.result.status_reason
+    assert run.result.predicted_response_tokens == BASE_PARAMS["fixed_prediction_tokens"] != 64
 
 
 def _set_parameter(node_name: str, name: str, value):
@@ -483,7 +484,7 @@ def _set_parameter(node_name: str, name: str, value):
 
 def test_run_time_parameters_change_over_the_parameter_services(slow_model_dir, calibration, tmp_path,
                                                                  rclpy_context):
-    proc = start_node(slow_model_dir, calibration, tmp_path, name="params", action_name="params/generate",
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="params", action="params/generate",
                       ros_args=("-r", "__node:=params_node"))
     client = Client("params/generate")
     try:
@@ -537,7 +538,7 @@ def _lifecycle(node_name: str, transition: int | None = None):
 def test_every_lifecycle_transition_and_goals_in_each_state(slow_model_dir, calibration, tmp_path, rclpy_context):
     from lifecycle_msgs.msg import Transition as T
 
-    proc = start_node(slow_model_dir, calibration, tmp_path, name="life", action_name="life/generate",
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="life", action="life/generate",
                       autostart=False, ros_args=("-r", "__node:=life_node"))
     client = Client("life/generate")
 
@@ -574,7 +575,7 @@ def test_a_failing_configure_leaves_the_node_unconfigured_with_the_reason(slow_m
                                                                          rclpy_context):
     from lifecycle_msgs.msg import Transition as T
 
-    proc = start_node(slow_model_dir, calibration, tmp_path, name="badlife", action_name="badlife/generate",
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="badlife", action="badlife/generate",
                       autostart=False, model_path="/nonexistent/model", ros_args=("-r", "__node:=badlife_node"))
     client = Client("badlife/generate")
     try:

@@ -103,7 +103,7 @@ def test_one_goal_through_the_node_on_smollm2(smollm2, tmp_path, rclpy_context):
     calibration = quick_calibration("builtin:smollm2", tmp_path / "smollm2.json", threads=2, max_length=512,
                                     points=5)
     proc = start_node("builtin:smollm2", calibration, tmp_path, name="smollm2", threads=2,
-                      action_name="smollm2/generate")
+                      action="smollm2/generate")
     client = Client("smollm2/generate")
     try:
         assert client.wait_for_server(120), proc.log()

@@ -43,7 +43,6 @@ class NodeParams:
                      "Timed sections synchronize the device before reading the clock (the CUDA path is not run here)")
     threads: int = _p(2, "torch intra-op threads; a calibration is valid for one thread count", low=1, high=256)
     calibration_path: str = _p("", "'' = $TIMEBILL_HOME/calibration/<model>__<dtype>__t<threads>__<machine>.json")
-    action_name: str = _p("timebill/generate", "the action's name (relative: remap or namespace it)")
     control_rate_hz: float = _p(20.0, "the deadline timer's rate; a kill lands within one period plus one decode "
                                 "step", low=0.1, high=1000.0, runtime=True)
     diagnostics_rate_hz: float = _p(1.0, "DiagnosticArray rate on /diagnostics", low=0.01, high=100.0)

@@ -99,6 +99,9 @@ class TopicGoalHandle:
 
 # What configure may fail with; the message names the cause and the fix.
 CONFIGURE_ERRORS = (ModelLoadError, PredictorLoadError, UnsupportedModelError)
+# Fixed relative names, meant for remapping and namespaces (`-r timebill/generate:=arm/llm`,
+# `__ns:=/robot1`), like every ROS interface name; no parameter duplicates that.
+ACTION_NAME, REQUEST_TOPIC, RESULT_TOPIC = "timebill/generate", "timebill/requests", "timebill/results"
 NOT_CONFIGURED = "node not configured: no model loaded (ros2 lifecycle set <node> configure)"
 
 
@@ -122,7 +125,7 @@ class TimeBillServer(LifecycleNode):
         self._server = ActionServer(
             self,
             TimedGenerate,
-            self.params.action_name,
+            ACTION_NAME,
             execute_callback=self._execute,
             goal_callback=self._on_goal,
             handle_accepted_callback=self._on_accepted,
@@ -139,8 +142,8 @@ class TimeBillServer(LifecycleNode):
             clock=self._steady,
         )
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._results = self.create_publisher(ResultRecord, "timebill/results", 100)
-        self.create_subscription(RequestMsg, "timebill/requests", self._on_request, 100,
+        self._results = self.create_publisher(ResultRecord, RESULT_TOPIC, 100)
+        self.create_subscription(RequestMsg, REQUEST_TOPIC, self._on_request, 100,
                                  callback_group=ReentrantCallbackGroup())
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer = self.create_timer(
@@ -165,7 +168,7 @@ class TimeBillServer(LifecycleNode):
         """Serve goals."""
         self._active = True
         self.get_logger().info(
-            f"serving '{self.params.action_name}' with model {self.loaded.name} ({self.loaded.dtype}, "
+            f"serving '{self.resolve_topic_name(ACTION_NAME)}' with model {self.loaded.name} ({self.loaded.dtype}, "
             f"{self.loaded.threads} threads), control rate {self.params.control_rate_hz} Hz"
         )
         return super().on_activate(state)
