@@ -13,21 +13,24 @@ from timebill_ros.core.engine import Engine, EngineConfig
 from timebill_ros.core.model import load_model
 from timebill_ros.core.predictor import FixedLengthPredictor, PredictorSpec, load_classifier
 from timebill_ros.core.timing import TimingModel
+from timebill_ros.node.params import NodeParams
 from timebill_ros.train import predictor as rlp
 
 
-def target_engine(model_path: str, threads: int) -> tuple[Engine, Calibration]:
-    """The target model's engine and calibration (made now if missing: input compression needs it)."""
+def target_engine(model_path: str, threads: int, max_new_tokens: int) -> tuple[Engine, Calibration]:
+    """The target model's engine and calibration (made now if missing: input compression needs
+    it), profiled as far as the node's longest prompt plus the answers distilled here."""
     engine = Engine(load_model(model_path, threads=threads), TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(),
                     EngineConfig())
-    return engine, load_or_calibrate(engine, points=12, announce=click.echo)
+    longest = NodeParams.max_prompt_tokens + max_new_tokens
+    return engine, load_or_calibrate(engine, points=12, announce=click.echo, max_length=longest)
 
 
 def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, free: int, epochs: int,
                   layers: int, max_new_tokens: int, threads: int, retrain: bool, results: str,
                   lora_rank: int = 0) -> dict:
     """Distil (cached), train what is missing (or everything with RETRAIN), evaluate; write JSON."""
-    engine, cal = target_engine(model_path, threads)
+    engine, cal = target_engine(model_path, threads, max_new_tokens)
     target_dir, tok = engine.loaded.path, engine.loaded.tokenizer
     folder = Path(out) if out else target_dir / "rlp"
     sets = {"train": rlp.predictor_prompts("train", per_task, free=free),
