@@ -207,6 +207,13 @@ def online_table(load: Callable[[str], dict]) -> str:
                          f"| {r['broken_promises']} | {r['late']} | {r['mean_alpha']:.2f} "
                          f"| {r['mean_prefill_factor']:.2f} / {r['mean_decode_factor']:.2f} "
                          f"| {r['goals_to_adapt'] if arm == 'online' else '(does not adapt)'} |")
+    online = o["arms"]["online"]
+    coverage = [online[ph]["first_plan_coverage_pct"] for ph in ("idle", "loaded", "idle_again")]
+    adapt = [online[ph]["goals_to_adapt"] for ph in ("loaded", "idle_again")]
+    lines += ["", f"Goals (online model): first-plan coverage >= 99 % in every phase: "
+              f"{'met' if min(coverage) >= 99 else 'not met'} ({' / '.join(f'{c:.0f} %' for c in coverage)}); "
+              f"adaptation within 5 goals after each change: {'met' if max(adapt) <= 5 else 'not met'} "
+              f"({' / '.join(map(str, adapt))} goals)."]
     lines += ["", "Estimators replayed on the static arm's per-goal slow-down ratios (share of goals whose "
               "ratio the estimate from the goals before it, times the calibration margin, bounded; mean "
               "over-estimate):", "", "| estimator | prefill bounded / over | decode bounded / over |",
