@@ -114,7 +114,24 @@ def bench_table(load: Callable[[str], dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def quality_table(load: Callable[[str], dict], source: str = "quality.json") -> str:
+# Issue 15's full-cache targets for a task-competent target
+QUALITY_TARGETS = {"qa": 0.8, "list": 0.6, "code": 0.35}
+
+
+def quality_targets(q: dict) -> str:
+    """Whether each task meets its full-cache target and beats its no-context score, and how
+    much heavy eviction (alpha 0.95) costs it."""
+    parts = []
+    for task, target in QUALITY_TARGETS.items():
+        row = q["scores"][task]
+        full, bare, heavy = row["0.0"], row["no_context"], row.get("0.95")
+        verdict = "met" if full >= target and full > bare else "not met"
+        drop = f", {heavy:.3f} at alpha 0.95" if heavy is not None else ""
+        parts.append(f"{task} {verdict} ({full:.3f} vs target {target}, {bare:.3f} without the context{drop})")
+    return "Targets (issue 15): " + "; ".join(parts) + ".\n"
+
+
+def quality_table(load: Callable[[str], dict], source: str = "quality.json", targets: bool = False) -> str:
     """Task scores vs nominal alpha, with the alpha really applied (timebill eval-quality)."""
     q = load(source)
     alphas = [a for a in next(iter(q["scores"].values())) if a != "no_context"]
@@ -131,7 +148,8 @@ def quality_table(load: Callable[[str], dict], source: str = "quality.json") -> 
     agree = q["agreement_with_full_cache"]
     cells = " | ".join("1" if a == "0.0" else f"{sum(t[a] for t in agree.values()) / len(agree):.3f}" for a in alphas)
     lines.append(f"| agreement with the full-cache answer (ROUGE-L, mean of tasks) | {cells} | |")
-    return "\n".join(lines) + f"\n\n{q['examples']} test prompts, model `{q['model']}` (`docs/results/{source}`).\n"
+    tail = f"\n\n{q['examples']} test prompts, model `{q['model']}` (`docs/results/{source}`).\n"
+    return "\n".join(lines) + tail + ("\n" + quality_targets(q) if targets else "")
 
 
 RLP_NAMES = {"buckets16": "SLM, 16-token buckets (TimeBill)", "buckets32": "SLM, 32-token buckets",
@@ -252,7 +270,7 @@ def params_table(load: Callable[[str], dict] | None = None) -> str:
 TABLES = {"params": params_table, "online": online_table,
           "bench": bench_table, "quality": quality_table, "rlp": rlp_table, "eval": eval_table,
           "quality_smollm2": lambda load: quality_table(load, "quality_smollm2.json"),
-          "quality_smollm2_tasks": lambda load: quality_table(load, "quality_smollm2_tasks.json"),
+          "quality_smollm2_tasks": lambda load: quality_table(load, "quality_smollm2_tasks.json", targets=True),
           "rlp_smollm2_tasks": lambda load: rlp_table(load, "rlp_smollm2_tasks.json"),
           "reliability": reliability_table}
 

@@ -66,7 +66,7 @@ def evaluate(engine: Engine, examples: list[Example], alphas=ALPHAS, max_new_tok
             per.setdefault(ex.task, {}).setdefault(str(alpha), []).append(score(ex.task, text, ex.answer))
             if alpha != 0.0 and full is not None:
                 agree.setdefault(ex.task, {}).setdefault(str(alpha), []).append(rouge_l(text, full))
-            report.answers.append({"id": ex.id, "alpha": alpha, "answer": text})
+            report.answers.append({"id": ex.id, "alpha": alpha, "answer": text, "tokens": len(result.token_ids)})
             tick()
         text = answer(engine, without_context(ex), max_new_tokens, 0.0).text
         per[ex.task].setdefault(NO_CONTEXT, []).append(score(ex.task, text, ex.answer))
