@@ -2,7 +2,7 @@
 
     ros2 launch timebill_ros timebill.launch.py
     ros2 launch timebill_ros timebill.launch.py params_file:=/robot/config/timebill.yaml \
-        namespace:=arm node_name:=llm log_level:=debug use_sim_time:=true
+        namespace:=arm node_name:=llm log_level:=debug use_sim_time:=true autostart:=false
 """
 import os
 
@@ -25,6 +25,9 @@ def generate_launch_description():
         DeclareLaunchArgument("log_level", default_value="info", description="debug | info | warn | error"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="use /clock for ROS time (deadlines always run on the steady clock)"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="configure and activate at start; false leaves the lifecycle node "
+                                          "unconfigured for a lifecycle manager"),
     ]
     node = Node(
         package="timebill_ros",
@@ -33,9 +36,10 @@ def generate_launch_description():
         namespace=LaunchConfiguration("namespace"),
         output="screen",
         emulate_tty=True,
-        # The file first; the launch argument then overrides its use_sim_time.
+        # The file first; the launch arguments then override its use_sim_time and autostart.
         parameters=[LaunchConfiguration("params_file"),
-                    {"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)}],
+                    {"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
+                     "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool)}],
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
     )
     return LaunchDescription([*arguments, node])

@@ -34,8 +34,8 @@ def test_launch_file_starts_timebill_node_and_every_argument_reaches_it():
     declared = {ast.literal_eval(c.args[0]) for c in ast.walk(tree)
                 if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "DeclareLaunchArgument"}
     # Each argument lands in the Node field that gives it its meaning.
-    reaches = {"params_file": "parameters", "use_sim_time": "parameters", "namespace": "namespace",
-               "node_name": "name", "log_level": "arguments"}
+    reaches = {"params_file": "parameters", "use_sim_time": "parameters", "autostart": "parameters",
+               "namespace": "namespace", "node_name": "name", "log_level": "arguments"}
     assert declared == set(reaches)
     for argument, field in reaches.items():
         assert argument in configurations(kwargs[field]), (argument, field)
