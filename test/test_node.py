@@ -247,7 +247,10 @@ def test_diagnostics_report_health(node, rclpy_context):
         sub_node.destroy_node()
     status = next(s for m in received for s in m.status if s.name.startswith("timebill_node"))
     values = {kv.key: kv.value for kv in status.values}
-    assert status.level == DiagnosticStatus.OK and status.message == "serving"
+    # OK while serving; WARN when the online timing finds this (shared, busy) machine slower
+    # than its calibration's error band: health reporting works either way.
+    assert (status.level, status.message) == (DiagnosticStatus.OK, "serving") or (
+        status.level == DiagnosticStatus.WARN and status.message.startswith("timing drift: ")), status.message
     assert {"queue_depth", "deadline_misses", "killed", "last_alpha", "last_wcet_s", "calibration_age_s",
             "model", "device", "online_timing", "prefill_slowdown", "decode_slowdown", "slowdown_goals"} <= set(values)
     assert float(values["prefill_slowdown"]) > 0 and values["online_timing"] == "True"
@@ -473,10 +476,15 @@ def _set_parameter(node_name: str, name: str, value):
     try:
         client = helper.create_client(SetParameters, f"/{node_name}/set_parameters")
         assert client.wait_for_service(timeout_sec=30)
-        future = client.call_async(SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
-        executor.spin_until_future_complete(future, timeout_sec=60)
-        assert future.done(), f"no answer from /{node_name}/set_parameters"
-        return future.result().results[0]
+        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        # A DDS service can drop the first response while its reply channel is still being
+        # matched (slow discovery on a loaded machine); setting a value twice is harmless.
+        for _ in range(4):
+            future = client.call_async(request)
+            executor.spin_until_future_complete(future, timeout_sec=15)
+            if future.done():
+                return future.result().results[0]
+        raise AssertionError(f"no answer from /{node_name}/set_parameters")
     finally:
         executor.shutdown()
         helper.destroy_node()
@@ -508,7 +516,11 @@ def test_run_time_parameters_change_over_the_parameter_services(slow_model_dir, 
 
 # ------------------------------------------------------------------ lifecycle
 def _lifecycle(node_name: str, transition: int | None = None):
-    """(transition accepted or None, state label after it) over the node's lifecycle services."""
+    """(transition accepted or None, state label after it) over the node's lifecycle services.
+
+    A DDS service can drop a response while its reply channel is still being matched (slow
+    discovery on a loaded machine): a lost get_state is asked again; a lost change_state is
+    judged by the state it left (a changed state means it was taken; else it is sent again)."""
     import rclpy
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState
@@ -517,19 +529,38 @@ def _lifecycle(node_name: str, transition: int | None = None):
     helper = rclpy.create_node("lifecycle_caller")
     executor = SingleThreadedExecutor()
     executor.add_node(helper)
+
+    def call(client, request, timeout):
+        future = client.call_async(request)
+        executor.spin_until_future_complete(future, timeout_sec=timeout)
+        return future.result() if future.done() else None
+
+    def state() -> str:
+        for _ in range(4):
+            answer = call(get, GetState.Request(), 15)
+            if answer is not None:
+                return answer.current_state.label
+        raise AssertionError(f"no answer from /{node_name}/get_state")
+
     try:
+        get = helper.create_client(GetState, f"/{node_name}/get_state")
+        assert get.wait_for_service(timeout_sec=30)
         accepted = None
         if transition is not None:
             change = helper.create_client(ChangeState, f"/{node_name}/change_state")
             assert change.wait_for_service(timeout_sec=30)
-            future = change.call_async(ChangeState.Request(transition=Transition(id=transition)))
-            executor.spin_until_future_complete(future, timeout_sec=120)
-            accepted = future.result().success
-        get = helper.create_client(GetState, f"/{node_name}/get_state")
-        assert get.wait_for_service(timeout_sec=30)
-        future = get.call_async(GetState.Request())
-        executor.spin_until_future_complete(future, timeout_sec=30)
-        return accepted, future.result().current_state.label
+            before = state()
+            for _ in range(3):
+                answer = call(change, ChangeState.Request(transition=Transition(id=transition)), 60)
+                if answer is not None:
+                    accepted = answer.success
+                    break
+                if state() != before:
+                    accepted = True
+                    break
+            else:
+                raise AssertionError(f"no answer from /{node_name}/change_state")
+        return accepted, state()
     finally:
         executor.shutdown()
         helper.destroy_node()
