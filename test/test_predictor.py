@@ -67,6 +67,21 @@ def test_distil_train_evaluate_and_serve(tiny, tiny_model_dir, tmp_path):
     engine.close()
 
 
+def test_a_distillation_killed_mid_write_resumes_from_what_it_had(tiny, tmp_path):
+    engine = Engine(tiny, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor())
+    prompts = [(f"p{i}", "word " * (10 + 7 * i)) for i in range(6)]
+    cache = tmp_path / "d.jsonl.gz"
+    first = rlp.distill(engine, prompts[:4], 12, cache)
+    data = cache.read_bytes()
+    cache.write_bytes(data[: len(data) - 9])  # what a kill leaves: the stream's end is missing
+    kept = rlp.read_distilled(cache)
+    assert 0 < len(kept) <= 4 and all(kept[s.id].n_tokens == s.n_tokens for s in first if s.id in kept)
+    again = rlp.distill(engine, prompts, 12, cache)  # resumes, answers the rest, file readable again
+    engine.close()
+    assert [s.id for s in again] == [p for p, _ in prompts] and len(rlp.read_distilled(cache)) == 6
+    assert [s.n_tokens for s in again[:4]] == [s.n_tokens for s in first]
+
+
 def test_free_form_distillation_prompts_come_from_the_splits_prose_only():
     from timebill_ros.eval import tasks
     from timebill_ros.train.predictor import predictor_prompts

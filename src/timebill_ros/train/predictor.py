@@ -66,14 +66,15 @@ def predictor_prompts(split: str, n_per_task: int, seed: int = 0, free: int = 0)
 
 def distill(engine: Engine, prompts: list[tuple[str, str]], max_new_tokens: int, cache: Path,
             tick: Callable[[], None] = lambda: None) -> list[Sample]:
-    """Answer every prompt with the target (greedy); cached as JSONL.gz (resumes)."""
-    done: dict[str, Sample] = {}
-    if cache.exists():
-        with gzip.open(cache, "rt") as f:
-            for line in f:
-                d = json.loads(line)
-                done[d["id"]] = Sample(**d)
+    """Answer every prompt with the target (greedy); cached as JSONL.gz (resumes, also after a
+    run killed mid-write)."""
+    done = read_distilled(cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
+    if cache.exists():  # rewrite what was readable, so new answers follow a complete gzip stream
+        tmp = cache.with_suffix(".tmp")
+        with gzip.open(tmp, "wt") as f:
+            f.writelines(json.dumps(s.__dict__) + "\n" for s in done.values())
+        tmp.replace(cache)
     with gzip.open(cache, "at") as f:
         for pid, text in prompts:
             if pid not in done:
@@ -86,6 +87,22 @@ def distill(engine: Engine, prompts: list[tuple[str, str]], max_new_tokens: int,
                 f.flush()
             tick()
     return [done[pid] for pid, _ in prompts]
+
+
+def read_distilled(cache: Path) -> dict[str, Sample]:
+    """The answers a distillation cache holds; a killed run leaves its last gzip stream
+    unterminated and maybe half a line: everything complete before that is kept."""
+    done: dict[str, Sample] = {}
+    if not cache.exists():
+        return done
+    try:
+        with gzip.open(cache, "rt") as f:
+            for line in f:
+                d = json.loads(line)
+                done[d["id"]] = Sample(**d)
+    except (EOFError, gzip.BadGzipFile, json.JSONDecodeError):
+        pass
+    return done
 
 
 def spec_for(name: str, train: list[Sample], n_max: int, target: str) -> PredictorSpec:
