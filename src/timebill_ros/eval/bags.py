@@ -43,6 +43,7 @@ def write_bag(path: Path, topic: str, msgtype: str, records: Iterable[tuple[int,
     store = typestore()
     cls = store.types[msgtype]
     duration = store.types["builtin_interfaces/msg/Duration"]
+    defaults = msg_defaults(msgtype)  # parsed once, not per record
     with Writer(path, version=9, storage_plugin=STORAGES[storage]) as writer:
         conn = writer.add_connection(topic, msgtype, typestore=store)
         for stamp, values in records:
@@ -50,7 +51,7 @@ def write_bag(path: Path, topic: str, msgtype: str, records: Iterable[tuple[int,
             if "budget" in values and isinstance(values["budget"], float) and msgtype == REQUEST_TYPE:
                 sec = int(values["budget"])
                 values["budget"] = duration(sec=sec, nanosec=int(round((values["budget"] - sec) * 1e9)))
-            msg = cls(**{**msg_defaults(msgtype), **values})
+            msg = cls(**{**defaults, **values})
             writer.write(conn, stamp, store.serialize_cdr(msg, msgtype))
     return path
 
