@@ -32,8 +32,9 @@ from contextlib import contextmanager
 from common import calibrated_engine, parser, random_ids, write
 
 from timebill_ros.core.jobs import CancelToken, Request, Status
-from timebill_ros.core.online import OnlineTiming, PhaseWork, online_timing_from
+from timebill_ros.core.online import Margins, OnlineTiming, PhaseWork, online_timing_from
 from timebill_ros.core.predictor import FixedLengthPredictor
+from timebill_ros.core.timing import TimingModel
 
 LENGTHS = (256, 512, 768, 1024)
 BUDGET_SCALES = (1.1, 1.5, 2.0, 2.6)  # x the prior's alpha = 0 WCET
@@ -114,11 +115,11 @@ def phase_summary(runs: list[dict]) -> dict:
 
 
 def second_largest(window: list[float], size: int) -> float:
-    """The estimator core.online uses."""
-    if len(window) < 2:
-        return 1.0
-    est = sorted(window)[-2]
-    return est if len(window) == size else max(1.0, est)
+    """The estimator core.online uses, run on WINDOW (the goals before the one estimated)."""
+    timing = OnlineTiming(TimingModel(0, 0, 0, 0, 0), Margins(), window=size, min_seconds=0.0)
+    for ratio in window:
+        timing.observe(PhaseWork(1.0, ratio), PhaseWork(1.0, ratio))
+    return timing.factor("prefill")
 
 
 ESTIMATORS = {

@@ -109,12 +109,6 @@ class OnlineTiming:
                 if work.predicted >= self.min_seconds and work.measured > 0.0:
                     self._ratios[phase].append(work.measured / work.predicted)
 
-    def reset(self) -> None:
-        """Forget every observation (back to the prior)."""
-        with self._lock:
-            for ratios in self._ratios.values():
-                ratios.clear()
-
     # ---------------------------------------------------------- diagnostics
     def observations(self, phase: str) -> int:
         """How many goals the PHASE's window holds."""
