@@ -59,6 +59,32 @@ def test_output_control_through_the_action(node):
     assert stopped.response_tokens < greedy.response_tokens  # decoding ended there, not only the text
 
 
+def test_a_lost_goal_or_result_response_is_recovered(node):
+    """DDS can drop a service response while the reply channel is still being matched: the
+    client asks for the result again, and takes a goal whose response never came once its
+    feedback shows the server accepted it."""
+    from unique_identifier_msgs.msg import UUID
+
+    from timebill_ros.node.client import GoalRun
+
+    proc, client = node
+    goal = client.goal("What is in the hallway?", budget=20.0, max_new_tokens=4)
+    lost_goal = GoalRun(goal, goal_id=UUID(uuid=list(range(16))))
+    client.client.send_goal_async(goal, feedback_callback=lambda m: lost_goal.feedback.append(m.feedback),
+                                  goal_uuid=lost_goal.goal_id)  # its response is never looked at
+    client.wait(lost_goal, timeout=60, ask_again_every=1.0)
+    assert lost_goal.status == GoalStatus.STATUS_SUCCEEDED and lost_goal.result.response_tokens >= 1
+
+    lost_result = GoalRun(goal, goal_id=UUID(uuid=list(range(1, 17))))
+    sent = client.client.send_goal_async(goal, goal_uuid=lost_result.goal_id)
+    deadline = time.monotonic() + 30
+    while not sent.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lost_result.handle, lost_result.accepted = sent.result(), True  # the result is never requested
+    client.wait(lost_result, timeout=60, ask_again_every=1.0)
+    assert lost_result.status == GoalStatus.STATUS_SUCCEEDED and lost_result.result_requests >= 1
+
+
 BAD_GOALS = [
     ({"prompt": ""}, "empty prompt"),
     ({"budget": 0.0}, "budget"),

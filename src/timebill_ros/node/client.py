@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,14 @@ class GoalRun:
     accepted_at: float | None = None
     done_at: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    goal_id: object = None  # unique_identifier_msgs UUID, chosen by the client
+    result_requests: int = 0
+
+    def state(self) -> str:
+        """Where the goal stands, for a hang report."""
+        if self.accepted is None:
+            return f"no goal response yet, {len(self.feedback)} feedback messages"
+        return f"accepted={self.accepted}, {len(self.feedback)} feedback, {self.result_requests} result requests"
 
 
 class Client:
@@ -97,35 +106,65 @@ class Client:
 
     def send(self, goal, on_feedback=None) -> GoalRun:
         """Send without waiting for the result."""
-        run = GoalRun(goal)
+        from unique_identifier_msgs.msg import UUID
+
+        run = GoalRun(goal, goal_id=UUID(uuid=list(uuid.uuid4().bytes)))
 
         def feedback(msg):
             run.feedback.append(msg.feedback)
             if on_feedback:
                 on_feedback(run, msg.feedback)
 
-        future = self.client.send_goal_async(goal, feedback_callback=feedback)
+        future = self.client.send_goal_async(goal, feedback_callback=feedback, goal_uuid=run.goal_id)
 
         def accepted(fut):
+            if run.handle is not None:  # already taken over by _ask_again
+                return
             run.handle, run.accepted_at = fut.result(), time.monotonic()
             run.accepted = run.handle.accepted
             if not run.accepted:
                 run.done.set()
                 return
-
-            def finished(rf):
-                run.result, run.status, run.done_at = rf.result().result, rf.result().status, time.monotonic()
-                run.done.set()
-
-            run.handle.get_result_async().add_done_callback(finished)
+            self._request_result(run)
 
         future.add_done_callback(accepted)
         return run
 
-    def wait(self, run: GoalRun, timeout: float = 60.0) -> GoalRun:
-        """Block until RUN has its result; TimeoutError after TIMEOUT seconds (a hang check)."""
-        if not run.done.wait(timeout):
-            raise TimeoutError(f"no result within {timeout}s")
+    def _request_result(self, run: GoalRun) -> None:
+        """Ask the server for RUN's result (held by the server until the goal ends)."""
+
+        def finished(rf):
+            if run.done.is_set():  # a second request's answer
+                return
+            run.result, run.status, run.done_at = rf.result().result, rf.result().status, time.monotonic()
+            run.done.set()
+
+        run.result_requests += 1
+        run.handle.get_result_async().add_done_callback(finished)
+
+    def _ask_again(self, run: GoalRun) -> None:
+        """A DDS service can drop a response while its reply channel is still being matched
+        (slow discovery on a loaded machine). A lost result response is asked for again; a lost
+        goal response is recovered once feedback for the goal proves the server accepted it."""
+        from rclpy.action.client import ClientGoalHandle
+
+        if run.handle is None and run.feedback:
+            response = self.TimedGenerate.Impl.SendGoalService.Response(accepted=True)
+            run.handle, run.accepted, run.accepted_at = ClientGoalHandle(self.client, run.goal_id, response), True, \
+                time.monotonic()
+        if run.accepted:
+            self._request_result(run)
+
+    def wait(self, run: GoalRun, timeout: float = 60.0, ask_again_every: float = 15.0) -> GoalRun:
+        """Block until RUN has its result; TimeoutError after TIMEOUT seconds (a hang check).
+
+        Every ASK_AGAIN_EVERY seconds without a result the result is requested again: a
+        request the server already answered costs nothing more than a duplicate reply."""
+        deadline = time.monotonic() + timeout
+        while not run.done.wait(max(0.0, min(ask_again_every, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no result within {timeout}s ({run.state()})")
+            self._ask_again(run)
         return run
 
     def call(self, goal, timeout: float = 60.0, on_feedback=None) -> GoalRun:
