@@ -1,13 +1,19 @@
 """ament_python package timebill_ros; the code lives under src/."""
+import xml.etree.ElementTree as ET
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
-PACKAGE = "timebill_ros"
+# package.xml is the one place for name, version, maintainer and licence (colcon and rosdep
+# read it too); setup.py takes them from there.
+MANIFEST = ET.parse(Path(__file__).resolve().parent / "package.xml").getroot()
+PACKAGE = MANIFEST.findtext("name")
+MAINTAINER = MANIFEST.find("maintainer")
 
 setup(
     name=PACKAGE,
-    version="0.1.0",
+    version=MANIFEST.findtext("version"),
     package_dir={"": "src"},
     packages=find_packages("src", include=["timebill_ros", "timebill_ros.*"]),
     data_files=[
@@ -21,10 +27,10 @@ setup(
                            "models/default/rlp/distill/*", "models/smollm2-tasks/*",
                            "models/smollm2-tasks/rlp/buckets16/*", "models/smollm2-tasks/rlp/distill/*"]},
     zip_safe=False,
-    maintainer="timebill_ros maintainers",
-    maintainer_email="maintainers@timebill-ros.org",
-    description="Time-budgeted LLM inference as a ROS 2 action server",
-    license="Apache-2.0",
+    maintainer=MAINTAINER.text,
+    maintainer_email=MAINTAINER.get("email"),
+    description=MANIFEST.findtext("description"),
+    license=MANIFEST.findtext("license"),
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [

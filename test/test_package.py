@@ -153,3 +153,20 @@ def test_publish_copies_results_fixes_plot_paths_and_regenerates_tables(tmp_path
     assert publish(results, docs, readme) == ["planning_time.json", "eval.json"]
     assert "| one alpha* plan (median) | 123.5 ms |" in readme.read_text() and "old" not in readme.read_text()
     assert json.loads((docs / "eval.json").read_text())["plots"] == ["docs/results/budget_sweep_kill.png"]
+
+
+def test_both_manifests_name_one_maintainer_version_and_licence_and_setup_py_reads_them():
+    """package.xml is the one source: timebill_msgs agrees with it, setup.py reads it."""
+    import subprocess
+    import sys
+
+    def identity(path: Path) -> tuple:
+        root = ET.parse(path).getroot()
+        maintainer = root.find("maintainer")
+        return root.findtext("version"), maintainer.text, maintainer.get("email"), root.findtext("license")
+
+    ours = identity(REPO / "package.xml")
+    assert identity(REPO / "src" / "timebill_msgs" / "package.xml") == ours
+    run = subprocess.run([sys.executable, "setup.py", "--version", "--maintainer", "--maintainer-email", "--license"],
+                         cwd=REPO, capture_output=True, text=True, check=True)
+    assert tuple(run.stdout.split("\n")[-5:-1]) == ours
