@@ -77,6 +77,8 @@ def test_a_distillation_killed_mid_write_resumes_from_what_it_had(tiny, tmp_path
     kept = rlp.read_distilled(cache)
     assert 0 < len(kept) <= 4 and all(kept[s.id].n_tokens == s.n_tokens for s in first if s.id in kept)
     again = rlp.distill(engine, prompts, 12, cache)  # resumes, answers the rest, file readable again
+    complete = cache.read_bytes()
+    assert rlp.distill(engine, prompts, 12, cache) == again and cache.read_bytes() == complete  # shipped: untouched
     engine.close()
     assert [s.id for s in again] == [p for p, _ in prompts] and len(rlp.read_distilled(cache)) == 6
     assert [s.n_tokens for s in again[:4]] == [s.n_tokens for s in first]
