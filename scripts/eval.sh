@@ -3,20 +3,23 @@
 #   1. TimeBill, vanilla and fixed-alpha baselines (Kill and Skip-Next) + a k sweep, one node
 #   2. the int8 weight-only quantized model (plain inference), a second node
 #   3. timebill eval: JSON, plots and the claim check under results/eval/
-# PER_TASK (default 5) sets the size; POLICIES (default kill,skip_next).
-# The comparison still runs on the toy model with its distilled length predictor
-# (EVAL_MODEL / EVAL_PREDICTOR); a SmolLM2 target and its predictor are the next step.
+# PER_TASK (default 4) sets the size; POLICIES (default kill,skip_next).
+# The target is SmolLM2-135M-Instruct fine-tuned on the task suite, with its distilled length
+# predictor (EVAL_MODEL / EVAL_PREDICTOR; builtin:toy / builtin:default run the toy model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PER_TASK=${PER_TASK:-5}
+PER_TASK=${PER_TASK:-4}
 POLICIES=${POLICIES:-kill,skip_next}
 LEVELS=${LEVELS:-0.1,0.3,0.5,0.7,0.9}  # budget levels: quantiles of each task's vanilla predicted time
+EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks}
+EVAL_PREDICTOR=${EVAL_PREDICTOR:-builtin:smollm2-tasks}
 OUT=results/eval
 rm -rf "$OUT" && mkdir -p "$OUT"
+STARTED=$(date +%s)
 PARAMS="$OUT/node.yaml"
 INT8_PARAMS="$OUT/int8.yaml"
 python - "${BASE_PARAMS:-config/timebill.yaml}" "$PARAMS" "$INT8_PARAMS" \
-  "${EVAL_MODEL:-builtin:toy}" "${EVAL_PREDICTOR:-builtin:default}" <<'PY'
+  "$EVAL_MODEL" "$EVAL_PREDICTOR" <<'PY'
 import sys, yaml
 base, out, out_int8, model, predictor = sys.argv[1:]
 doc = yaml.safe_load(open(base))
@@ -51,4 +54,10 @@ echo "== replay: int8 quantized model"
 run_node "$INT8_PARAMS" "$OUT/workload_int8" "$OUT/results_int8"
 
 echo "== evaluate"
+python - "$OUT/run.json" "$EVAL_MODEL" "$EVAL_PREDICTOR" "$PER_TASK" "$LEVELS" "$POLICIES" "$STARTED" <<'PY'
+import json, sys, time
+out, model, predictor, per_task, levels, policies, started = sys.argv[1:]
+json.dump({"model": model, "predictor": predictor, "per_task": int(per_task), "levels": levels,
+           "policies": policies, "minutes": (time.time() - int(started)) / 60}, open(out, "w"))
+PY
 timebill eval "$OUT/results" "$OUT/results_int8" --out "$OUT"

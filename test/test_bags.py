@@ -90,6 +90,23 @@ def test_report_scores_incomplete_as_zero_and_checks_claims():
     assert claims["completion_gap_vs_fixed_0.95_pts"] == [0.0]
 
 
+def test_mechanism_compares_the_prediction_with_the_true_length_of_the_same_example():
+    def run(method, example, predicted, worst, status="SUCCEEDED", alpha=0.0):
+        return {**record(method, 1.0, status, alpha=alpha), "request_id": f"kill/q50/{method}/{example}",
+                "predicted_response_tokens": predicted, "worst_case_response_tokens": worst}
+
+    rows = [run("timebill_true_length", "e1", 40, 40, alpha=0.2), run("timebill_true_length", "e2", 10, 10),
+            run("timebill", "e1", 16, 80, "KILLED_AT_DEADLINE", alpha=0.6), run("timebill", "e2", 16, 32, alpha=0.1),
+            run("fixed_0.95", "e1", 64, 64, alpha=0.95)]
+    cells = report.mechanism(rows)["kill"]["q50"]
+    tb = cells["timebill"]
+    assert tb["predictor_mae_tokens"] == 15.0 and tb["under_predicted_share"] == 0.5
+    assert tb["worst_case_short_share"] == 0.0 and tb["true_tokens_mean"] == 25.0
+    assert tb["killed_or_late"] == 1 and tb["completion"] == 0.5 and tb["alpha_mean"] == pytest.approx(0.35)
+    assert cells["fixed_0.95"]["alpha_mean"] == pytest.approx(0.95) and "predictor_mae_tokens" not in cells["fixed_0.95"]
+    assert report.mechanism([r for r in rows if r["method"] != "timebill_true_length"]) == {}
+
+
 def test_make_replay_eval_against_the_real_node(slow_model_dir, calibration, tmp_path):
     proc = start_node(slow_model_dir, calibration, tmp_path, name="bagnode", max_queue=8)
     try:

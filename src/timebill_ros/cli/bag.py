@@ -138,6 +138,9 @@ def evaluate_bags(paths: list[Path], out: Path, main_methods: list[str]) -> dict
     claims = report.check_claims(table, main_methods)
     out.mkdir(parents=True, exist_ok=True)
     plots = report.plot(table, out, main_methods)
-    data = {"results": len(records), "table": table, "claims": claims, "plots": [str(p) for p in plots]}
+    data = {"results": len(records), "table": table, "claims": claims, "mechanism": report.mechanism(records),
+            "plots": [str(p) for p in plots]}
+    if (out / "run.json").is_file():  # what make eval ran: model, predictor, size, minutes
+        data["run"] = json.loads((out / "run.json").read_text())
     (out / "eval.json").write_text(json.dumps(data, indent=2))
     return data

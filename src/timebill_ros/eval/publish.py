@@ -38,6 +38,7 @@ SOURCES = {
     "eval/budget_sweep_kill.png": "budget_sweep_kill.png",
     "eval/budget_sweep_skip_next.png": "budget_sweep_skip_next.png",
     "eval/k_sweep_kill.png": "k_sweep_kill.png",
+    "eval/k_sweep_skip_next.png": "k_sweep_skip_next.png",
 }
 BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 
@@ -169,28 +170,87 @@ def rlp_table(load: Callable[[str], dict], source: str = "rlp.json") -> str:
     return "\n".join(lines) + f"\n\n{r['test_examples']} test prompts, target `{r['target']}`.\n"
 
 
-def eval_table(load: Callable[[str], dict]) -> str:
-    """The budget sweep under Kill: score / completion / mean alpha per method and budget."""
+def eval_table(load: Callable[[str], dict], policy: str = "kill") -> str:
+    """The budget sweep under POLICY: score / completion / mean alpha per method and budget."""
     from timebill_ros.eval.report import level_order
 
     e = load("eval.json")
-    table = e["table"]["kill"]
+    table = e["table"].get(policy)
+    if not table:
+        return f"_No {policy} runs in `docs/results/eval.json`._\n"
     budgets = level_order(table["timebill"]) if "timebill" in table else \
         level_order({b: cell for row in table.values() for b, cell in row.items()})
     seconds = {b: cell.get("budget_s_mean") for row in table.values() for b, cell in row.items()}
     header = [f"{float(b):g} s" if seconds[b] is None else b if b.endswith("s") else
               f"{b} (mean {seconds[b]:.2g} s)" for b in budgets]
-    lines = ["| method (Kill) | " + " | ".join(header) + " |",
+    lines = [f"| method ({POLICY_NAMES.get(policy, policy)}) | " + " | ".join(header) + " |",
              "|" + "---|" * (len(budgets) + 1)]
     # The k sweep has its own plot; here the methods, in the paper's order.
     methods = sorted((m for m in table if not m.startswith("timebill_k")),
-                     key=lambda m: (m != "vanilla", m.startswith("int8"), m == "timebill", m))
+                     key=lambda m: (m != "vanilla", m.startswith("int8"), m.startswith("timebill"), m))
     for method in methods:
         row = table[method]
         cells = " | ".join(f"{row[b]['score']:.3f} / {_pct(row[b]['completion'], 0)} / {row[b]['alpha_mean']:.2f}"
-                           if b in row else "" for b in budgets)
+                           if b in row and row[b]["alpha_mean"] is not None else
+                           f"{row[b]['score']:.3f} / {_pct(row[b]['completion'], 0)} / -" if b in row else ""
+                           for b in budgets)
         lines.append(f"| {method} | {cells} |")
     return "\n".join(lines) + "\n"
+
+
+POLICY_NAMES = {"kill": "Kill", "skip_next": "Skip-Next"}
+
+
+def eval_claims(load: Callable[[str], dict]) -> str:
+    """What make eval ran, the claim check per policy, and the mechanism behind it (predictor
+    error -> alpha chosen -> kills), all from eval.json."""
+    e = load("eval.json")
+    lines = []
+    if run := e.get("run"):
+        lines += [f"Run: target `{run['model']}`, predictor `{run['predictor']}`, {run['per_task']} test prompts "
+                  f"per task, budget levels {run['levels']}, policies {run['policies']}; {e['results']} results "
+                  f"in {run['minutes']:.0f} min (calibration and bag writing included).", ""]
+    for policy, c in e["claims"].items():
+        name = POLICY_NAMES.get(policy, policy)
+        behind = [f"{row['budget_level']}: {row['winner']} {row['scores'][row['winner']]:.3f} vs "
+                  f"{row['scores']['timebill']:.3f}" for row in c["per_budget"] if row["winner"] != "timebill"
+                  and row["scores"][row["winner"]] - row["scores"]["timebill"] > 1e-9]
+        lines.append(f"- [{name}] TimeBill has the highest average score at every budget: "
+                     f"**{'yes' if c['timebill_highest_score_at_every_budget'] else 'no'}**"
+                     + (f" (behind at {'; '.join(behind)})" if behind else "")
+                     + (f"; levels where methods tie for first: {', '.join(c['budgets_with_ties'])}"
+                        if c["budgets_with_ties"] else "") + ".")
+        if "completion_gap_vs_fixed_0.95_pts" in c:
+            lines.append(f"- [{name}] TimeBill's completion within 5 points of fixed 0.95's: "
+                         f"**{'yes' if c['completion_within_5_pts_of_fixed_0.95'] else 'no'}** (TimeBill minus "
+                         f"fixed 0.95, points, tightest budget first: {c['completion_gap_vs_fixed_0.95_pts']}).")
+        if "k_sweep_shape" in c:
+            sweep = ", ".join(f"k={m.rsplit('k', 1)[1]} {v['score']:.3f} / {_pct(v['completion'], 0)}"
+                              for m, v in c["k_sweep"].items())
+            lines.append(f"- [{name}] k sweep (score / completion): {sweep}; shape **{c['k_sweep_shape']}** "
+                         f"(peak at k={c['k_sweep_peak_k']}; the paper's: rises then falls).")
+    for policy, levels in e.get("mechanism", {}).items():
+        lines += ["", f"Mechanism ({POLICY_NAMES.get(policy, policy)}): TimeBill (k x N_hat) against TimeBill told "
+                  "the true length and fixed 0.95, per budget level.", "",
+                  "| level | true tokens (mean) | predictor MAE, tokens | N_hat < N | k x N_hat < N | mean alpha: "
+                  "timebill / true length / fixed 0.95 | killed or late: same | completion: same |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for level, cells in sorted(levels.items(), key=lambda kv: _level_seconds(load, policy, kv[0])):
+            tb = cells.get("timebill", {})
+            trio = [cells.get(m) for m in ("timebill", "timebill_true_length", "fixed_0.95")]
+            fmt = lambda key, f: " / ".join("-" if c is None else f(c[key]) for c in trio)  # noqa: E731
+            lines.append(f"| {level} | {tb.get('true_tokens_mean', float('nan')):.0f} | "
+                         f"{tb.get('predictor_mae_tokens', float('nan')):.1f} | "
+                         f"{_pct(tb.get('under_predicted_share', float('nan')), 0)} | "
+                         f"{_pct(tb.get('worst_case_short_share', float('nan')), 0)} | "
+                         f"{fmt('alpha_mean', lambda x: f'{x:.2f}')} | {fmt('killed_or_late', str)} | "
+                         f"{fmt('completion', lambda x: _pct(x, 0))} |")
+    return "\n".join(lines) + "\n"
+
+
+def _level_seconds(load: Callable[[str], dict], policy: str, level: str) -> float:
+    cell = load("eval.json")["table"][policy].get("timebill", {}).get(level, {})
+    return cell.get("budget_s_mean", 0.0)
 
 
 def reliability_table(load: Callable[[str], dict]) -> str:
@@ -277,6 +337,7 @@ def params_table(load: Callable[[str], dict] | None = None) -> str:
 
 TABLES = {"params": params_table, "online": online_table,
           "bench": bench_table, "quality": quality_table, "rlp": rlp_table, "eval": eval_table,
+          "eval_skip_next": lambda load: eval_table(load, "skip_next"), "eval_claims": eval_claims,
           "quality_smollm2": lambda load: quality_table(load, "quality_smollm2.json"),
           "quality_smollm2_tasks": lambda load: quality_table(load, "quality_smollm2_tasks.json", targets=True),
           "rlp_smollm2_tasks": lambda load: rlp_table(load, "rlp_smollm2_tasks.json"),

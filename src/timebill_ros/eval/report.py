@@ -100,6 +100,38 @@ def check_claims(table: dict, main_methods: list[str]) -> dict:
     return claims
 
 
+def mechanism(records: list[dict]) -> dict:
+    """Why TimeBill scores what it does, per policy and budget level: its length predictor's
+    error against the true length (what the timebill_true_length run of the same example was
+    told), how often k x N_hat still fell short of it, the alpha it chose, and its kills,
+    beside the true-length run and fixed 0.95. Empty without a timebill_true_length run."""
+    truth = {_example_key(r): r["predicted_response_tokens"] for r in records if r["method"] == "timebill_true_length"}
+    groups: dict = defaultdict(list)
+    for r in records:
+        if r["method"] in ("timebill", "timebill_true_length", "fixed_0.95"):
+            groups[(r["overrun_policy"], budget_level(r), r["method"])].append(r)
+    out: dict = defaultdict(dict)
+    for (policy, level, method), rows in sorted(groups.items()):
+        cell = {"n": len(rows), "alpha_mean": statistics.fmean(r["alpha"] for r in rows),
+                "killed_or_late": sum(r["status_name"] in MISSES for r in rows),
+                "completion": sum(r["status"] == SUCCEEDED for r in rows) / len(rows)}
+        known = [(r, truth[_example_key(r)]) for r in rows if _example_key(r) in truth]
+        if method == "timebill" and known:
+            cell.update(
+                predictor_mae_tokens=statistics.fmean(abs(r["predicted_response_tokens"] - n) for r, n in known),
+                under_predicted_share=sum(r["predicted_response_tokens"] < n for r, n in known) / len(known),
+                worst_case_short_share=sum(r["worst_case_response_tokens"] < n for r, n in known) / len(known),
+                true_tokens_mean=statistics.fmean(n for _, n in known))
+        out[policy].setdefault(level, {})[method] = cell
+    return json.loads(json.dumps(out)) if truth else {}
+
+
+def _example_key(record: dict) -> tuple[str, str, str]:
+    """(policy, level, example) of a "policy/level/method/example" request id."""
+    parts = str(record["request_id"]).split("/")
+    return parts[0], parts[1], "/".join(parts[3:])
+
+
 def plot(table: dict, out: Path, main_methods: list[str]) -> list[Path]:
     """score vs budget and completion vs budget per policy; the k sweep."""
     paths = []
