@@ -15,6 +15,7 @@ import math
 import random
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 from common import calibrated_engine, longest, parser, random_ids, summary, write
@@ -117,28 +118,37 @@ def decode_overhead(engine, quick: bool, limit: int) -> dict:
             "decode_step_s_by_prompt_and_alpha": by_length}
 
 
-def prefill_overhead(engine, quick: bool, limit: int) -> dict:
-    """The engine's prefill (chunks of prefill_chunk, SnapKV scoring, a cancel check before
-    every attention layer) against one plain unchunked forward without hooks, alternating."""
+CANCEL_CHECKS = "before every attention block and MLP"
+
+
+def prefill_overhead(engine, quick: bool, limit: int, chunks: tuple[int, ...] = (512, 1024, 2048)) -> dict:
+    """The engine's prefill (chunked, SnapKV scoring, cancel checks before every attention
+    block and MLP) against one plain unchunked forward without hooks, per chunk size, all
+    interleaved so a slow spell of the machine lands on every arm."""
     loaded, vocab = engine.loaded, engine.loaded.model.config.vocab_size
     n = min(2048, limit - 8)
     ids = random_ids(n, vocab, 5)
-    ours, bare = [], []
+    chunks = tuple(sorted({min(c, n) for c in chunks} | {engine.config.prefill_chunk}))
+    ours: dict[int, list[float]] = {c: [] for c in chunks}
+    bare = []
     engine.close()  # its hooks would fire in the bare forward too
     for _ in range(2 if quick else 4):
-        timed = Engine(loaded, engine.timing, engine.predictor, engine.config)
-        t0 = time.perf_counter()
-        timed.prefill(ids, CancelToken())
-        ours.append(time.perf_counter() - t0)
-        timed.close()
+        for chunk in chunks:
+            timed = Engine(loaded, engine.timing, engine.predictor, replace(engine.config, prefill_chunk=chunk))
+            t0 = time.perf_counter()
+            timed.prefill(ids, CancelToken())
+            ours[chunk].append(time.perf_counter() - t0)
+            timed.close()
         with torch.inference_mode():
             t0 = time.perf_counter()
             loaded.model(input_ids=torch.tensor([ids], device=loaded.device), use_cache=True, logits_to_keep=1)
             loaded.synchronize()
             bare.append(time.perf_counter() - t0)
-    return {"prompt_tokens": n, "prefill_chunk": engine.config.prefill_chunk, "engine_s": summary(ours),
-            "one_forward_s": summary(bare),
-            "overhead_pct": (statistics.median(ours) / statistics.median(bare) - 1) * 100}
+    overhead = {c: (statistics.median(ours[c]) / statistics.median(bare) - 1) * 100 for c in chunks}
+    default = engine.config.prefill_chunk
+    return {"prompt_tokens": n, "prefill_chunk": default, "cancel_checks": CANCEL_CHECKS,
+            "engine_s": summary(ours[default]), "one_forward_s": summary(bare), "overhead_pct": overhead[default],
+            "by_chunk": {str(c): {"engine_s": summary(ours[c]), "overhead_pct": overhead[c]} for c in chunks}}
 
 
 def eviction_share(engine, quick: bool, limit: int) -> dict:

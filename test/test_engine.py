@@ -140,14 +140,16 @@ def test_kill_from_another_thread_lands_at_the_next_decode_step(engine):
     assert max(len(e.tokens) for e in events) == 10
 
 
-def test_kill_during_prefill_lands_before_the_next_attention_layer(tiny):
-    """One chunk holds the whole prompt; a kill set inside layer 0 stops it before layer 1."""
+def test_kill_during_prefill_lands_before_the_next_block_of_the_layer(tiny):
+    """One chunk holds the whole prompt; a kill set inside layer 0's attention stops it before
+    layer 0's MLP runs."""
     token = CancelToken()
     e = engine_with(tiny, CountingPredictor(), prefill_chunk=4096)
-    attention = [layer.self_attn for layer in tiny.model.model.layers]
+    layers = tiny.model.model.layers
     ran = []
-    hooks = [m.register_forward_hook(lambda mod, a, out, i=i: ran.append(i)) for i, m in enumerate(attention)]
-    hooks.append(attention[0].register_forward_hook(
+    hooks = [m.register_forward_hook(lambda mod, a, out, name=name: ran.append(name))
+             for i, layer in enumerate(layers) for name, m in ((f"attn{i}", layer.self_attn), (f"mlp{i}", layer.mlp))]
+    hooks.append(layers[0].self_attn.register_forward_hook(
         lambda *a: token.cancel(Status.KILLED_AT_DEADLINE, "deadline") and None))
     try:
         result = e.run(Request(ids(300), budget=30.0), token)
@@ -155,7 +157,7 @@ def test_kill_during_prefill_lands_before_the_next_attention_layer(tiny):
         for h in hooks:
             h.remove()
         e.close()
-    assert result.status is Status.KILLED_AT_DEADLINE and ran == [0]
+    assert result.status is Status.KILLED_AT_DEADLINE and ran == ["attn0"]
 
 
 def test_kill_during_prefill_does_not_wait_for_the_predictor(tiny):

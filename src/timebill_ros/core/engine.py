@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from timebill_ros.core.eviction import SnapKV, SnapKVScorer, attention_modules, evict
+from timebill_ros.core.eviction import SnapKV, SnapKVScorer, attention_modules, evict, mlp_modules
 from timebill_ros.core.jobs import CancelToken, Event, OnInfeasible, Request, Result, Status, Timings
 from timebill_ros.core.model import LoadedModel
 from timebill_ros.core.online import OnlineTiming, PhaseWork, TimingSnapshot
@@ -75,10 +75,11 @@ class Engine:
         self.config.validate()
         self.press = SnapKV(self.config.snapkv_window, self.config.snapkv_kernel)
         self.scorer = SnapKVScorer(self.press).attach(loaded.model, loaded.name)
-        # Checked before every attention layer while prefill runs: a kill lands within
-        # one layer's time instead of one chunk's.
+        # Checked before every attention block and every MLP while prefill runs: a kill lands
+        # within half a layer's time instead of one chunk's.
         self._prefill_cancel: CancelToken | None = None
-        self._layer_checks = [m.register_forward_pre_hook(self._check_cancel) for m in attention_modules(loaded.model)]
+        self._layer_checks = [m.register_forward_pre_hook(self._check_cancel)
+                              for m in attention_modules(loaded.model) + mlp_modules(loaded.model)]
         self.predictor_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="length-predictor")
         # When set, goals are planned with its live model and feed it their measured phases;
         # otherwise they are planned with the static `timing`.
@@ -112,8 +113,8 @@ class Engine:
         """Run the prompt through the model in chunks; return (cache, logits of the last position).
 
         SnapKV scores are recorded during the last chunk, which is made at least one
-        observation window long. The cancel token is honoured before every attention
-        layer (raising Stopped), so a kill does not wait for the running chunk.
+        observation window long. The cancel token is honoured before every attention block
+        and MLP (raising Stopped), so a kill does not wait for the running chunk.
         ON_CHUNK(start, end, seconds) is called after each chunk that completed.
         """
         cache = None

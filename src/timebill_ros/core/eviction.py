@@ -82,6 +82,11 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if hasattr(m, "q_proj") and hasattr(m, "layer_idx")]
 
 
+def mlp_modules(model: nn.Module) -> list[nn.Module]:
+    """The feed-forward block of every decoder layer (a layer's `mlp` beside its `self_attn`)."""
+    return [m.mlp for m in model.modules() if hasattr(m, "self_attn") and hasattr(m, "mlp")]
+
+
 @dataclass
 class SnapKVScorer:
     """Forward hooks that record SnapKV scores of every attention layer while `armed`."""

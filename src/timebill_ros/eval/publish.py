@@ -80,10 +80,14 @@ def bench_table(load: Callable[[str], dict]) -> str:
                      + f" (speed-up {steps['0.0'] / steps['0.5']:.2f}x / {steps['0.0'] / steps['0.9']:.2f}x)", "",
                      "decode_overhead"))
     pre = load("prefill_overhead.json")
-    rows.append((f"engine prefill (chunks of {pre['prefill_chunk']}, SnapKV, a cancel check per layer) vs one "
+    checks = pre.get("cancel_checks", "before every attention block")
+    rows.append((f"engine prefill (chunks of {pre['prefill_chunk']}, SnapKV, cancel checks {checks}) vs one "
                  f"plain forward, {pre['prompt_tokens']} tokens",
                  f"{pre['engine_s']['median']:.3f} s vs {pre['one_forward_s']['median']:.3f} s "
                  f"({pre['overhead_pct']:+.1f} %)", "overhead < 3 %", "prefill_overhead"))
+    if len(pre.get("by_chunk", {})) > 1:
+        rows.append(("the same per chunk size (chunk: overhead)", ", ".join(
+            f"{c}: {v['overhead_pct']:+.1f} %" for c, v in pre["by_chunk"].items()), "", "prefill_overhead"))
     for row in ev["rows"]:
         rows.append((f"eviction at alpha {ev['alpha']:g} / prefill, {row['n_x']} tokens",
                      f"{_pct(row['evict_share_of_prefill'])} ({_ms(row['evict_s'])})", "< 5 %", "eviction_share"))
