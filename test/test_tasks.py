@@ -71,3 +71,17 @@ def test_metrics_follow_longbench():
     assert 0 < metrics.rouge_l("hammer, drill", "hammer, saw, drill") < 1
     assert metrics.edit_similarity("return x", "return x") == 1.0
     assert metrics.edit_similarity("return y", "return x") == pytest.approx(7 / 8)
+
+
+def test_eval_quality_runs_in_the_dtype_asked_for(tiny_model_dir, tmp_path):
+    """The command behind the model cards; --dtype lets the node's dtype be chosen by quality."""
+    import subprocess
+
+    out = tmp_path / "q.json"
+    run = subprocess.run(["timebill", "eval-quality", "--model", str(tiny_model_dir), "--limit", "1", "--alphas", "0,0.5",
+                          "--threads", "1", "--dtype", "bfloat16", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    data = json.loads(out.read_text())
+    assert data["dtype"] == "bfloat16" and data["examples"] == 3
+    assert set(data["scores"]) == set(tasks.TASKS) and all(len(row) == 3 for row in data["scores"].values())

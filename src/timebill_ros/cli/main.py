@@ -224,11 +224,13 @@ def make_tasks(out: str, n_test: int, n_val: int, seed: int) -> None:
 @click.option("--alphas", default="0,0.25,0.5,0.75,0.95", show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--out", type=click.Path(), default="results/quality.json", show_default=True)
-def eval_quality(model_path: str, split: str, limit: int, alphas: str, threads: int, out: str) -> None:
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="As the node's dtype parameter (to choose it by quality as well as speed).")
+def eval_quality(model_path: str, split: str, limit: int, alphas: str, threads: int, out: str, dtype: str) -> None:
     """Task-suite scores with the full KV cache, under eviction, and without context."""
     from timebill_ros.cli.quality import run_quality
 
-    run_quality(model_path, split, limit, [float(a) for a in alphas.split(",")], threads, out)
+    run_quality(model_path, split, limit, [float(a) for a in alphas.split(",")], threads, out, dtype)
 
 
 @cli.command("train-rlp")
