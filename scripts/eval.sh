@@ -33,12 +33,14 @@ PY
 for p in "$PARAMS" "$INT8_PARAMS"; do
   timebill calibrate --check --params-file "$p" >/dev/null 2>&1 || timebill calibrate --params-file "$p"
 done
+CALIBRATED=$(date +%s)
 
 run_node() {  # params bag_in bag_out
   local log="$OUT/node-$(basename "$3").log"
   timebill_node --ros-args --params-file "$1" >"$log" 2>&1 &
   local pid=$!
-  timebill bag replay "$2" --out "$3" || { kill -INT $pid; wait $pid || true; echo "replay failed; see $log"; exit 1; }
+  # --skip-idle: idle time between a finished job and the next arrival is not waited out.
+  timebill bag replay "$2" --out "$3" --skip-idle || { kill -INT $pid; wait $pid || true; echo "replay failed; see $log"; exit 1; }
   kill -INT $pid; wait $pid || true
 }
 
@@ -54,10 +56,11 @@ echo "== replay: int8 quantized model"
 run_node "$INT8_PARAMS" "$OUT/workload_int8" "$OUT/results_int8"
 
 echo "== evaluate"
-python - "$OUT/run.json" "$EVAL_MODEL" "$EVAL_PREDICTOR" "$PER_TASK" "$LEVELS" "$POLICIES" "$STARTED" <<'PY'
+python - "$OUT/run.json" "$EVAL_MODEL" "$EVAL_PREDICTOR" "$PER_TASK" "$LEVELS" "$POLICIES" "$STARTED" "$CALIBRATED" <<'PY'
 import json, sys, time
-out, model, predictor, per_task, levels, policies, started = sys.argv[1:]
+out, model, predictor, per_task, levels, policies, started, calibrated = sys.argv[1:]
 json.dump({"model": model, "predictor": predictor, "per_task": int(per_task), "levels": levels,
-           "policies": policies, "minutes": (time.time() - int(started)) / 60}, open(out, "w"))
+           "policies": policies, "minutes": (time.time() - int(started)) / 60,
+           "calibration_minutes": (int(calibrated) - int(started)) / 60}, open(out, "w"))
 PY
 timebill eval "$OUT/results" "$OUT/results_int8" --out "$OUT"

@@ -78,8 +78,8 @@ def test_eval_quality_runs_in_the_dtype_asked_for(tiny_model_dir, tmp_path):
     import subprocess
 
     out = tmp_path / "q.json"
-    run = subprocess.run(["timebill", "eval-quality", "--model", str(tiny_model_dir), "--limit", "1", "--alphas", "0,0.5",
-                          "--threads", "1", "--dtype", "bfloat16", "--out", str(out)],
+    run = subprocess.run(["timebill", "eval-quality", "--model", str(tiny_model_dir), "--limit", "1",
+                          "--alphas", "0,0.5", "--threads", "1", "--dtype", "bfloat16", "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     data = json.loads(out.read_text())

@@ -76,8 +76,13 @@ def make_workload_bag(out: Path, storage: str, requests: list[workload.TimedRequ
     return bags.write_bag(out, bags.REQUEST_TOPIC, bags.REQUEST_TYPE, records, storage)
 
 
-def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float) -> dict:
-    """Publish the bag's requests at their (scaled) arrival times; record every result."""
+def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float, skip_idle: bool = False) -> dict:
+    """Publish the bag's requests at their (scaled) arrival times; record every result.
+
+    SKIP_IDLE: while every request sent so far has its result (the node is idle), the wait for
+    the next arrival is cut and the rest of the schedule moves earlier by as much. A job then
+    meets the node exactly as it would have at its arrival time (idle, nothing queued), and
+    overlapping arrivals (a Skip-Next overrun) keep their spacing; only idle time is saved."""
     import rclpy
     from builtin_interfaces.msg import Duration
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -96,11 +101,14 @@ def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float
                              lambda m: results.setdefault(m.request_id, (time.time_ns(), m)), qos)
     try:
         _wait_for_node(node, pub)
-        t0_bag, t0 = requests[0][0], time.monotonic()
+        t0_bag, t0, skipped = requests[0][0], time.monotonic(), 0.0
         with tqdm(total=len(requests), desc=f"replaying {bag_in.name}", unit="request") as bar:
-            for stamp, msg in requests:
-                due = t0 + (stamp - t0_bag) / 1e9 / rate
+            for sent, (stamp, msg) in enumerate(requests):
+                due = t0 + (stamp - t0_bag) / 1e9 / rate - skipped
                 while time.monotonic() < due:
+                    if skip_idle and len(results) >= sent:
+                        skipped += due - time.monotonic()
+                        break
                     rclpy.spin_once(node, timeout_sec=min(0.01, max(0.0, due - time.monotonic())))
                 fields = bags.as_dict(msg)
                 fields["budget"] = Duration(sec=msg.budget.sec, nanosec=msg.budget.nanosec)
@@ -116,7 +124,8 @@ def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float
     records = [(stamp, {f: getattr(m, f) for f in m.get_fields_and_field_types()}) for stamp, m in
                sorted(results.values(), key=lambda x: x[0])]
     bags.write_bag(bag_out, bags.RESULT_TOPIC, bags.RESULT_TYPE, records, storage)
-    return {"requests": len(requests), "results": len(results), "lost": len(requests) - len(results)}
+    summary = {"requests": len(requests), "results": len(results), "lost": len(requests) - len(results)}
+    return {**summary, "idle_skipped_s": round(skipped, 1)} if skip_idle else summary
 
 
 def _wait_for_node(node, pub, timeout: float = 60.0) -> None:

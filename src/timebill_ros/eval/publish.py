@@ -165,13 +165,22 @@ RLP_NAMES = {"buckets16": "SLM, 16-token buckets (TimeBill)", "buckets32": "SLM,
 def rlp_table(load: Callable[[str], dict], source: str = "rlp.json") -> str:
     """Table 1: the length predictors (timebill train-rlp)."""
     r = load(source)
-    lines = ["| predictor | MAE | RMSE | R^2 | input compressed as served: MAE / R^2 / inputs compressed |",
-             "|---|---|---|---|---|"]
+    capped = any(row["full_input"].get("below_cap") for row in r["predictors"].values())
+    lines = ["| predictor | MAE | RMSE | R^2 | input compressed as served: MAE / R^2 / inputs compressed |"
+             + (" without the answers that ran to the cap: MAE / R^2 |" if capped else ""),
+             "|---|---|---|---|---|" + ("---|" if capped else "")]
     for name, row in r["predictors"].items():
         f, c = row["full_input"], row["compressed_input"]
+        below = f.get("below_cap")
         lines.append(f"| {RLP_NAMES.get(name, name)} | {f['MAE']:.1f} | {f['RMSE']:.1f} | {f['R2']:.3f} | "
-                     f"{c['MAE']:.1f} / {c['R2']:.3f} / {_pct(c['truncated_share'], 0)} |")
-    return "\n".join(lines) + f"\n\n{r['test_examples']} test prompts, target `{r['target']}`.\n"
+                     f"{c['MAE']:.1f} / {c['R2']:.3f} / {_pct(c['truncated_share'], 0)} |"
+                     + (f" {below['MAE']:.1f} / {below['R2']:.3f} |" if capped and below else " |" if capped else ""))
+    text = f"\n\n{r['test_examples']} test prompts, target `{r['target']}`."
+    if capped:
+        f = next(iter(r["predictors"].values()))["full_input"]
+        text += (f" {_pct(f['capped_share'], 0)} of the test answers ran to the {r['max_new_tokens']}-token cap; "
+                 f"they hold {_pct(f['capped_variance_share'], 0)} of the lengths' variance.")
+    return "\n".join(lines) + text + "\n"
 
 
 def eval_table(load: Callable[[str], dict], policy: str = "kill") -> str:
@@ -213,7 +222,8 @@ def eval_claims(load: Callable[[str], dict]) -> str:
     if run := e.get("run"):
         lines += [f"Run: target `{run['model']}`, predictor `{run['predictor']}`, {run['per_task']} test prompts "
                   f"per task, budget levels {run['levels']}, policies {run['policies']}; {e['results']} results "
-                  f"in {run['minutes']:.0f} min (calibration and bag writing included).", ""]
+                  f"in {run['minutes']:.0f} min, of which {run.get('calibration_minutes', 0):.0f} calibrating "
+                  f"(none when this machine's calibrations exist).", ""]
     for policy, c in e["claims"].items():
         name = POLICY_NAMES.get(policy, policy)
         behind = [f"{row['budget_level']}: {row['winner']} {row['scores'][row['winner']]:.3f} vs "
