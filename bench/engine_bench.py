@@ -183,17 +183,28 @@ def planning_time(engine) -> dict:
     return {"plan_s": summary(times)}
 
 
+BENCHMARKS = ("ete_mape", "wcet_coverage", "decode_overhead", "eviction_share", "planning_time", "prefill_overhead")
+
+
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of: " + ", ".join(BENCHMARKS))
+    args = p.parse_args()
+    only = args.only.split(",")
+    if unknown := set(only) - set(BENCHMARKS):
+        p.error(f"unknown benchmark(s) {sorted(unknown)}; known: {', '.join(BENCHMARKS)}")
     engine, cal = calibrated_engine(args)
     limit = longest(engine, args)
     common = {"model": engine.loaded.name, "quick": args.quick, "dtype": engine.loaded.dtype}
-    write("ete_mape", {**common, **ete_mape(engine, cal, args.quick, limit)})
-    write("wcet_coverage", {**common, **wcet_coverage(engine, args.quick, limit)})
-    write("decode_overhead", {**common, **decode_overhead(engine, args.quick, limit)})
-    write("eviction_share", {**common, **eviction_share(engine, args.quick, limit)})
-    write("planning_time", {**common, **planning_time(engine)})
-    write("prefill_overhead", {**common, **prefill_overhead(engine, args.quick, limit)})  # last: closes engine
+    runs = {"ete_mape": lambda: ete_mape(engine, cal, args.quick, limit),
+            "wcet_coverage": lambda: wcet_coverage(engine, args.quick, limit),
+            "decode_overhead": lambda: decode_overhead(engine, args.quick, limit),
+            "eviction_share": lambda: eviction_share(engine, args.quick, limit),
+            "planning_time": lambda: planning_time(engine),
+            "prefill_overhead": lambda: prefill_overhead(engine, args.quick, limit)}  # last: closes the engine
+    for name in BENCHMARKS:
+        if name in only:
+            write(name, {**common, **runs[name]()})
 
 
 if __name__ == "__main__":
