@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make bench: every benchmark, JSON under results/bench/. BENCH_ARGS=--quick for a smoke run.
 # The model is $TIMEBILL_BENCH_MODEL, else builtin:smollm2 (the node's default model).
-# The length-predictor benchmark needs a predictor distilled from the same model: today
-# only the toy model has one, so it runs on builtin:toy.
+# The length-predictor benchmark needs a predictor distilled from the same model; it runs on
+# builtin:toy (the fine-tuned SmolLM2 target's predictor is timed by `timebill rlp-layers`).
 set -euo pipefail
 cd "$(dirname "$0")/../bench"
 export TIMEBILL_BENCH_MODEL=${TIMEBILL_BENCH_MODEL:-builtin:smollm2}

@@ -67,6 +67,8 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
         full = rlp.evaluate(model, spec, data["test"])
         hidden = rlp.evaluate(model, spec, data["test"], budget=lambda n_x: spec.input_budget(prefill_budget(n_x)))
         table[name] = {"full_input": full, "compressed_input": hidden}
+        if (path / "training.json").is_file():  # how training went: a flat validation MAE = nothing learnt
+            table[name]["training"] = json.loads((path / "training.json").read_text())
     report = {"target": engine.loaded.name, "max_new_tokens": max_new_tokens,
               "train_examples": len(data["train"]), "test_examples": len(data["test"]), "predictors": table}
     Path(results).parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ SOURCES = {
     "quality_smollm2_tasks.json": "quality_smollm2_tasks.json",
     "rlp.json": "rlp.json",
     "rlp_smollm2_tasks.json": "rlp_smollm2_tasks.json",
+    "rlp_layers.json": "rlp_layers.json",
     "eval/eval.json": "eval.json",
     "eval/budget_sweep_kill.png": "budget_sweep_kill.png",
     "eval/budget_sweep_skip_next.png": "budget_sweep_skip_next.png",
@@ -176,11 +177,29 @@ def rlp_table(load: Callable[[str], dict], source: str = "rlp.json") -> str:
                      f"{c['MAE']:.1f} / {c['R2']:.3f} / {_pct(c['truncated_share'], 0)} |"
                      + (f" {below['MAE']:.1f} / {below['R2']:.3f} |" if capped and below else " |" if capped else ""))
     text = f"\n\n{r['test_examples']} test prompts, target `{r['target']}`."
+    histories = {RLP_NAMES.get(n, n): row["training"]["val_mae_by_epoch"] for n, row in r["predictors"].items()
+                 if row.get("training")}
+    if histories:
+        text += " Validation MAE by training epoch: " + "; ".join(
+            f"{n} {' -> '.join(f'{m:.1f}' for m in h)}" for n, h in histories.items()) + "."
     if capped:
         f = next(iter(r["predictors"].values()))["full_input"]
         text += (f" {_pct(f['capped_share'], 0)} of the test answers ran to the {r['max_new_tokens']}-token cap; "
                  f"they hold {_pct(f['capped_variance_share'], 0)} of the lengths' variance.")
     return "\n".join(lines) + text + "\n"
+
+
+def rlp_layers_table(load: Callable[[str], dict]) -> str:
+    """timebill rlp-layers: predictor time and prefill slow-down per backbone layer count."""
+    r = load("rlp_layers.json")
+    lines = ["| predictor layers | predictor time / prefill time (worst length) | prefill beside the predictor |",
+             "|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| {row['layers']} | {row['predictor_over_prefill']:.3f} | "
+                     f"x{row['prefill_slowdown_beside']:.3f} |")
+    chosen = r["chosen_layers"]
+    return "\n".join(lines) + (f"\n\nTarget `{r['target']}`, {r['threads']} threads; rule: {r['rule']}: "
+                               + (f"**{chosen} layers**." if chosen else "**no layer count meets it**.") + "\n")
 
 
 def eval_table(load: Callable[[str], dict], policy: str = "kill") -> str:
@@ -355,6 +374,7 @@ TABLES = {"params": params_table, "online": online_table,
           "quality_smollm2": lambda load: quality_table(load, "quality_smollm2.json"),
           "quality_smollm2_tasks": lambda load: quality_table(load, "quality_smollm2_tasks.json", targets=True),
           "rlp_smollm2_tasks": lambda load: rlp_table(load, "rlp_smollm2_tasks.json"),
+          "rlp_layers": rlp_layers_table,
           "reliability": reliability_table}
 
 
