@@ -95,14 +95,17 @@ def test_mechanism_compares_the_prediction_with_the_true_length_of_the_same_exam
         return {**record(method, 1.0, status, alpha=alpha), "request_id": f"kill/q50/{method}/{example}",
                 "predicted_response_tokens": predicted, "worst_case_response_tokens": worst}
 
+    skipped = {**run("timebill", "e3", 0, 0), "status": 3, "status_name": "SKIPPED"}  # never planned
     rows = [run("timebill_true_length", "e1", 40, 40, alpha=0.2), run("timebill_true_length", "e2", 10, 10),
             run("timebill", "e1", 16, 80, "KILLED_AT_DEADLINE", alpha=0.6), run("timebill", "e2", 16, 32, alpha=0.1),
-            run("fixed_0.95", "e1", 64, 64, alpha=0.95)]
+            run("fixed_0.95", "e1", 64, 64, alpha=0.95), skipped,
+            {**run("timebill_true_length", "e3", 0, 0), "status": 3, "status_name": "SKIPPED"}]
     cells = report.mechanism(rows)["kill"]["q50"]
     tb = cells["timebill"]
     assert tb["predictor_mae_tokens"] == 15.0 and tb["under_predicted_share"] == 0.5
     assert tb["worst_case_short_share"] == 0.0 and tb["true_tokens_mean"] == 25.0
-    assert tb["killed_or_late"] == 1 and tb["completion"] == 0.5 and tb["alpha_mean"] == pytest.approx(0.35)
+    assert (tb["n"], tb["ran"], tb["killed_or_late"]) == (3, 2, 1) and tb["alpha_mean"] == pytest.approx(0.35)
+    assert tb["completion"] == pytest.approx(1 / 3)
     fixed = cells["fixed_0.95"]
     assert fixed["alpha_mean"] == pytest.approx(0.95) and "predictor_mae_tokens" not in fixed
     assert report.mechanism([r for r in rows if r["method"] != "timebill_true_length"]) == {}
@@ -121,7 +124,8 @@ def test_make_replay_eval_against_the_real_node(slow_model_dir, calibration, tmp
         assert played.returncode == 0, played.stdout + played.stderr + proc.log()
         summary = json.loads(played.stdout.strip().splitlines()[-1])
         # The tiny model answers long before the next arrival: that idle time is skipped.
-        assert summary.pop("idle_skipped_s") > 0 and summary == {"requests": 12, "results": 12, "lost": 0}
+        assert summary.pop("idle_skipped_s") > 0 and summary.pop("overrun_wait_s") >= 0
+        assert summary == {"requests": 12, "results": 12, "lost": 0}
         evaluated = subprocess.run(["timebill", "eval", str(tmp_path / "res"), "--out", str(tmp_path / "eval")],
                                    capture_output=True, text=True, timeout=300)
         assert evaluated.returncode == 0, evaluated.stderr
@@ -131,3 +135,19 @@ def test_make_replay_eval_against_the_real_node(slow_model_dir, calibration, tmp
         assert (tmp_path / "eval" / "budget_sweep_kill.png").stat().st_size > 1000
     finally:
         proc.stop()
+
+
+def test_a_request_replayed_again_counts_once_as_the_last_bag_has_it(tmp_path):
+    from timebill_ros.cli.bag import evaluate_bags
+
+    def result_bag(name: str, status_name: str):
+        status = {"SUCCEEDED": 1, "KILLED_AT_DEADLINE": 2}[status_name]
+        fields = {"request_id": "kill/q50/vanilla/e1", "task": "qa", "method": "vanilla", "reference": "kitchen",
+                  "budget": 1.0, "status": status, "status_name": status_name, "overrun_policy": "kill",
+                  "text": "kitchen"}
+        return bags.write_bag(tmp_path / name, bags.RESULT_TOPIC, bags.RESULT_TYPE, [(1, fields)], "sqlite3")
+
+    first, again = result_bag("first", "KILLED_AT_DEADLINE"), result_bag("again", "SUCCEEDED")
+    data = evaluate_bags([first, again], tmp_path / "eval", ["vanilla"])
+    cell = data["table"]["kill"]["vanilla"]["q50"]
+    assert data["results"] == 1 and cell["completion"] == 1.0 and cell["score"] == 1.0

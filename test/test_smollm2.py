@@ -114,3 +114,21 @@ def test_one_goal_through_the_node_on_smollm2(smollm2, tmp_path, rclpy_context):
     r = run.result
     assert r.status_name == "SUCCEEDED" and "closet" in r.text, (r.status_name, r.status_reason, r.text)
     assert "planned" in [f.phase for f in run.feedback] and r.wcet > 0
+
+
+def test_the_shipped_target_and_its_predictor_load_and_agree():
+    """builtin:smollm2-tasks (the adapter merged once) answers the retrieval prompt, and the
+    shipped predictor loads onto it: distilled from this very model, its N_hat in range."""
+    from timebill_ros.core.predictor import check_target, load_predictor
+
+    target = load_model("builtin:smollm2-tasks", threads=2)
+    predictor = load_predictor("builtin:smollm2-tasks", None, 64)
+    check_target(predictor, target.name)  # raises when distilled from another model
+    ids = encode_prompt(target.tokenizer, PROMPT)
+    assert 1 <= predictor.predict(ids) <= predictor.spec.n_max
+    e = Engine(target, FREE, predictor, EngineConfig(snapkv_window=16))
+    try:
+        result = e.run(Request(ids, budget=60.0, max_new_tokens=12), CancelToken())
+    finally:
+        e.close()
+    assert result.status is Status.SUCCEEDED and "closet" in target.tokenizer.decode(result.token_ids).lower()

@@ -79,6 +79,10 @@ def make_workload_bag(out: Path, storage: str, requests: list[workload.TimedRequ
 def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float, skip_idle: bool = False) -> dict:
     """Publish the bag's requests at their (scaled) arrival times; record every result.
 
+    Blocks of requests (one policy, budget level and method) never overlap: the first request
+    of a block waits until every earlier one is answered, and the schedule moves later by the
+    wait (a Skip-Next overrun would otherwise skip the next method's jobs and charge it them).
+
     SKIP_IDLE: while every request sent so far has its result (the node is idle), the wait for
     the next arrival is cut and the rest of the schedule moves earlier by as much. A job then
     meets the node exactly as it would have at its arrival time (idle, nothing queued), and
@@ -101,10 +105,15 @@ def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float
                              lambda m: results.setdefault(m.request_id, (time.time_ns(), m)), qos)
     try:
         _wait_for_node(node, pub)
-        t0_bag, t0, skipped = requests[0][0], time.monotonic(), 0.0
+        t0_bag, t0, block = requests[0][0], time.monotonic(), None
+        skipped = waited = 0.0  # idle time cut (skip_idle); time blocks waited for an overrun to end
         with tqdm(total=len(requests), desc=f"replaying {bag_in.name}", unit="request") as bar:
             for sent, (stamp, msg) in enumerate(requests):
-                due = t0 + (stamp - t0_bag) / 1e9 / rate - skipped
+                due = t0 + (stamp - t0_bag) / 1e9 / rate - skipped + waited
+                if _block(msg.request_id) != block:  # a new (policy, level, method) block starts
+                    block = _block(msg.request_id)
+                    late = max(0.0, _wait_until_answered(node, results, sent, wait_s) - due)
+                    waited, due = waited + late, due + late
                 while time.monotonic() < due:
                     if skip_idle and len(results) >= sent:
                         skipped += due - time.monotonic()
@@ -124,8 +133,26 @@ def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float
     records = [(stamp, {f: getattr(m, f) for f in m.get_fields_and_field_types()}) for stamp, m in
                sorted(results.values(), key=lambda x: x[0])]
     bags.write_bag(bag_out, bags.RESULT_TOPIC, bags.RESULT_TYPE, records, storage)
-    summary = {"requests": len(requests), "results": len(results), "lost": len(requests) - len(results)}
+    summary = {"requests": len(requests), "results": len(results), "lost": len(requests) - len(results),
+               "overrun_wait_s": round(waited, 1)}
     return {**summary, "idle_skipped_s": round(skipped, 1)} if skip_idle else summary
+
+
+def _block(request_id: str) -> str:
+    """The (policy, level, method) block of a "policy/level/method/example" request id."""
+    return "/".join(request_id.split("/")[:3])
+
+
+def _wait_until_answered(node, results: dict, sent: int, timeout: float) -> float:
+    """Block barrier: wait until the node has answered all SENT requests, so a Skip-Next
+    overrun of one block (the late job runs on, up to the token cap) cannot skip the next
+    block's jobs. Returns the time it ends."""
+    import rclpy
+
+    end = time.monotonic() + timeout
+    while len(results) < sent and time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    return time.monotonic()
 
 
 def _wait_for_node(node, pub, timeout: float = 60.0) -> None:
@@ -139,8 +166,12 @@ def _wait_for_node(node, pub, timeout: float = 60.0) -> None:
 
 
 def evaluate_bags(paths: list[Path], out: Path, main_methods: list[str]) -> dict:
-    """Summaries, claims and plots from result bags."""
-    records = [bags.as_dict(m) for _, m in bags.read_bag(paths, bags.RESULT_TOPIC)]
+    """Summaries, claims and plots from result bags. A request found in several bags counts
+    once, as the last bag given has it (a block replayed again replaces the earlier run)."""
+    latest = {}
+    for path in paths:
+        latest.update({m.request_id: bags.as_dict(m) for _, m in bags.read_bag([path], bags.RESULT_TOPIC)})
+    records = list(latest.values())
     if not records:
         raise click.ClickException("no results in the given bags")
     table = report.summarise(records)

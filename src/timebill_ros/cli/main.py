@@ -355,7 +355,9 @@ def bag_replay(bag_in: str, bag_out: str, rate: float, storage: str, wait_s: flo
 @click.argument("result_bags", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", type=click.Path(), default="results/eval", show_default=True)
 def eval_cmd(result_bags: tuple[str, ...], out: str) -> None:
-    """Scores, completion, deadline misses and alpha per method and budget; plots; claim check."""
+    """Scores, completion, deadline misses and alpha per method and budget; plots; claim check.
+
+    A request in several RESULT_BAGS counts once, as the last of them has it."""
     from timebill_ros.cli.bag import evaluate_bags
     from timebill_ros.eval.workload import METHODS, QUANTIZED
 

@@ -271,7 +271,8 @@ def eval_claims(load: Callable[[str], dict]) -> str:
         for level, cells in sorted(levels.items(), key=lambda kv: _level_seconds(load, policy, kv[0])):
             tb = cells.get("timebill", {})
             trio = [cells.get(m) for m in ("timebill", "timebill_true_length", "fixed_0.95")]
-            fmt = lambda key, f: " / ".join("-" if c is None else f(c[key]) for c in trio)  # noqa: E731
+            fmt = lambda key, f: " / ".join("-" if c is None or c.get(key) is None else f(c[key])  # noqa: E731
+                                            for c in trio)
             lines.append(f"| {level} | {tb.get('true_tokens_mean', float('nan')):.0f} | "
                          f"{tb.get('predictor_mae_tokens', float('nan')):.1f} | "
                          f"{_pct(tb.get('under_predicted_share', float('nan')), 0)} | "

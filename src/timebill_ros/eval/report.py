@@ -104,18 +104,22 @@ def mechanism(records: list[dict]) -> dict:
     """Why TimeBill scores what it does, per policy and budget level: its length predictor's
     error against the true length (what the timebill_true_length run of the same example was
     told), how often k x N_hat still fell short of it, the alpha it chose, and its kills,
-    beside the true-length run and fixed 0.95. Empty without a timebill_true_length run."""
-    truth = {_example_key(r): r["predicted_response_tokens"] for r in records if r["method"] == "timebill_true_length"}
+    beside the true-length run and fixed 0.95. Only jobs that ran count for alpha and the
+    prediction (a skipped job was never planned). Empty without a timebill_true_length run."""
+    truth = {_example(r): r["predicted_response_tokens"] for r in records
+             if r["method"] == "timebill_true_length" and _ran(r)}
     groups: dict = defaultdict(list)
     for r in records:
         if r["method"] in ("timebill", "timebill_true_length", "fixed_0.95"):
             groups[(r["overrun_policy"], budget_level(r), r["method"])].append(r)
     out: dict = defaultdict(dict)
     for (policy, level, method), rows in sorted(groups.items()):
-        cell = {"n": len(rows), "alpha_mean": statistics.fmean(r["alpha"] for r in rows),
+        ran = [r for r in rows if _ran(r)]
+        cell = {"n": len(rows), "ran": len(ran),
+                "alpha_mean": statistics.fmean(r["alpha"] for r in ran) if ran else None,
                 "killed_or_late": sum(r["status_name"] in MISSES for r in rows),
                 "completion": sum(r["status"] == SUCCEEDED for r in rows) / len(rows)}
-        known = [(r, truth[_example_key(r)]) for r in rows if _example_key(r) in truth]
+        known = [(r, truth[_example(r)]) for r in ran if _example(r) in truth]
         if method == "timebill" and known:
             cell.update(
                 predictor_mae_tokens=statistics.fmean(abs(r["predicted_response_tokens"] - n) for r, n in known),
@@ -126,10 +130,14 @@ def mechanism(records: list[dict]) -> dict:
     return json.loads(json.dumps(out)) if truth else {}
 
 
-def _example_key(record: dict) -> tuple[str, str, str]:
-    """(policy, level, example) of a "policy/level/method/example" request id."""
-    parts = str(record["request_id"]).split("/")
-    return parts[0], parts[1], "/".join(parts[3:])
+def _ran(record: dict) -> bool:
+    """The job was planned and ran (it completed, or was killed or finished late)."""
+    return record["status"] == SUCCEEDED or record["status_name"] in MISSES
+
+
+def _example(record: dict) -> str:
+    """The example of a "policy/level/method/example" request id."""
+    return "/".join(str(record["request_id"]).split("/")[3:])
 
 
 def plot(table: dict, out: Path, main_methods: list[str]) -> list[Path]:

@@ -38,7 +38,7 @@ QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
 # quantization: int8. Its bag is replayed against that node; the method is a label here.
 QUANTIZED = {"int8": {"fixed_alpha": 0.0}}
 K_SWEEP = {f"timebill_k{k}": {"k": float(k)} for k in range(1, 9)}
-GAP_S = 1.0  # quiet time between blocks, so one block's overrun does not reach the next
+GAP_S = 1.0  # quiet time between blocks (the replay also waits for a block's overrun to end)
 
 
 @dataclass
