@@ -39,6 +39,7 @@ def main() -> None:
                                      lambda i: cal.timing.prefill(max_prompt) * (0.2 + 0.6 * (i % 5) / 4))
         write("kill_latency", {
             "model": args.model, "control_rate_hz": args.control_rate, "goals_per_phase": n_goals,
+            "prefill_chunk": args.prefill_chunk,
             "predicted_decode_step_s": step, "bound_s": 1 / args.control_rate + step,
             "long_prompt_tokens": len(encode_prompt(engine.loaded.tokenizer, long_prompt)), "phases": phases,
         })

@@ -24,6 +24,7 @@ SOURCES = {
     "bench/planning_time.json": "planning_time.json",
     "bench/prefill_overhead.json": "prefill_overhead.json",
     "bench/kill_latency.json": "kill_latency.json",
+    "bench/kill_latency_chunk2048.json": "kill_latency_chunk2048.json",
     "bench/predictor_overhead.json": "predictor_overhead.json",
     "bench/llamacpp.json": "llamacpp.json",
     "bench/online_timing.json": "online_timing.json",
@@ -93,12 +94,20 @@ def bench_table(load: Callable[[str], dict]) -> str:
         rows.append((f"eviction at alpha {ev['alpha']:g} / prefill, {row['n_x']} tokens",
                      f"{_pct(row['evict_share_of_prefill'])} ({_ms(row['evict_s'])})", "< 5 %", "eviction_share"))
     rows.append(("one alpha* plan (median)", _ms(plan["plan_s"]["median"]), "< 1 ms", "planning_time"))
-    for phase, data in kill["phases"].items():
-        where = f"{kill['long_prompt_tokens']}-token prompts" if phase == "prefill" else "short prompts"
-        value = (f"{_ms(data['p50_s'])} / {_ms(data['p99_s'])}" if data["p99_s"] is not None
-                 else f"no goal killed ({data['statuses']})")
-        rows.append((f"kill latency during {phase} at {kill['control_rate_hz']:g} Hz ({where}), p50 / p99",
-                     value, f"<= one period + one step = {_ms(kill['bound_s'])}", "kill_latency"))
+    runs = [("kill_latency", kill)]
+    try:  # the same with one prefill chunk up to 2k tokens (bench/kill_latency.py --prefill-chunk 2048)
+        runs.append(("kill_latency_chunk2048", load("kill_latency_chunk2048.json")))
+    except FileNotFoundError:
+        pass
+    for source, run in runs:
+        chunk = f", prefill_chunk {run['prefill_chunk']}" if run.get("prefill_chunk") else ""
+        for phase, data in run["phases"].items():
+            where = f"{run['long_prompt_tokens']}-token prompts" if phase == "prefill" else "short prompts"
+            value = (f"{_ms(data['p50_s'])} / {_ms(data['p99_s'])}" if data["p99_s"] is not None
+                     else f"no goal killed ({data['statuses']})")
+            rows.append((f"kill latency during {phase} at {run['control_rate_hz']:g} Hz ({where}{chunk}; "
+                         f"{run['goals_per_phase']} goals), p50 / p99",
+                         value, f"<= one period + one step = {_ms(run['bound_s'])}", source))
     rows.append((f"length predictor beside prefill (`{pred.get('model', '?')}`, {pred['prompts']} test prompts): "
                  "hidden / prefill slow-down / inputs compressed",
                  f"{_pct(pred['hidden_share'], 0)} / {pred['overhead_pct_median']:+.0f} % / "
