@@ -253,42 +253,54 @@ def eval_claims(load: Callable[[str], dict]) -> str:
                   f"in {run['minutes']:.0f} min, of which {run.get('calibration_minutes', 0):.0f} calibrating "
                   f"(none when this machine's calibrations exist).", ""]
     for policy, c in e["claims"].items():
-        name = POLICY_NAMES.get(policy, policy)
-        behind = [f"{row['budget_level']}: {row['winner']} {row['scores'][row['winner']]:.3f} vs "
-                  f"{row['scores']['timebill']:.3f}" for row in c["per_budget"] if row["winner"] != "timebill"
-                  and row["scores"][row["winner"]] - row["scores"]["timebill"] > 1e-9]
-        lines.append(f"- [{name}] TimeBill has the highest average score at every budget: "
-                     f"**{'yes' if c['timebill_highest_score_at_every_budget'] else 'no'}**"
-                     + (f" (behind at {'; '.join(behind)})" if behind else "")
-                     + (f"; levels where methods tie for first: {', '.join(c['budgets_with_ties'])}"
-                        if c["budgets_with_ties"] else "") + ".")
-        if "completion_gap_vs_fixed_0.95_pts" in c:
-            lines.append(f"- [{name}] TimeBill's completion within 5 points of fixed 0.95's: "
-                         f"**{'yes' if c['completion_within_5_pts_of_fixed_0.95'] else 'no'}** (TimeBill minus "
-                         f"fixed 0.95, points, tightest budget first: {c['completion_gap_vs_fixed_0.95_pts']}).")
-        if "k_sweep_shape" in c:
-            sweep = ", ".join(f"k={m.rsplit('k', 1)[1]} {v['score']:.3f} / {_pct(v['completion'], 0)}"
-                              for m, v in c["k_sweep"].items())
-            lines.append(f"- [{name}] k sweep (score / completion): {sweep}; shape **{c['k_sweep_shape']}** "
-                         f"(peak at k={c['k_sweep_peak_k']}; the paper's: rises then falls).")
+        lines += _claim_lines(POLICY_NAMES.get(policy, policy), c)
     for policy, levels in e.get("mechanism", {}).items():
-        lines += ["", f"Mechanism ({POLICY_NAMES.get(policy, policy)}): TimeBill (k x N_hat) against TimeBill told "
-                  "the true length and fixed 0.95, per budget level.", "",
-                  "| level | true tokens (mean) | predictor MAE, tokens | N_hat < N | k x N_hat < N | mean alpha: "
-                  "timebill / true length / fixed 0.95 | killed or late: same | completion: same |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for level, cells in sorted(levels.items(), key=lambda kv: _level_seconds(load, policy, kv[0])):
-            tb = cells.get("timebill", {})
-            trio = [cells.get(m) for m in ("timebill", "timebill_true_length", "fixed_0.95")]
-            fmt = lambda key, f: " / ".join("-" if c is None or c.get(key) is None else f(c[key])  # noqa: E731
-                                            for c in trio)
-            lines.append(f"| {level} | {tb.get('true_tokens_mean', float('nan')):.0f} | "
-                         f"{tb.get('predictor_mae_tokens', float('nan')):.1f} | "
-                         f"{_pct(tb.get('under_predicted_share', float('nan')), 0)} | "
-                         f"{_pct(tb.get('worst_case_short_share', float('nan')), 0)} | "
-                         f"{fmt('alpha_mean', lambda x: f'{x:.2f}')} | {fmt('killed_or_late', str)} | "
-                         f"{fmt('completion', lambda x: _pct(x, 0))} |")
+        lines += _mechanism_lines(load, policy, levels)
     return "\n".join(lines) + "\n"
+
+
+def _claim_lines(name: str, c: dict) -> list[str]:
+    """The claim check of one policy, as README bullets."""
+    lines = []
+    behind = [f"{row['budget_level']}: {row['winner']} {row['scores'][row['winner']]:.3f} vs "
+              f"{row['scores']['timebill']:.3f}" for row in c["per_budget"] if row["winner"] != "timebill"
+              and row["scores"][row["winner"]] - row["scores"]["timebill"] > 1e-9]
+    lines.append(f"- [{name}] TimeBill has the highest average score at every budget: "
+                 f"**{'yes' if c['timebill_highest_score_at_every_budget'] else 'no'}**"
+                 + (f" (behind at {'; '.join(behind)})" if behind else "")
+                 + (f"; levels where methods tie for first: {', '.join(c['budgets_with_ties'])}"
+                    if c["budgets_with_ties"] else "") + ".")
+    if "completion_gap_vs_fixed_0.95_pts" in c:
+        lines.append(f"- [{name}] TimeBill's completion within 5 points of fixed 0.95's: "
+                     f"**{'yes' if c['completion_within_5_pts_of_fixed_0.95'] else 'no'}** (TimeBill minus "
+                     f"fixed 0.95, points, tightest budget first: {c['completion_gap_vs_fixed_0.95_pts']}).")
+    if "k_sweep_shape" in c:
+        sweep = ", ".join(f"k={m.rsplit('k', 1)[1]} {v['score']:.3f} / {_pct(v['completion'], 0)}"
+                          for m, v in c["k_sweep"].items())
+        lines.append(f"- [{name}] k sweep (score / completion): {sweep}; shape **{c['k_sweep_shape']}** "
+                     f"(peak at k={c['k_sweep_peak_k']}; the paper's: rises then falls).")
+    return lines
+
+
+def _mechanism_lines(load: Callable[[str], dict], policy: str, levels: dict) -> list[str]:
+    """The mechanism table of one policy: predictor error -> alpha -> kills, per budget level."""
+    lines = ["", f"Mechanism ({POLICY_NAMES.get(policy, policy)}): TimeBill (k x N_hat) against TimeBill told "
+              "the true length and fixed 0.95, per budget level.", "",
+              "| level | true tokens (mean) | predictor MAE, tokens | N_hat < N | k x N_hat < N | mean alpha: "
+              "timebill / true length / fixed 0.95 | killed or late: same | completion: same |",
+              "|---|---|---|---|---|---|---|---|"]
+    for level, cells in sorted(levels.items(), key=lambda kv: _level_seconds(load, policy, kv[0])):
+        tb = cells.get("timebill", {})
+        trio = [cells.get(m) for m in ("timebill", "timebill_true_length", "fixed_0.95")]
+        fmt = lambda key, f: " / ".join("-" if c is None or c.get(key) is None else f(c[key])  # noqa: E731
+                                        for c in trio)
+        lines.append(f"| {level} | {tb.get('true_tokens_mean', float('nan')):.0f} | "
+                     f"{tb.get('predictor_mae_tokens', float('nan')):.1f} | "
+                     f"{_pct(tb.get('under_predicted_share', float('nan')), 0)} | "
+                     f"{_pct(tb.get('worst_case_short_share', float('nan')), 0)} | "
+                     f"{fmt('alpha_mean', lambda x: f'{x:.2f}')} | {fmt('killed_or_late', str)} | "
+                     f"{fmt('completion', lambda x: _pct(x, 0))} |")
+    return lines
 
 
 def _level_seconds(load: Callable[[str], dict], policy: str, level: str) -> float:
