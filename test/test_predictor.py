@@ -67,6 +67,16 @@ def test_distil_train_evaluate_and_serve(tiny, tiny_model_dir, tmp_path):
     engine.close()
 
 
+def test_training_stops_only_when_validation_got_worse_twice_in_a_row(monkeypatch, tiny, tiny_model_dir):
+    maes = iter([10.0, 9.0, 11.0, 12.0, 8.0])  # best at epoch 2, then worse twice: epoch 5 never runs
+    monkeypatch.setattr(rlp, "evaluate", lambda *a, **k: {"MAE": next(maes)})
+    data = [rlp.Sample(f"s{i}", list(range(5, 15)), 3 + i) for i in range(4)]
+    spec = rlp.spec_for("buckets16", data, 24, tiny.name)
+    model = rlp.build_model("buckets16", spec, tiny_model_dir, 1, len(tiny.tokenizer), tiny.tokenizer.pad_token_id)
+    history = rlp.fit(model, spec, data, data, epochs=5, lr=1e-3, accumulate=2)
+    assert history == {"val_mae_by_epoch": [10.0, 9.0, 11.0, 12.0], "best_val_mae": 9.0}
+
+
 def test_a_distillation_killed_mid_write_resumes_from_what_it_had(tiny, tmp_path):
     engine = Engine(tiny, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor())
     prompts = [(f"p{i}", "word " * (10 + 7 * i)) for i in range(6)]

@@ -180,7 +180,7 @@ def fit(model, spec: PredictorSpec, train: list[Sample], val: list[Sample], *, e
         history.append(mae)
         if mae < best:
             best, best_state = mae, {k: v.clone() for k, v in model.state_dict().items()}
-        elif len(history) >= 2 and history[-1] >= history[-2]:
+        elif len(history) >= 3 and history[-1] >= history[-2] >= history[-3]:
             break  # early stopping: validation got worse twice in a row
     model.load_state_dict(best_state)
     return {"val_mae_by_epoch": history, "best_val_mae": best}
