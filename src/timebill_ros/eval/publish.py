@@ -255,7 +255,7 @@ def eval_claims(load: Callable[[str], dict]) -> str:
     for policy, c in e["claims"].items():
         lines += _claim_lines(POLICY_NAMES.get(policy, policy), c)
     for policy, levels in e.get("mechanism", {}).items():
-        lines += _mechanism_lines(load, policy, levels)
+        lines += _mechanism_lines(e["table"][policy], policy, levels)
     return "\n".join(lines) + "\n"
 
 
@@ -282,14 +282,16 @@ def _claim_lines(name: str, c: dict) -> list[str]:
     return lines
 
 
-def _mechanism_lines(load: Callable[[str], dict], policy: str, levels: dict) -> list[str]:
+def _mechanism_lines(table: dict, policy: str, levels: dict) -> list[str]:
     """The mechanism table of one policy: predictor error -> alpha -> kills, per budget level."""
     lines = ["", f"Mechanism ({POLICY_NAMES.get(policy, policy)}): TimeBill (k x N_hat) against TimeBill told "
               "the true length and fixed 0.95, per budget level.", "",
               "| level | true tokens (mean) | predictor MAE, tokens | N_hat < N | k x N_hat < N | mean alpha: "
               "timebill / true length / fixed 0.95 | killed or late: same | completion: same |",
               "|---|---|---|---|---|---|---|---|"]
-    for level, cells in sorted(levels.items(), key=lambda kv: _level_seconds(load, policy, kv[0])):
+    # Tightest level first, by the mean seconds the summary table gives it (as the tables above).
+    timebill = table.get("timebill", {})
+    for level, cells in sorted(levels.items(), key=lambda kv: timebill.get(kv[0], {}).get("budget_s_mean", 0.0)):
         tb = cells.get("timebill", {})
         trio = [cells.get(m) for m in ("timebill", "timebill_true_length", "fixed_0.95")]
         fmt = lambda key, f: " / ".join("-" if c is None or c.get(key) is None else f(c[key])  # noqa: E731
@@ -301,11 +303,6 @@ def _mechanism_lines(load: Callable[[str], dict], policy: str, levels: dict) -> 
                      f"{fmt('alpha_mean', lambda x: f'{x:.2f}')} | {fmt('killed_or_late', str)} | "
                      f"{fmt('completion', lambda x: _pct(x, 0))} |")
     return lines
-
-
-def _level_seconds(load: Callable[[str], dict], policy: str, level: str) -> float:
-    cell = load("eval.json")["table"][policy].get("timebill", {}).get(level, {})
-    return cell.get("budget_s_mean", 0.0)
 
 
 def reliability_table(load: Callable[[str], dict]) -> str:

@@ -46,7 +46,7 @@ def summarise(records: list[dict]) -> dict:
     table: dict = defaultdict(lambda: defaultdict(dict))
     for (policy, method, budget), rows in sorted(groups.items()):
         scores = [score(r["task"], r["text"], r["reference"]) if r["status"] == SUCCEEDED else 0.0 for r in rows]
-        alphas = [r["alpha"] for r in rows if r["status"] == SUCCEEDED or r["status_name"] in MISSES]
+        alphas = [r["alpha"] for r in rows if _ran(r)]
         statuses: dict = defaultdict(int)
         for r in rows:
             statuses[r["status_name"]] += 1
