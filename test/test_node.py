@@ -60,9 +60,9 @@ def test_output_control_through_the_action(node):
 
 
 def test_a_lost_goal_or_result_response_is_recovered(node):
-    """DDS can drop a service response while the reply channel is still being matched: the
-    client asks for the result again, and takes a goal whose response never came once its
-    feedback shows the server accepted it."""
+    """DDS can drop a service request or response while its channels are still being matched:
+    the client asks for the result again, takes over a goal whose goal response never came once
+    the server answers for its UUID, and sends again a goal the server never received."""
     from unique_identifier_msgs.msg import UUID
 
     from timebill_ros.node.client import GoalRun
@@ -83,6 +83,16 @@ def test_a_lost_goal_or_result_response_is_recovered(node):
     lost_result.handle, lost_result.accepted = sent.result(), True  # the result is never requested
     client.wait(lost_result, timeout=60, ask_again_every=1.0)
     assert lost_result.status == GoalStatus.STATUS_SUCCEEDED and lost_result.result_requests >= 1
+
+    bad = client.goal("", budget=20.0)  # refused in execute: no feedback ever proves acceptance
+    lost_refusal = GoalRun(bad, goal_id=UUID(uuid=list(range(2, 18))))
+    client.client.send_goal_async(bad, goal_uuid=lost_refusal.goal_id)  # its response is never looked at
+    client.wait(lost_refusal, timeout=60, ask_again_every=1.0)
+    assert lost_refusal.result.status == R(client).REJECTED and lost_refusal.resent == 0
+
+    lost_request = GoalRun(goal, goal_id=UUID(uuid=list(range(3, 19))))  # never reached the server
+    client.wait(lost_request, timeout=60, ask_again_every=1.0)
+    assert lost_request.status == GoalStatus.STATUS_SUCCEEDED and lost_request.resent >= 1
 
 
 BAD_GOALS = [

@@ -64,12 +64,15 @@ class GoalRun:
     done_at: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
     goal_id: object = None  # unique_identifier_msgs UUID, chosen by the client
+    on_feedback: object = None  # called with (run, feedback) for each feedback message
     result_requests: int = 0
+    resent: int = 0  # goal requests sent again because the server did not know the goal
 
     def state(self) -> str:
         """Where the goal stands, for a hang report."""
         if self.accepted is None:
-            return f"no goal response yet, {len(self.feedback)} feedback messages"
+            return (f"no goal response yet, {len(self.feedback)} feedback messages, "
+                    f"{self.result_requests} probes, sent again {self.resent} times")
         return f"accepted={self.accepted}, {len(self.feedback)} feedback, {self.result_requests} result requests"
 
 
@@ -108,17 +111,20 @@ class Client:
         """Send without waiting for the result."""
         from unique_identifier_msgs.msg import UUID
 
-        run = GoalRun(goal, goal_id=UUID(uuid=list(uuid.uuid4().bytes)))
+        run = GoalRun(goal, goal_id=UUID(uuid=list(uuid.uuid4().bytes)), on_feedback=on_feedback)
+        self._send_goal(run)
+        return run
+
+    def _send_goal(self, run: GoalRun) -> None:
+        """Send RUN's goal request under RUN's UUID (again, after a lost request)."""
 
         def feedback(msg):
             run.feedback.append(msg.feedback)
-            if on_feedback:
-                on_feedback(run, msg.feedback)
-
-        future = self.client.send_goal_async(goal, feedback_callback=feedback, goal_uuid=run.goal_id)
+            if run.on_feedback:
+                run.on_feedback(run, msg.feedback)
 
         def accepted(fut):
-            if run.handle is not None:  # already taken over by _ask_again
+            if run.handle is not None:  # already taken over by a probe
                 return
             run.handle, run.accepted_at = fut.result(), time.monotonic()
             run.accepted = run.handle.accepted
@@ -127,32 +133,52 @@ class Client:
                 return
             self._request_result(run)
 
+        future = self.client.send_goal_async(run.goal, feedback_callback=feedback, goal_uuid=run.goal_id)
         future.add_done_callback(accepted)
-        return run
+
+    def _finish(self, run: GoalRun, answer) -> None:
+        """Record a result response (the first one: later ones answer repeated requests)."""
+        if run.done.is_set():
+            return
+        run.result, run.status, run.done_at = answer.result, answer.status, time.monotonic()
+        run.done.set()
 
     def _request_result(self, run: GoalRun) -> None:
         """Ask the server for RUN's result (held by the server until the goal ends)."""
-
-        def finished(rf):
-            if run.done.is_set():  # a second request's answer
-                return
-            run.result, run.status, run.done_at = rf.result().result, rf.result().status, time.monotonic()
-            run.done.set()
-
         run.result_requests += 1
-        run.handle.get_result_async().add_done_callback(finished)
+        run.handle.get_result_async().add_done_callback(lambda rf: self._finish(run, rf.result()))
 
-    def _ask_again(self, run: GoalRun) -> None:
-        """A DDS service can drop a response while its reply channel is still being matched
-        (slow discovery on a loaded machine). A lost result response is asked for again; a lost
-        goal response is recovered once feedback for the goal proves the server accepted it."""
+    def _probe(self, run: GoalRun) -> None:
+        """RUN's goal response never came: ask for the result of its UUID. A goal the server
+        knows is taken over and its result arrives when it ends; one the server does not know
+        (status UNKNOWN: the goal request itself was lost) is sent again under the same UUID."""
+        from action_msgs.msg import GoalStatus
         from rclpy.action.client import ClientGoalHandle
 
-        if run.handle is None and run.feedback:
-            response = self.TimedGenerate.Impl.SendGoalService.Response(accepted=True)
-            run.handle, run.accepted, run.accepted_at = ClientGoalHandle(self.client, run.goal_id, response), True, \
-                time.monotonic()
-        if run.accepted:
+        response = self.TimedGenerate.Impl.SendGoalService.Response(accepted=True)
+        handle = ClientGoalHandle(self.client, run.goal_id, response)
+
+        def answered(rf):
+            answer = rf.result()
+            if answer.status == GoalStatus.STATUS_UNKNOWN:
+                if run.accepted is None:
+                    run.resent += 1
+                    self._send_goal(run)
+                return
+            if run.handle is None:
+                run.handle, run.accepted, run.accepted_at = handle, True, time.monotonic()
+            self._finish(run, answer)
+
+        run.result_requests += 1
+        handle.get_result_async().add_done_callback(answered)
+
+    def _ask_again(self, run: GoalRun) -> None:
+        """A DDS service can drop a request or a response while its channels are still being
+        matched (slow discovery on a loaded machine). A goal with no goal response is probed by
+        its UUID (`_probe`); an accepted goal's result is asked for again."""
+        if run.accepted is None:
+            self._probe(run)
+        elif run.accepted:
             self._request_result(run)
 
     def wait(self, run: GoalRun, timeout: float = 60.0, ask_again_every: float = 15.0) -> GoalRun:
