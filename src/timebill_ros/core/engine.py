@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from timebill_ros.core.attention import split_chunks
 from timebill_ros.core.eviction import SnapKV, SnapKVScorer, attention_modules, evict, mlp_modules
 from timebill_ros.core.jobs import CancelToken, Event, OnInfeasible, Request, Result, Status, Timings
 from timebill_ros.core.model import LoadedModel
@@ -127,10 +128,11 @@ class Engine:
                 _raise_if_cancelled(cancel)
                 self.scorer.armed = i == len(bounds) - 1
                 t0 = time.monotonic()
-                out = self.loaded.model(
-                    input_ids=torch.tensor([ids[start:end]], device=self.loaded.device), cache=cache, use_cache=True,
-                    logits_to_keep=1,
-                )
+                with split_chunks():  # a chunk after cached ones: attention without a mask
+                    out = self.loaded.model(
+                        input_ids=torch.tensor([ids[start:end]], device=self.loaded.device), cache=cache,
+                        use_cache=True, logits_to_keep=1,
+                    )
                 cache, logits = out.cache, out.logits[:, -1]
                 self.loaded.synchronize()  # the chunk's time, not its launch's, and prefill's end is real
                 if on_chunk is not None:

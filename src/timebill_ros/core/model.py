@@ -28,6 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from timebill_ros.core import attention
 from timebill_ros.core.device import DeviceError, resolve_device, synchronize
 from timebill_ros.core.paths import timebill_home
 
@@ -247,6 +248,7 @@ def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantizat
     except (OSError, ValueError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"could not load the model at '{path}': {exc}") from exc
     model.to(where).eval()
+    attention.install(model)  # later prefill chunks without a mask (see core/attention.py)
     if quantization == "int8":
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
