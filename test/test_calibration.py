@@ -114,18 +114,20 @@ def test_prefill_contention_is_measured_beside_the_predictor(tiny):
 def test_slowest_prefill_chunk_is_the_last_of_a_full_context_and_the_warning_names_a_chunk_that_fits():
     from timebill_ros.core.timing import TimingModel, largest_chunk_within, prefill_kill_warning, slowest_chunk
 
-    timing = TimingModel(a=1e-8, b=2e-5, c=1e-3, p=0.0, q=0.0)
+    step = 0.01  # one decode step: the bound is one control period plus one step
+    timing = TimingModel(a=1e-8, b=2e-5, c=1e-3, p=0.0, q=step)
     assert slowest_chunk(timing, 512, 2048) > timing.prefill(512)  # the first chunk is cheaper
     assert slowest_chunk(timing, 2048, 2048) == pytest.approx(timing.prefill(2048))
-    period = 0.02
-    fit = largest_chunk_within(timing, period, 2048)
-    assert slowest_chunk(timing, fit, 2048) <= period < slowest_chunk(timing, fit + 64, 2048)
+    period = 0.05
+    fit = largest_chunk_within(timing, 2 * step, 2048)  # one layer = attention + MLP, two checks
+    assert slowest_chunk(timing, fit, 2048) <= 2 * step < slowest_chunk(timing, fit + 64, 2048)
     assert prefill_kill_warning(timing, fit, 2048, period) is None
     warning = prefill_kill_warning(timing, 512, 2048, period)
     assert warning is not None and f"prefill_chunk <= {fit}" in warning
-    # A kill waits for one layer, not the whole chunk: 30 layers make a chunk 30x as long fine.
-    assert prefill_kill_warning(timing, 512, 2048, slowest_chunk(timing, 512, 2048) / 30, layers=30) is None
-    assert prefill_kill_warning(timing, 512, 2048, slowest_chunk(timing, 512, 2048) / 31, layers=30) is not None
+    # A kill waits for half a layer, not the whole chunk: 30 layers make 60 pieces.
+    fits_60 = TimingModel(a=1e-8, b=2e-5, c=1e-3, p=0.0, q=slowest_chunk(timing, 512, 2048) / 60)
+    assert prefill_kill_warning(fits_60, 512, 2048, period, layers=30) is None
+    assert prefill_kill_warning(fits_60, 512, 2048, period, layers=29) is not None
 
 
 def test_calibration_warns_when_other_work_holds_the_cores_it_needs():
@@ -135,3 +137,22 @@ def test_calibration_warns_when_other_work_holds_the_cores_it_needs():
     assert busy_machine_warning(3.0, 8, 2) is None
     warning = busy_machine_warning(1.0, 2, 2)  # one of two cores taken: the case that timed 20x slow
     assert warning is not None and "load 1.0 on 2 cores" in warning
+
+
+def test_a_calibration_timed_in_other_prefill_chunks_is_made_again(tiny, tmp_path, monkeypatch):
+    """Prefill time depends on the chunk size: a stored calibration of other chunks is not reused."""
+    from timebill_ros.core.calibration import load_or_calibrate
+    from timebill_ros.core.engine import Engine, EngineConfig
+    from timebill_ros.core.predictor import FixedLengthPredictor
+    from timebill_ros.core.timing import TimingModel
+
+    monkeypatch.setenv("TIMEBILL_HOME", str(tmp_path))
+    said = []
+    for chunk, recalibrates in [(64, True), (64, False), (128, True)]:
+        engine = Engine(tiny, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), EngineConfig(prefill_chunk=chunk))
+        said.clear()
+        cal = load_or_calibrate(engine, points=6, repeats=1, max_length=256, announce=said.append)
+        engine.close()
+        assert cal.settings["prefill_chunk"] == chunk
+        assert any("calibrating" in line for line in said) == recalibrates, (chunk, said)
+    assert "in chunks of 64 tokens, the engine runs 128" in " ".join(said)

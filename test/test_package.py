@@ -170,3 +170,18 @@ def test_both_manifests_name_one_maintainer_version_and_licence_and_setup_py_rea
     run = subprocess.run([sys.executable, "setup.py", "--version", "--maintainer", "--maintainer-email", "--license"],
                          cwd=REPO, capture_output=True, text=True, check=True)
     assert tuple(run.stdout.split("\n")[-5:-1]) == ours
+
+
+def test_calibrate_help_names_the_node_defaults():
+    """`timebill calibrate` takes the node's settings; its help must not promise other defaults."""
+    import re
+
+    from click.testing import CliRunner
+
+    from timebill_ros.cli.main import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["calibrate", "--help"], terminal_width=400).output.split())
+    for option, name in [("model", "model_path"), ("dtype", "dtype"), ("threads", "threads"), ("device", "device"),
+                         ("prefill-chunk", "prefill_chunk")]:
+        said = re.search(rf"--{option} [A-Z]+ (?:(?! --[a-z]).)*?\[default: ([^\]]*)\]", text)
+        assert said and said.group(1) == str(getattr(NodeParams, name)), (option, said and said.group(1))

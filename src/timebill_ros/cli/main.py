@@ -47,12 +47,12 @@ def send(prompt: str, budget: float, feedback: bool, server_timeout: float, acti
 @click.option("--params-file", type=click.Path(exists=True, dir_okay=False),
               help="Take model_path, dtype, quantization, threads, prefill_chunk, calibration_path, "
                    "predictor_path from the node's YAML.")
-@click.option("--model", "model_path", help="Model dir or builtin:NAME  [default: builtin:tiny-random]")
+@click.option("--model", "model_path", help="Model dir, .gguf or builtin:NAME  [default: builtin:smollm2]")
 @click.option("--dtype", help="float32 | bfloat16 | float16  [default: float32]")
 @click.option("--quantization", help="'' | int8  [default: '']")
 @click.option("--threads", type=int, help="torch threads, as the node's `threads`  [default: 2]")
 @click.option("--device", help="cpu | cuda | cuda:N | auto, as the node's `device`  [default: cpu]")
-@click.option("--prefill-chunk", type=int, help="As the node's prefill_chunk  [default: 512]")
+@click.option("--prefill-chunk", type=int, help="As the node's prefill_chunk  [default: 1024]")
 @click.option("--predictor", "predictor_path",
               help="The node's predictor_path: its slow-down of prefill is measured and planned with  [default: '']")
 @click.option("--out", "calibration_path", type=click.Path(), help="Output JSON (default: where the node looks).")

@@ -316,7 +316,8 @@ def _fit(prefill: list[tuple[int, float]], decode: list[tuple[int, float]], fit_
 def load_or_calibrate(engine, points: int = 24, announce: Callable[[str], None] = lambda message: None,
                       max_length: int | None = None, repeats: int = 3) -> Calibration:
     """The calibration of the engine's model where the node looks for it, made and saved now
-    if there is none, or if it does not reach MAX_LENGTH tokens; the engine then plans with it."""
+    if there is none, if it does not reach MAX_LENGTH tokens or if it timed prefill in other
+    chunks than the engine runs; the engine then plans with it."""
     key = CalibrationKey.for_model(engine.loaded)
     path = default_calibration_path(key)
     want = min(max_length or engine.loaded.context_limit, engine.loaded.context_limit)
@@ -326,6 +327,10 @@ def load_or_calibrate(engine, points: int = 24, announce: Callable[[str], None] 
             announce(f"the calibration of {key.model} reaches {cal.settings.get('max_length')} tokens, "
                      f"{want} are needed: calibrating again")
             raise CalibrationError("too short")
+        if cal.settings.get("prefill_chunk") != engine.config.prefill_chunk:  # prefill was timed in other chunks
+            announce(f"the calibration of {key.model} timed prefill in chunks of {cal.settings.get('prefill_chunk')} "
+                     f"tokens, the engine runs {engine.config.prefill_chunk}: calibrating again")
+            raise CalibrationError("other prefill_chunk")
     except CalibrationError:
         announce(f"calibrating {key.model} on this machine up to {want} tokens (once)")
         cal = calibrate(engine, key, points=points, repeats=repeats, max_length=want)

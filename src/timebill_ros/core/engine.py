@@ -43,7 +43,7 @@ class EngineConfig:
 
     snapkv_window: int = 32
     snapkv_kernel: int = 5
-    prefill_chunk: int = 512  # tokens per prefill forward (the cancel token is also checked between layers)
+    prefill_chunk: int = 1024  # tokens per prefill forward (the cancel token is also checked between layers)
     event_period: float = 0.05  # seconds between decode events (phase changes always emit)
     fallback_prediction_tokens: int = 64  # N_hat when the length predictor fails on a prompt
 

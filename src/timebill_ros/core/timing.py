@@ -74,17 +74,23 @@ def largest_chunk_within(timing: TimingModel, seconds: float, context: int, step
 
 
 def prefill_kill_warning(timing: TimingModel, chunk: int, context: int, period: float, layers: int = 1) -> str | None:
-    """Why a kill during prefill could land more than one control PERIOD late with this
-    CHUNK, and the chunk that would not; None when the chunk is fine. The engine checks the
-    cancel token before each of the model's LAYERS, so a kill waits for one layer of a chunk
-    (taken as an equal share of the chunk's time)."""
-    slowest = slowest_chunk(timing, chunk, context) / layers
-    if slowest <= period:
+    """Why a kill during prefill could land later than its bound (one control PERIOD plus one
+    decode step) with this CHUNK, and the chunk that would not; None when the chunk is fine.
+
+    The deadline timer notices a kill within one period; the engine then stops at its next
+    cancel check, before each attention block and MLP of the model's LAYERS, so the wait is
+    one of the 2 x LAYERS pieces of the slowest chunk (taken as an equal share). It must not
+    exceed one decode step at that context, the bound's second term. PERIOD only names it."""
+    checks = 2 * layers
+    step = timing.decode_step(context)
+    piece = slowest_chunk(timing, chunk, context) / checks
+    if piece <= step:
         return None
-    fit = largest_chunk_within(timing, period * layers, context)
-    return (f"prefill_chunk {chunk}: one layer of a prefill chunk can take {1000 * slowest:.0f} ms, more than the "
-            f"control period ({1000 * period:.0f} ms), so a kill during prefill can land that late; "
-            f"prefill_chunk <= {fit} keeps it within one period (calibrate again after changing it)")
+    fit = largest_chunk_within(timing, step * checks, context)
+    return (f"prefill_chunk {chunk}: a kill during prefill waits for one attention block or MLP of a chunk, up to "
+            f"{1000 * piece:.0f} ms here, longer than one decode step ({1000 * step:.0f} ms), so it can land later "
+            f"than one control period ({1000 * period:.0f} ms) plus one decode step; prefill_chunk <= {fit} keeps it "
+            "within (calibrate again after changing it)")
 
 
 def _nonnegative_least_squares(design: np.ndarray, seconds: np.ndarray) -> np.ndarray:

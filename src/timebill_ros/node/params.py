@@ -62,7 +62,7 @@ class NodeParams:
                                       "prompt (logged; the goal goes on)", low=1, high=BIG)
     snapkv_window: int = _p(32, "SnapKV observation window (always kept)", low=1, high=4096)
     snapkv_kernel: int = _p(5, "SnapKV pooling kernel, odd (paper: 5)", low=1, high=63)
-    prefill_chunk: int = _p(512, "tokens per prefill forward; >= snapkv_window. A kill during prefill lands before "
+    prefill_chunk: int = _p(1024, "tokens per prefill forward; >= snapkv_window. A kill during prefill lands before "
                             "the next attention block or MLP, not the next chunk", low=1, high=BIG)
     overrun_policy: str = _p("kill", "kill | skip_next (paper section 5)", choices=("kill", "skip_next"), runtime=True)
     on_infeasible: str = _p("best_effort", "best_effort runs at alpha_max; reject ends the goal INFEASIBLE: before "
