@@ -94,6 +94,17 @@ def test_a_lost_goal_or_result_response_is_recovered(node):
     client.wait(lost_request, timeout=60, ask_again_every=1.0)
     assert lost_request.status == GoalStatus.STATUS_SUCCEEDED and lost_request.resent >= 1
 
+    story = client.goal("tell me a long story", budget=60.0, max_new_tokens=512)
+    canceled = GoalRun(story, goal_id=UUID(uuid=list(range(4, 20))))
+    client.client.send_goal_async(story, feedback_callback=lambda m: canceled.feedback.append(m.feedback),
+                                  goal_uuid=canceled.goal_id)  # its response is never looked at
+    deadline = time.monotonic() + 30
+    while not canceled.feedback and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.cancel(canceled)  # by UUID: no goal handle yet
+    client.wait(canceled, timeout=60, ask_again_every=1.0)
+    assert canceled.status == GoalStatus.STATUS_CANCELED, canceled.result.status_reason
+
 
 BAD_GOALS = [
     ({"prompt": ""}, "empty prompt"),
@@ -201,6 +212,27 @@ def test_cli_send_mirrors_send_goal(node):
     assert "planned" in ok.stdout and "WCET=" in ok.stdout and "status: SUCCEEDED" in ok.stdout
     bad = subprocess.run(["timebill", "send", "", "--budget", "2"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "REJECTED" in bad.stdout and "empty prompt" in bad.stdout
+
+
+def test_ctrl_c_on_cli_send_cancels_the_goal(node):
+    """Ctrl-C while `timebill send` waits sends a cancel and prints the CANCELED result."""
+    import os
+
+    send = subprocess.Popen(["timebill", "send", "tell me a long story", "--budget", "60", "--feedback",
+                             "--max-new-tokens", "512"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = []
+        for line in send.stdout:  # feedback lines; interrupt once decoding runs
+            lines.append(line)
+            if " decode " in line:
+                send.send_signal(signal.SIGINT)
+                break
+        out, err = send.communicate(timeout=60)
+    finally:
+        send.kill()
+    assert "canceling the goal" in err, "".join(lines) + out + err
+    assert "status: CANCELED" in out and send.returncode == 1, "".join(lines) + out + err
 
 
 def test_feedback_history_reaches_a_reader_that_joins_after_the_goal(node):

@@ -70,63 +70,66 @@ class FeedbackPrinter:
             click.echo(format_feedback(msg.feedback))
 
     def drain(self, idle: float = 0.2, limit: float = 2.0) -> None:
-        """Spin until no feedback has come for `idle` seconds (at most `limit`): the result can
-        overtake the last feedback messages, which travel on another topic."""
-        import rclpy
-
+        """Wait until no feedback has come for `idle` seconds (at most `limit`): the result can
+        overtake the last feedback messages, which travel on another topic. The client's
+        executor thread keeps spinning the node meanwhile."""
         end = time.monotonic() + limit
         quiet_until = time.monotonic() + idle
         while time.monotonic() < min(end, quiet_until):
             before = self.count
-            rclpy.spin_once(self.node, timeout_sec=0.05)
+            time.sleep(0.05)
             if self.count != before:
                 quiet_until = time.monotonic() + idle
 
 
 def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float, action_name: str,
               as_json: bool, overrides: dict) -> int:
-    """Send one goal, stream feedback, print the result; return the exit code."""
+    """Send one goal, stream feedback, print the result; return the exit code.
+
+    The goal goes through `node.client.Client`, which survives a lost goal or result response
+    (DDS can drop one while its channels are still matched): without it a lost response left
+    this command waiting forever."""
     import rclpy
-    from rclpy.action import ActionClient
+    from rclpy.signals import SignalHandlerOptions
     from unique_identifier_msgs.msg import UUID
 
     from timebill_msgs.action import TimedGenerate
+    from timebill_ros.node.client import Client
 
-    rclpy.init()
-    node = rclpy.create_node("timebill_send")
+    # rclpy's own SIGINT handler shuts the context down, and a Ctrl-C could then no longer
+    # send the cancel; Python's KeyboardInterrupt leaves it up until we are done.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    client = Client(action_name, node_name="timebill_send")
     try:
-        client = ActionClient(node, TimedGenerate, action_name)
-        if not client.wait_for_server(timeout_sec=server_timeout):
+        if not client.wait_for_server(timeout=server_timeout):
             click.echo(f"no action server '{action_name}' within {server_timeout}s (is timebill_node running, "
                        "with the same ROS_DOMAIN_ID?)", err=True)
             return EXIT_NO_SERVER
         goal_id = UUID(uuid=list(uuid.uuid4().bytes))
-        printer = FeedbackPrinter(node, action_name, goal_id, server_timeout) if feedback else None
-        goal_future = client.send_goal_async(make_goal(prompt, budget, overrides), goal_uuid=goal_id)
-        rclpy.spin_until_future_complete(node, goal_future)
-        handle = goal_future.result()
-        if not handle.accepted:
-            click.echo("goal refused by the server (shutting down?)", err=True)
-            return EXIT_GOAL_REFUSED
-        result_future = handle.get_result_async()
+        printer = FeedbackPrinter(client.node, action_name, goal_id, server_timeout) if feedback else None
+        run = client.send(make_goal(prompt, budget, overrides), goal_id=goal_id)
         try:
-            rclpy.spin_until_future_complete(node, result_future)
+            client.wait(run, timeout=math.inf)
         except KeyboardInterrupt:
             click.echo("canceling the goal", err=True)
-            cancel = handle.cancel_goal_async()
-            rclpy.spin_until_future_complete(node, cancel, timeout_sec=2.0)
-            rclpy.spin_until_future_complete(node, result_future, timeout_sec=5.0)
+            client.cancel(run)
+            try:
+                client.wait(run, timeout=5.0, ask_again_every=1.0)
+            except TimeoutError:
+                pass
+        if run.accepted is False:
+            click.echo("goal refused by the server (shutting down?)", err=True)
+            return EXIT_GOAL_REFUSED
         if printer:
             printer.drain()
-        response = result_future.result()
-        result = response.result
+        result = run.result if run.result is not None else TimedGenerate.Result()
         if not result.status_name:
             result.status_name = "UNKNOWN"
-            result.status_reason = f"the server sent no result (action status {response.status})"
+            result.status_reason = f"the server sent no result (action status {run.status})"
         print_result(result, as_json)
         return 0 if result.status == TimedGenerate.Result.SUCCEEDED else EXIT_NOT_SUCCEEDED
     finally:
-        node.destroy_node()
+        client.close()
         rclpy.try_shutdown()
 
 

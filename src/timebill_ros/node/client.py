@@ -1,6 +1,6 @@
 """Drive a timebill_node from Python: start one in a subprocess (`NodeProcess`), and a
-TimedGenerate action client that spins in a background thread (`Client`). Used by the
-integration tests, the benchmarks and the evaluation harness."""
+TimedGenerate action client that spins in a background thread (`Client`). Used by
+`timebill send`, the integration tests, the benchmarks and the evaluation harness."""
 from __future__ import annotations
 
 import shutil
@@ -79,7 +79,7 @@ class GoalRun:
 class Client:
     """A TimedGenerate action client spinning in a background thread."""
 
-    def __init__(self, action_name: str = "timebill/generate") -> None:
+    def __init__(self, action_name: str = "timebill/generate", node_name: str = "") -> None:
         import rclpy
         from rclpy.action import ActionClient
         from rclpy.executors import SingleThreadedExecutor
@@ -87,7 +87,7 @@ class Client:
         from timebill_msgs.action import TimedGenerate
 
         self.TimedGenerate = TimedGenerate
-        self.node = rclpy.create_node(f"test_client_{int(time.time() * 1e6) % 10**9}")
+        self.node = rclpy.create_node(node_name or f"test_client_{int(time.time() * 1e6) % 10**9}")
         self.client = ActionClient(self.node, TimedGenerate, action_name)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
@@ -107,11 +107,11 @@ class Client:
         g.budget = Duration(sec=sec, nanosec=int((budget - sec) * 1e9))
         return g
 
-    def send(self, goal, on_feedback=None) -> GoalRun:
-        """Send without waiting for the result."""
+    def send(self, goal, on_feedback=None, goal_id=None) -> GoalRun:
+        """Send without waiting for the result; GOAL_ID (a UUID msg) is made here unless given."""
         from unique_identifier_msgs.msg import UUID
 
-        run = GoalRun(goal, goal_id=UUID(uuid=list(uuid.uuid4().bytes)), on_feedback=on_feedback)
+        run = GoalRun(goal, goal_id=goal_id or UUID(uuid=list(uuid.uuid4().bytes)), on_feedback=on_feedback)
         self._send_goal(run)
         return run
 
@@ -153,10 +153,8 @@ class Client:
         knows is taken over and its result arrives when it ends; one the server does not know
         (status UNKNOWN: the goal request itself was lost) is sent again under the same UUID."""
         from action_msgs.msg import GoalStatus
-        from rclpy.action.client import ClientGoalHandle
 
-        response = self.TimedGenerate.Impl.SendGoalService.Response(accepted=True)
-        handle = ClientGoalHandle(self.client, run.goal_id, response)
+        handle = self._handle_by_uuid(run)
 
         def answered(rf):
             answer = rf.result()
@@ -171,6 +169,13 @@ class Client:
 
         run.result_requests += 1
         handle.get_result_async().add_done_callback(answered)
+
+    def _handle_by_uuid(self, run: GoalRun):
+        """A goal handle for RUN's UUID, for requests about a goal whose goal response never came."""
+        from rclpy.action.client import ClientGoalHandle
+
+        response = self.TimedGenerate.Impl.SendGoalService.Response(accepted=True)
+        return ClientGoalHandle(self.client, run.goal_id, response)
 
     def _ask_again(self, run: GoalRun) -> None:
         """A DDS service can drop a request or a response while its channels are still being
@@ -198,10 +203,13 @@ class Client:
         return self.wait(self.send(goal, on_feedback), timeout)
 
     def cancel(self, run: GoalRun) -> None:
-        """Ask the server to cancel RUN."""
-        run.handle.cancel_goal_async()
+        """Ask the server to cancel RUN (by its UUID even before its goal response came)."""
+        (run.handle or self._handle_by_uuid(run)).cancel_goal_async()
 
     def close(self) -> None:
-        """Stop spinning and destroy the client node."""
+        """Stop spinning and destroy the client node. The spin thread is joined: a process that
+        exits while it still waits inside rclpy aborts ("terminate called without an active
+        exception")."""
         self.executor.shutdown(timeout_sec=1.0)
+        self._thread.join(timeout=5.0)
         self.node.destroy_node()
