@@ -32,7 +32,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default=os.environ.get("TIMEBILL_BENCH_MODEL", "builtin:tiny-random"))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--prefill-chunk", type=int, default=512)
+    p.add_argument("--prefill-chunk", type=int, default=EngineConfig.prefill_chunk,
+                   help="as the node's (default: %(default)s)")
     p.add_argument("--max-length", type=int, default=4096,
                    help="longest prompt + answer the calibration and the benchmarks use (capped by the context)")
     p.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
@@ -68,9 +69,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict:
-    """Median, p99, mean, count."""
+    """Median, p99, mean, min, count."""
     return {"median": statistics.median(values), "p99": percentile(values, 99),
-            "mean": statistics.fmean(values), "n": len(values)}
+            "mean": statistics.fmean(values), "min": min(values), "n": len(values)}
 
 
 def write(name: str, data: dict) -> Path:

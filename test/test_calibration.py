@@ -51,6 +51,9 @@ def test_cli_calibrate_and_check(tiny_model_dir, tmp_path):
     assert "held-out MAPE" in run.output and out.is_file()
     check = runner.invoke(cli, ["calibrate", "--check", "--model", str(tiny_model_dir), "--out", str(out)])
     assert check.exit_code == 0
+    other = runner.invoke(cli, ["calibrate", "--check", "--model", str(tiny_model_dir), "--out", str(out),
+                                "--prefill-chunk", "256"])
+    assert other.exit_code == 1 and "not 256" in other.output
 
 
 def test_planning_timing_bounds_every_profiled_sample(calibration_file):

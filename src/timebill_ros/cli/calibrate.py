@@ -66,11 +66,16 @@ class CalibrationTarget:
 
 
 def check_calibration(target: CalibrationTarget) -> int:
-    """0 when a readable calibration exists for TARGET, else 1 (with the reason on stderr)."""
+    """0 when a readable calibration exists for TARGET and timed its prefill_chunk, else 1
+    (with the reason on stderr)."""
     try:
-        Calibration.load(target.path())
+        cal = Calibration.load(target.path())
     except CalibrationError as exc:
         click.echo(str(exc), err=True)
+        return 1
+    if cal.settings.get("prefill_chunk") != target.prefill_chunk:
+        click.echo(f"{target.path()} timed prefill in chunks of {cal.settings.get('prefill_chunk')} tokens, "
+                   f"not {target.prefill_chunk}", err=True)
         return 1
     click.echo(str(target.path()))
     return 0

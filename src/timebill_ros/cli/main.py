@@ -59,7 +59,9 @@ def send(prompt: str, budget: float, feedback: bool, server_timeout: float, acti
 @click.option("--points", type=int, default=24, show_default=True, help="Lengths profiled (every third held out).")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Prefill repeats per length (median).")
 @click.option("--max-length", type=int, default=0, help="Longest prompt profiled (0 = the model's context).")
-@click.option("--check", is_flag=True, help="Only check: exit 0 when a calibration exists, 1 when not.")
+@click.option("--check", is_flag=True,
+              help="Only check: exit 0 when a calibration of these settings (prefill_chunk included) "
+                   "exists, 1 when not.")
 def calibrate(params_file: str | None, points: int, repeats: int, max_length: int, check: bool, **given) -> None:
     """Profile the model on this machine and fit the execution-time model."""
     from timebill_ros.cli.calibrate import CalibrationTarget, check_calibration, run_calibration
