@@ -127,3 +127,17 @@ def test_a_lora_predictor_ships_only_its_adapter_and_serves_what_was_trained(tin
     with torch.inference_mode():
         trained, merged = model.eval()(input_ids=ids).logits, served.model(input_ids=ids).logits
     assert torch.allclose(trained, merged, atol=1e-4)
+
+
+def test_reference_predictors_measure_what_task_and_prompt_length_explain():
+    from timebill_ros.train.predictor import Sample, reference_predictors
+
+    def sample(i: int, task: str, n_prompt: int) -> Sample:
+        length = {"qa": 3, "list": 20}[task] + n_prompt // 10  # longer prompts, longer answers
+        return Sample(f"x-{task}-{i}", [1] * n_prompt, min(length, 64))
+
+    train = [sample(i, t, 100 + 37 * i) for i in range(12) for t in ("qa", "list")]
+    test = [sample(i, t, 120 + 41 * i) for i in range(6) for t in ("qa", "list")]
+    ref = reference_predictors(train, test, n_max=64)
+    assert ref["task_and_length"]["R2"] > 0.9 > ref["task_mean"]["R2"]
+    assert ref["task_mean"]["n"] == 12 and "below_cap" in ref["task_mean"]

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from timebill_ros.eval.publish_sweep import eval_claims, eval_table, pct
+
 # results/<source> -> docs/results/<name>; missing sources are left as they are.
 SOURCES = {
     "bench/ete_mape.json": "ete_mape.json",
@@ -45,10 +47,6 @@ SOURCES = {
 BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 
 
-def _pct(x: float, digits: int = 1) -> str:
-    return f"{100 * x:.{digits}f} %"
-
-
 def _ms(x: float) -> str:
     return f"{1000 * x:.1f} ms" if x >= 1e-3 else f"{1e6 * x:.1f} us"
 
@@ -70,8 +68,8 @@ def bench_table(load: Callable[[str], dict]) -> str:
     for name, label in (("first_plan", "first plan (predicted prefill)"), ("replan", "re-plan (after prefill)")):
         c = cov[name]
         rows.append((f"WCET coverage of the {label}, {cov['runs']} runs forced to N_W, k = {cov['k']:g}",
-                     f"{_pct(c['coverage'])} (mean slack {_pct(c['mean_slack_share'])}, "
-                     f"worst {_pct(c['min_slack_share'])})", ">= 99 %, mean slack <= 15 %", "wcet_coverage"))
+                     f"{pct(c['coverage'])} (mean slack {pct(c['mean_slack_share'])}, "
+                     f"worst {pct(c['min_slack_share'])})", ">= 99 %, mean slack <= 15 %", "wcet_coverage"))
     rows.append((f"time per token, engine vs `model.generate`, both {dec['new_tokens']} tokens after "
                  f"{dec['prompt_tokens']} prompt tokens, alpha 0",
                  f"{_ms(dec['engine_s_per_token']['median'])} vs {_ms(dec['generate_s_per_token']['median'])} "
@@ -83,16 +81,21 @@ def bench_table(load: Callable[[str], dict]) -> str:
                      "decode_overhead"))
     pre = load("prefill_overhead.json")
     checks = pre.get("cancel_checks", "before every attention block")
+    stat = pre.get("statistic", "median")  # min: the fastest of each arm's runs
     rows.append((f"engine prefill (chunks of {pre['prefill_chunk']}, SnapKV, cancel checks {checks}) vs one "
-                 f"plain forward, {pre['prompt_tokens']} tokens",
-                 f"{pre['engine_s']['median']:.3f} s vs {pre['one_forward_s']['median']:.3f} s "
+                 f"plain forward, {pre['prompt_tokens']} tokens, {stat} of {pre['engine_s']['n']} runs each",
+                 f"{pre['engine_s'][stat]:.3f} s vs {pre['one_forward_s'][stat]:.3f} s "
                  f"({pre['overhead_pct']:+.1f} %)", "overhead < 3 %", "prefill_overhead"))
     if len(pre.get("by_chunk", {})) > 1:
         rows.append(("the same per chunk size (chunk: overhead)", ", ".join(
             f"{c}: {v['overhead_pct']:+.1f} %" for c, v in pre["by_chunk"].items()), "", "prefill_overhead"))
+    if "masked_attention" in pre:  # before core/attention.py: transformers' masked SDPA for later chunks
+        rows.append((f"the same, chunks of {pre['prefill_chunk']} with transformers' masked attention instead of "
+                     "the mask-free split", f"{pre['masked_attention']['engine_s'][stat]:.3f} s "
+                     f"({pre['masked_attention']['overhead_pct']:+.1f} %)", "", "prefill_overhead"))
     for row in ev["rows"]:
         rows.append((f"eviction at alpha {ev['alpha']:g} / prefill, {row['n_x']} tokens",
-                     f"{_pct(row['evict_share_of_prefill'])} ({_ms(row['evict_s'])})", "< 5 %", "eviction_share"))
+                     f"{pct(row['evict_share_of_prefill'])} ({_ms(row['evict_s'])})", "< 5 %", "eviction_share"))
     rows.append(("one alpha* plan (median)", _ms(plan["plan_s"]["median"]), "< 1 ms", "planning_time"))
     runs = [("kill_latency", kill)]
     try:  # the same with one prefill chunk up to 2k tokens (bench/kill_latency.py --prefill-chunk 2048)
@@ -110,8 +113,8 @@ def bench_table(load: Callable[[str], dict]) -> str:
                          value, f"<= one period + one step = {_ms(run['bound_s'])}", source))
     rows.append((f"length predictor beside prefill (`{pred.get('model', '?')}`, {pred['prompts']} test prompts): "
                  "hidden / prefill slow-down / inputs compressed",
-                 f"{_pct(pred['hidden_share'], 0)} / {pred['overhead_pct_median']:+.0f} % / "
-                 f"{_pct(pred['truncated_share'], 0)}", "", "predictor_overhead"))
+                 f"{pct(pred['hidden_share'], 0)} / {pred['overhead_pct_median']:+.0f} % / "
+                 f"{pct(pred['truncated_share'], 0)}", "", "predictor_overhead"))
     try:
         llama = load("llamacpp.json")  # only after make bench-llamacpp
     except FileNotFoundError:
@@ -170,6 +173,8 @@ def quality_table(load: Callable[[str], dict], source: str = "quality.json", tar
 RLP_NAMES = {"buckets16": "SLM, 16-token buckets (TimeBill)", "buckets32": "SLM, 32-token buckets",
              "buckets64": "SLM, 64-token buckets", "regression": "SLM regression",
              "proxy5": "ProxyModel-style, 5 classes (small encoder)", "s3_10": "S3-style, 10 classes (small encoder)"}
+REFERENCE_NAMES = {"task_mean": "reference: the task's mean length (knows the task)",
+                   "task_and_length": "reference: linear fit on task + prompt length (knows the task)"}
 
 
 def rlp_table(load: Callable[[str], dict], source: str = "rlp.json") -> str:
@@ -183,7 +188,11 @@ def rlp_table(load: Callable[[str], dict], source: str = "rlp.json") -> str:
         f, c = row["full_input"], row["compressed_input"]
         below = f.get("below_cap")
         lines.append(f"| {RLP_NAMES.get(name, name)} | {f['MAE']:.1f} | {f['RMSE']:.1f} | {f['R2']:.3f} | "
-                     f"{c['MAE']:.1f} / {c['R2']:.3f} / {_pct(c['truncated_share'], 0)} |"
+                     f"{c['MAE']:.1f} / {c['R2']:.3f} / {pct(c['truncated_share'], 0)} |"
+                     + (f" {below['MAE']:.1f} / {below['R2']:.3f} |" if capped and below else " |" if capped else ""))
+    for name, f in r.get("references", {}).items():  # not predictors: what prompt features explain
+        below = f.get("below_cap")
+        lines.append(f"| _{REFERENCE_NAMES.get(name, name)}_ | {f['MAE']:.1f} | {f['RMSE']:.1f} | {f['R2']:.3f} | |"
                      + (f" {below['MAE']:.1f} / {below['R2']:.3f} |" if capped and below else " |" if capped else ""))
     text = f"\n\n{r['test_examples']} test prompts, target `{r['target']}`."
     histories = {RLP_NAMES.get(n, n): row["training"]["val_mae_by_epoch"] for n, row in r["predictors"].items()
@@ -193,8 +202,8 @@ def rlp_table(load: Callable[[str], dict], source: str = "rlp.json") -> str:
             f"{n} {' -> '.join(f'{m:.1f}' for m in h)}" for n, h in histories.items()) + "."
     if capped:
         f = next(iter(r["predictors"].values()))["full_input"]
-        text += (f" {_pct(f['capped_share'], 0)} of the test answers ran to the {r['max_new_tokens']}-token cap; "
-                 f"they hold {_pct(f['capped_variance_share'], 0)} of the lengths' variance.")
+        text += (f" {pct(f['capped_share'], 0)} of the test answers ran to the {r['max_new_tokens']}-token cap; "
+                 f"they hold {pct(f['capped_variance_share'], 0)} of the lengths' variance.")
     return "\n".join(lines) + text + "\n"
 
 
@@ -209,100 +218,6 @@ def rlp_layers_table(load: Callable[[str], dict]) -> str:
     chosen = r["chosen_layers"]
     return "\n".join(lines) + (f"\n\nTarget `{r['target']}`, {r['threads']} threads; rule: {r['rule']}: "
                                + (f"**{chosen} layers**." if chosen else "**no layer count meets it**.") + "\n")
-
-
-def eval_table(load: Callable[[str], dict], policy: str = "kill") -> str:
-    """The budget sweep under POLICY: score / completion / mean alpha per method and budget."""
-    from timebill_ros.eval.report import level_order
-
-    e = load("eval.json")
-    table = e["table"].get(policy)
-    if not table:
-        return f"_No {policy} runs in `docs/results/eval.json`._\n"
-    budgets = level_order(table["timebill"]) if "timebill" in table else \
-        level_order({b: cell for row in table.values() for b, cell in row.items()})
-    seconds = {b: cell.get("budget_s_mean") for row in table.values() for b, cell in row.items()}
-    header = [f"{float(b):g} s" if seconds[b] is None else b if b.endswith("s") else
-              f"{b} (mean {seconds[b]:.2g} s)" for b in budgets]
-    lines = [f"| method ({POLICY_NAMES.get(policy, policy)}) | " + " | ".join(header) + " |",
-             "|" + "---|" * (len(budgets) + 1)]
-    # The k sweep has its own plot; here the methods, in the paper's order.
-    methods = sorted((m for m in table if not m.startswith("timebill_k")),
-                     key=lambda m: (m != "vanilla", m.startswith("int8"), m.startswith("timebill"), m))
-    for method in methods:
-        row = table[method]
-        cells = " | ".join(f"{row[b]['score']:.3f} / {_pct(row[b]['completion'], 0)} / {row[b]['alpha_mean']:.2f}"
-                           if b in row and row[b]["alpha_mean"] is not None else
-                           f"{row[b]['score']:.3f} / {_pct(row[b]['completion'], 0)} / -" if b in row else ""
-                           for b in budgets)
-        lines.append(f"| {method} | {cells} |")
-    return "\n".join(lines) + "\n"
-
-
-POLICY_NAMES = {"kill": "Kill", "skip_next": "Skip-Next"}
-
-
-def eval_claims(load: Callable[[str], dict]) -> str:
-    """What make eval ran, the claim check per policy, and the mechanism behind it (predictor
-    error -> alpha chosen -> kills), all from eval.json."""
-    e = load("eval.json")
-    lines = []
-    if run := e.get("run"):
-        lines += [f"Run: target `{run['model']}`, predictor `{run['predictor']}`, {run['per_task']} test prompts "
-                  f"per task, budget levels {run['levels']}, policies {run['policies']}; {e['results']} results "
-                  f"in {run['minutes']:.0f} min, of which {run.get('calibration_minutes', 0):.0f} calibrating "
-                  f"(none when this machine's calibrations exist).", ""]
-    for policy, c in e["claims"].items():
-        lines += _claim_lines(POLICY_NAMES.get(policy, policy), c)
-    for policy, levels in e.get("mechanism", {}).items():
-        lines += _mechanism_lines(e["table"][policy], policy, levels)
-    return "\n".join(lines) + "\n"
-
-
-def _claim_lines(name: str, c: dict) -> list[str]:
-    """The claim check of one policy, as README bullets."""
-    lines = []
-    behind = [f"{row['budget_level']}: {row['winner']} {row['scores'][row['winner']]:.3f} vs "
-              f"{row['scores']['timebill']:.3f}" for row in c["per_budget"] if row["winner"] != "timebill"
-              and row["scores"][row["winner"]] - row["scores"]["timebill"] > 1e-9]
-    lines.append(f"- [{name}] TimeBill has the highest average score at every budget: "
-                 f"**{'yes' if c['timebill_highest_score_at_every_budget'] else 'no'}**"
-                 + (f" (behind at {'; '.join(behind)})" if behind else "")
-                 + (f"; levels where methods tie for first: {', '.join(c['budgets_with_ties'])}"
-                    if c["budgets_with_ties"] else "") + ".")
-    if "completion_gap_vs_fixed_0.95_pts" in c:
-        lines.append(f"- [{name}] TimeBill's completion within 5 points of fixed 0.95's: "
-                     f"**{'yes' if c['completion_within_5_pts_of_fixed_0.95'] else 'no'}** (TimeBill minus "
-                     f"fixed 0.95, points, tightest budget first: {c['completion_gap_vs_fixed_0.95_pts']}).")
-    if "k_sweep_shape" in c:
-        sweep = ", ".join(f"k={m.rsplit('k', 1)[1]} {v['score']:.3f} / {_pct(v['completion'], 0)}"
-                          for m, v in c["k_sweep"].items())
-        lines.append(f"- [{name}] k sweep (score / completion): {sweep}; shape **{c['k_sweep_shape']}** "
-                     f"(peak at k={c['k_sweep_peak_k']}; the paper's: rises then falls).")
-    return lines
-
-
-def _mechanism_lines(table: dict, policy: str, levels: dict) -> list[str]:
-    """The mechanism table of one policy: predictor error -> alpha -> kills, per budget level."""
-    lines = ["", f"Mechanism ({POLICY_NAMES.get(policy, policy)}): TimeBill (k x N_hat) against TimeBill told "
-              "the true length and fixed 0.95, per budget level.", "",
-              "| level | true tokens (mean) | predictor MAE, tokens | N_hat < N | k x N_hat < N | mean alpha: "
-              "timebill / true length / fixed 0.95 | killed or late: same | completion: same |",
-              "|---|---|---|---|---|---|---|---|"]
-    # Tightest level first, by the mean seconds the summary table gives it (as the tables above).
-    timebill = table.get("timebill", {})
-    for level, cells in sorted(levels.items(), key=lambda kv: timebill.get(kv[0], {}).get("budget_s_mean", 0.0)):
-        tb = cells.get("timebill", {})
-        trio = [cells.get(m) for m in ("timebill", "timebill_true_length", "fixed_0.95")]
-        fmt = lambda key, f: " / ".join("-" if c is None or c.get(key) is None else f(c[key])  # noqa: E731
-                                        for c in trio)
-        lines.append(f"| {level} | {tb.get('true_tokens_mean', float('nan')):.0f} | "
-                     f"{tb.get('predictor_mae_tokens', float('nan')):.1f} | "
-                     f"{_pct(tb.get('under_predicted_share', float('nan')), 0)} | "
-                     f"{_pct(tb.get('worst_case_short_share', float('nan')), 0)} | "
-                     f"{fmt('alpha_mean', lambda x: f'{x:.2f}')} | {fmt('killed_or_late', str)} | "
-                     f"{fmt('completion', lambda x: _pct(x, 0))} |")
-    return lines
 
 
 def reliability_table(load: Callable[[str], dict]) -> str:

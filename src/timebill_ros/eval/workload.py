@@ -11,8 +11,6 @@ A request's level travels in its request_id ("policy/level/method/example").
 """
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,10 +49,9 @@ class TimedRequest:
 
 def distilled_lengths(path: Path) -> dict[str, int]:
     """Response lengths of the target per example id, from `timebill train-rlp`'s distillation."""
-    if not path.is_file():
-        return {}
-    with gzip.open(path, "rt") as f:
-        return {d["id"]: int(d["n_tokens"]) for d in map(json.loads, f)}
+    from timebill_ros.train.distilled import read_distilled
+
+    return {sample_id: s.n_tokens for sample_id, s in read_distilled(path).items()}
 
 
 def choose_budgets(timing: TimingModel, prompt_tokens: list[int], answer_tokens: list[int],

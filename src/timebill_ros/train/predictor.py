@@ -19,7 +19,6 @@ import math
 import random
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,17 +33,9 @@ from timebill_ros.core.model import encode_prompt
 from timebill_ros.core.predictor import PredictorSpec, compress, truncated_backbone
 from timebill_ros.core.timing import fit_prefill
 from timebill_ros.eval import tasks
+from timebill_ros.train.distilled import Sample, read_distilled
 
 PREDICTORS = ("buckets16", "buckets32", "buckets64", "regression", "proxy5", "s3_10")
-
-
-@dataclass
-class Sample:
-    """One distilled example."""
-
-    id: str
-    prompt_ids: list[int]
-    n_tokens: int
 
 
 def predictor_prompts(split: str, n_per_task: int, seed: int = 0, free: int = 0) -> list[tuple[str, str]]:
@@ -91,22 +82,6 @@ def distill(engine: Engine, prompts: list[tuple[str, str]], max_new_tokens: int,
             f.flush()
             tick()
     return [done[pid] for pid, _ in prompts]
-
-
-def read_distilled(cache: Path) -> dict[str, Sample]:
-    """The answers a distillation cache holds; a killed run leaves its last gzip stream
-    unterminated and maybe half a line: everything complete before that is kept."""
-    done: dict[str, Sample] = {}
-    if not cache.exists():
-        return done
-    try:
-        with gzip.open(cache, "rt") as f:
-            for line in f:
-                d = json.loads(line)
-                done[d["id"]] = Sample(**d)
-    except (EOFError, gzip.BadGzipFile, json.JSONDecodeError):
-        pass
-    return done
 
 
 def spec_for(name: str, train: list[Sample], n_max: int, target: str) -> PredictorSpec:
@@ -195,16 +170,46 @@ def evaluate(model, spec: PredictorSpec, samples: list[Sample], budget: Callable
         truncated += len(ids) < len(s.prompt_ids)
         truth.append(s.n_tokens)
         pred.append(predict_tokens(model, spec, ids))
-    # Answers that ran to the token cap (a target looping) are few but can hold most of the
-    # variance; the same metrics without them show how well the rest is predicted.
-    below = [(t, p) for t, p in zip(truth, pred) if t < spec.n_max]
+    return {**length_metrics(truth, pred, spec.n_max), "n": len(samples), "truncated_share": truncated / len(samples)}
+
+
+def length_metrics(truth: list[int], pred: list[float], n_max: int) -> dict:
+    """MAE, RMSE, R^2; the share of answers that ran to the token cap N_MAX and of the
+    variance they hold; and the same metrics without them. Capped answers (a target looping)
+    are few but can hold most of the variance, which then decides R^2 alone."""
+    below = [(t, p) for t, p in zip(truth, pred) if t < n_max]
     mean = statistics.fmean(truth)
-    capped_sq = sum((t - mean) ** 2 for t in truth if t >= spec.n_max)
+    capped_sq = sum((t - mean) ** 2 for t in truth if t >= n_max)
     total_sq = sum((t - mean) ** 2 for t in truth)
-    return {**_metrics(truth, pred), "n": len(samples), "truncated_share": truncated / len(samples),
-            "capped_share": 1 - len(below) / len(samples),
+    return {**_metrics(truth, pred), "capped_share": 1 - len(below) / len(truth),
             "capped_variance_share": capped_sq / total_sq if total_sq else 0.0,
             "below_cap": {**_metrics(*zip(*below)), "n": len(below)} if len(below) > 1 else {}}
+
+
+def task_of(sample: Sample) -> str:
+    """The task a distilled prompt came from (its id is <split>-<task>-...)."""
+    return sample.id.split("-")[1]
+
+
+def reference_predictors(train: list[Sample], test: list[Sample], n_max: int) -> dict[str, dict]:
+    """What simple prompt features alone explain of the lengths, on the same test split:
+    the task's mean training length, and a linear fit on the task and the prompt's length.
+    Neither is a serving predictor (the node does not know a prompt's task); they bound
+    from below what a predictor that reads the prompt should reach."""
+    from sklearn.linear_model import LinearRegression
+
+    names = sorted({task_of(s) for s in train})
+
+    def features(samples: list[Sample]) -> np.ndarray:
+        return np.array([[task_of(s) == t for t in names] + [len(s.prompt_ids) / 1000] for s in samples], float)
+
+    y = np.array([s.n_tokens for s in train], float)
+    truth = [s.n_tokens for s in test]
+    mean_of = {t: float(y[[task_of(s) == t for s in train]].mean()) for t in names}
+    linear = LinearRegression().fit(features(train), y).predict(features(test))
+    preds = {"task_mean": [mean_of.get(task_of(s), float(y.mean())) for s in test],
+             "task_and_length": [float(min(n_max, max(1.0, v))) for v in linear]}
+    return {name: {**length_metrics(truth, pred, n_max), "n": len(test)} for name, pred in preds.items()}
 
 
 def _metrics(truth, pred) -> dict:
