@@ -23,6 +23,7 @@ from timebill_ros.core.engine import Engine, EngineConfig  # noqa: E402
 from timebill_ros.core.model import load_model  # noqa: E402
 from timebill_ros.core.predictor import FixedLengthPredictor  # noqa: E402
 from timebill_ros.core.timing import TimingModel  # noqa: E402
+from timebill_ros.node.params import NodeParams  # noqa: E402
 
 RESULTS = Path(os.environ.get("TIMEBILL_RESULTS", Path(__file__).resolve().parents[1] / "results")) / "bench"
 
@@ -34,6 +35,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prefill-chunk", type=int, default=EngineConfig.prefill_chunk,
                    help="as the node's (default: %(default)s)")
+    p.add_argument("--quantization", default=NodeParams.quantization,
+                   help="as the node's (default: %(default)s)")
     p.add_argument("--max-length", type=int, default=4096,
                    help="longest prompt + answer the calibration and the benchmarks use (capped by the context)")
     p.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
@@ -42,7 +45,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def calibrated_engine(args, predictor=None) -> tuple[Engine, Calibration]:
     """Load the model; load its calibration or make one (and save it where the node looks)."""
-    loaded = load_model(args.model, threads=args.threads)
+    loaded = load_model(args.model, threads=args.threads, quantization=args.quantization)
     engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), predictor or FixedLengthPredictor(64),
                     EngineConfig(prefill_chunk=args.prefill_chunk, event_period=1e9))
     cal = load_or_calibrate(engine, points=12 if args.quick else 16, repeats=2,

@@ -4,7 +4,8 @@
 - wcet_coverage:  runs forced to N_W: share whose end-to-end time stays under the first
                   plan's WCET and under the re-plan's, and the mean slack
 - decode_overhead: time per token of our engine at alpha = 0 against model.generate, both
-                   forced to the same token count on the same prompts; decode step vs alpha
+                   forced to the same token count on the same prompts through the same
+                   forward; the default (lean int8) engine beside them; decode step vs alpha
 - eviction_share: eviction time as a share of prefill time, per prompt length
 - prefill_overhead: the engine's chunked, hooked prefill against one plain forward, per
                   chunk size, and at the default chunk with transformers' masked attention
@@ -25,6 +26,8 @@ from timebill_ros.core.calibration import spread_lengths
 from timebill_ros.core.engine import Engine
 from timebill_ros.core.eviction import evict
 from timebill_ros.core.jobs import CancelToken, Request
+from timebill_ros.core.kv_cache import new_cache
+from timebill_ros.core.model import load_model
 from timebill_ros.core.planner import plan
 from timebill_ros.core.timing import mape
 
@@ -83,27 +86,36 @@ def wcet_coverage(engine, quick: bool, limit: int, k: float = 5.0) -> dict:
 
 
 def decode_overhead(engine, quick: bool, limit: int) -> dict:
-    """Time per generated token of our engine (alpha = 0) against model.generate, both forced
-    to exactly the same number of tokens on the same prompts; and the decode step at
-    alpha = 0 / 0.5 / 0.9 for prompts of 512 tokens up to the calibrated length."""
-    model, vocab = engine.loaded.model, engine.loaded.model.config.vocab_size
-    n_new = 32 if quick else 96
-    ours, ref, tokens = [], [], []
+    """Time per generated token of our engine's loop (alpha = 0) against model.generate, both
+    forced to exactly the same number of tokens on the same prompts and computing the same
+    thing: transformers' forward on the model's own weights over the same in-place cache
+    (quantization ''); the default engine (its lean int8 step) on the same prompts beside
+    them; and the default engine's decode step at alpha = 0 / 0.5 / 0.9 for prompts of 512
+    tokens up to the calibrated length."""
+    vocab, n_new = engine.loaded.model.config.vocab_size, 32 if quick else 96
+    plain = Engine(load_model(str(engine.loaded.path), threads=engine.loaded.threads, quantization=""),
+                   engine.timing, engine.predictor, engine.config)
+    model = plain.loaded.model
+    ours, ref, lean, tokens = [], [], [], []
     for seed in range(3 if quick else 6):
         ids = random_ids(512, vocab, seed)
-        r = engine.run(Request(ids, budget=1e6, max_new_tokens=n_new, fixed_alpha=0.0, ignore_eos=True),
-                       CancelToken())
+        request = Request(ids, budget=1e6, max_new_tokens=n_new, fixed_alpha=0.0, ignore_eos=True)
+        r = plain.run(request, CancelToken())
         t0 = time.perf_counter()
         with torch.no_grad():
             out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, pad_token_id=0)
-        engine.loaded.synchronize()
+                                 max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, pad_token_id=0,
+                                 past_key_values=new_cache(model.config))
+        plain.loaded.synchronize()
         t_ref = time.perf_counter() - t0
+        r_lean = engine.run(request, CancelToken())
         n_ref = out.shape[1] - len(ids)
-        tokens.append({"engine": len(r.token_ids), "generate": n_ref})
+        tokens.append({"engine": len(r.token_ids), "generate": n_ref, "default_engine": len(r_lean.token_ids)})
         ours.append(r.timings.total / len(r.token_ids))
         ref.append(t_ref / n_ref)
-    assert all(t["engine"] == t["generate"] == n_new for t in tokens), tokens
+        lean.append(r_lean.timings.total / len(r_lean.token_ids))
+    plain.close()
+    assert all(t["engine"] == t["generate"] == t["default_engine"] == n_new for t in tokens), tokens
     by_length = {}
     for n in sorted({min(n, limit - n_new - 8) for n in (512, 1024, 2048, 4096)}):
         ids = random_ids(n, vocab, 99)
@@ -116,6 +128,8 @@ def decode_overhead(engine, quick: bool, limit: int) -> dict:
     return {"prompt_tokens": 512, "new_tokens": n_new, "token_counts": tokens,
             "engine_s_per_token": summary(ours), "generate_s_per_token": summary(ref),
             "engine_over_generate_pct": (statistics.median(ours) / statistics.median(ref) - 1) * 100,
+            "compared_dtype": plain.loaded.dtype, "default_dtype": engine.loaded.dtype,
+            "default_engine_s_per_token": summary(lean),
             "decode_step_s_by_prompt_and_alpha": by_length}
 
 

@@ -3,7 +3,9 @@
 Prefill time at 512 and 2048 tokens and one decode step with a 512- and a 2048-entry
 cache, both with the same thread count and the same random token ids, alternating the two
 runtimes so that the shared machine's noise falls on both. Reported as ratios (ours /
-llama.cpp). Needs `llama-cpp-python`, which only `make bench-llamacpp` installs (it is
+llama.cpp). Our decode step is also timed on the model's float32 weights through
+transformers' forward (quantization ''), the step before the lean int8 one, in the same run.
+Needs `llama-cpp-python`, which only `make bench-llamacpp` installs (it is
 compiled from source with flags that run on this CPU); `make setup` never does.
 """
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 from common import calibrated_engine, parser, random_ids, write
 
 from timebill_ros.core.calibration import median_time
-from timebill_ros.core.model import builtin_gguf_file
+from timebill_ros.core.engine import Engine, EngineConfig
+from timebill_ros.core.model import builtin_gguf_file, load_model
 
 LENGTHS = (512, 2048)
 
@@ -46,7 +49,10 @@ def main() -> None:
 
     llm = Llama(model_path=str(builtin_gguf_file("smollm2")), n_ctx=max(LENGTHS) + 64, n_threads=args.threads,
                 n_threads_batch=args.threads, n_batch=512, verbose=False)
-    engine, _ = calibrated_engine(args)
+    engine, cal = calibrated_engine(args)
+    # Decode steps only: its prefill is the same code on the same weights.
+    plain = Engine(load_model(args.model, threads=args.threads, quantization=""), cal.timing,
+                   engine.predictor, EngineConfig(prefill_chunk=args.prefill_chunk))
     repeats, steps = (1, 5) if args.quick else (3, 9)
     rows = []
     for n in LENGTHS:
@@ -57,12 +63,15 @@ def main() -> None:
                "llama_cpp_prefill_s": median_time(lambda: llama_prefill(llm, ids), repeats),
                "ours_prefill_s": median_time(lambda: engine.prefill(ids), repeats),
                "llama_cpp_decode_step_s": llama_decode_step(llm, ids, steps),
-               "ours_decode_step_s": ours_decode_step(engine, ids, steps)}
+               "ours_decode_step_s": ours_decode_step(engine, ids, steps),
+               "ours_float_forward_decode_step_s": ours_decode_step(plain, ids, steps)}
         row["prefill_ratio_ours_over_llama_cpp"] = row["ours_prefill_s"] / row["llama_cpp_prefill_s"]
         row["decode_ratio_ours_over_llama_cpp"] = row["ours_decode_step_s"] / row["llama_cpp_decode_step_s"]
         rows.append(row)
     engine.close()
+    plain.close()
     write("llamacpp", {"model": args.model, "gguf": builtin_gguf_file("smollm2").name, "dtype": engine.loaded.dtype,
+                       "float_forward_dtype": plain.loaded.dtype,
                        "llama_cpp_quantization": "Q4_1 (the GGUF as shipped)", "rows": rows})
 
 

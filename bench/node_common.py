@@ -19,6 +19,7 @@ def start_calibrated_node(args, **params) -> tuple[NodeProcess, object]:
     engine.close()
     work = Path(tempfile.mkdtemp(prefix="timebill-bench-"))
     node = NodeProcess({"model_path": args.model, "threads": args.threads, "prefill_chunk": args.prefill_chunk,
+                        "quantization": args.quantization,
                         "calibration_path": str(default_calibration_path(cal.key)), **params}, work)
     return node, cal
 

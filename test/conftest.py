@@ -52,8 +52,9 @@ def quick_calibration(model_dir: Path, out: Path, *, threads: int = 1, prefill_c
     from timebill_ros.core.model import load_model
     from timebill_ros.core.predictor import FixedLengthPredictor
     from timebill_ros.core.timing import TimingModel
+    from timebill_ros.node.params import NodeParams
 
-    loaded = load_model(str(model_dir), threads=threads)
+    loaded = load_model(str(model_dir), threads=threads, quantization=NodeParams.quantization)  # as the node
     engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(),
                     EngineConfig(prefill_chunk=prefill_chunk))
     key = CalibrationKey.for_model(loaded)

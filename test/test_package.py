@@ -172,7 +172,7 @@ def test_both_manifests_name_one_maintainer_version_and_licence_and_setup_py_rea
     assert tuple(run.stdout.split("\n")[-5:-1]) == ours
 
 
-def test_calibrate_help_names_the_node_defaults():
+def test_calibrate_and_eval_quality_help_name_the_node_defaults():
     """`timebill calibrate` takes the node's settings; its help must not promise other defaults."""
     import re
 
@@ -182,6 +182,9 @@ def test_calibrate_help_names_the_node_defaults():
 
     text = " ".join(CliRunner().invoke(cli, ["calibrate", "--help"], terminal_width=400).output.split())
     for option, name in [("model", "model_path"), ("dtype", "dtype"), ("threads", "threads"), ("device", "device"),
-                         ("prefill-chunk", "prefill_chunk")]:
+                         ("prefill-chunk", "prefill_chunk"), ("quantization", "quantization")]:
         said = re.search(rf"--{option} [A-Z]+ (?:(?! --[a-z]).)*?\[default: ([^\]]*)\]", text)
         assert said and said.group(1) == str(getattr(NodeParams, name)), (option, said and said.group(1))
+    quality = " ".join(CliRunner().invoke(cli, ["eval-quality", "--help"], terminal_width=400).output.split())
+    said = re.search(r"--quantization TEXT (?:(?! --[a-z]).)*?\[default: ([^\]]*)\]", quality)
+    assert said and said.group(1) == NodeParams.quantization, said

@@ -132,3 +132,28 @@ def test_the_shipped_target_and_its_predictor_load_and_agree():
     finally:
         e.close()
     assert result.status is Status.SUCCEEDED and "closet" in target.tokenizer.decode(result.token_ids).lower()
+
+
+def test_the_lean_decode_step_on_smollm2(smollm2, engine):
+    """The real architecture (30 layers, 9 query / 3 KV heads, tied head): the lean step's
+    arithmetic equals transformers' forward, and on int8 weights it answers as float32 does,
+    with the full cache and after eviction."""
+    import torch
+    from test_decode_step import hf_decode, lean_decode
+
+    from timebill_ros.core.decode_step import FloatMatrix, LeanDecodeStep
+    from timebill_ros.core.kv_cache import GrowingCache
+
+    prompt = torch.tensor([encode_prompt(smollm2.tokenizer, PROMPT)])
+    reference = hf_decode(smollm2.model, GrowingCache(), prompt, 3)
+    ours = lean_decode(LeanDecodeStep(smollm2.model, FloatMatrix), smollm2.model, prompt, 3)
+    assert all(torch.allclose(a, b, atol=1e-3) for a, b in zip(ours, reference))
+    loaded = load_model("builtin:smollm2", threads=2, quantization="int8-decode")
+    int8 = Engine(loaded, FREE, FixedLengthPredictor(16), EngineConfig(snapkv_window=16, prefill_chunk=64))
+    answers = {}
+    for alpha in (0.0, 0.5):
+        request = Request(prompt[0].tolist(), budget=1e6, max_new_tokens=16, fixed_alpha=alpha)
+        answers[alpha] = [e.run(request, CancelToken()).text for e in (engine, int8)]
+    int8.close()
+    assert "closet" in answers[0.0][1]
+    assert all(ours == theirs for theirs, ours in answers.values()), answers

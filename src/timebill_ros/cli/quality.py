@@ -16,9 +16,9 @@ from timebill_ros.eval.quality import NO_CONTEXT, evaluate
 
 
 def run_quality(model_path: str, split: str, limit: int, alphas: list[float], threads: int, out: str,
-                dtype: str = "float32") -> dict:
+                dtype: str = "float32", quantization: str = "") -> dict:
     """Evaluate and write JSON; print a table (task x setting)."""
-    loaded = load_model(model_path, threads=threads, dtype=dtype)
+    loaded = load_model(model_path, threads=threads, dtype=dtype, quantization=quantization)
     engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), EngineConfig())
     examples = tasks.load(split)
     if limit:
@@ -26,7 +26,8 @@ def run_quality(model_path: str, split: str, limit: int, alphas: list[float], th
     with tqdm(total=len(examples) * (len(alphas) + 1), desc="eval-quality", unit="answer") as bar:
         report = evaluate(engine, examples, alphas, tick=lambda: bar.update(1))
     engine.close()
-    data = {"model": loaded.name, "dtype": dtype, "split": split, "examples": report.examples, "scores": report.scores,
+    data = {"model": loaded.name, "dtype": loaded.dtype, "split": split, "examples": report.examples,
+            "scores": report.scores,
             "agreement_with_full_cache": report.agreement, "applied": report.applied,
             "answers": report.answers}
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import torch
 from timebill_ros.core.attention import split_chunks
 from timebill_ros.core.eviction import SnapKV, SnapKVScorer, attention_modules, evict, mlp_modules
 from timebill_ros.core.jobs import CancelToken, Event, OnInfeasible, Request, Result, Status, Timings
+from timebill_ros.core.kv_cache import new_cache
 from timebill_ros.core.model import LoadedModel
 from timebill_ros.core.online import OnlineTiming, PhaseWork, TimingSnapshot
 from timebill_ros.core.planner import Plan, plan
@@ -118,7 +119,7 @@ class Engine:
         and MLP (raising Stopped), so a kill does not wait for the running chunk.
         ON_CHUNK(start, end, seconds) is called after each chunk that completed.
         """
-        cache = None
+        cache = new_cache(self.loaded.model.config)  # grows in place: a decode step copies nothing
         self.scorer.scores.clear()
         bounds = chunk_bounds(len(ids), self.config.prefill_chunk, self.press.window)
         logits = None
@@ -146,6 +147,8 @@ class Engine:
     def decode_step(self, cache: object, token: int, position: int) -> torch.Tensor:
         """One decode step at the true position id; returns the next-token logits (the device is
         synchronized, so a clock read after it times the step)."""
+        if self.loaded.lean_step is not None:
+            return self.loaded.lean_step(cache, token, position)
         device = self.loaded.device
         out = self.loaded.model(input_ids=torch.tensor([[token]], device=device),
                                 position_ids=torch.tensor([[position]], device=device), cache=cache, use_cache=True)

@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as hf_logging
 
 from timebill_ros.core import attention
+from timebill_ros.core.decode_step import LeanDecodeStep, unsupported_reason
 from timebill_ros.core.device import DeviceError, resolve_device, synchronize
 from timebill_ros.core.paths import timebill_home
 
@@ -60,6 +61,8 @@ class LoadedModel:
     dtype: str
     threads: int
     device: torch.device = torch.device("cpu")
+    # quantization "int8-decode": the decode step on int8 weights (core/decode_step.py)
+    lean_step: LeanDecodeStep | None = None
 
     def synchronize(self) -> None:
         """Wait for the device before a clock is read (a no-op on the CPU)."""
@@ -221,7 +224,10 @@ def model_fingerprint(path: Path) -> str:
     return f"{path.name}-{digest}"
 
 
-QUANTIZATIONS = ("", "int8")
+# "": the model's weights; "int8": torchao int8 weight-only everywhere (the paper's
+# quantized-model baseline); "int8-decode": prefill on the model's weights, decode steps on
+# an int8 copy (core/int8_decode.py; CPU only).
+QUANTIZATIONS = ("", "int8", "int8-decode")
 
 
 def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantization: str = "",
@@ -229,7 +235,8 @@ def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantizat
     """Load model and tokenizer from SPEC onto DEVICE, with a fixed torch thread count.
 
     quantization="int8" applies torchao's int8 weight-only quantization (the AWQ-like
-    baseline of the paper); the calibration is then keyed by "<dtype>+int8".
+    baseline of the paper); "int8-decode" runs decode steps on an int8 copy of the weights
+    and prefill on the model's own. The calibration is then keyed by "<dtype>+<quantization>".
     """
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype '{dtype}'; choose one of {sorted(DTYPES)}")
@@ -239,6 +246,9 @@ def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantizat
         where = resolve_device(device)
     except DeviceError as exc:
         raise ModelLoadError(str(exc)) from None
+    if quantization == "int8-decode" and where.type != "cpu":
+        raise ModelLoadError(f"quantization 'int8-decode' runs on the CPU only (device is {where}); "
+                             "use quantization '' there")
     path = resolve_model_path(spec)
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # a node's log is no place for a loading bar
@@ -253,8 +263,15 @@ def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantizat
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
         quantize_(model, Int8WeightOnlyConfig())
-        dtype = f"{dtype}+int8"
-    return LoadedModel(model, tokenizer, path, model_fingerprint(path), dtype, threads, where)
+    lean_step = None
+    if quantization == "int8-decode":
+        if (reason := unsupported_reason(model)) is not None:
+            raise ModelLoadError(f"quantization 'int8-decode' does not support '{spec}': {reason}; "
+                                 "use quantization ''")
+        lean_step = LeanDecodeStep(model)
+    if quantization:
+        dtype = f"{dtype}+{quantization}"
+    return LoadedModel(model, tokenizer, path, model_fingerprint(path), dtype, threads, where, lean_step)
 
 
 def encode_prompt(

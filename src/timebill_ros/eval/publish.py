@@ -35,6 +35,8 @@ SOURCES = {
     "quality.json": "quality.json",
     "quality_smollm2.json": "quality_smollm2.json",
     "quality_smollm2_tasks.json": "quality_smollm2_tasks.json",
+    "quality_smollm2_tasks_float32.json": "quality_smollm2_tasks_float32.json",
+    "quality_smollm2_tasks_bfloat16.json": "quality_smollm2_tasks_bfloat16.json",
     "rlp.json": "rlp.json",
     "rlp_smollm2_tasks.json": "rlp_smollm2_tasks.json",
     "rlp_layers.json": "rlp_layers.json",
@@ -70,10 +72,16 @@ def bench_table(load: Callable[[str], dict]) -> str:
         rows.append((f"WCET coverage of the {label}, {cov['runs']} runs forced to N_W, k = {cov['k']:g}",
                      f"{pct(c['coverage'])} (mean slack {pct(c['mean_slack_share'])}, "
                      f"worst {pct(c['min_slack_share'])})", ">= 99 %, mean slack <= 15 %", "wcet_coverage"))
+    same = f", both {dec['compared_dtype']} through transformers' forward" if "compared_dtype" in dec else ""
     rows.append((f"time per token, engine vs `model.generate`, both {dec['new_tokens']} tokens after "
-                 f"{dec['prompt_tokens']} prompt tokens, alpha 0",
+                 f"{dec['prompt_tokens']} prompt tokens, alpha 0{same}",
                  f"{_ms(dec['engine_s_per_token']['median'])} vs {_ms(dec['generate_s_per_token']['median'])} "
                  f"({dec['engine_over_generate_pct']:+.1f} %)", "overhead < 5 %", "decode_overhead"))
+    if "default_engine_s_per_token" in dec:
+        lean = dec["default_engine_s_per_token"]["median"]
+        rows.append((f"the same tokens on the default engine ({dec['default_dtype']}: the lean int8 decode step)",
+                     f"{_ms(lean)} ({dec['generate_s_per_token']['median'] / lean:.2f}x faster than `generate`)",
+                     "", "decode_overhead"))
     for n, steps in dec["decode_step_s_by_prompt_and_alpha"].items():
         rows.append((f"decode step after a {n}-token prompt at alpha 0 / 0.5 / 0.9",
                      " / ".join(_ms(steps[a]) for a in ("0.0", "0.5", "0.9"))
@@ -127,6 +135,11 @@ def bench_table(load: Callable[[str], dict]) -> str:
         rows.append((f"decode step with a {n}-entry cache, ours vs llama.cpp",
                      f"{_ms(row['ours_decode_step_s'])} vs {_ms(row['llama_cpp_decode_step_s'])} "
                      f"({row['decode_ratio_ours_over_llama_cpp']:.2f}x)", "<= 1.5x", "llamacpp"))
+        if "ours_float_forward_decode_step_s" in row:
+            plain = row["ours_float_forward_decode_step_s"]
+            rows.append((f"the same step before the lean int8 step (transformers' forward, "
+                         f"{llama['float_forward_dtype']} weights) vs llama.cpp",
+                         f"{_ms(plain)} ({plain / row['llama_cpp_decode_step_s']:.2f}x)", "", "llamacpp"))
     lines = ["| what | measured | target | JSON (docs/results) |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d and f'`{d}.json`'} |" for a, b, c, d in rows]
     return "\n".join(lines) + "\n"
@@ -147,6 +160,33 @@ def quality_targets(q: dict) -> str:
         drop = f", {heavy:.3f} at alpha 0.95" if heavy is not None else ""
         parts.append(f"{task} {verdict} ({full:.3f} vs target {target}, {bare:.3f} without the context{drop})")
     return "Targets (issue 15): " + "; ".join(parts) + ".\n"
+
+
+# The default settings' run first; the others are measured against the float32 one.
+WEIGHT_RUNS = ("quality_smollm2_tasks.json", "quality_smollm2_tasks_bfloat16.json",
+               "quality_smollm2_tasks_float32.json")
+
+
+def weights_table(load: Callable[[str], dict]) -> str:
+    """The task suite on builtin:smollm2-tasks per dtype / quantization: scores with the full
+    cache and at alpha 0.95, and how many answers equal float32's (the default is chosen here)."""
+    runs = {}
+    for source in WEIGHT_RUNS:
+        try:
+            runs[source] = load(source)
+        except FileNotFoundError:
+            continue
+    float32 = next((q for q in runs.values() if q.get("dtype", "float32") == "float32"), None)
+    reference = {(a["id"], a["alpha"]): a["answer"] for a in float32["answers"]} if float32 else {}
+    lines = ["| weights (dtype+quantization) | qa F1: alpha 0 / 0.95 | code edit sim.: alpha 0 / 0.95 | "
+             "list ROUGE-L: alpha 0 / 0.95 | answers equal to float32's | JSON |", "|---|---|---|---|---|---|"]
+    for source, q in runs.items():
+        scores = q["scores"]
+        cells = " | ".join(f"{scores[t]['0.0']:.3f} / {scores[t]['0.95']:.3f}" for t in ("qa", "code", "list"))
+        same = [reference.get((a["id"], a["alpha"])) == a["answer"] for a in q["answers"]
+                if (a["id"], a["alpha"]) in reference]
+        lines.append(f"| {q.get('dtype', 'float32')} | {cells} | {sum(same)} of {len(same)} | `{source}` |")
+    return "\n".join(lines) + "\n"
 
 
 def quality_table(load: Callable[[str], dict], source: str = "quality.json", targets: bool = False) -> str:
@@ -307,6 +347,7 @@ TABLES = {"params": params_table, "online": online_table,
           "eval_skip_next": lambda load: eval_table(load, "skip_next"), "eval_claims": eval_claims,
           "quality_smollm2": lambda load: quality_table(load, "quality_smollm2.json"),
           "quality_smollm2_tasks": lambda load: quality_table(load, "quality_smollm2_tasks.json", targets=True),
+          "weights": weights_table,
           "rlp_smollm2_tasks": lambda load: rlp_table(load, "rlp_smollm2_tasks.json"),
           "rlp_layers": rlp_layers_table,
           "reliability": reliability_table}

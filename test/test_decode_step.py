@@ -1,0 +1,123 @@
+"""The in-place KV cache (core/kv_cache.py) and the int8 decode step (core/decode_step.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from timebill_ros.core import model as model_module
+from timebill_ros.core.decode_step import FloatMatrix, Int8Matrix, LeanDecodeStep, unsupported_reason
+from timebill_ros.core.eviction import evict
+from timebill_ros.core.kv_cache import GrowingCache, GrowingLayer, new_cache
+from timebill_ros.core.model import ModelLoadError, load_model
+
+
+def prompt_ids(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(5, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.inference_mode()
+def hf_decode(model, cache, prompt: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """Prefill PROMPT into CACHE, then STEPS greedy steps through transformers' forward."""
+    out = model(input_ids=prompt, cache=cache, use_cache=True)
+    logits, token, trace = out.logits[:, -1], None, []
+    for i in range(steps):
+        token = int(logits.argmax(-1))
+        logits = model(input_ids=torch.tensor([[token]]), position_ids=torch.tensor([[prompt.shape[1] + i]]),
+                       cache=cache, use_cache=True).logits[:, -1]
+        trace.append(logits)
+    return trace
+
+
+def test_the_growing_cache_decodes_like_the_dynamic_one_without_copying(tiny):
+    model = tiny.model
+    prompt = prompt_ids(40, model.config.vocab_size)
+    cache = GrowingCache()
+    grown = hf_decode(model, cache, prompt, 6)
+    plain = hf_decode(model, DynamicCache(), prompt, 6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grown, plain))
+    layer = cache.layers[0]
+    assert isinstance(layer, GrowingLayer) and layer.keys.shape[-2] == 46
+    buffer = layer.keys.data_ptr()
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([[7]]), position_ids=torch.tensor([[46]]), cache=cache, use_cache=True)
+    assert layer.keys.data_ptr() == buffer and layer.keys.shape[-2] == 47  # written in place, not copied
+
+
+def test_after_eviction_the_growing_cache_adopts_the_kept_entries(tiny):
+    model = tiny.model
+    cache = GrowingCache()
+    with torch.inference_mode():
+        model(input_ids=prompt_ids(40, model.config.vocab_size), cache=cache, use_cache=True)
+        scores = {i: torch.rand(1, model.config.num_key_value_heads, 40) for i in range(len(cache.layers))}
+        kept = evict(cache, scores, 0.5, 8)
+        before = cache.layers[0].keys.clone()
+        model(input_ids=torch.tensor([[7]]), position_ids=torch.tensor([[40]]), cache=cache, use_cache=True)
+    layer = cache.layers[0]
+    assert layer.keys.shape[-2] == kept + 1 and torch.equal(layer.keys[..., :kept, :], before)
+
+
+def test_sliding_window_models_keep_their_own_cache(tiny):
+    assert isinstance(new_cache(tiny.model.config), GrowingCache)
+    config = type(tiny.model.config)(**{**tiny.model.config.to_dict(), "use_sliding_window": True,
+                                        "sliding_window": 16, "layer_types": None})
+    assert new_cache(config) is None
+
+
+def test_int8_matrix_rounds_each_weight_by_at_most_half_a_step():
+    linear = torch.nn.Linear(64, 48, bias=True)
+    matrix = Int8Matrix(linear)
+    dequantized = matrix.weight.float() * matrix.scales.float()[:, None]
+    step = linear.weight.abs().amax(dim=1, keepdim=True) / 127
+    # bfloat16 scales add up to 2^-8 relative on top of the half-step rounding
+    assert ((dequantized - linear.weight).abs() <= step * 0.5 + linear.weight.abs() * 2 ** -8 + 1e-7).all()
+    x = torch.randn(1, 64)
+    assert torch.allclose(matrix(x), linear(x), atol=0.05 * linear(x).abs().max().item())
+
+
+def lean_decode(step: LeanDecodeStep, model, prompt: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """Prefill through transformers' forward, then STEPS greedy steps through STEP."""
+    cache, trace = GrowingCache(), []
+    with torch.inference_mode():
+        logits = model(input_ids=prompt, cache=cache, use_cache=True).logits[:, -1]
+    for i in range(steps):
+        logits = step(cache, int(logits.argmax(-1)), prompt.shape[1] + i)
+        trace.append(logits)
+    assert cache.layers[0].keys.shape[-2] == prompt.shape[1] + steps
+    return trace
+
+
+def test_the_lean_step_computes_what_the_forward_computes(tiny):
+    """On the original weights the lean step equals transformers' forward (q/k/v biases and
+    grouped heads included): the RoPE, norms, cache update and head layout are right."""
+    model = tiny.model
+    prompt = prompt_ids(50, model.config.vocab_size, seed=3)
+    reference = hf_decode(model, GrowingCache(), prompt, 8)
+    ours = lean_decode(LeanDecodeStep(model, FloatMatrix), model, prompt, 8)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, reference))
+
+
+def test_the_int8_step_follows_the_float_forward(tiny_model_dir):
+    """Same greedy tokens and logits within the int8 + bfloat16 rounding, on a model with q/k/v
+    biases and grouped heads; a wrong RoPE, norm or head layout would be far off."""
+    loaded = load_model(str(tiny_model_dir), threads=1, quantization="int8-decode")
+    assert loaded.dtype == "float32+int8-decode" and isinstance(loaded.lean_step, LeanDecodeStep)
+    model = loaded.model
+    prompt = prompt_ids(50, model.config.vocab_size, seed=3)
+    reference = hf_decode(model, GrowingCache(), prompt, 8)
+    for got, expected in zip(lean_decode(loaded.lean_step, model, prompt, 8), reference):
+        assert int(got.argmax(-1)) == int(expected.argmax(-1))
+        assert (got - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_an_architecture_the_step_does_not_know_is_refused_with_the_reason(tiny_model_dir, tiny, monkeypatch):
+    config = tiny.model.config
+    config.hidden_act = "gelu"
+    try:
+        assert "SiLU" in unsupported_reason(tiny.model)
+    finally:
+        config.hidden_act = "silu"
+    assert unsupported_reason(tiny.model) is None
+    monkeypatch.setattr(model_module, "resolve_device", lambda spec: torch.device("cuda"))
+    with pytest.raises(ModelLoadError, match="CPU only"):
+        load_model(str(tiny_model_dir), threads=1, quantization="int8-decode", device="cuda")
