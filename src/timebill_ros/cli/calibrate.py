@@ -73,9 +73,8 @@ def check_calibration(target: CalibrationTarget) -> int:
     except CalibrationError as exc:
         click.echo(str(exc), err=True)
         return 1
-    if cal.settings.get("prefill_chunk") != target.prefill_chunk:
-        click.echo(f"{target.path()} timed prefill in chunks of {cal.settings.get('prefill_chunk')} tokens, "
-                   f"not {target.prefill_chunk}", err=True)
+    if mismatch := cal.chunk_mismatch(target.prefill_chunk):
+        click.echo(f"{target.path()} does not fit: {mismatch}", err=True)
         return 1
     click.echo(str(target.path()))
     return 0

@@ -22,7 +22,6 @@ import torch
 
 NAME = "timebill_sdpa"
 _ENABLED: ContextVar[bool] = ContextVar("timebill_split_chunks", default=False)
-calls = {"split": 0}  # how often the split ran (tests check it is really taken)
 
 
 @contextmanager
@@ -45,7 +44,6 @@ def chunk_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     if not (_ENABLED.get() and 1 < q_len < kv_len and query.device.type == "cpu" and dropout == 0.0):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    calls["split"] += 1
     return _split(query, key, value, scaling), None
 
 

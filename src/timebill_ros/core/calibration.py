@@ -96,6 +96,11 @@ class Calibration:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     settings: dict = field(default_factory=dict)
 
+    def chunk_mismatch(self, prefill_chunk: int) -> str | None:
+        """Why this calibration's prefill times do not fit an engine running PREFILL_CHUNK, or None."""
+        timed = self.settings.get("prefill_chunk")
+        return None if timed == prefill_chunk else f"it timed prefill in chunks of {timed} tokens, not {prefill_chunk}"
+
     def save(self, path: Path) -> Path:
         """Write the JSON (creating folders)."""
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -327,10 +332,9 @@ def load_or_calibrate(engine, points: int = 24, announce: Callable[[str], None] 
             announce(f"the calibration of {key.model} reaches {cal.settings.get('max_length')} tokens, "
                      f"{want} are needed: calibrating again")
             raise CalibrationError("too short")
-        if cal.settings.get("prefill_chunk") != engine.config.prefill_chunk:  # prefill was timed in other chunks
-            announce(f"the calibration of {key.model} timed prefill in chunks of {cal.settings.get('prefill_chunk')} "
-                     f"tokens, the engine runs {engine.config.prefill_chunk}: calibrating again")
-            raise CalibrationError("other prefill_chunk")
+        if mismatch := cal.chunk_mismatch(engine.config.prefill_chunk):
+            announce(f"the calibration of {key.model} does not fit: {mismatch}; calibrating again")
+            raise CalibrationError(mismatch)
     except CalibrationError:
         announce(f"calibrating {key.model} on this machine up to {want} tokens (once)")
         cal = calibrate(engine, key, points=points, repeats=repeats, max_length=want)

@@ -247,12 +247,10 @@ class TimeBillServer(LifecycleNode):
                 f"the calibration measured prefill beside predictor_path '{measured_with}', this node runs "
                 f"'{self.params.predictor_path}': plans may misjudge how much the predictor slows prefill; "
                 "calibrate with --params-file <this node's params file>")
-        measured_chunk = calibration.settings.get("prefill_chunk")
-        if measured_chunk != self.params.prefill_chunk:
+        if mismatch := calibration.chunk_mismatch(self.params.prefill_chunk):
             self.get_logger().warning(
-                f"the calibration timed prefill in chunks of {measured_chunk} tokens, this node runs "
-                f"prefill_chunk {self.params.prefill_chunk}: prefill plans may be off; calibrate with "
-                "--params-file <this node's params file>")
+                f"the calibration does not fit this node's prefill_chunk: {mismatch}; prefill plans may be off; "
+                "calibrate with --params-file <this node's params file>")
         longest_prompt = min(self.loaded.context_limit, self.params.max_prompt_tokens)
         warning = prefill_kill_warning(calibration.planning_timing(), self.params.prefill_chunk, longest_prompt,
                                        1.0 / self.params.control_rate_hz, self.loaded.model.config.num_hidden_layers)
