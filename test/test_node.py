@@ -235,6 +235,21 @@ def test_ctrl_c_on_cli_send_cancels_the_goal(node):
     assert "status: CANCELED" in out and send.returncode == 1, "".join(lines) + out + err
 
 
+def test_ctrl_c_on_cli_send_before_a_server_is_found_exits_cleanly():
+    """Waiting for a server nobody runs, Ctrl-C ends `timebill send` with 130 and one line
+    (no traceback: nothing was sent, so nothing needs canceling)."""
+    send = subprocess.Popen(["timebill", "send", "hi", "--budget", "1", "--server-timeout", "60",
+                             "--action", "nobody/serves"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        waiting = send.stderr.readline()  # printed once the first second found no server
+        send.send_signal(signal.SIGINT)
+        out, err = send.communicate(timeout=30)
+    finally:
+        send.kill()
+    assert "waiting up to 60s for the action server 'nobody/serves'" in waiting, waiting + err
+    assert send.returncode == 130 and "no goal was sent" in err and "Traceback" not in err, out + err
+
+
 def test_feedback_history_reaches_a_reader_that_joins_after_the_goal(node):
     # Most likely what `timebill send --feedback` lost in CI (a 28 ms goal, no feedback line):
     # its reader matched only after the goal ended. The server keeps a transient-local

@@ -9,7 +9,7 @@ import uuid
 
 import click
 
-EXIT_NOT_SUCCEEDED, EXIT_NO_SERVER, EXIT_GOAL_REFUSED = 1, 2, 3
+EXIT_NOT_SUCCEEDED, EXIT_NO_SERVER, EXIT_GOAL_REFUSED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def make_goal(prompt: str, budget: float, overrides: dict):
@@ -101,7 +101,15 @@ def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float,
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     client = Client(action_name, node_name="timebill_send")
     try:
-        if not client.wait_for_server(timeout=server_timeout):
+        try:
+            found = client.wait_for_server(timeout=min(1.0, server_timeout))
+            if not found:  # say why nothing happens yet
+                click.echo(f"waiting up to {server_timeout:g}s for the action server '{action_name}'", err=True)
+                found = client.wait_for_server(timeout=server_timeout)
+        except KeyboardInterrupt:  # nothing was sent yet: nothing to cancel
+            click.echo("interrupted while waiting for the action server; no goal was sent", err=True)
+            return EXIT_INTERRUPTED
+        if not found:
             click.echo(f"no action server '{action_name}' within {server_timeout}s (is timebill_node running, "
                        "with the same ROS_DOMAIN_ID?)", err=True)
             return EXIT_NO_SERVER
