@@ -17,7 +17,7 @@ help:
 	@echo "make bench   - benchmarks; JSON lands in results/bench/"
 	@echo "make bench-llamacpp - build llama-cpp-python here (~5 min) and compare it on the same GGUF"
 	@echo "make eval    - the paper's comparison through bags and the node; results/eval/"
-	@echo "make eval-quick - the same, 2 prompts per task, 3 budget levels, Kill only (a smoke run)"
+	@echo "make eval-quick - the same, 2 prompts per task, 3 budget levels, Kill only, no int8 node (a smoke run)"
 	@echo "make load    - 4 clients, 200 goals in 10 s against the node; results/bench/load.json"
 	@echo "make soak    - 1000 goals in a row, memory/threads/fds; results/bench/soak.json"
 	@echo "make results - publish: copy results/ into docs/results and regenerate the README tables"
@@ -47,7 +47,8 @@ eval: setup
 	@$(ENV) && bash scripts/eval.sh
 
 eval-quick: setup
-	@$(ENV) && PER_TASK=2 POLICIES=kill LEVELS=0.1,0.5,0.9 bash scripts/eval.sh
+	@$(ENV) && PER_TASK=2 POLICIES=kill LEVELS=0.1,0.5,0.9 INT8=0 CAL_ARGS="--points 12 --repeats 2" \
+		bash scripts/eval.sh
 
 # load and soak run the toy model (many goals in seconds) unless TIMEBILL_BENCH_MODEL names
 # another (bench/common.py alone falls back to the random plumbing model).

@@ -3,7 +3,8 @@
 #   1. TimeBill, vanilla and fixed-alpha baselines (Kill and Skip-Next) + a k sweep, one node
 #   2. the int8 weight-only quantized model (plain inference), a second node
 #   3. timebill eval: JSON, plots and the claim check under results/eval/
-# PER_TASK (default 4) sets the size; POLICIES (default kill,skip_next).
+# PER_TASK (default 4) sets the size; POLICIES (default kill,skip_next); INT8=0 leaves out
+# step 2 (its node needs a calibration of its own); CAL_ARGS go to `timebill calibrate`.
 # The target is SmolLM2-135M-Instruct fine-tuned on the task suite, with its distilled length
 # predictor (EVAL_MODEL / EVAL_PREDICTOR; builtin:toy / builtin:default run the toy model).
 set -euo pipefail
@@ -13,6 +14,8 @@ POLICIES=${POLICIES:-kill,skip_next}
 LEVELS=${LEVELS:-0.1,0.3,0.5,0.7,0.9}  # budget levels: quantiles of each task's vanilla predicted time
 EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks}
 EVAL_PREDICTOR=${EVAL_PREDICTOR:-builtin:smollm2-tasks}
+INT8=${INT8:-1}
+CAL_ARGS=${CAL_ARGS:-}
 OUT=results/eval
 rm -rf "$OUT" && mkdir -p "$OUT"
 STARTED=$(date +%s)
@@ -30,8 +33,9 @@ params["quantization"] = "int8"
 yaml.safe_dump(doc, open(out_int8, "w"))
 PY
 
-for p in "$PARAMS" "$INT8_PARAMS"; do
-  timebill calibrate --check --params-file "$p" >/dev/null 2>&1 || timebill calibrate --params-file "$p"
+NODES=("$PARAMS"); [ "$INT8" = 1 ] && NODES+=("$INT8_PARAMS")
+for p in "${NODES[@]}"; do
+  timebill calibrate --check --params-file "$p" >/dev/null 2>&1 || timebill calibrate --params-file "$p" $CAL_ARGS
 done
 CALIBRATED=$(date +%s)
 
@@ -47,13 +51,19 @@ run_node() {  # params bag_in bag_out
 echo "== workload bags (test split, $PER_TASK prompts per task)"
 timebill bag make "$OUT/workload" --per-task "$PER_TASK" --policies "$POLICIES" --params-file "$PARAMS" \
   --levels "$LEVELS" --budgets-out "$OUT/budgets.json"
-timebill bag make "$OUT/workload_int8" --per-task "$PER_TASK" --policies kill --methods int8 --no-k-sweep \
-  --budgets "$OUT/budgets.json" --params-file "$PARAMS"
+[ "$INT8" = 1 ] && timebill bag make "$OUT/workload_int8" --per-task "$PER_TASK" --policies kill --methods int8 \
+  --no-k-sweep --budgets "$OUT/budgets.json" --params-file "$PARAMS"
 
 echo "== replay: TimeBill and baselines"
 run_node "$PARAMS" "$OUT/workload" "$OUT/results"
-echo "== replay: int8 quantized model"
-run_node "$INT8_PARAMS" "$OUT/workload_int8" "$OUT/results_int8"
+RESULTS=("$OUT/results")
+if [ "$INT8" = 1 ]; then
+  echo "== replay: int8 quantized model"
+  run_node "$INT8_PARAMS" "$OUT/workload_int8" "$OUT/results_int8"
+  RESULTS+=("$OUT/results_int8")
+else
+  echo "== int8 quantized model left out (INT8=0)"
+fi
 
 echo "== evaluate"
 python - "$OUT/run.json" "$EVAL_MODEL" "$EVAL_PREDICTOR" "$PER_TASK" "$LEVELS" "$POLICIES" "$STARTED" "$CALIBRATED" <<'PY'
@@ -63,4 +73,4 @@ json.dump({"model": model, "predictor": predictor, "per_task": int(per_task), "l
            "policies": policies, "minutes": (time.time() - int(started)) / 60,
            "calibration_minutes": (int(calibrated) - int(started)) / 60}, open(out, "w"))
 PY
-timebill eval "$OUT/results" "$OUT/results_int8" --out "$OUT"
+timebill eval "${RESULTS[@]}" --out "$OUT"
