@@ -123,9 +123,11 @@ class _Layer:
 
     def __call__(self, hidden: torch.Tensor, cache_layer: object, cos: torch.Tensor, sin: torch.Tensor,
                  heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
-        q, k, v = self.qkv(_rms_norm(hidden, self.norm_in)).split(self.qkv.splits, dim=-1)
-        q = _rope(q.view(heads, 1, head_dim), cos, sin)[None]  # [1, heads, 1, head_dim]
-        k = _rope(k.view(kv_heads, 1, head_dim), cos, sin)[None]
+        qk, v = self.qkv(_rms_norm(hidden, self.norm_in)).split((self.qkv.splits[0] + self.qkv.splits[1],
+                                                                    self.qkv.splits[2]), dim=-1)
+        # Queries and keys are rotated together: one set of operations instead of two.
+        qk = _rope(qk.view(heads + kv_heads, 1, head_dim), cos, sin)[None]  # [1, heads + kv_heads, 1, head_dim]
+        q, k = qk[:, :heads], qk[:, heads:]
         keys, values = cache_layer.update(k, v.view(1, kv_heads, 1, head_dim))
         attended = F.scaled_dot_product_attention(q, keys, values, scale=self.scaling, enable_gqa=heads != kv_heads)
         hidden = hidden + self.o(attended.reshape(1, heads * head_dim))
@@ -134,10 +136,10 @@ class _Layer:
 
 
 def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """transformers' LlamaRMSNorm, inlined (computed in float32)."""
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * x32.to(x.dtype)
+    """transformers' LlamaRMSNorm (normalised in float32, scaled in x's dtype) as torch's fused op."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+    return norm.weight * F.rms_norm(x.float(), norm.weight.shape, None, norm.variance_epsilon).to(x.dtype)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
