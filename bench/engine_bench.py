@@ -18,6 +18,7 @@ import random
 import statistics
 import time
 from dataclasses import replace
+from functools import partial
 
 import torch
 from common import calibrated_engine, longest, parser, random_ids, summary, write
@@ -99,8 +100,9 @@ def decode_overhead(engine, quick: bool, limit: int) -> dict:
     ours, ref, lean, tokens = [], [], [], []
     for seed in range(3 if quick else 6):
         ids = random_ids(512, vocab, seed)
-        request = Request(ids, budget=1e6, max_new_tokens=n_new, fixed_alpha=0.0, ignore_eos=True)
-        r = plain.run(request, CancelToken())
+        # A request per run: its total counts from its acceptance (construction).
+        request = partial(Request, ids, budget=1e6, max_new_tokens=n_new, fixed_alpha=0.0, ignore_eos=True)
+        r = plain.run(request(), CancelToken())
         t0 = time.perf_counter()
         with torch.no_grad():
             out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -108,7 +110,7 @@ def decode_overhead(engine, quick: bool, limit: int) -> dict:
                                  past_key_values=new_cache(model.config))
         plain.loaded.synchronize()
         t_ref = time.perf_counter() - t0
-        r_lean = engine.run(request, CancelToken())
+        r_lean = engine.run(request(), CancelToken())
         n_ref = out.shape[1] - len(ids)
         tokens.append({"engine": len(r.token_ids), "generate": n_ref, "default_engine": len(r_lean.token_ids)})
         ours.append(r.timings.total / len(r.token_ids))

@@ -31,7 +31,9 @@ def main() -> None:
         n_goals = 8 if args.quick else args.goals
         phases = {}
         # Deadlines inside decode: a short prompt, then ~20 steps, spread over a control period.
-        short = "status report " * 60
+        # It asks for a long answer: SmolLM2 on int8 decode ends its reply to "status report"
+        # x 60 within ~20 tokens, and a goal that finishes is no kill.
+        short = "Write a long story about a robot that explores a cave. " * 8
         phases["decode"] = kill_set(client, short, n_goals, args.control_rate, context // 2 - 256,
                                     lambda i: cal.timing.prefill(200) + 20 * step)
         # Deadlines inside prefill of a long prompt: a fraction of its predicted prefill time.
