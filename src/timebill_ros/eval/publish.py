@@ -59,7 +59,8 @@ def bench_table(load: Callable[[str], dict]) -> str:
     ev, plan, kill, pred = load("eviction_share.json"), load("planning_time.json"), load("kill_latency.json"), \
         load("predictor_overhead.json")
     rows = [
-        ("model, threads", f"`{ete['model']}`, {ete['threads']}", "", ""),
+        ("model, weights (dtype+quantization), threads",
+         f"`{ete['model']}`, {ete.get('dtype', 'float32')}, {ete['threads']}", "", ""),
         (f"prefill time-model error, MAPE on {len(ete['lengths'])} fresh lengths",
          f"{ete['prefill_mape_pct']:.1f} % (calibration's held-out: {ete['calibration_prefill_mape_pct']:.1f} %)",
          "<= 3 % (paper: 1.22 % on a GPU)", "ete_mape"),
