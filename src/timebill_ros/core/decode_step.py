@@ -26,6 +26,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from timebill_ros.core.eviction import apply_rope
+from timebill_ros.core.kv_cache import full_attention_only
+
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
 
 
@@ -73,8 +76,8 @@ def unsupported_reason(model: nn.Module) -> str | None:
         return f"model_type '{kind}' (supported: {', '.join(SUPPORTED_TYPES)})"
     if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "mlp_bias", False):
         return "its MLP is not SiLU-gated without bias"
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        return "it attends through a sliding window"
+    if not full_attention_only(config):
+        return "it attends through a sliding window or mixes layer types"
     if getattr(config, "pretraining_tp", 1) != 1:
         return "pretraining_tp != 1"
     layer = model.model.layers[0]
@@ -91,10 +94,8 @@ class LeanDecodeStep:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"the lean decode step does not support this model: {reason}")
-        config, body = model.config, model.model
+        body = model.model
         self.embed, self.rotary, self.final_norm = body.embed_tokens, body.rotary_emb, body.norm
-        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.layers = [_Layer(layer, matrix) for layer in body.layers]
         self.lm_head = matrix(model.lm_head)
 
@@ -105,7 +106,7 @@ class LeanDecodeStep:
         cos, sin = self.rotary(hidden[None], torch.tensor([[position]]))
         cos, sin = cos[0, :, None], sin[0, :, None]  # [1, 1, head_dim] broadcast over heads
         for idx, layer in enumerate(self.layers):
-            hidden = layer(hidden, cache.layers[idx], cos, sin, self.heads, self.kv_heads, self.head_dim)
+            hidden = layer(hidden, cache.layers[idx], cos, sin)
         return self.lm_head(_rms_norm(hidden, self.final_norm))
 
 
@@ -119,14 +120,17 @@ class _Layer:
         self.gate_up = matrix(mlp.gate_proj, mlp.up_proj)
         self.down = matrix(mlp.down_proj)
         self.norm_in, self.norm_post = layer.input_layernorm, layer.post_attention_layernorm
-        self.scaling = attn.scaling
+        self.scaling, self.head_dim = attn.scaling, attn.head_dim
+        q_size, k_size, v_size = self.qkv.splits
+        self.heads, self.kv_heads = q_size // self.head_dim, k_size // self.head_dim
+        self.qk_v = (q_size + k_size, v_size)  # queries and keys apart from values
 
-    def __call__(self, hidden: torch.Tensor, cache_layer: object, cos: torch.Tensor, sin: torch.Tensor,
-                 heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
-        qk, v = self.qkv(_rms_norm(hidden, self.norm_in)).split((self.qkv.splits[0] + self.qkv.splits[1],
-                                                                    self.qkv.splits[2]), dim=-1)
+    def __call__(self, hidden: torch.Tensor, cache_layer: object, cos: torch.Tensor, sin: torch.Tensor
+                 ) -> torch.Tensor:
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        qk, v = self.qkv(_rms_norm(hidden, self.norm_in)).split(self.qk_v, dim=-1)
         # Queries and keys are rotated together: one set of operations instead of two.
-        qk = _rope(qk.view(heads + kv_heads, 1, head_dim), cos, sin)[None]  # [1, heads + kv_heads, 1, head_dim]
+        qk = apply_rope(qk.view(heads + kv_heads, 1, head_dim), cos, sin)[None]  # [1, heads + kv_heads, 1, head_dim]
         q, k = qk[:, :heads], qk[:, heads:]
         keys, values = cache_layer.update(k, v.view(1, kv_heads, 1, head_dim))
         attended = F.scaled_dot_product_attention(q, keys, values, scale=self.scaling, enable_gqa=heads != kv_heads)
@@ -140,10 +144,3 @@ def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     if x.dtype == torch.float32:
         return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
     return norm.weight * F.rms_norm(x.float(), norm.weight.shape, None, norm.variance_epsilon).to(x.dtype)
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of [heads, 1, head_dim] (rotate-half convention, as transformers)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin

@@ -37,7 +37,7 @@ class SnapKV:
         if hasattr(attn, "q_norm"):  # Qwen3-style query norm comes before RoPE
             query = attn.q_norm(query)
         cos, sin = cos[:, -w:].unsqueeze(1), sin[:, -w:].unsqueeze(1)
-        query = query * cos + _rotate_half(query) * sin
+        query = apply_rope(query, cos, sin)
         groups = query.shape[1] // kv_heads
         expanded = keys.repeat_interleave(groups, dim=1)
         logits = torch.matmul(query, expanded.transpose(2, 3)) / math.sqrt(head_dim)
@@ -59,9 +59,10 @@ class SnapKV:
         return F.pad(scores, (0, self.window), value=float("inf"))
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, rotate-half convention (as transformers): x * cos + rotate_half(x) * sin."""
     half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 def kept_count(n_x: int, alpha: float, window: int) -> int:

@@ -63,13 +63,16 @@ class GrowingCache(DynamicCache):
         Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
 
 
-def new_cache(config: object) -> Cache | None:
-    """A GrowingCache for a model whose layers all attend to the full context; None (the
-    model's own cache) for sliding-window or hybrid architectures, which need their layer types."""
+def full_attention_only(config: object) -> bool:
+    """Whether every layer attends to the whole context (no sliding window, no hybrid layers)."""
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     layer_types = set(getattr(text, "layer_types", None) or ["full_attention"])
     # Qwen2-style configs carry a sliding_window that only use_sliding_window switches on.
     sliding = getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True)
-    if layer_types != {"full_attention"} or sliding:
-        return None
-    return GrowingCache()
+    return layer_types == {"full_attention"} and not sliding
+
+
+def new_cache(config: object) -> Cache | None:
+    """A GrowingCache for a model whose layers all attend to the full context; None (the
+    model's own cache) for sliding-window or hybrid architectures, which need their layer types."""
+    return GrowingCache() if full_attention_only(config) else None
