@@ -54,6 +54,13 @@ def calibrated_engine(args, predictor=None) -> tuple[Engine, Calibration]:
     return engine, cal
 
 
+def float_forward_engine(engine: Engine) -> Engine:
+    """ENGINE's model, timing and settings with quantization '': decode steps through
+    transformers' forward on the model's own weights (the step before the lean int8 one)."""
+    loaded = load_model(str(engine.loaded.path), threads=engine.loaded.threads, quantization="")
+    return Engine(loaded, engine.timing, engine.predictor, engine.config)
+
+
 def longest(engine, args) -> int:
     """The longest sequence (prompt + answer) a benchmark may build: what was calibrated."""
     return min(args.max_length, engine.loaded.context_limit)

@@ -21,14 +21,13 @@ from dataclasses import replace
 from functools import partial
 
 import torch
-from common import calibrated_engine, longest, parser, random_ids, summary, write
+from common import calibrated_engine, float_forward_engine, longest, parser, random_ids, summary, write
 
 from timebill_ros.core.calibration import spread_lengths
 from timebill_ros.core.engine import Engine
 from timebill_ros.core.eviction import evict
 from timebill_ros.core.jobs import CancelToken, Request
 from timebill_ros.core.kv_cache import new_cache
-from timebill_ros.core.model import load_model
 from timebill_ros.core.planner import plan
 from timebill_ros.core.timing import mape
 
@@ -94,8 +93,7 @@ def decode_overhead(engine, quick: bool, limit: int) -> dict:
     them; and the default engine's decode step at alpha = 0 / 0.5 / 0.9 for prompts of 512
     tokens up to the calibrated length."""
     vocab, n_new = engine.loaded.model.config.vocab_size, 32 if quick else 96
-    plain = Engine(load_model(str(engine.loaded.path), threads=engine.loaded.threads, quantization=""),
-                   engine.timing, engine.predictor, engine.config)
+    plain = float_forward_engine(engine)
     model = plain.loaded.model
     ours, ref, lean, tokens = [], [], [], []
     for seed in range(3 if quick else 6):

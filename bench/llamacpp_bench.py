@@ -10,11 +10,10 @@ compiled from source with flags that run on this CPU); `make setup` never does.
 """
 from __future__ import annotations
 
-from common import calibrated_engine, parser, random_ids, write
+from common import calibrated_engine, float_forward_engine, parser, random_ids, write
 
 from timebill_ros.core.calibration import median_time
-from timebill_ros.core.engine import Engine, EngineConfig
-from timebill_ros.core.model import builtin_gguf_file, load_model
+from timebill_ros.core.model import builtin_gguf_file
 
 LENGTHS = (512, 2048)
 
@@ -49,10 +48,8 @@ def main() -> None:
 
     llm = Llama(model_path=str(builtin_gguf_file("smollm2")), n_ctx=max(LENGTHS) + 64, n_threads=args.threads,
                 n_threads_batch=args.threads, n_batch=512, verbose=False)
-    engine, cal = calibrated_engine(args)
-    # Decode steps only: its prefill is the same code on the same weights.
-    plain = Engine(load_model(args.model, threads=args.threads, quantization=""), cal.timing,
-                   engine.predictor, EngineConfig(prefill_chunk=args.prefill_chunk))
+    engine, _ = calibrated_engine(args)
+    plain = float_forward_engine(engine)  # decode steps only: its prefill is the same code on the same weights
     repeats, steps = (1, 5) if args.quick else (3, 9)
     rows = []
     for n in LENGTHS:
