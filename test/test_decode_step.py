@@ -121,3 +121,14 @@ def test_an_architecture_the_step_does_not_know_is_refused_with_the_reason(tiny_
     monkeypatch.setattr(model_module, "resolve_device", lambda spec: torch.device("cuda"))
     with pytest.raises(ModelLoadError, match="CPU only"):
         load_model(str(tiny_model_dir), threads=1, quantization="int8-decode", device="cuda")
+
+
+def test_a_calibration_of_the_lean_step_is_keyed_by_its_version():
+    """A calibration that timed an older decode step must not be found for the current one."""
+    from timebill_ros.core.calibration import CalibrationKey
+    from timebill_ros.core.decode_step import STEP_VERSION, calibration_tag
+
+    assert calibration_tag("int8-decode") == f"lean{STEP_VERSION}" and calibration_tag("") == ""
+    plain = CalibrationKey("m", "float32+int8-decode", 2, "x")
+    keyed = CalibrationKey("m", "float32+int8-decode", 2, "x", step=calibration_tag("int8-decode"))
+    assert plain.filename() != keyed.filename() and keyed.filename().endswith(f"__lean{STEP_VERSION}.json")

@@ -18,6 +18,7 @@ from timebill_ros.core.calibration import (
     default_calibration_path,
     machine_id,
 )
+from timebill_ros.core.decode_step import calibration_tag
 from timebill_ros.core.device import resolve_device
 from timebill_ros.core.engine import Engine, EngineConfig
 from timebill_ros.core.model import load_model, model_fingerprint, resolve_model_path
@@ -58,7 +59,8 @@ class CalibrationTarget:
         """The calibration key (model fingerprint, dtype, threads, machine)."""
         name = model_fingerprint(resolve_model_path(self.model_path))
         dtype = f"{self.dtype}+{self.quantization}" if self.quantization else self.dtype
-        return CalibrationKey(name, dtype, self.threads, machine_id(), str(resolve_device(self.device)))
+        return CalibrationKey(name, dtype, self.threads, machine_id(), str(resolve_device(self.device)),
+                              calibration_tag(self.quantization))
 
     def path(self) -> Path:
         """Where the calibration JSON lives."""

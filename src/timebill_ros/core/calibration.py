@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from timebill_ros.core.decode_step import calibration_tag
 from timebill_ros.core.paths import timebill_home
 from timebill_ros.core.timing import TimingModel, bounding_margins, fit_decode, fit_prefill, mape
 
@@ -55,16 +56,20 @@ class CalibrationKey:
     threads: int
     machine: str
     device: str = "cpu"  # where the model ran: a GPU's times say nothing about the CPU's
+    step: str = ""  # the version of our own decode step, if one runs (decode_step.calibration_tag)
 
     @classmethod
     def for_model(cls, loaded) -> "CalibrationKey":
         """The key of a loaded model (a LoadedModel) on this machine."""
-        return cls(loaded.name, loaded.dtype, loaded.threads, machine_id(), str(loaded.device))
+        quantization = loaded.dtype.partition("+")[2]
+        return cls(loaded.name, loaded.dtype, loaded.threads, machine_id(), str(loaded.device),
+                   calibration_tag(quantization))
 
     def filename(self) -> str:
         """The JSON file name under the calibration folder (CPU keys keep their old name)."""
         where = "" if self.device == "cpu" else f"__{self.device.replace(':', '')}"
-        return f"{self.model}__{self.dtype}__t{self.threads}__{self.machine}{where}.json"
+        step = f"__{self.step}" if self.step else ""
+        return f"{self.model}__{self.dtype}__t{self.threads}__{self.machine}{where}{step}.json"
 
 
 def default_calibration_path(key: CalibrationKey) -> Path:
