@@ -51,6 +51,7 @@ def calibrated_engine(args, predictor=None) -> tuple[Engine, Calibration]:
     cal = load_or_calibrate(engine, points=12 if args.quick else 16, repeats=2,
                             max_length=min(args.max_length, loaded.context_limit),
                             announce=lambda message: print(f"[bench] {message}", file=sys.stderr))
+    engine.warm_up()  # as the node does: the first forward of a process picks kernels and allocates
     return engine, cal
 
 
