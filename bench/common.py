@@ -55,10 +55,11 @@ def calibrated_engine(args, predictor=None) -> tuple[Engine, Calibration]:
     return engine, cal
 
 
-def float_forward_engine(engine: Engine) -> Engine:
-    """ENGINE's model, timing and settings with quantization '': decode steps through
-    transformers' forward on the model's own weights (the step before the lean int8 one)."""
-    loaded = load_model(str(engine.loaded.path), threads=engine.loaded.threads, quantization="")
+def float_forward_engine(engine: Engine, quantization: str = "") -> Engine:
+    """ENGINE's model, timing and settings loaded again with QUANTIZATION; by default ''
+    (decode steps through transformers' forward on the model's own weights: the step before
+    the lean one)."""
+    loaded = load_model(str(engine.loaded.path), threads=engine.loaded.threads, quantization=quantization)
     return Engine(loaded, engine.timing, engine.predictor, engine.config)
 
 

@@ -1,14 +1,20 @@
 """The same GGUF in llama.cpp (what llama_ros runs) and in our engine, side by side.
 
 Prefill time at 512 and 2048 tokens and one decode step with a 512- and a 2048-entry
-cache, both with the same thread count and the same random token ids, alternating the two
-runtimes so that the shared machine's noise falls on both. Reported as ratios (ours /
+cache, both with the same thread count and the same random token ids; decode steps are
+timed in rounds, the runtimes taking turns, so that the shared machine's noise falls on both. Reported as ratios (ours /
 llama.cpp). Our decode step is also timed on the model's float32 weights through
-transformers' forward (quantization ''), the step before the lean int8 one, in the same run.
+transformers' forward (quantization ''), the step before the lean int8 one, and on the
+int4 lean step (quantization int4-decode: the layers in the GGUF's own Q4_1 blocks), in the
+same run.
 Needs `llama-cpp-python`, which only `make bench-llamacpp` installs (it is
 compiled from source with flags that run on this CPU); `make setup` never does.
 """
 from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
 
 from common import calibrated_engine, float_forward_engine, parser, random_ids, write
 
@@ -16,6 +22,7 @@ from timebill_ros.core.calibration import median_time
 from timebill_ros.core.model import builtin_gguf_file
 
 LENGTHS = (512, 2048)
+SETTLE_S = 0.5
 
 
 def llama_prefill(llm, ids: list[int]) -> None:
@@ -23,13 +30,14 @@ def llama_prefill(llm, ids: list[int]) -> None:
     llm.eval(ids)
 
 
-def llama_decode_step(llm, ids: list[int], steps: int) -> float:
-    """Median time of one single-token eval after a prefill of IDS."""
+def llama_decode_steps(llm, ids: list[int], steps: int) -> list[float]:
+    """Times of STEPS single-token evals after a prefill of IDS."""
     llama_prefill(llm, ids)
-    return median_time(lambda: llm.eval([ids[-1]]), steps)
+    return timed(lambda: llm.eval([ids[-1]]), steps)
 
 
-def ours_decode_step(engine, ids: list[int], steps: int) -> float:
+def ours_decode_steps(engine, ids: list[int], steps: int) -> list[float]:
+    """Times of STEPS decode steps of ENGINE after a prefill of IDS."""
     cache, logits = engine.prefill(ids)
     position = [len(ids)]
 
@@ -37,7 +45,32 @@ def ours_decode_step(engine, ids: list[int], steps: int) -> float:
         int(engine.decode_step(cache, 1, position[0]).argmax(-1))
         position[0] += 1
 
-    return median_time(step, steps)
+    return timed(step, steps)
+
+
+def timed(fn: Callable[[], object], times: int) -> list[float]:
+    """Seconds of each of TIMES calls of FN."""
+    out = []
+    for _ in range(times):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def decode_steps_side_by_side(arms: dict[str, Callable[[int], list[float]]], rounds: int, steps: int
+                              ) -> dict[str, float]:
+    """Median step time per arm over ROUNDS rounds of STEPS steps each, the arms taking turns
+    (and turns at going first), so a slow spell of the shared machine lands on every arm."""
+    samples: dict[str, list[float]] = {name: [] for name in arms}
+    names = list(arms)
+    for round_ in range(rounds):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            # Both runtimes' worker threads spin-wait a while after their work (llama.cpp's
+            # polling, OpenMP's block time): let them settle before the next arm starts.
+            time.sleep(SETTLE_S)
+            samples[name] += arms[name](steps)
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def main() -> None:
@@ -49,8 +82,10 @@ def main() -> None:
     llm = Llama(model_path=str(builtin_gguf_file("smollm2")), n_ctx=max(LENGTHS) + 64, n_threads=args.threads,
                 n_threads_batch=args.threads, n_batch=512, verbose=False)
     engine, _ = calibrated_engine(args)
-    plain = float_forward_engine(engine)  # decode steps only: its prefill is the same code on the same weights
-    repeats, steps = (1, 5) if args.quick else (3, 9)
+    # Decode steps only: their prefill is the same code on the same weights.
+    plain = float_forward_engine(engine)
+    int4 = float_forward_engine(engine, "int4-decode") if engine.loaded.dtype != "float32+int4-decode" else None
+    repeats, rounds, steps = (1, 2, 5) if args.quick else (3, 5, 9)
     rows = []
     for n in LENGTHS:
         ids = random_ids(n, engine.loaded.model.config.vocab_size, seed=n)
@@ -59,14 +94,22 @@ def main() -> None:
         row = {"tokens": n,
                "llama_cpp_prefill_s": median_time(lambda: llama_prefill(llm, ids), repeats),
                "ours_prefill_s": median_time(lambda: engine.prefill(ids), repeats),
-               "llama_cpp_decode_step_s": llama_decode_step(llm, ids, steps),
-               "ours_decode_step_s": ours_decode_step(engine, ids, steps),
-               "ours_float_forward_decode_step_s": ours_decode_step(plain, ids, steps)}
+               "decode_rounds": rounds, "decode_steps_per_round": steps}
+        row.update(decode_steps_side_by_side({
+            "llama_cpp_decode_step_s": lambda k: llama_decode_steps(llm, ids, k),
+            "ours_decode_step_s": lambda k: ours_decode_steps(engine, ids, k),
+            "ours_float_forward_decode_step_s": lambda k: ours_decode_steps(plain, ids, k),
+            **({"ours_int4_decode_step_s": lambda k: ours_decode_steps(int4, ids, k)} if int4 else {})},
+            rounds, steps))
         row["prefill_ratio_ours_over_llama_cpp"] = row["ours_prefill_s"] / row["llama_cpp_prefill_s"]
         row["decode_ratio_ours_over_llama_cpp"] = row["ours_decode_step_s"] / row["llama_cpp_decode_step_s"]
+        if int4:
+            row["int4_decode_ratio_over_llama_cpp"] = row["ours_int4_decode_step_s"] / row["llama_cpp_decode_step_s"]
         rows.append(row)
     engine.close()
-    plain.close()
+    for other in (plain, int4):
+        if other:
+            other.close()
     write("llamacpp", {"model": args.model, "gguf": builtin_gguf_file("smollm2").name, "dtype": engine.loaded.dtype,
                        "float_forward_dtype": plain.loaded.dtype,
                        "llama_cpp_quantization": "Q4_1 (the GGUF as shipped)", "rows": rows})

@@ -25,6 +25,21 @@ def test_calibration_round_trip_and_contents(calibration_file):
     assert cal.age_seconds() >= 0
 
 
+def test_a_calibration_for_other_weights_or_shorter_prompts_says_why_it_does_not_fit(calibration_file):
+    """A calibration_path set by hand can name another model's file, or one profiled over
+    shorter sequences than the node takes: the node warns with the reason."""
+    from dataclasses import replace
+
+    cal = Calibration.load(calibration_file)
+    profiled = cal.settings["max_length"]
+    assert cal.mismatches(cal.key, profiled) == []
+    other = replace(cal.key, dtype="bfloat16", machine="elsewhere")
+    reasons = cal.mismatches(other, profiled + 500)
+    assert len(reasons) == 3, reasons
+    assert "weights 'float32+int8-decode', this node runs 'bfloat16'" in reasons[0]
+    assert "machine" in reasons[1] and f"up to {profiled} tokens" in reasons[2]
+
+
 def test_missing_calibration_names_file_and_command(tmp_path):
     with pytest.raises(CalibrationError, match=r"no calibration at .*nope\.json.*timebill calibrate"):
         Calibration.load(tmp_path / "nope.json")

@@ -6,7 +6,7 @@ import torch
 from transformers import DynamicCache
 
 from timebill_ros.core import model as model_module
-from timebill_ros.core.decode_step import FloatMatrix, Int8Matrix, LeanDecodeStep, unsupported_reason
+from timebill_ros.core.decode_step import FloatMatrix, Int4Matrix, Int8Matrix, LeanDecodeStep, unsupported_reason
 from timebill_ros.core.eviction import evict
 from timebill_ros.core.kv_cache import GrowingCache, GrowingLayer, new_cache
 from timebill_ros.core.model import ModelLoadError, load_model
@@ -73,6 +73,36 @@ def test_int8_matrix_rounds_each_weight_by_at_most_half_a_step():
     assert ((dequantized - linear.weight).abs() <= step * 0.5 + linear.weight.abs() * 2 ** -8 + 1e-7).all()
     x = torch.randn(1, 64)
     assert torch.allclose(matrix(x), linear(x), atol=0.05 * linear(x).abs().max().item())
+
+
+def q4_1_linear(rows: int, cols: int, seed: int = 0) -> torch.nn.Linear:
+    """A linear layer whose weights are dequantized Q4_1 blocks, as llama.cpp writes them: per
+    block of 32, levels 0..15 (each used at the block's minimum and maximum) * d + m."""
+    g = torch.Generator().manual_seed(seed)
+    levels = torch.randint(0, 16, (rows, cols // 32, 32), generator=g).float()
+    levels[..., 0], levels[..., 1] = 0, 15
+    d = torch.rand(rows, cols // 32, 1, generator=g) * 0.01 + 1e-3
+    m = -torch.rand(rows, cols // 32, 1, generator=g) * 0.1
+    linear = torch.nn.Linear(cols, rows, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_((levels * d + m).view(rows, cols))
+    return linear
+
+
+def test_int4_blocks_give_back_q4_1_weights_and_round_others_by_half_a_level():
+    x = torch.randn(3, 128)
+    exact = q4_1_linear(96, 128)
+    want = x.bfloat16().float() @ exact.weight.t()
+    # Only the bfloat16 scales, offsets and activations differ from the Q4_1 weights.
+    assert torch.allclose(Int4Matrix(exact)(x), want, atol=0.02 * want.abs().max().item())
+    other = torch.nn.Linear(128, 96)
+    step = other.weight.detach().view(96, 4, 32)
+    half_level = ((step.amax(-1) - step.amin(-1)) / 30).repeat_interleave(32, dim=1)  # half of (max-min)/15
+    got, want = Int4Matrix(other)(x), other(x)
+    bound = (x.abs() @ half_level.t()) * 1.05 + 0.02 * want.abs().max().item()
+    assert ((got - want).abs() <= bound).all() and not torch.allclose(got, want, atol=1e-3)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        Int4Matrix(torch.nn.Linear(40, 8))
 
 
 def lean_decode(step: LeanDecodeStep, model, prompt: torch.Tensor, steps: int) -> list[torch.Tensor]:

@@ -157,3 +157,24 @@ def test_the_lean_decode_step_on_smollm2(smollm2, engine):
     int8.close()
     assert "closet" in answers[0.0][1]
     assert all(ours == theirs for theirs, ours in answers.values()), answers
+
+
+def test_the_int4_step_gives_back_the_ggufs_q4_1_weights(smollm2):
+    """builtin:smollm2's layers came from Q4_1 blocks: int4-decode holds them exactly (the
+    bfloat16 scales aside) and answers the retrieval prompt."""
+    import torch
+
+    from timebill_ros.core.decode_step import Int4Matrix
+
+    q_proj = smollm2.model.model.layers[3].self_attn.q_proj
+    x = torch.randn(2, q_proj.in_features)
+    want = x.bfloat16().float() @ q_proj.weight.t()
+    assert torch.allclose(Int4Matrix(q_proj)(x), want, atol=0.01 * want.abs().max().item())
+    loaded = load_model("builtin:smollm2", threads=2, quantization="int4-decode")
+    int4 = Engine(loaded, FREE, FixedLengthPredictor(16), EngineConfig(snapkv_window=16, prefill_chunk=64))
+    try:
+        result = int4.run(Request(encode_prompt(loaded.tokenizer, PROMPT), budget=1e6, max_new_tokens=16),
+                          CancelToken())
+    finally:
+        int4.close()
+    assert loaded.dtype == "float32+int4-decode" and "closet" in result.text.lower()

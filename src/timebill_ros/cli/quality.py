@@ -13,11 +13,12 @@ from timebill_ros.core.predictor import FixedLengthPredictor
 from timebill_ros.core.timing import TimingModel
 from timebill_ros.eval import tasks
 from timebill_ros.eval.quality import NO_CONTEXT, evaluate
+from timebill_ros.node.params import NodeParams
 
 
 def run_quality(model_path: str, split: str, limit: int, alphas: list[float], threads: int, out: str,
-                dtype: str = "float32", quantization: str = "") -> dict:
-    """Evaluate and write JSON; print a table (task x setting)."""
+                dtype: str = NodeParams.dtype, quantization: str = NodeParams.quantization) -> dict:
+    """Evaluate and write JSON; print a table (task x setting). The weights default to the node's."""
     loaded = load_model(model_path, threads=threads, dtype=dtype, quantization=quantization)
     engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), EngineConfig())
     examples = tasks.load(split)

@@ -15,7 +15,7 @@ import re
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -105,6 +105,20 @@ class Calibration:
         """Why this calibration's prefill times do not fit an engine running PREFILL_CHUNK, or None."""
         timed = self.settings.get("prefill_chunk")
         return None if timed == prefill_chunk else f"it timed prefill in chunks of {timed} tokens, not {prefill_chunk}"
+
+    def mismatches(self, key: CalibrationKey, longest: int) -> list[str]:
+        """Why this calibration may not time a node that runs KEY and takes up to LONGEST tokens
+        (prompt + answer): made for another model, weights, thread count, machine, device or
+        decode step (a calibration_path set by hand), or profiled over shorter sequences (the
+        fit is extrapolated beyond them). Empty when it fits."""
+        out = [f"it was made for {name} '{theirs}', this node runs '{ours}'"
+               for name, theirs, ours in zip(("model", "weights", "threads", "machine", "device", "decode step"),
+                                             astuple(self.key), astuple(key)) if theirs != ours]
+        profiled = self.settings.get("max_length")
+        if profiled is not None and profiled < longest - 1:
+            out.append(f"it profiled sequences up to {profiled} tokens, this node takes up to {longest}: "
+                       "longer prompts are timed by extrapolating the fit")
+        return out
 
     def save(self, path: Path) -> Path:
         """Write the JSON (creating folders)."""

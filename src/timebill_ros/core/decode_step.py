@@ -1,4 +1,4 @@
-"""A lean one-token decode step on int8 weights (quantization "int8-decode").
+"""A lean one-token decode step on int8 or int4 weights (quantization "int8-decode" / "int4-decode").
 
 On a CPU a decode step of a small model is not arithmetic. Profiled on SmolLM2-135M (2
 threads, float32, 512-token cache): ~33 ms reading 540 MB of weights through 211 matmuls,
@@ -7,11 +7,13 @@ small operations in transformers' generic modules, against llama.cpp's 17 ms a s
 
 This step does the same arithmetic with less of both:
 - weights as int8 with one scale per output row (symmetric), multiplied by torch's CPU
-  kernel `aten._weight_int8pack_mm` (bfloat16 activations): a quarter of the bytes;
+  kernel `aten._weight_int8pack_mm` (bfloat16 activations): a quarter of the bytes; or
+  (int4-decode) the layers as 4-bit blocks of 32 with a scale and offset each, the layout
+  of a Q4_1 GGUF, by `aten._weight_int4pack_mm_for_cpu`: an eighth of the bytes, exact for
+  weights that came from Q4_1 blocks (builtin:smollm2), 4-bit rounding for any others;
 - q/k/v fused into one matrix and gate/up into another: 5 matmuls a layer instead of 7;
 - one plain loop over the layers (RMSNorm, RoPE, cache update, SDPA with a KV group's
-  queries as rows):
-  no module hooks, masks or output records.
+  queries as rows): no module hooks, masks or output records.
 Prefill keeps transformers' forward on the model's own weights (many rows a matmul: there
 the float kernels are fast and exact), so the prompt's cache is the model's own and only
 decoded tokens see the int8 rounding (<= half of 1/127 of a row's largest weight) and the
@@ -38,10 +40,24 @@ STEP_VERSION = 2  # 2: grouped queries as rows instead of SDPA's repeated keys a
 
 def calibration_tag(quantization: str) -> str:
     """What a calibration of a model loaded with QUANTIZATION is keyed by beyond its dtype."""
-    return f"lean{STEP_VERSION}" if quantization == "int8-decode" else ""
+    return f"lean{STEP_VERSION}" if quantization in LEAN_QUANTIZATIONS else ""
 
 
-class Int8Matrix:
+class _PackedMatrix:
+    """Stacked weights multiplied by one of torch's packed CPU kernels on bfloat16 activations."""
+
+    bias: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [rows, in] (float) -> [rows, out] in x's dtype."""
+        y = self._matmul(x.to(torch.bfloat16)).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Int8Matrix(_PackedMatrix):
     """Several nn.Linear weights stacked by output row, stored as int8 with per-row scales."""
 
     def __init__(self, *linears: nn.Linear) -> None:
@@ -50,10 +66,36 @@ class Int8Matrix:
         self.weight = torch.round(weight / scales[:, None]).to(torch.int8).contiguous()
         self.scales = scales.to(torch.bfloat16)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x [rows, in] (float) -> [rows, out] in x's dtype."""
-        y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight, self.scales).to(x.dtype)
-        return y if self.bias is None else y + self.bias
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
+
+
+class Int4Matrix(_PackedMatrix):
+    """Several nn.Linear weights stacked by output row as 4-bit levels with a scale and an
+    offset per block of 32 inputs (the layout of a Q4_1 GGUF): half the bytes of int8.
+
+    A Q4_1 block stores 16 levels from the block's minimum to its maximum, so weights
+    dequantized from one (builtin:smollm2's layers) come back exactly, apart from the
+    bfloat16 scales and offsets the kernel takes; any other weights are rounded to 4 bits."""
+
+    GROUP = 32
+
+    def __init__(self, *linears: nn.Linear) -> None:
+        weight, self.bias, self.splits = _stack(linears)
+        rows, cols = weight.shape
+        if cols % self.GROUP:
+            raise ValueError(f"int4 blocks need inputs in multiples of {self.GROUP}, this matrix has {cols}")
+        blocks = weight.view(rows, cols // self.GROUP, self.GROUP)
+        low = blocks.amin(dim=-1)
+        scales = ((blocks.amax(dim=-1) - low) / 15.0).clamp(min=torch.finfo(torch.float32).tiny)
+        levels = torch.round((blocks - low[..., None]) / scales[..., None]).clamp(0, 15).to(torch.int32)
+        self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels.view(rows, cols), 1)
+        # The kernel computes (level - 8) * scale + zero, so zero = low + 8 * scale; [blocks, rows, 2].
+        self.scales_zeros = torch.stack([scales, low + 8 * scales], dim=-1).transpose(0, 1).contiguous() \
+            .to(torch.bfloat16)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, self.GROUP, self.scales_zeros)
 
 
 class FloatMatrix:
@@ -99,14 +141,19 @@ class LeanDecodeStep:
     """model(input_ids=[[token]], position_ids=[[position]], cache=cache).logits[:, -1], leaner;
     MATRIX holds the weights (Int8Matrix serves, FloatMatrix checks the arithmetic)."""
 
-    def __init__(self, model: nn.Module, matrix: type = Int8Matrix) -> None:
+    def __init__(self, model: nn.Module, matrix: type = Int8Matrix, head: type | None = None) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"the lean decode step does not support this model: {reason}")
         body = model.model
         self.embed, self.rotary, self.final_norm = body.embed_tokens, body.rotary_emb, body.norm
         self.layers = [_Layer(layer, matrix) for layer in body.layers]
-        self.lm_head = matrix(model.lm_head)
+        self.lm_head = (head or matrix)(model.lm_head)
+
+    @classmethod
+    def for_quantization(cls, model: nn.Module, quantization: str) -> "LeanDecodeStep":
+        """The step a lean QUANTIZATION (a key of LEAN_QUANTIZATIONS) names."""
+        return cls(model, *LEAN_QUANTIZATIONS[quantization])
 
     @torch.inference_mode()
     def __call__(self, cache: object, token: int, position: int) -> torch.Tensor:
@@ -156,3 +203,12 @@ def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     if x.dtype == torch.float32:
         return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
     return norm.weight * F.rms_norm(x.float(), norm.weight.shape, None, norm.variance_epsilon).to(x.dtype)
+
+
+# quantization name -> (layer matrices, output layer). The output layer stays int8 under
+# int4-decode: in a Q4_1 GGUF the token embeddings it shares are not Q4_1 blocks, and a
+# 4-bit rounding of the logits' weights is the costliest place to lose precision.
+LEAN_QUANTIZATIONS: dict[str, tuple[type, type]] = {
+    "int8-decode": (Int8Matrix, Int8Matrix),
+    "int4-decode": (Int4Matrix, Int8Matrix),
+}

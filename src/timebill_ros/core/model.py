@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as hf_logging
 
 from timebill_ros.core import attention
-from timebill_ros.core.decode_step import LeanDecodeStep, unsupported_reason
+from timebill_ros.core.decode_step import LEAN_QUANTIZATIONS, LeanDecodeStep, unsupported_reason
 from timebill_ros.core.device import DeviceError, resolve_device, synchronize
 from timebill_ros.core.paths import timebill_home
 
@@ -225,9 +225,9 @@ def model_fingerprint(path: Path) -> str:
 
 
 # "": the model's weights; "int8": torchao int8 weight-only everywhere (the paper's
-# quantized-model baseline); "int8-decode": prefill on the model's weights, decode steps on
-# an int8 copy (core/int8_decode.py; CPU only).
-QUANTIZATIONS = ("", "int8", "int8-decode")
+# quantized-model baseline); "int8-decode" / "int4-decode": prefill on the model's weights,
+# decode steps on an int8 / int4 copy (core/decode_step.py; CPU only).
+QUANTIZATIONS = ("", "int8", *LEAN_QUANTIZATIONS)
 
 
 def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantization: str = "",
@@ -235,8 +235,8 @@ def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantizat
     """Load model and tokenizer from SPEC onto DEVICE, with a fixed torch thread count.
 
     quantization="int8" applies torchao's int8 weight-only quantization (the AWQ-like
-    baseline of the paper); "int8-decode" runs decode steps on an int8 copy of the weights
-    and prefill on the model's own. The calibration is then keyed by "<dtype>+<quantization>".
+    baseline of the paper); "int8-decode" / "int4-decode" run decode steps on an int8 / int4
+    copy of the weights and prefill on the model's own. The calibration is then keyed by "<dtype>+<quantization>".
     """
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype '{dtype}'; choose one of {sorted(DTYPES)}")
@@ -246,8 +246,8 @@ def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantizat
         where = resolve_device(device)
     except DeviceError as exc:
         raise ModelLoadError(str(exc)) from None
-    if quantization == "int8-decode" and where.type != "cpu":
-        raise ModelLoadError(f"quantization 'int8-decode' runs on the CPU only (device is {where}); "
+    if quantization in LEAN_QUANTIZATIONS and where.type != "cpu":
+        raise ModelLoadError(f"quantization '{quantization}' runs on the CPU only (device is {where}); "
                              "use quantization '' there")
     path = resolve_model_path(spec)
     torch.set_num_threads(threads)
@@ -264,11 +264,14 @@ def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantizat
 
         quantize_(model, Int8WeightOnlyConfig())
     lean_step = None
-    if quantization == "int8-decode":
-        if (reason := unsupported_reason(model)) is not None:
-            raise ModelLoadError(f"quantization 'int8-decode' does not support '{spec}': {reason}; "
-                                 "use quantization ''")
-        lean_step = LeanDecodeStep(model)
+    if quantization in LEAN_QUANTIZATIONS:
+        try:
+            if (reason := unsupported_reason(model)) is not None:
+                raise ValueError(reason)
+            lean_step = LeanDecodeStep.for_quantization(model, quantization)
+        except ValueError as exc:  # an architecture or a matrix shape the step cannot take
+            raise ModelLoadError(f"quantization '{quantization}' does not support '{spec}': {exc}; "
+                                 "use quantization ''") from None
     if quantization:
         dtype = f"{dtype}+{quantization}"
     return LoadedModel(model, tokenizer, path, model_fingerprint(path), dtype, threads, where, lean_step)

@@ -153,6 +153,11 @@ def bench_table(load: Callable[[str], dict]) -> str:
             rows.append((f"the same step before the lean int8 step (transformers' forward, "
                          f"{llama['float_forward_dtype']} weights) vs llama.cpp",
                          f"{_ms(plain)} ({plain / row['llama_cpp_decode_step_s']:.2f}x)", "", "llamacpp"))
+        if "ours_int4_decode_step_s" in row:
+            rows.append(("the same step with quantization int4-decode (the layers in the GGUF's Q4_1 blocks; "
+                         "not the default) vs llama.cpp",
+                         f"{_ms(row['ours_int4_decode_step_s'])} ({row['int4_decode_ratio_over_llama_cpp']:.2f}x)",
+                         "", "llamacpp"))
     lines = ["| what | measured | target | JSON (docs/results) |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d and f'`{d}.json`'} |" for a, b, c, d in rows]
     return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from timebill_ros.core.device import DEVICE_SPEC
 from timebill_ros.core.engine import EngineConfig
 from timebill_ros.core.jobs import OnInfeasible, OverrunPolicy
+from timebill_ros.core.model import QUANTIZATIONS
 from timebill_ros.core.validation import Limits
 
 if TYPE_CHECKING:  # the CLI reads these defaults without a ROS environment
@@ -42,11 +43,14 @@ class NodeParams:
                            "'' (the model's weights); int8 (torchao weight-only everywhere: the quantized-model "
                            "baseline); int8-decode (prefill on the model's weights, decode steps on an int8 copy: a "
                            "quarter of the bytes a token, 2x faster here; CPU, Llama/Qwen2-style models; the default, "
-                           "chosen by speed and task-suite quality, see README)", choices=("", "int8", "int8-decode"))
+                           "chosen by speed and task-suite quality, see README); int4-decode (the same with the layers "
+                           "in 4-bit blocks: exact for a Q4_1 GGUF such as builtin:smollm2, 4-bit rounding otherwise)",
+                           choices=QUANTIZATIONS)
     device: str = _p("cpu", "cpu, cuda, cuda:N or auto (CUDA when torch sees a GPU); part of the calibration key. "
                      "Timed sections synchronize the device before reading the clock (the CUDA path is not run here)")
     threads: int = _p(2, "torch intra-op threads; a calibration is valid for one thread count", low=1, high=256)
-    calibration_path: str = _p("", "'' = $TIMEBILL_HOME/calibration/<model>__<dtype>__t<threads>__<machine>.json")
+    calibration_path: str = _p("", "'' = $TIMEBILL_HOME/calibration/"
+                                   "<model>__<dtype>__t<threads>__<machine>[__<decode step>].json")
     control_rate_hz: float = _p(20.0, "the deadline timer's rate; a kill lands within one period plus one decode "
                                 "step", low=0.1, high=1000.0, runtime=True)
     diagnostics_rate_hz: float = _p(1.0, "DiagnosticArray rate on /diagnostics", low=0.01, high=100.0)

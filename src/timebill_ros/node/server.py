@@ -247,11 +247,15 @@ class TimeBillServer(LifecycleNode):
                 f"the calibration measured prefill beside predictor_path '{measured_with}', this node runs "
                 f"'{self.params.predictor_path}': plans may misjudge how much the predictor slows prefill; "
                 "calibrate with --params-file <this node's params file>")
-        if mismatch := calibration.chunk_mismatch(self.params.prefill_chunk):
-            self.get_logger().warning(
-                f"the calibration does not fit this node's prefill_chunk: {mismatch}; prefill plans may be off; "
-                "calibrate with --params-file <this node's params file>")
         longest_prompt = min(self.loaded.context_limit, self.params.max_prompt_tokens)
+        longest = min(self.loaded.context_limit, longest_prompt + self.params.max_new_tokens)
+        mismatches = calibration.mismatches(key, longest)
+        if chunk := calibration.chunk_mismatch(self.params.prefill_chunk):
+            mismatches.append(chunk)
+        for mismatch in mismatches:
+            self.get_logger().warning(
+                f"the calibration does not fit this node: {mismatch}; plans may be off; "
+                "calibrate with --params-file <this node's params file>")
         warning = prefill_kill_warning(calibration.planning_timing(), self.params.prefill_chunk, longest_prompt,
                                        1.0 / self.params.control_rate_hz, self.loaded.model.config.num_hidden_layers)
         if warning:
