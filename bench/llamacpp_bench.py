@@ -2,8 +2,8 @@
 
 Prefill time at 512 and 2048 tokens and one decode step with a 512- and a 2048-entry
 cache, both with the same thread count and the same random token ids; decode steps are
-timed in rounds, the runtimes taking turns, so that the shared machine's noise falls on both. Reported as ratios (ours /
-llama.cpp). Our decode step is also timed on the model's float32 weights through
+timed in rounds, the runtimes taking turns, so that the shared machine's noise falls on
+both. Reported as ratios (ours / llama.cpp). Our decode step is also timed on the model's float32 weights through
 transformers' forward (quantization ''), the step before the lean int8 one, and on the
 int4 lean step (quantization int4-decode: the layers in the GGUF's own Q4_1 blocks), in the
 same run.
