@@ -139,7 +139,8 @@ def unsupported_reason(model: nn.Module) -> str | None:
 
 class LeanDecodeStep:
     """model(input_ids=[[token]], position_ids=[[position]], cache=cache).logits[:, -1], leaner;
-    MATRIX holds the weights (Int8Matrix serves, FloatMatrix checks the arithmetic)."""
+    MATRIX holds the layers' weights (Int8Matrix or Int4Matrix serves, FloatMatrix checks the
+    arithmetic), HEAD the output layer's (MATRIX when not given)."""
 
     def __init__(self, model: nn.Module, matrix: type = Int8Matrix, head: type | None = None) -> None:
         reason = unsupported_reason(model)
