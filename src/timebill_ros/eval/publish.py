@@ -37,6 +37,7 @@ SOURCES = {
     "quality_smollm2_tasks.json": "quality_smollm2_tasks.json",
     "quality_smollm2_tasks_float32.json": "quality_smollm2_tasks_float32.json",
     "quality_smollm2_tasks_bfloat16.json": "quality_smollm2_tasks_bfloat16.json",
+    "quality_smollm2_tasks_int4.json": "quality_smollm2_tasks_int4.json",
     "rlp.json": "rlp.json",
     "rlp_smollm2_tasks.json": "rlp_smollm2_tasks.json",
     "rlp_layers.json": "rlp_layers.json",
@@ -182,7 +183,7 @@ def quality_targets(q: dict) -> str:
 
 # The default settings' run first; the others are measured against the float32 one.
 WEIGHT_RUNS = ("quality_smollm2_tasks.json", "quality_smollm2_tasks_bfloat16.json",
-               "quality_smollm2_tasks_float32.json")
+               "quality_smollm2_tasks_int4.json", "quality_smollm2_tasks_float32.json")
 
 
 def weights_table(load: Callable[[str], dict]) -> str:
