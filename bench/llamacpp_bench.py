@@ -3,10 +3,10 @@
 Prefill time at 512 and 2048 tokens and one decode step with a 512- and a 2048-entry
 cache, both with the same thread count and the same random token ids; decode steps are
 timed in rounds, the runtimes taking turns, so that the shared machine's noise falls on
-both. Reported as ratios (ours / llama.cpp). Our decode step is also timed on the model's float32 weights through
-transformers' forward (quantization ''), the step before the lean int8 one, and on the
-int4 lean step (quantization int4-decode: the layers in the GGUF's own Q4_1 blocks), in the
-same run.
+both. Reported as ratios (ours / llama.cpp). Our decode step is also timed on the model's
+float32 weights through transformers' forward (quantization ''), the step before the lean
+int8 one, and on the int4 lean step (quantization int4-decode: the layers in the GGUF's own
+Q4_1 blocks), in the same run.
 Needs `llama-cpp-python`, which only `make bench-llamacpp` installs (it is
 compiled from source with flags that run on this CPU); `make setup` never does.
 """
@@ -18,7 +18,7 @@ from typing import Callable
 
 from common import calibrated_engine, float_forward_engine, parser, random_ids, write
 
-from timebill_ros.core.calibration import median_time
+from timebill_ros.core.calibration import call_times, median_time
 from timebill_ros.core.model import builtin_gguf_file
 
 LENGTHS = (512, 2048)
@@ -33,7 +33,7 @@ def llama_prefill(llm, ids: list[int]) -> None:
 def llama_decode_steps(llm, ids: list[int], steps: int) -> list[float]:
     """Times of STEPS single-token evals after a prefill of IDS."""
     llama_prefill(llm, ids)
-    return timed(lambda: llm.eval([ids[-1]]), steps)
+    return call_times(lambda: llm.eval([ids[-1]]), steps)
 
 
 def ours_decode_steps(engine, ids: list[int], steps: int) -> list[float]:
@@ -45,17 +45,7 @@ def ours_decode_steps(engine, ids: list[int], steps: int) -> list[float]:
         int(engine.decode_step(cache, 1, position[0]).argmax(-1))
         position[0] += 1
 
-    return timed(step, steps)
-
-
-def timed(fn: Callable[[], object], times: int) -> list[float]:
-    """Seconds of each of TIMES calls of FN."""
-    out = []
-    for _ in range(times):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+    return call_times(step, steps)
 
 
 def decode_steps_side_by_side(arms: dict[str, Callable[[int], list[float]]], rounds: int, steps: int
@@ -84,7 +74,7 @@ def main() -> None:
     engine, _ = calibrated_engine(args)
     # Decode steps only: their prefill is the same code on the same weights.
     plain = float_forward_engine(engine)
-    int4 = float_forward_engine(engine, "int4-decode") if engine.loaded.dtype != "float32+int4-decode" else None
+    int4 = float_forward_engine(engine, "int4-decode") if args.quantization != "int4-decode" else None
     repeats, rounds, steps = (1, 2, 5) if args.quick else (3, 5, 9)
     rows = []
     for n in LENGTHS:

@@ -191,14 +191,19 @@ def busy_machine_warning(load: float, cores: int, threads: int) -> str | None:
             "calibrate when it is idle, or with fewer threads")
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of FN over REPEATS calls."""
+def call_times(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Seconds of each of REPEATS calls of FN."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of FN over REPEATS calls."""
+    return statistics.median(call_times(fn, repeats))
 
 
 def profile_prefill(engine, lengths: list[int], repeats: int, tick: Callable[[], None]) -> list[tuple[int, float]]:
