@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as hf_logging
 
 from timebill_ros.core import attention
-from timebill_ros.core.decode_step import LEAN_QUANTIZATIONS, LeanDecodeStep, unsupported_reason
+from timebill_ros.core.decode_step import LEAN_QUANTIZATIONS, LeanDecodeStep
 from timebill_ros.core.device import DeviceError, resolve_device, synchronize
 from timebill_ros.core.paths import timebill_home
 
@@ -266,11 +266,9 @@ def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantizat
     lean_step = None
     if quantization in LEAN_QUANTIZATIONS:
         try:
-            if (reason := unsupported_reason(model)) is not None:
-                raise ValueError(reason)
             lean_step = LeanDecodeStep.for_quantization(model, quantization)
         except ValueError as exc:  # an architecture or a matrix shape the step cannot take
-            raise ModelLoadError(f"quantization '{quantization}' does not support '{spec}': {exc}; "
+            raise ModelLoadError(f"quantization '{quantization}' cannot load '{spec}': {exc}; "
                                  "use quantization ''") from None
     if quantization:
         dtype = f"{dtype}+{quantization}"
