@@ -5,8 +5,9 @@ cache, both with the same thread count and the same random token ids; decode ste
 timed in rounds, the runtimes taking turns, so that the shared machine's noise falls on
 both. Reported as ratios (ours / llama.cpp). Our decode step is also timed on the model's
 float32 weights through transformers' forward (quantization ''), the step before the lean
-int8 one, and on the int4 lean step (quantization int4-decode: the layers in the GGUF's own
-Q4_1 blocks), in the same run.
+one, and on the other lean weights (int8-decode beside the default auto-decode, which on
+this GGUF holds the layers in their own Q4_1 blocks; int4-decode beside int8-decode), in
+the same run.
 Needs `llama-cpp-python`, which only `make bench-llamacpp` installs (it is
 compiled from source with flags that run on this CPU); `make setup` never does.
 """
@@ -74,7 +75,8 @@ def main() -> None:
     engine, _ = calibrated_engine(args)
     # Decode steps only: their prefill is the same code on the same weights.
     plain = float_forward_engine(engine)
-    int4 = float_forward_engine(engine, "int4-decode") if args.quantization != "int4-decode" else None
+    other_name = "int4-decode" if args.quantization == "int8-decode" else "int8-decode"
+    other = float_forward_engine(engine, other_name)
     repeats, rounds, steps = (1, 2, 5) if args.quick else (3, 5, 9)
     rows = []
     for n in LENGTHS:
@@ -89,19 +91,18 @@ def main() -> None:
             "llama_cpp_decode_step_s": lambda k: llama_decode_steps(llm, ids, k),
             "ours_decode_step_s": lambda k: ours_decode_steps(engine, ids, k),
             "ours_float_forward_decode_step_s": lambda k: ours_decode_steps(plain, ids, k),
-            **({"ours_int4_decode_step_s": lambda k: ours_decode_steps(int4, ids, k)} if int4 else {})},
+            "ours_other_lean_decode_step_s": lambda k: ours_decode_steps(other, ids, k)},
             rounds, steps))
         row["prefill_ratio_ours_over_llama_cpp"] = row["ours_prefill_s"] / row["llama_cpp_prefill_s"]
         row["decode_ratio_ours_over_llama_cpp"] = row["ours_decode_step_s"] / row["llama_cpp_decode_step_s"]
-        if int4:
-            row["int4_decode_ratio_over_llama_cpp"] = row["ours_int4_decode_step_s"] / row["llama_cpp_decode_step_s"]
+        row["other_lean_ratio_over_llama_cpp"] = row["ours_other_lean_decode_step_s"] / row["llama_cpp_decode_step_s"]
         rows.append(row)
     engine.close()
-    for other in (plain, int4):
-        if other:
-            other.close()
+    for extra in (plain, other):
+        extra.close()
     write("llamacpp", {"model": args.model, "gguf": builtin_gguf_file("smollm2").name, "dtype": engine.loaded.dtype,
-                       "float_forward_dtype": plain.loaded.dtype,
+                       "decode_step_weights": engine.loaded.lean_step.describe() if engine.loaded.lean_step else "",
+                       "float_forward_dtype": plain.loaded.dtype, "other_lean_dtype": other.loaded.dtype,
                        "llama_cpp_quantization": "Q4_1 (the GGUF as shipped)", "rows": rows})
 
 

@@ -16,7 +16,7 @@ def calibration_file(tiny_model_dir, tmp_path_factory):
 
 def test_calibration_round_trip_and_contents(calibration_file):
     cal = Calibration.load(calibration_file)
-    assert cal.key.dtype == "float32+int8-decode" and cal.key.threads == 1 and cal.key.model.startswith("tiny-")
+    assert cal.key.dtype == "float32+auto-decode" and cal.key.threads == 1 and cal.key.model.startswith("tiny-")
     assert len(cal.prefill_samples) == 9 and len(cal.decode_samples) == 9
     assert cal.timing.p > 0 or cal.timing.q > 0
     # Longer prompts take longer to prefill, in the fit as in the samples.
@@ -36,7 +36,7 @@ def test_a_calibration_for_other_weights_or_shorter_prompts_says_why_it_does_not
     other = replace(cal.key, dtype="bfloat16", machine="elsewhere")
     reasons = cal.mismatches(other, profiled + 500)
     assert len(reasons) == 3, reasons
-    assert "weights 'float32+int8-decode', this node runs 'bfloat16'" in reasons[0]
+    assert "weights 'float32+auto-decode', this node runs 'bfloat16'" in reasons[0]
     assert "machine" in reasons[1] and f"up to {profiled} tokens" in reasons[2]
 
 

@@ -6,7 +6,8 @@ import torch
 from transformers import DynamicCache
 
 from timebill_ros.core import model as model_module
-from timebill_ros.core.decode_step import FloatMatrix, Int4Matrix, Int8Matrix, LeanDecodeStep, unsupported_reason
+from timebill_ros.core.decode_step import (FloatMatrix, Int4Matrix, Int8Matrix, LeanDecodeStep, int4_where_exact,
+                                          unsupported_reason)
 from timebill_ros.core.eviction import evict
 from timebill_ros.core.kv_cache import GrowingCache, GrowingLayer, new_cache
 from timebill_ros.core.model import ModelLoadError, load_model
@@ -103,6 +104,20 @@ def test_int4_blocks_give_back_q4_1_weights_and_round_others_by_half_a_level():
     assert ((got - want).abs() <= bound).all() and not torch.allclose(got, want, atol=1e-3)
     with pytest.raises(ValueError, match="multiples of 32"):
         Int4Matrix(torch.nn.Linear(40, 8))
+
+
+def test_auto_decode_takes_int4_only_where_it_is_exact():
+    """Q4_1 blocks go to int4; the same blocks with a rank-8 update merged in (a LoRA
+    adapter), plain weights, or inputs not in blocks of 32 go to int8."""
+    exact = q4_1_linear(96, 128)
+    assert isinstance(int4_where_exact(exact), Int4Matrix)
+    assert isinstance(int4_where_exact(exact, q4_1_linear(32, 128)), Int4Matrix)  # stacked (q/k/v)
+    merged = q4_1_linear(96, 128)
+    with torch.no_grad():
+        merged.weight += 0.01 * torch.randn(96, 8) @ torch.randn(8, 128)
+    for other in (merged, torch.nn.Linear(128, 96), torch.nn.Linear(40, 8)):
+        assert isinstance(int4_where_exact(other), Int8Matrix)
+    assert isinstance(int4_where_exact(exact, merged), Int8Matrix)  # one inexact part: all int8
 
 
 def lean_decode(step: LeanDecodeStep, model, prompt: torch.Tensor, steps: int) -> list[torch.Tensor]:

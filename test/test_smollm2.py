@@ -159,9 +159,10 @@ def test_the_lean_decode_step_on_smollm2(smollm2, engine):
     assert all(ours == theirs for theirs, ours in answers.values()), answers
 
 
-def test_the_int4_step_gives_back_the_ggufs_q4_1_weights(smollm2):
-    """builtin:smollm2's layers came from Q4_1 blocks: int4-decode holds them exactly (the
-    bfloat16 scales aside) and answers the retrieval prompt."""
+def test_the_default_step_gives_back_the_ggufs_q4_1_weights(smollm2):
+    """builtin:smollm2's layers came from Q4_1 blocks: the default auto-decode finds every
+    layer matrix exact in int4 and holds it so (the bfloat16 scales aside), keeps the output
+    layer (tied to embeddings that are not Q4_1) in int8, and answers the retrieval prompt."""
     import torch
 
     from timebill_ros.core.decode_step import Int4Matrix
@@ -170,11 +171,13 @@ def test_the_int4_step_gives_back_the_ggufs_q4_1_weights(smollm2):
     x = torch.randn(2, q_proj.in_features)
     want = x.bfloat16().float() @ q_proj.weight.t()
     assert torch.allclose(Int4Matrix(q_proj)(x), want, atol=0.01 * want.abs().max().item())
-    loaded = load_model("builtin:smollm2", threads=2, quantization="int4-decode")
+    loaded = load_model("builtin:smollm2", threads=2, quantization="auto-decode")
+    layers = len(smollm2.model.model.layers)
+    assert loaded.lean_step.describe() == f"int4 x {4 * layers}, int8 x 1"
     int4 = Engine(loaded, FREE, FixedLengthPredictor(16), EngineConfig(snapkv_window=16, prefill_chunk=64))
     try:
         result = int4.run(Request(encode_prompt(loaded.tokenizer, PROMPT), budget=1e6, max_new_tokens=16),
                           CancelToken())
     finally:
         int4.close()
-    assert loaded.dtype == "float32+int4-decode" and "closet" in result.text.lower()
+    assert loaded.dtype == "float32+auto-decode" and "closet" in result.text.lower()

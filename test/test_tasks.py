@@ -84,5 +84,5 @@ def test_eval_quality_runs_in_the_dtype_asked_for(tiny_model_dir, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     data = json.loads(out.read_text())
-    assert data["dtype"] == "bfloat16+int8-decode" and data["examples"] == 3  # the node's quantization by default
+    assert data["dtype"] == "bfloat16+auto-decode" and data["examples"] == 3  # the node's quantization by default
     assert set(data["scores"]) == set(tasks.TASKS) and all(len(row) == 3 for row in data["scores"].values())

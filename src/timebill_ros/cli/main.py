@@ -49,7 +49,7 @@ def send(prompt: str, budget: float, feedback: bool, server_timeout: float, acti
                    "predictor_path from the node's YAML.")
 @click.option("--model", "model_path", help="Model dir, .gguf or builtin:NAME  [default: builtin:smollm2]")
 @click.option("--dtype", help="float32 | bfloat16 | float16  [default: float32]")
-@click.option("--quantization", help="'' | int8 | int8-decode | int4-decode  [default: int8-decode]")
+@click.option("--quantization", help="'' | int8 | auto-decode | int8-decode | int4-decode  [default: auto-decode]")
 @click.option("--threads", type=int, help="torch threads, as the node's `threads`  [default: 2]")
 @click.option("--device", help="cpu | cuda | cuda:N | auto, as the node's `device`  [default: cpu]")
 @click.option("--prefill-chunk", type=int, help="As the node's prefill_chunk  [default: 1024]")
@@ -228,8 +228,8 @@ def make_tasks(out: str, n_test: int, n_val: int, seed: int) -> None:
 @click.option("--out", type=click.Path(), default="results/quality.json", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
               help="As the node's dtype parameter (to choose it by quality as well as speed).")
-@click.option("--quantization", default="int8-decode", show_default=True,
-              help="As the node's quantization parameter: '' | int8 | int8-decode | int4-decode.")
+@click.option("--quantization", default="auto-decode", show_default=True,
+              help="As the node's quantization parameter: '' | int8 | auto-decode | int8-decode | int4-decode.")
 def eval_quality(model_path: str, split: str, limit: int, alphas: str, threads: int, out: str, dtype: str,
                  quantization: str) -> None:
     """Task-suite scores with the full KV cache, under eviction, and without context."""

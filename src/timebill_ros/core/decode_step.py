@@ -1,4 +1,5 @@
-"""A lean one-token decode step on int8 or int4 weights (quantization "int8-decode" / "int4-decode").
+"""A lean one-token decode step on int8 or int4 weights (quantization "auto-decode", the
+node's default, "int8-decode" or "int4-decode").
 
 On a CPU a decode step of a small model is not arithmetic. Profiled on SmolLM2-135M (2
 threads, float32, 512-token cache): ~33 ms reading 540 MB of weights through 211 matmuls,
@@ -11,6 +12,9 @@ This step does the same arithmetic with less of both:
   (int4-decode) the layers as 4-bit blocks of 32 with a scale and offset each, the layout
   of a Q4_1 GGUF, by `aten._weight_int4pack_mm_for_cpu`: an eighth of the bytes, exact for
   weights that came from Q4_1 blocks (builtin:smollm2), 4-bit rounding for any others;
+  or (auto-decode) each matrix as int4 where that is exact and as int8 where it is not: the
+  int4 speed without its rounding (a fine-tuned model whose adapter was merged into every
+  matrix, builtin:smollm2-tasks, gets int8 throughout);
 - q/k/v fused into one matrix and gate/up into another: 5 matmuls a layer instead of 7;
 - one plain loop over the layers (RMSNorm, RoPE, cache update, SDPA with a KV group's
   queries as rows): no module hooks, masks or output records.
@@ -24,6 +28,8 @@ sliding window): RMSNorm, SiLU-gated MLP without bias, optional q/k/v bias. Othe
 architectures are refused at load with the reason.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
@@ -88,7 +94,10 @@ class Int4Matrix(_PackedMatrix):
         blocks = weight.view(rows, cols // self.GROUP, self.GROUP)
         low = blocks.amin(dim=-1)
         scales = ((blocks.amax(dim=-1) - low) / 15.0).clamp(min=torch.finfo(torch.float32).tiny)
-        levels = torch.round((blocks - low[..., None]) / scales[..., None]).clamp(0, 15).to(torch.int32)
+        levels = torch.round((blocks - low[..., None]) / scales[..., None]).clamp(0, 15)
+        # Largest distance of a weight from its level, in levels: ~0 for Q4_1 blocks, up to 0.5 otherwise.
+        self.error_in_levels = float(((blocks - low[..., None]) / scales[..., None] - levels).abs().max())
+        levels = levels.to(torch.int32)
         self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels.view(rows, cols), 1)
         # The kernel computes (level - 8) * scale + zero, so zero = low + 8 * scale; [blocks, rows, 2].
         self.scales_zeros = torch.stack([scales, low + 8 * scales], dim=-1).transpose(0, 1).contiguous() \
@@ -96,6 +105,20 @@ class Int4Matrix(_PackedMatrix):
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, self.GROUP, self.scales_zeros)
+
+
+# A matrix whose weights sit this close to their 4-bit levels holds Q4_1 blocks (the float
+# rounding of a dequantized GGUF is ~1e-5 of a level); real weights scatter up to half a level.
+EXACT_LEVELS = 1e-3
+
+
+def int4_where_exact(*linears: nn.Linear) -> Int4Matrix | Int8Matrix:
+    """An Int4Matrix if the weights are 4-bit blocks of 32 (so int4 loses nothing), else an Int8Matrix."""
+    try:
+        int4 = Int4Matrix(*linears)
+    except ValueError:  # inputs not in blocks of 32: they cannot have come from Q4_1 either
+        return Int8Matrix(*linears)
+    return int4 if int4.error_in_levels <= EXACT_LEVELS else Int8Matrix(*linears)
 
 
 class FloatMatrix:
@@ -139,10 +162,11 @@ def unsupported_reason(model: nn.Module) -> str | None:
 
 class LeanDecodeStep:
     """model(input_ids=[[token]], position_ids=[[position]], cache=cache).logits[:, -1], leaner;
-    MATRIX holds the layers' weights (Int8Matrix or Int4Matrix serves, FloatMatrix checks the
-    arithmetic), HEAD the output layer's (MATRIX when not given)."""
+    MATRIX makes each layer matrix from its nn.Linears (Int8Matrix, Int4Matrix or
+    int4_where_exact serve, FloatMatrix checks the arithmetic), HEAD the output layer (MATRIX
+    when not given)."""
 
-    def __init__(self, model: nn.Module, matrix: type = Int8Matrix, head: type | None = None) -> None:
+    def __init__(self, model: nn.Module, matrix: Callable = Int8Matrix, head: Callable | None = None) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"the lean decode step does not support this model: {reason}")
@@ -150,6 +174,13 @@ class LeanDecodeStep:
         self.embed, self.rotary, self.final_norm = body.embed_tokens, body.rotary_emb, body.norm
         self.layers = [_Layer(layer, matrix) for layer in body.layers]
         self.lm_head = (head or matrix)(model.lm_head)
+
+    def describe(self) -> str:
+        """Which kernels hold the weights, e.g. 'int4 x 120, int8 x 1' (logged at load, in benchmarks)."""
+        kinds = [type(m).__name__.removesuffix("Matrix").lower() for layer in self.layers
+                 for m in (layer.qkv, layer.o, layer.gate_up, layer.down)] + \
+            [type(self.lm_head).__name__.removesuffix("Matrix").lower()]
+        return ", ".join(f"{kind} x {kinds.count(kind)}" for kind in sorted(set(kinds)))
 
     @classmethod
     def for_quantization(cls, model: nn.Module, quantization: str) -> "LeanDecodeStep":
@@ -170,7 +201,7 @@ class LeanDecodeStep:
 class _Layer:
     """One decoder layer's decode-step weights and arithmetic."""
 
-    def __init__(self, layer: nn.Module, matrix: type) -> None:
+    def __init__(self, layer: nn.Module, matrix: Callable) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.qkv = matrix(attn.q_proj, attn.k_proj, attn.v_proj)
         self.o = matrix(attn.o_proj)
@@ -209,7 +240,8 @@ def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
 # quantization name -> (layer matrices, output layer). The output layer stays int8 under
 # int4-decode: in a Q4_1 GGUF the token embeddings it shares are not Q4_1 blocks, and a
 # 4-bit rounding of the logits' weights is the costliest place to lose precision.
-LEAN_QUANTIZATIONS: dict[str, tuple[type, type]] = {
+LEAN_QUANTIZATIONS: dict[str, tuple[Callable, Callable]] = {
+    "auto-decode": (int4_where_exact, Int8Matrix),
     "int8-decode": (Int8Matrix, Int8Matrix),
     "int4-decode": (Int4Matrix, Int8Matrix),
 }

@@ -61,7 +61,7 @@ class LoadedModel:
     dtype: str
     threads: int
     device: torch.device = torch.device("cpu")
-    # quantization "int8-decode": the decode step on int8 weights (core/decode_step.py)
+    # quantization "auto-decode" / "int8-decode" / "int4-decode": the decode step on packed weights (core/decode_step.py)
     lean_step: LeanDecodeStep | None = None
 
     def synchronize(self) -> None:
@@ -225,8 +225,9 @@ def model_fingerprint(path: Path) -> str:
 
 
 # "": the model's weights; "int8": torchao int8 weight-only everywhere (the paper's
-# quantized-model baseline); "int8-decode" / "int4-decode": prefill on the model's weights,
-# decode steps on an int8 / int4 copy (core/decode_step.py; CPU only).
+# quantized-model baseline); "auto-decode" / "int8-decode" / "int4-decode": prefill on the
+# model's weights, decode steps on an int4-where-exact-else-int8 / int8 / int4 copy
+# (core/decode_step.py; CPU only).
 QUANTIZATIONS = ("", "int8", *LEAN_QUANTIZATIONS)
 
 
@@ -235,8 +236,9 @@ def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantizat
     """Load model and tokenizer from SPEC onto DEVICE, with a fixed torch thread count.
 
     quantization="int8" applies torchao's int8 weight-only quantization (the AWQ-like
-    baseline of the paper); "int8-decode" / "int4-decode" run decode steps on an int8 / int4
-    copy of the weights and prefill on the model's own. The calibration is then keyed by "<dtype>+<quantization>".
+    baseline of the paper); "auto-decode" / "int8-decode" / "int4-decode" run decode steps on
+    a packed copy of the weights (int4 where exact else int8 / int8 / int4) and prefill on the
+    model's own. The calibration is then keyed by "<dtype>+<quantization>".
     """
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype '{dtype}'; choose one of {sorted(DTYPES)}")

@@ -146,19 +146,19 @@ def bench_table(load: Callable[[str], dict]) -> str:
         rows.append((f"prefill of {n} tokens, ours ({llama['dtype']}) vs llama.cpp ({llama['llama_cpp_quantization']})",
                      f"{row['ours_prefill_s']:.3f} s vs {row['llama_cpp_prefill_s']:.3f} s "
                      f"({row['prefill_ratio_ours_over_llama_cpp']:.2f}x)", "ours faster (< 1x)", "llamacpp"))
-        rows.append((f"decode step with a {n}-entry cache, ours vs llama.cpp",
+        weights = f" ({llama['decode_step_weights']} matrices)" if llama.get("decode_step_weights") else ""
+        rows.append((f"decode step with a {n}-entry cache, ours{weights} vs llama.cpp",
                      f"{_ms(row['ours_decode_step_s'])} vs {_ms(row['llama_cpp_decode_step_s'])} "
                      f"({row['decode_ratio_ours_over_llama_cpp']:.2f}x)", "<= 1.5x", "llamacpp"))
         if "ours_float_forward_decode_step_s" in row:
             plain = row["ours_float_forward_decode_step_s"]
-            rows.append((f"the same step before the lean int8 step (transformers' forward, "
+            rows.append((f"the same step before the lean step (transformers' forward, "
                          f"{llama['float_forward_dtype']} weights) vs llama.cpp",
                          f"{_ms(plain)} ({plain / row['llama_cpp_decode_step_s']:.2f}x)", "", "llamacpp"))
-        if "ours_int4_decode_step_s" in row:
-            rows.append(("the same step with quantization int4-decode (the layers in the GGUF's Q4_1 blocks; "
-                         "not the default) vs llama.cpp",
-                         f"{_ms(row['ours_int4_decode_step_s'])} ({row['int4_decode_ratio_over_llama_cpp']:.2f}x)",
-                         "", "llamacpp"))
+        if "ours_other_lean_decode_step_s" in row:
+            rows.append((f"the same step on {llama['other_lean_dtype']} weights (not the default) vs llama.cpp",
+                         f"{_ms(row['ours_other_lean_decode_step_s'])} "
+                         f"({row['other_lean_ratio_over_llama_cpp']:.2f}x)", "", "llamacpp"))
     lines = ["| what | measured | target | JSON (docs/results) |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d and f'`{d}.json`'} |" for a, b, c, d in rows]
     return "\n".join(lines) + "\n"

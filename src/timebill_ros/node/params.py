@@ -39,12 +39,13 @@ class NodeParams:
                          "the task-suite LoRA adapter merged); builtin:toy = builtin:default (the 0.9 M model trained "
                          "here, for fast tests); builtin:tiny-random (a seeded random Qwen2, plumbing only)")
     dtype: str = _p("float32", "torch dtype of the model", choices=("float32", "bfloat16", "float16"))
-    quantization: str = _p("int8-decode",
+    quantization: str = _p("auto-decode",
                            "'' (the model's weights); int8 (torchao weight-only everywhere: the quantized-model "
                            "baseline); int8-decode (prefill on the model's weights, decode steps on an int8 copy: a "
-                           "quarter of the bytes a token, 2x faster here; CPU, Llama/Qwen2-style models; the default, "
-                           "chosen by speed and task-suite quality, see README); int4-decode (the same with the layers "
-                           "in 4-bit blocks: exact for a Q4_1 GGUF such as builtin:smollm2, 4-bit rounding otherwise)",
+                           "quarter of the bytes a token; CPU, Llama/Qwen2-style models); int4-decode (the same with "
+                           "the layers in 4-bit blocks: exact for a Q4_1 GGUF such as builtin:smollm2, 4-bit rounding "
+                           "otherwise); auto-decode (the default: each layer matrix int4 where that is exact, int8 "
+                           "where it is not; chosen by speed and task-suite quality, see README)",
                            choices=QUANTIZATIONS)
     device: str = _p("cpu", "cpu, cuda, cuda:N or auto (CUDA when torch sees a GPU); part of the calibration key. "
                      "Timed sections synchronize the device before reading the clock (the CUDA path is not run here)")

@@ -199,6 +199,9 @@ class TimeBillServer(LifecycleNode):
     def _load(self) -> None:
         self.loaded = load_model(self.params.model_path, dtype=self.params.dtype, threads=self.params.threads,
                                  quantization=self.params.quantization, device=self.params.device)
+        if self.loaded.lean_step is not None:  # which kernels auto-decode chose is worth a line
+            self.get_logger().info(f"decode step ({self.params.quantization}) weights: "
+                                   f"{self.loaded.lean_step.describe()}")
         self.calibration, self.not_ready = self._load_calibration()
         timing = self.calibration.planning_timing() if self.calibration else TimingModel(0.0, 0.0, 0.0, 0.0, 0.0)
         predictor = load_predictor(self.params.predictor_path, timing.prefill, self.params.fixed_prediction_tokens)
