@@ -5,7 +5,9 @@ kill policy: one set whose deadline falls inside decode, one whose deadline fall
 the prefill of a prompt near the largest the node takes. Reports, per set:
 - server side: the result's deadline_margin (job end minus deadline);
 - client side: result arrival minus (goal acceptance seen by the client + budget).
-The design bound is one control period plus one decode step.
+The issue's bound is one control period plus one decode step (a kill by the control
+timer); a Kill job's armed deadline should do better: one decode step in decode, half a
+layer of a prefill chunk in prefill (the engine's next check after the deadline).
 """
 from __future__ import annotations
 

@@ -140,17 +140,43 @@ def test_kill_from_another_thread_lands_at_the_next_decode_step(engine):
     assert max(len(e.tokens) for e in events) == 10
 
 
-def test_kill_during_prefill_lands_before_the_next_block_of_the_layer(tiny):
-    """One chunk holds the whole prompt; a kill set inside layer 0's attention stops it before
-    layer 0's MLP runs."""
+def test_an_armed_deadline_stops_decode_at_the_next_step_without_any_timer(engine):
+    """Nobody calls cancel: the token, armed with a deadline that passes at token 10, stops
+    the job itself at the engine's next check, with the armed reason."""
+    token, events = CancelToken(), []
+
+    def on_event(event):
+        events.append(event)
+        if event.phase == "decode" and len(event.tokens) == 10:
+            token.arm_deadline(time.monotonic(), "killed at the deadline")
+
+    result = engine.run(Request(ids(50), budget=30.0, max_new_tokens=500, ignore_eos=True), token, on_event)
+    assert (result.status, result.reason) == (Status.KILLED_AT_DEADLINE, "killed at the deadline")
+    assert max(len(e.tokens) for e in events) == 10 and token.is_set
+
+
+def test_a_deadline_armed_in_the_future_lets_the_job_finish(engine):
     token = CancelToken()
+    token.arm_deadline(time.monotonic() + 3600.0, "never")
+    result = engine.run(Request(ids(50), budget=30.0, max_new_tokens=8), token)
+    assert result.status is Status.SUCCEEDED and not token.is_set
+    assert token.cancel(Status.CANCELED, "first") and not token.cancel(Status.KILLED_AT_DEADLINE, "second")
+    assert (token.status, token.reason) == (Status.CANCELED, "first")
+
+
+@pytest.mark.parametrize("kill", ["cancel", "armed deadline"])
+def test_kill_during_prefill_lands_before_the_next_block_of_the_layer(tiny, kill):
+    """One chunk holds the whole prompt; a kill set inside layer 0's attention (by a cancel,
+    or by a deadline armed to pass there) stops it before layer 0's MLP runs."""
+    token = CancelToken()
+    stop = {"cancel": lambda: token.cancel(Status.KILLED_AT_DEADLINE, "deadline"),
+            "armed deadline": lambda: token.arm_deadline(time.monotonic(), "deadline")}[kill]
     e = engine_with(tiny, CountingPredictor(), prefill_chunk=4096)
     layers = tiny.model.model.layers
     ran = []
     hooks = [m.register_forward_hook(lambda mod, a, out, name=name: ran.append(name))
              for i, layer in enumerate(layers) for name, m in ((f"attn{i}", layer.self_attn), (f"mlp{i}", layer.mlp))]
-    hooks.append(layers[0].self_attn.register_forward_hook(
-        lambda *a: token.cancel(Status.KILLED_AT_DEADLINE, "deadline") and None))
+    hooks.append(layers[0].self_attn.register_forward_hook(lambda *a: stop() and None))
     try:
         result = e.run(Request(ids(300), budget=30.0), token)
     finally:

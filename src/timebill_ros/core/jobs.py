@@ -40,29 +40,48 @@ class OnInfeasible(str, enum.Enum):
 
 
 class CancelToken:
-    """Set once by whoever stops a job (deadline timer, client cancel, shutdown)."""
+    """Set once by whoever stops a job (deadline timer, client cancel, shutdown), or by
+    itself once an armed deadline passes."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._lock = threading.Lock()
         self.status: Status | None = None
         self.reason = ""
+        self._deadline: float | None = None
+        self._deadline_reason = ""
 
     def cancel(self, status: Status, reason: str) -> bool:
         """Stop the job with STATUS; the first call wins. Returns True if this call set it."""
-        if self._event.is_set():
-            return False
-        self.status, self.reason = status, reason
-        self._event.set()
-        return True
+        with self._lock:  # the timer, a client and the engine's own checks may race
+            if self._event.is_set():
+                return False
+            self.status, self.reason = status, reason
+            self._event.set()
+            return True
+
+    def arm_deadline(self, deadline: float, reason: str) -> None:
+        """Stop with KILLED_AT_DEADLINE by itself once time.monotonic() reaches DEADLINE.
+
+        The engine checks the token before every decode step and every attention block and
+        MLP of prefill, so an armed kill lands within one of those after the deadline,
+        instead of waiting for the next tick of a control timer (up to a period later) and
+        for that timer's callback to get the interpreter from the busy engine thread."""
+        self._deadline, self._deadline_reason = deadline, reason
 
     @property
     def is_set(self) -> bool:
-        """True once the job has been told to stop."""
+        """True once the job has been told to stop (or its armed deadline has passed)."""
+        if self._deadline is not None and not self._event.is_set() and time.monotonic() >= self._deadline:
+            self.cancel(Status.KILLED_AT_DEADLINE, self._deadline_reason)
         return self._event.is_set()
 
     def wait(self, timeout: float) -> bool:
         """Block until the token is set or TIMEOUT seconds pass; True when set."""
-        return self._event.wait(timeout)
+        if self._deadline is not None:  # wake at an armed deadline rather than after it
+            timeout = min(timeout, max(0.0, self._deadline - time.monotonic()))
+        self._event.wait(timeout)
+        return self.is_set
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,10 @@ class NodeParams:
     threads: int = _p(2, "torch intra-op threads; a calibration is valid for one thread count", low=1, high=256)
     calibration_path: str = _p("", "'' = $TIMEBILL_HOME/calibration/"
                                    "<model>__<dtype>__t<threads>__<machine>[__<decode step>].json")
-    control_rate_hz: float = _p(20.0, "the deadline timer's rate; a kill lands within one period plus one decode "
-                                "step", low=0.1, high=1000.0, runtime=True)
+    control_rate_hz: float = _p(20.0, "the deadline timer's rate: it expires queued goals and backs up the running "
+                                "job's armed deadline (which kills it at the engine's next check, within one "
+                                "decode step); a kill lands within one period plus one decode step at worst",
+                                low=0.1, high=1000.0, runtime=True)
     diagnostics_rate_hz: float = _p(1.0, "DiagnosticArray rate on /diagnostics", low=0.01, high=100.0)
     max_queue: int = _p(8, "accepted goals waiting behind the running one; more are REJECTED", low=0, high=10_000,
                         runtime=True)

@@ -1,8 +1,10 @@
 """timebill_node: the TimedGenerate action server, a lifecycle (managed) node.
 
 Thin by design: it validates goals, keeps them in order, runs one at a time through
-the core engine, turns engine events into feedback, and enforces deadlines with a
-timer at the control rate. All timing, planning and eviction live in the core.
+the core engine, turns engine events into feedback, and enforces deadlines: the running
+job's cancel token is armed with its deadline (the engine stops itself at its next check)
+and a timer at the control rate backs it up and expires queued goals. All timing,
+planning and eviction live in the core.
 
 Lifecycle: configure loads the model, calibration and predictor (a failure leaves the
 node unconfigured, with the reason logged); activate serves goals; deactivate aborts the
@@ -14,8 +16,9 @@ goal sent to an inactive node gets REJECTED with the reason instead of no answer
 Goal life cycle:
   accepted -> (bad input | queue full | skip-next overrun) -> finished at once, REJECTED/SKIPPED
            -> queued -> running (engine) -> SUCCEEDED | KILLED_AT_DEADLINE | INFEASIBLE | CANCELED ...
-  The control timer kills the running job at its deadline (Kill policy), and finishes
-  queued goals whose deadline passed or that the client canceled.
+  A Kill job stops at its deadline by its armed token (or the control timer's next tick,
+  whichever comes first); the timer finishes queued goals whose deadline passed or that
+  the client canceled.
 ROS 2 goal responses cannot carry a reason, so a bad goal is accepted and immediately
 aborted with status REJECTED and a status_reason; the server never stops serving.
 """
@@ -55,6 +58,11 @@ from timebill_ros.node.convert import feedback_msg, goal_from_msg, goal_from_req
 from timebill_ros.node.diagnostics import publish_health
 from timebill_ros.node.params import InvalidParameter, NodeParams
 from timebill_ros.node.qos import feedback_qos
+
+
+def kill_reason(budget: float) -> str:
+    """The status_reason of a job killed at its deadline."""
+    return f"killed at the deadline ({budget:.3f}s budget)"
 
 
 @dataclass
@@ -391,6 +399,8 @@ class TimeBillServer(LifecycleNode):
                 text = tokenizer.decode(event.tokens, skip_special_tokens=True)
             job.handle.publish_feedback(feedback_msg(event, text))
 
+        if job.policy is OverrunPolicy.KILL:  # the engine stops itself at the deadline; the timer backs it up
+            job.cancel.arm_deadline(job.deadline, kill_reason(job.request.budget))
         return apply_overrun_policy(self.engine.run(job.request, job.cancel, publish), job.policy)
 
     def _finish(self, job: GoalJob, result: Result) -> TimedGenerate.Result:
@@ -437,14 +447,14 @@ class TimeBillServer(LifecycleNode):
                 and time.monotonic() > job.deadline)
 
     def _on_control_tick(self) -> None:
-        """Deadline enforcement at control_rate_hz."""
+        """Deadline enforcement at control_rate_hz: queued goals, and the running job's kill
+        when its engine is somewhere its token is not checked (e.g. a long eviction)."""
         now = time.monotonic()
         finish_now: list[GoalJob] = []
         with self._lock:
             job = self._running
             if job is not None and job.policy is OverrunPolicy.KILL and now >= job.deadline:
-                reason = f"killed at the deadline ({job.request.budget:.3f}s budget)"
-                job.cancel.cancel(Status.KILLED_AT_DEADLINE, reason)
+                job.cancel.cancel(Status.KILLED_AT_DEADLINE, kill_reason(job.request.budget))
             for queued in list(self._queue):
                 if queued.cancel.is_set:
                     queued.early = self._early(queued, queued.cancel.status, queued.cancel.reason)
