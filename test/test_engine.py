@@ -124,8 +124,10 @@ def test_cancel_before_prefill_runs_nothing(tiny):
     assert events == [] and predictor.calls == 0 and result.timings.prefill == 0.0 and result.plan is None
 
 
-def test_kill_from_another_thread_lands_at_the_next_decode_step(engine):
-    token, events = CancelToken(), []
+def test_kill_from_another_thread_lands_at_the_next_decode_step(engine, monkeypatch):
+    token, events, steps, steps_at_kill = CancelToken(), [], [], []
+    step = engine.decode_step
+    monkeypatch.setattr(engine, "decode_step", lambda *args: steps.append(1) or step(*args))
 
     def on_event(event):
         events.append(event)
@@ -133,11 +135,12 @@ def test_kill_from_another_thread_lands_at_the_next_decode_step(engine):
             killer = threading.Thread(target=token.cancel, args=(Status.KILLED_AT_DEADLINE, "deadline"))
             killer.start()
             killer.join()
+            steps_at_kill.append(len(steps))
 
     result = engine.run(Request(ids(50), budget=30.0, max_new_tokens=500, ignore_eos=True), token, on_event)
     assert result.status is Status.KILLED_AT_DEADLINE and result.text == ""
-    # The step running when the kill came finishes (token 11); the check after it stops the job.
-    assert max(len(e.tokens) for e in events) == 10
+    # A kill that comes while feedback is sent lands before the next step, not after it.
+    assert max(len(e.tokens) for e in events) == 10 and steps_at_kill == [len(steps)]
 
 
 def test_an_armed_deadline_stops_decode_at_the_next_step_without_any_timer(engine):

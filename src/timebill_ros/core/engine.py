@@ -332,6 +332,7 @@ class _Job:
                 if time.monotonic() - last_event >= period:
                     self.event("decode")
                     last_event = time.monotonic()
+                    _raise_if_cancelled(self.cancel)  # the feedback may have waited for the node's locks
                 step_started = time.monotonic()
                 token = self.choose(self.engine.decode_step(cache, token, position))
                 self.count_step(time.monotonic() - step_started)
