@@ -6,7 +6,7 @@
                   and the node's online timing side by side
 - decode_overhead: time per token of our engine at alpha = 0 against model.generate, both
                    forced to the same token count on the same prompts through the same
-                   forward; the default (lean int8) engine beside them; decode step vs alpha
+                   forward; the default (lean step) engine beside them; decode step vs alpha
 - eviction_share: eviction time as a share of prefill time, per prompt length
 - prefill_overhead: the engine's chunked, hooked prefill against one plain forward, per
                   chunk size, and at the default chunk with transformers' masked attention
@@ -113,7 +113,7 @@ def decode_overhead(engine, quick: bool, limit: int) -> dict:
     """Time per generated token of our engine's loop (alpha = 0) against model.generate, both
     forced to exactly the same number of tokens on the same prompts and computing the same
     thing: transformers' forward on the model's own weights over the same in-place cache
-    (quantization ''); the default engine (its lean int8 step) on the same prompts beside
+    (quantization ''); the default engine (its lean step) on the same prompts beside
     them; and the default engine's decode step at alpha = 0 / 0.5 / 0.9 for prompts of 512
     tokens up to the calibrated length."""
     vocab, n_new = engine.loaded.model.config.vocab_size, 32 if quick else 96

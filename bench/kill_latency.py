@@ -71,6 +71,7 @@ def kill_set(client, prompt: str, n_goals: int, rate: float, max_new: int, base_
             seen.append(run.done_at - (run.accepted_at + budget))
     return {"statuses": statuses,
             "server_deadline_margin_s": summary(server) if server else None,
+            "server_deadline_margins_s": sorted(server),  # each killed goal's, to see the tail
             "client_seen_latency_s": summary(seen) if seen else None,
             "p50_s": summary(server)["median"] if server else None,
             "p99_s": summary(server)["p99"] if server else None}

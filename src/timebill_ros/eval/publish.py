@@ -93,7 +93,7 @@ def bench_table(load: Callable[[str], dict]) -> str:
                  f"({dec['engine_over_generate_pct']:+.1f} %)", "overhead < 5 %", "decode_overhead"))
     if "default_engine_s_per_token" in dec:
         lean = dec["default_engine_s_per_token"]["median"]
-        rows.append((f"the same tokens on the default engine ({dec['default_dtype']}: the lean int8 decode step)",
+        rows.append((f"the same tokens on the default engine ({dec['default_dtype']}: the lean decode step)",
                      f"{_ms(lean)} ({dec['generate_s_per_token']['median'] / lean:.2f}x faster than `generate`)",
                      "", "decode_overhead"))
     for n, steps in dec["decode_step_s_by_prompt_and_alpha"].items():
