@@ -157,7 +157,7 @@ def decode_overhead(engine, quick: bool, limit: int) -> dict:
             "decode_step_s_by_prompt_and_alpha": by_length}
 
 
-CANCEL_CHECKS = "before every attention block and MLP"
+CANCEL_CHECKS = "before every attention block and MLP, and between the halves of a later chunk's attention"
 
 
 def prefill_overhead(engine, quick: bool, limit: int, chunks: tuple[int, ...] = (512, 1024, 2048)) -> dict:

@@ -189,6 +189,30 @@ def test_kill_during_prefill_lands_before_the_next_block_of_the_layer(tiny, kill
     assert result.status is Status.KILLED_AT_DEADLINE and ran == ["attn0"]
 
 
+def test_kill_inside_a_later_chunks_attention_lands_between_its_two_halves(tiny):
+    """A kill set in layer 0's q projection of the second chunk (inside the attention block,
+    after its pre-hook check) stops prefill before that block's output projection runs."""
+    token = CancelToken()
+    e = engine_with(tiny, CountingPredictor(), prefill_chunk=64)
+    attn = tiny.model.model.layers[0].self_attn
+    q_calls, o_calls = [], []
+
+    def on_q(*args):
+        q_calls.append(1)
+        if len(q_calls) == 2:  # the second chunk: the first with cached positions before it
+            token.cancel(Status.KILLED_AT_DEADLINE, "deadline")
+
+    hooks = [attn.q_proj.register_forward_hook(on_q),
+             attn.o_proj.register_forward_hook(lambda *a: o_calls.append(1))]
+    try:
+        result = e.run(Request(ids(300), budget=30.0), token)
+    finally:
+        for h in hooks:
+            h.remove()
+        e.close()
+    assert result.status is Status.KILLED_AT_DEADLINE and len(q_calls) == 2 and len(o_calls) == 1
+
+
 def test_kill_during_prefill_does_not_wait_for_the_predictor(tiny):
     """The predictor kills the job and then blocks: the job must end while it still blocks."""
     token, release, finished = CancelToken(), threading.Event(), threading.Event()

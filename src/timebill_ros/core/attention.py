@@ -11,10 +11,14 @@ chunk with `is_causal`) and merges them by their log-sum-exp, which is exact:
 The split runs only inside `split_chunks()` (the engine's prefill: batch 1, no padding, so the
 mask it ignores is exactly that causal pattern) and only on CPU, where torch's flash kernel
 returns the log-sum-exp; everything else goes to transformers' SDPA unchanged.
+
+Between the two kernels `split_chunks(check)` calls CHECK (the engine's cancel check): the
+attention of a later chunk is the longest block of prefill, and a kill that lands in it
+then waits for half of it.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -22,16 +26,19 @@ import torch
 
 NAME = "timebill_sdpa"
 _ENABLED: ContextVar[bool] = ContextVar("timebill_split_chunks", default=False)
+_CHECK: ContextVar[Callable[[], None] | None] = ContextVar("timebill_split_check", default=None)
 
 
 @contextmanager
-def split_chunks() -> Iterator[None]:
-    """Within this block, chunks with cached positions before them take the split attention."""
-    token = _ENABLED.set(True)
+def split_chunks(check: Callable[[], None] | None = None) -> Iterator[None]:
+    """Within this block, chunks with cached positions before them take the split attention,
+    calling CHECK (which may raise to stop prefill) between its two halves."""
+    token, check_token = _ENABLED.set(True), _CHECK.set(check)
     try:
         yield
     finally:
         _ENABLED.reset(token)
+        _CHECK.reset(check_token)
 
 
 def chunk_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -59,6 +66,9 @@ def _split(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling:
     out_past, lse_past = flash(query.reshape(b, kv_heads, rep * q_len, d), key[:, :, :past], value[:, :, :past],
                                0.0, False, scale=scaling)
     out_past, lse_past = out_past.reshape(b, heads, q_len, d), lse_past.reshape(b, heads, q_len)
+    check = _CHECK.get()
+    if check is not None:
+        check()
     out_chunk, lse_chunk = flash(query, repeat_kv(key[:, :, past:], rep), repeat_kv(value[:, :, past:], rep),
                                  0.0, True, scale=scaling)
     lse = torch.logaddexp(lse_past, lse_chunk)

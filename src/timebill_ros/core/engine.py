@@ -38,6 +38,13 @@ class Stopped(Exception):
         self.status, self.reason = status, reason
 
 
+# The pieces the cancel checks cut a layer of a later prefill chunk into, for the start-up
+# warning (core.timing.prefill_kill_warning): the attention block in two halves, the MLP.
+# (MLPs in row slices would cut it further; left out: one trial run showed them slower, within
+# the benchmark's run-to-run noise on this host, so undecided.)
+PREFILL_PIECES_PER_LAYER = 3
+
+
 @dataclass
 class EngineConfig:
     """Engine-wide settings (per-request ones live on Request)."""
@@ -116,7 +123,8 @@ class Engine:
 
         SnapKV scores are recorded during the last chunk, which is made at least one
         observation window long. The cancel token is honoured before every attention block
-        and MLP (raising Stopped), so a kill does not wait for the running chunk.
+        and MLP and between the two halves of a later chunk's attention (raising Stopped), so
+        a kill does not wait for the running chunk.
         ON_CHUNK(start, end, seconds) is called after each chunk that completed.
         """
         cache = new_cache(self.loaded.model.config)  # grows in place: a decode step copies nothing
@@ -129,7 +137,9 @@ class Engine:
                 _raise_if_cancelled(cancel)
                 self.scorer.armed = i == len(bounds) - 1
                 t0 = time.monotonic()
-                with split_chunks():  # a chunk after cached ones: attention without a mask
+                # A chunk after cached ones: attention without a mask, the cancel token checked
+                # between its two halves as well as before every attention block and MLP.
+                with split_chunks(lambda: _raise_if_cancelled(cancel)):
                     out = self.loaded.model(
                         input_ids=torch.tensor([ids[start:end]], device=self.loaded.device), cache=cache,
                         use_cache=True, logits_to_keep=1,

@@ -73,24 +73,28 @@ def largest_chunk_within(timing: TimingModel, seconds: float, context: int, step
     return best
 
 
-def prefill_kill_warning(timing: TimingModel, chunk: int, context: int, period: float, layers: int = 1) -> str | None:
-    """Why a kill during prefill could land later than its bound (one control PERIOD plus one
-    decode step) with this CHUNK, and the chunk that would not; None when the chunk is fine.
+def prefill_kill_warning(timing: TimingModel, chunk: int, context: int, period: float, layers: int = 1,
+                         pieces_per_layer: int = 2) -> str | None:
+    """Why a kill during prefill could land more than one decode step after its deadline with
+    this CHUNK, and the chunk that would not; None when the chunk is fine.
 
-    The deadline timer notices a kill within one period; the engine then stops at its next
-    cancel check, before each attention block and MLP of the model's LAYERS, so the wait is
-    one of the 2 x LAYERS pieces of the slowest chunk (taken as an equal share). It must not
-    exceed one decode step at that context, the bound's second term. PERIOD only names it."""
-    checks = 2 * layers
+    A Kill job's token is armed with its deadline (the control timer, one PERIOD at most,
+    backs it up); the engine stops at its next cancel check. The model's LAYERS are cut into
+    PIECES_PER_LAYER pieces by those checks (the engine's: before the attention block and the
+    MLP, and between the halves of a later chunk's attention), so the
+    wait is one piece of the slowest chunk, taken as an equal share. It must not exceed one
+    decode step at that context."""
+    checks = pieces_per_layer * layers
     step = timing.decode_step(context)
     piece = slowest_chunk(timing, chunk, context) / checks
     if piece <= step:
         return None
     fit = largest_chunk_within(timing, step * checks, context)
-    return (f"prefill_chunk {chunk}: a kill during prefill waits for one attention block or MLP of a chunk, up to "
-            f"{1000 * piece:.0f} ms here, longer than one decode step ({1000 * step:.0f} ms), so it can land later "
-            f"than one control period ({1000 * period:.0f} ms) plus one decode step; prefill_chunk <= {fit} keeps it "
-            "within (calibrate again after changing it)")
+    return (f"prefill_chunk {chunk}: a kill during prefill waits for the running piece of a layer (part of an "
+            f"attention block or MLP), up to {1000 * piece:.0f} ms here, longer than one decode step "
+            f"({1000 * step:.0f} ms), so it can land later than one decode step after its deadline (and than one "
+            f"control period, {1000 * period:.0f} ms, plus one step); prefill_chunk <= {fit} keeps it within "
+            "(calibrate again after changing it)")
 
 
 def _nonnegative_least_squares(design: np.ndarray, seconds: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ from timebill_msgs.action import TimedGenerate
 from timebill_msgs.msg import Request as RequestMsg
 from timebill_msgs.msg import ResultRecord
 from timebill_ros.core.calibration import Calibration, CalibrationError, CalibrationKey, default_calibration_path
-from timebill_ros.core.engine import Engine
+from timebill_ros.core.engine import PREFILL_PIECES_PER_LAYER, Engine
 from timebill_ros.core.eviction import UnsupportedModelError
 from timebill_ros.core.jobs import CancelToken, Event, OverrunPolicy, Request, Result, Status
 from timebill_ros.core.model import ModelLoadError, encode_prompt, load_model
@@ -268,7 +268,8 @@ class TimeBillServer(LifecycleNode):
                 f"the calibration does not fit this node: {mismatch}; plans may be off; "
                 "calibrate with --params-file <this node's params file>")
         warning = prefill_kill_warning(calibration.planning_timing(), self.params.prefill_chunk, longest_prompt,
-                                       1.0 / self.params.control_rate_hz, self.loaded.model.config.num_hidden_layers)
+                                       1.0 / self.params.control_rate_hz, self.loaded.model.config.num_hidden_layers,
+                                       PREFILL_PIECES_PER_LAYER)
         if warning:
             self.get_logger().warning(warning)
         return calibration, ""
