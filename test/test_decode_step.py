@@ -6,8 +6,14 @@ import torch
 from transformers import DynamicCache
 
 from timebill_ros.core import model as model_module
-from timebill_ros.core.decode_step import (FloatMatrix, Int4Matrix, Int8Matrix, LeanDecodeStep, int4_where_exact,
-                                          unsupported_reason)
+from timebill_ros.core.decode_step import (
+    FloatMatrix,
+    Int4Matrix,
+    Int8Matrix,
+    LeanDecodeStep,
+    int4_where_exact,
+    unsupported_reason,
+)
 from timebill_ros.core.eviction import evict
 from timebill_ros.core.kv_cache import GrowingCache, GrowingLayer, new_cache
 from timebill_ros.core.model import ModelLoadError, load_model

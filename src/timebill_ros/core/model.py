@@ -61,7 +61,7 @@ class LoadedModel:
     dtype: str
     threads: int
     device: torch.device = torch.device("cpu")
-    # quantization "auto-decode" / "int8-decode" / "int4-decode": the decode step on packed weights (core/decode_step.py)
+    # quantization "auto-decode" / "int8-decode" / "int4-decode": the decode step on packed weights
     lean_step: LeanDecodeStep | None = None
 
     def synchronize(self) -> None:
