@@ -167,6 +167,16 @@ def test_a_deadline_armed_in_the_future_lets_the_job_finish(engine):
     assert (token.status, token.reason) == (Status.CANCELED, "first")
 
 
+def run_then_release(e: Engine, hooks: list, request: Request, token: CancelToken):
+    """E's result for REQUEST; then the HOOKS are removed and E closed, whatever happened."""
+    try:
+        return e.run(request, token)
+    finally:
+        for h in hooks:
+            h.remove()
+        e.close()
+
+
 @pytest.mark.parametrize("kill", ["cancel", "armed deadline"])
 def test_kill_during_prefill_lands_before_the_next_block_of_the_layer(tiny, kill):
     """One chunk holds the whole prompt; a kill set inside layer 0's attention (by a cancel,
@@ -180,12 +190,7 @@ def test_kill_during_prefill_lands_before_the_next_block_of_the_layer(tiny, kill
     hooks = [m.register_forward_hook(lambda mod, a, out, name=name: ran.append(name))
              for i, layer in enumerate(layers) for name, m in ((f"attn{i}", layer.self_attn), (f"mlp{i}", layer.mlp))]
     hooks.append(layers[0].self_attn.register_forward_hook(lambda *a: stop() and None))
-    try:
-        result = e.run(Request(ids(300), budget=30.0), token)
-    finally:
-        for h in hooks:
-            h.remove()
-        e.close()
+    result = run_then_release(e, hooks, Request(ids(300), budget=30.0), token)
     assert result.status is Status.KILLED_AT_DEADLINE and ran == ["attn0"]
 
 
@@ -204,12 +209,7 @@ def test_kill_inside_a_later_chunks_attention_lands_between_its_two_halves(tiny)
 
     hooks = [attn.q_proj.register_forward_hook(on_q),
              attn.o_proj.register_forward_hook(lambda *a: o_calls.append(1))]
-    try:
-        result = e.run(Request(ids(300), budget=30.0), token)
-    finally:
-        for h in hooks:
-            h.remove()
-        e.close()
+    result = run_then_release(e, hooks, Request(ids(300), budget=30.0), token)
     assert result.status is Status.KILLED_AT_DEADLINE and len(q_calls) == 2 and len(o_calls) == 1
 
 

@@ -63,8 +63,9 @@ class CancelToken:
     def arm_deadline(self, deadline: float, reason: str) -> None:
         """Stop with KILLED_AT_DEADLINE by itself once time.monotonic() reaches DEADLINE.
 
-        The engine checks the token before every decode step and every attention block and
-        MLP of prefill, so an armed kill lands within one of those after the deadline,
+        The engine checks the token before every decode step and, in prefill, before every
+        attention block and MLP and between the halves of a later chunk's attention, so an
+        armed kill lands within one of those pieces after the deadline,
         instead of waiting for the next tick of a control timer (up to a period later) and
         for that timer's callback to get the interpreter from the busy engine thread."""
         self._deadline, self._deadline_reason = deadline, reason
