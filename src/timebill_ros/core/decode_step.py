@@ -94,9 +94,10 @@ class Int4Matrix(_PackedMatrix):
         blocks = weight.view(rows, cols // self.GROUP, self.GROUP)
         low = blocks.amin(dim=-1)
         scales = ((blocks.amax(dim=-1) - low) / 15.0).clamp(min=torch.finfo(torch.float32).tiny)
-        levels = torch.round((blocks - low[..., None]) / scales[..., None]).clamp(0, 15)
+        in_levels = (blocks - low[..., None]) / scales[..., None]
+        levels = torch.round(in_levels).clamp(0, 15)
         # Largest distance of a weight from its level, in levels: ~0 for Q4_1 blocks, up to 0.5 otherwise.
-        self.error_in_levels = float(((blocks - low[..., None]) / scales[..., None] - levels).abs().max())
+        self.error_in_levels = float((in_levels - levels).abs().max())
         levels = levels.to(torch.int32)
         self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels.view(rows, cols), 1)
         # The kernel computes (level - 8) * scale + zero, so zero = low + 8 * scale; [blocks, rows, 2].
