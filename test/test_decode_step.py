@@ -148,6 +148,32 @@ def test_the_lean_step_computes_what_the_forward_computes(tiny):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, reference))
 
 
+def test_a_float16_cache_holds_the_prompt_rounded_and_decodes_like_float32(tiny):
+    """KV_DTYPE float16 (what the served steps use): the first step moves the prefill's float32
+    entries into a float16 buffer (rounded, nothing else changed), later steps write into it,
+    and the logits stay within float16's rounding of the float32 cache's."""
+    model = tiny.model
+    prompt = prompt_ids(50, model.config.vocab_size, seed=3)
+    reference = lean_decode(LeanDecodeStep(model, FloatMatrix), model, prompt, 8)
+    step = LeanDecodeStep(model, FloatMatrix, kv_dtype=torch.float16)
+    cache = GrowingCache()
+    with torch.inference_mode():
+        logits = model(input_ids=prompt, cache=cache, use_cache=True).logits[:, -1]
+    prefilled = cache.layers[1].keys.clone()
+    trace = []
+    for i in range(8):
+        logits = step(cache, int(logits.argmax(-1)), prompt.shape[1] + i)
+        trace.append(logits)
+    layer = cache.layers[1]
+    assert layer.keys.dtype == torch.float16 and layer._key_buffer.dtype == torch.float16
+    assert torch.equal(layer.keys[..., :50, :], prefilled.half())
+    assert layer.keys.data_ptr() == layer._key_buffer.data_ptr()  # still views: no copy per step
+    for got, expected in zip(trace, reference):
+        assert int(got.argmax(-1)) == int(expected.argmax(-1))
+        assert torch.allclose(got, expected, atol=2e-3 * expected.abs().max().item())
+    assert step.describe().endswith("; K/V float16")
+
+
 def test_the_int8_step_follows_the_float_forward(tiny_model_dir):
     """Same greedy tokens and logits within the int8 + bfloat16 rounding, on a model with q/k/v
     biases and grouped heads; a wrong RoPE, norm or head layout would be far off."""

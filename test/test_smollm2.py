@@ -173,7 +173,7 @@ def test_the_default_step_gives_back_the_ggufs_q4_1_weights(smollm2):
     assert torch.allclose(Int4Matrix(q_proj)(x), want, atol=0.01 * want.abs().max().item())
     loaded = load_model("builtin:smollm2", threads=2, quantization="auto-decode")
     layers = len(smollm2.model.model.layers)
-    assert loaded.lean_step.describe() == f"int4 x {4 * layers}, int8 x 1"
+    assert loaded.lean_step.describe() == f"int4 x {4 * layers}, int8 x 1; K/V float16"
     int4 = Engine(loaded, FREE, FixedLengthPredictor(16), EngineConfig(snapkv_window=16, prefill_chunk=64))
     try:
         result = int4.run(Request(encode_prompt(loaded.tokenizer, PROMPT), budget=1e6, max_new_tokens=16),

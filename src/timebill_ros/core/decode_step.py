@@ -17,7 +17,11 @@ This step does the same arithmetic with less of both:
   matrix, builtin:smollm2-tasks, gets int8 throughout);
 - q/k/v fused into one matrix and gate/up into another: 5 matmuls a layer instead of 7;
 - one plain loop over the layers (RMSNorm, RoPE, cache update, SDPA with a KV group's
-  queries as rows): no module hooks, masks or output records.
+  queries as rows): no module hooks, masks or output records;
+- the K/V cache in float16 from the first decode step on (as llama.cpp keeps it by
+  default): at 2,048 tokens attention reads the cache for a third of the step, and half
+  the bytes make it ~30 % cheaper. The cache's float32 entries from prefill are rounded
+  once, on that first step (core/kv_cache.py adopts the new dtype).
 Prefill keeps transformers' forward on the model's own weights (many rows a matmul: there
 the float kernels are fast and exact), so the prompt's cache is the model's own and only
 decoded tokens see the int8 rounding (<= half of 1/127 of a row's largest weight) and the
@@ -41,7 +45,7 @@ from timebill_ros.core.kv_cache import full_attention_only
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
 # Raise when a change makes the step faster or slower: calibrations are keyed by it, so a
 # calibration that timed an older step is made again instead of planning with stale times.
-STEP_VERSION = 2  # 2: grouped queries as rows instead of SDPA's repeated keys and values
+STEP_VERSION = 3  # 2: grouped queries as rows instead of SDPA's repeated keys and values; 3: float16 K/V
 
 
 def calibration_tag(quantization: str) -> str:
@@ -165,28 +169,32 @@ class LeanDecodeStep:
     """model(input_ids=[[token]], position_ids=[[position]], cache=cache).logits[:, -1], leaner;
     MATRIX makes each layer matrix from its nn.Linears (Int8Matrix, Int4Matrix or
     int4_where_exact serve, FloatMatrix checks the arithmetic), HEAD the output layer (MATRIX
-    when not given)."""
+    when not given). KV_DTYPE: the dtype the cache holds keys and values in from this step on
+    (None: the model's own, which keeps the arithmetic equal to the forward's)."""
 
-    def __init__(self, model: nn.Module, matrix: Callable = Int8Matrix, head: Callable | None = None) -> None:
+    def __init__(self, model: nn.Module, matrix: Callable = Int8Matrix, head: Callable | None = None,
+                 kv_dtype: torch.dtype | None = None) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"the lean decode step does not support this model: {reason}")
         body = model.model
         self.embed, self.rotary, self.final_norm = body.embed_tokens, body.rotary_emb, body.norm
-        self.layers = [_Layer(layer, matrix) for layer in body.layers]
+        self.layers = [_Layer(layer, matrix, kv_dtype) for layer in body.layers]
         self.lm_head = (head or matrix)(model.lm_head)
+        self.kv_dtype = kv_dtype
 
     def describe(self) -> str:
         """Which kernels hold the weights, e.g. 'int4 x 120, int8 x 1' (logged at load, in benchmarks)."""
         kinds = [type(m).__name__.removesuffix("Matrix").lower() for layer in self.layers
                  for m in (layer.qkv, layer.o, layer.gate_up, layer.down)] + \
             [type(self.lm_head).__name__.removesuffix("Matrix").lower()]
-        return ", ".join(f"{kind} x {kinds.count(kind)}" for kind in sorted(set(kinds)))
+        weights = ", ".join(f"{kind} x {kinds.count(kind)}" for kind in sorted(set(kinds)))
+        return weights if self.kv_dtype is None else f"{weights}; K/V {str(self.kv_dtype).removeprefix('torch.')}"
 
     @classmethod
     def for_quantization(cls, model: nn.Module, quantization: str) -> "LeanDecodeStep":
-        """The step a lean QUANTIZATION (a key of LEAN_QUANTIZATIONS) names."""
-        return cls(model, *LEAN_QUANTIZATIONS[quantization])
+        """The step a lean QUANTIZATION (a key of LEAN_QUANTIZATIONS) names, with a float16 K/V cache."""
+        return cls(model, *LEAN_QUANTIZATIONS[quantization], kv_dtype=SERVED_KV_DTYPE)
 
     @torch.inference_mode()
     def __call__(self, cache: object, token: int, position: int) -> torch.Tensor:
@@ -202,7 +210,7 @@ class LeanDecodeStep:
 class _Layer:
     """One decoder layer's decode-step weights and arithmetic."""
 
-    def __init__(self, layer: nn.Module, matrix: Callable) -> None:
+    def __init__(self, layer: nn.Module, matrix: Callable, kv_dtype: torch.dtype | None) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.qkv = matrix(attn.q_proj, attn.k_proj, attn.v_proj)
         self.o = matrix(attn.o_proj)
@@ -213,6 +221,7 @@ class _Layer:
         q_size, k_size, v_size = self.qkv.splits
         self.heads, self.kv_heads = q_size // self.head_dim, k_size // self.head_dim
         self.qk_v = (q_size + k_size, v_size)  # queries and keys apart from values
+        self.kv_dtype = kv_dtype
 
     def __call__(self, hidden: torch.Tensor, cache_layer: object, cos: torch.Tensor, sin: torch.Tensor
                  ) -> torch.Tensor:
@@ -220,12 +229,15 @@ class _Layer:
         qk, v = self.qkv(_rms_norm(hidden, self.norm_in)).split(self.qk_v, dim=-1)
         # Queries and keys are rotated together: one set of operations instead of two.
         qk = apply_rope(qk.view(heads + kv_heads, 1, head_dim), cos, sin)[None]  # [1, heads + kv_heads, 1, head_dim]
-        keys, values = cache_layer.update(qk[:, heads:], v.view(1, kv_heads, 1, head_dim))
+        key, value = qk[:, heads:], v.view(1, kv_heads, 1, head_dim)
+        if self.kv_dtype is not None:
+            key, value = key.to(self.kv_dtype), value.to(self.kv_dtype)
+        keys, values = cache_layer.update(key, value)
         # The one query of each head as a row of its KV group ([1, kv_heads, group, head_dim]):
         # grouped-query attention without repeating keys and values per query head, which
         # SDPA's enable_gqa does (a third of the step at 4k tokens on SmolLM2).
-        q = qk[:, :heads].reshape(1, kv_heads, heads // kv_heads, head_dim)
-        attended = F.scaled_dot_product_attention(q, keys, values, scale=self.scaling)
+        q = qk[:, :heads].reshape(1, kv_heads, heads // kv_heads, head_dim).to(keys.dtype)
+        attended = F.scaled_dot_product_attention(q, keys, values, scale=self.scaling).to(hidden.dtype)
         hidden = hidden + self.o(attended.reshape(1, heads * head_dim))
         gate, up = self.gate_up(_rms_norm(hidden, self.norm_post)).split(self.gate_up.splits, dim=-1)
         return hidden + self.down(F.silu(gate) * up)
@@ -237,6 +249,9 @@ def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
         return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
     return norm.weight * F.rms_norm(x.float(), norm.weight.shape, None, norm.variance_epsilon).to(x.dtype)
 
+
+# The served steps' cache dtype (llama.cpp's default too); measured on the task suite (README).
+SERVED_KV_DTYPE = torch.float16
 
 # quantization name -> (layer matrices, output layer). The output layer stays int8 under
 # int4-decode: in a Q4_1 GGUF the token embeddings it shares are not Q4_1 blocks, and a

@@ -7,7 +7,9 @@ and exposes `keys` / `values` as views of its filled part, so attention reads th
 numbers and a step writes only its own entry.
 
 Eviction (core/eviction.py) replaces `keys` / `values` with gathered tensors; the next
-update notices they are no longer views of the buffer and adopts them into a new one.
+update notices they are no longer views of the buffer and adopts them into a new one. An
+update in another dtype (float16 from the lean decode step after a float32 prefill)
+converts the layer's entries into a new buffer the same way.
 """
 from __future__ import annotations
 
@@ -34,7 +36,9 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         filled = self.get_seq_length()
         end = filled + key_states.shape[-2]
-        if not self._owns_keys() or end > self._key_buffer.shape[-2]:
+        # A writer in another dtype (the lean decode step's float16 after a float32 prefill)
+        # moves the whole layer to it once.
+        if not self._owns_keys() or end > self._key_buffer.shape[-2] or self._key_buffer.dtype != key_states.dtype:
             self._reallocate(key_states, value_states, filled, capacity=max(2 * filled, end + HEADROOM))
         self._key_buffer[..., filled:end, :] = key_states
         self._value_buffer[..., filled:end, :] = value_states
