@@ -106,11 +106,16 @@ class Engine:
         self.predictor_pool.shutdown(wait=False, cancel_futures=True)
 
     def warm_up(self) -> None:
-        """One short prefill and decode step: the first forward of a process allocates and picks
-        kernels (about a second for SmolLM2 here), which must not land on the first goal."""
-        cache, logits = self.prefill(list(range(1, self.press.window + 1)))
+        """One short prefill and decode step, and one prediction on the predictor's thread: the
+        first forward of a process, and the first torch work of each thread (its OpenMP team,
+        kernel choices), is slow (about a second for SmolLM2 here) and must not land on the
+        first goal. Call it on the thread that will run the goals (the node's engine thread)."""
+        ids = list(range(1, self.press.window + 1))
+        prediction = self.predictor_pool.submit(self.predictor.predict, ids)
+        cache, logits = self.prefill(ids)
         self.decode_step(cache, int(logits.argmax(-1)), self.press.window)
         self.loaded.synchronize()
+        prediction.result()
 
     def _check_cancel(self, module: torch.nn.Module, args: tuple) -> None:
         _raise_if_cancelled(self._prefill_cancel)

@@ -29,6 +29,7 @@ import time
 import traceback
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -118,6 +119,11 @@ class TimeBillServer(LifecycleNode):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("timebill_node", **kwargs)
+        # Every engine call (warm-up, goals) runs on this one thread (made first: destroy_node
+        # releases it even when a bad parameter stops __init__): the executor would spread
+        # goals over its threads, and a thread's first torch work is slow (its OpenMP team,
+        # kernel caches), so the first goal on each executor thread paid for it.
+        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="timebill_engine")
         self.params = NodeParams.declare(self)
         self.params.validate()  # before the model loads: a bad value costs no loading time
         self.loaded = self.engine = self.calibration = self.calibration_file = None
@@ -218,7 +224,7 @@ class TimeBillServer(LifecycleNode):
         if self.calibration:
             self.engine.online = online_timing_from(self.calibration, window=self.params.online_window,
                                                     enabled=self.params.online_timing)
-        self.engine.warm_up()
+        self._engine_thread.submit(self.engine.warm_up).result()
         self.limits = self.params.limits(self.loaded.context_limit)
 
     def _release(self) -> None:
@@ -402,7 +408,8 @@ class TimeBillServer(LifecycleNode):
 
         if job.policy is OverrunPolicy.KILL:  # the engine stops itself at the deadline; the timer backs it up
             job.cancel.arm_deadline(job.deadline, kill_reason(job.request.budget))
-        return apply_overrun_policy(self.engine.run(job.request, job.cancel, publish), job.policy)
+        ran = self._engine_thread.submit(self.engine.run, job.request, job.cancel, publish)
+        return apply_overrun_policy(ran.result(), job.policy)
 
     def _finish(self, job: GoalJob, result: Result) -> TimedGenerate.Result:
         self._count(result)
@@ -474,6 +481,11 @@ class TimeBillServer(LifecycleNode):
         """Stop taking goals and stop every held job; their results say why."""
         self._shutting_down = True
         self._abort_held("node shutting down")
+
+    def destroy_node(self) -> None:
+        """Release the engine thread with the node (a held job has been stopped by shutdown)."""
+        self._engine_thread.shutdown(wait=False, cancel_futures=True)
+        super().destroy_node()
 
     def _abort_held(self, reason: str) -> None:
         with self._lock:
