@@ -33,6 +33,7 @@ architectures are refused at load with the reason.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -90,26 +91,44 @@ class Int4Matrix(_PackedMatrix):
 
     GROUP = 32
 
-    def __init__(self, *linears: nn.Linear) -> None:
+    def __init__(self, *linears: nn.Linear, blocks: Q4Blocks | None = None) -> None:
         weight, self.bias, self.splits = _stack(linears)
+        blocks = blocks or Q4Blocks.of(weight)
+        self.error_in_levels = blocks.error_in_levels
         rows, cols = weight.shape
-        if cols % self.GROUP:
-            raise ValueError(f"int4 blocks need inputs in multiples of {self.GROUP}, this matrix has {cols}")
-        blocks = weight.view(rows, cols // self.GROUP, self.GROUP)
+        self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(blocks.levels.view(rows, cols), 1)
+        # The kernel computes (level - 8) * scale + zero, so zero = low + 8 * scale; [blocks, rows, 2].
+        self.scales_zeros = torch.stack([blocks.scales, blocks.low + 8 * blocks.scales], dim=-1) \
+            .transpose(0, 1).contiguous().to(torch.bfloat16)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, self.GROUP, self.scales_zeros)
+
+
+@dataclass(frozen=True)
+class Q4Blocks:
+    """A weight matrix cut into blocks of 32 inputs, each as 16 levels from its minimum to its
+    maximum (Q4_1), and how far the weights sit from those levels."""
+
+    levels: torch.Tensor  # [rows, blocks, 32] int32 in 0..15
+    scales: torch.Tensor  # [rows, blocks]
+    low: torch.Tensor  # [rows, blocks]
+    error_in_levels: float
+
+    @classmethod
+    def of(cls, weight: torch.Tensor) -> "Q4Blocks":
+        """WEIGHT [rows, cols] in blocks; ValueError when cols is not a multiple of 32."""
+        rows, cols = weight.shape
+        if cols % Int4Matrix.GROUP:
+            raise ValueError(f"int4 blocks need inputs in multiples of {Int4Matrix.GROUP}, this matrix has {cols}")
+        blocks = weight.view(rows, cols // Int4Matrix.GROUP, Int4Matrix.GROUP)
         low = blocks.amin(dim=-1)
         scales = ((blocks.amax(dim=-1) - low) / 15.0).clamp(min=torch.finfo(torch.float32).tiny)
         in_levels = (blocks - low[..., None]) / scales[..., None]
         levels = torch.round(in_levels).clamp(0, 15)
         # Largest distance of a weight from its level, in levels: ~0 for Q4_1 blocks, up to 0.5 otherwise.
-        self.error_in_levels = float((in_levels - levels).abs().max())
-        levels = levels.to(torch.int32)
-        self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels.view(rows, cols), 1)
-        # The kernel computes (level - 8) * scale + zero, so zero = low + 8 * scale; [blocks, rows, 2].
-        self.scales_zeros = torch.stack([scales, low + 8 * scales], dim=-1).transpose(0, 1).contiguous() \
-            .to(torch.bfloat16)
-
-    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, self.GROUP, self.scales_zeros)
+        error = float((in_levels - levels).abs().max())
+        return cls(levels.to(torch.int32), scales, low, error)
 
 
 # A matrix whose weights sit this close to their 4-bit levels holds Q4_1 blocks (the float
@@ -118,12 +137,13 @@ EXACT_LEVELS = 1e-3
 
 
 def int4_where_exact(*linears: nn.Linear) -> Int4Matrix | Int8Matrix:
-    """An Int4Matrix if the weights are 4-bit blocks of 32 (so int4 loses nothing), else an Int8Matrix."""
+    """An Int4Matrix if the weights are 4-bit blocks of 32 (so int4 loses nothing), else an
+    Int8Matrix; the blocks are measured once and packed only when exact."""
     try:
-        int4 = Int4Matrix(*linears)
+        blocks = Q4Blocks.of(_stack(linears)[0])
     except ValueError:  # inputs not in blocks of 32: they cannot have come from Q4_1 either
         return Int8Matrix(*linears)
-    return int4 if int4.error_in_levels <= EXACT_LEVELS else Int8Matrix(*linears)
+    return Int4Matrix(*linears, blocks=blocks) if blocks.error_in_levels <= EXACT_LEVELS else Int8Matrix(*linears)
 
 
 class FloatMatrix:
