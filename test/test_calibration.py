@@ -40,6 +40,18 @@ def test_a_calibration_for_other_weights_or_shorter_prompts_says_why_it_does_not
     assert "machine" in reasons[1] and f"up to {profiled} tokens" in reasons[2]
 
 
+def test_a_calibration_whose_held_out_error_is_large_is_reported_as_a_poor_fit(calibration_file):
+    """A profile disturbed by other work fits badly; its held-out error says so, and the node
+    and `timebill calibrate` warn with the fix instead of planning silently with it."""
+    from dataclasses import replace
+
+    cal = Calibration.load(calibration_file)
+    assert replace(cal, prefill_mape=9.0, decode_mape=2.0).poor_fit_warning() is None
+    warning = replace(cal, prefill_mape=29.4, decode_mape=8.5).poor_fit_warning()
+    assert "held-out error is prefill 29 %" in warning and "decode" not in warning.split("(")[0]
+    assert "calibrate again when the machine is idle" in warning
+
+
 def test_missing_calibration_names_file_and_command(tmp_path):
     with pytest.raises(CalibrationError, match=r"no calibration at .*nope\.json.*timebill calibrate"):
         Calibration.load(tmp_path / "nope.json")

@@ -110,6 +110,8 @@ def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_le
     click.echo(f"saved {path}")
     click.echo(f"prefill(N) = {t.a:.3e}*N^2 + {t.b:.3e}*N + {t.c:.3e} s   held-out MAPE {result.prefill_mape:.2f}%")
     click.echo(f"decode(N_kv) = {t.p:.3e}*N_kv + {t.q:.3e} s          held-out MAPE {result.decode_mape:.2f}%")
+    if poor := result.poor_fit_warning():
+        click.echo(f"warning: {poor}", err=True)
     click.echo(f"WCET margins (bounding every sample): prefill +{100 * result.prefill_margin:.1f}% "
                f"+ {1000 * result.prefill_margin_s:.1f} ms, decode step +{100 * result.decode_margin:.1f}% "
                f"+ {1000 * result.decode_margin_s:.2f} ms; prefill beside the length predictor "

@@ -273,6 +273,8 @@ class TimeBillServer(LifecycleNode):
             self.get_logger().warning(
                 f"the calibration does not fit this node: {mismatch}; plans may be off; "
                 "calibrate with --params-file <this node's params file>")
+        if poor := calibration.poor_fit_warning():
+            self.get_logger().warning(f"{poor} (`timebill calibrate --params-file <this node's params file>`)")
         warning = prefill_kill_warning(calibration.planning_timing(), self.params.prefill_chunk, longest_prompt,
                                        1.0 / self.params.control_rate_hz, self.loaded.model.config.num_hidden_layers,
                                        PREFILL_PIECES_PER_LAYER)
