@@ -146,7 +146,9 @@ def bench_table(load: Callable[[str], dict]) -> str:
         rows.append((f"prefill of {n} tokens, ours ({llama['dtype']}) vs llama.cpp ({llama['llama_cpp_quantization']})",
                      f"{row['ours_prefill_s']:.3f} s vs {row['llama_cpp_prefill_s']:.3f} s "
                      f"({row['prefill_ratio_ours_over_llama_cpp']:.2f}x)", "ours faster (< 1x)", "llamacpp"))
-        weights = f" ({llama['decode_step_weights']} matrices)" if llama.get("decode_step_weights") else ""
+        # "int4 x 120, int8 x 1; K/V float16" -> " (int4 x 120, int8 x 1 matrices; K/V float16)"
+        matrices, _, cache = llama.get("decode_step_weights", "").partition("; ")
+        weights = f" ({matrices} matrices{'; ' + cache if cache else ''})" if matrices else ""
         rows.append((f"decode step with a {n}-entry cache, ours{weights} vs llama.cpp",
                      f"{_ms(row['ours_decode_step_s'])} vs {_ms(row['llama_cpp_decode_step_s'])} "
                      f"({row['decode_ratio_ours_over_llama_cpp']:.2f}x)", "<= 1.5x", "llamacpp"))

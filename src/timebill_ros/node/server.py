@@ -120,9 +120,11 @@ class TimeBillServer(LifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("timebill_node", **kwargs)
         # Every engine call (warm-up, goals) runs on this one thread (made first: destroy_node
-        # releases it even when a bad parameter stops __init__): the executor would spread
-        # goals over its threads, and a thread's first torch work is slow (its OpenMP team,
-        # kernel caches), so the first goal on each executor thread paid for it.
+        # releases it even when a bad parameter stops __init__), so the thread that was warmed
+        # up is the one that serves: the executor would spread goals over its threads, each
+        # starting its own OpenMP team on its first torch call. (The slow first goal once seen
+        # in make demo, ~1 s for a 63-token prefill, did not reproduce with or without this:
+        # 0.21-0.28 s either way.)
         self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="timebill_engine")
         self.params = NodeParams.declare(self)
         self.params.validate()  # before the model loads: a bad value costs no loading time
