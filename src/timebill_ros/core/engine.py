@@ -107,9 +107,9 @@ class Engine:
 
     def warm_up(self) -> None:
         """One short prefill and decode step, and one prediction on the predictor's thread: the
-        first forward of a process, and the first torch work of each thread (its OpenMP team,
-        kernel choices), is slow (about a second for SmolLM2 here) and must not land on the
-        first goal. Call it on the thread that will run the goals (the node's engine thread)."""
+        first forward of a process allocates and picks kernels (about a second for SmolLM2
+        here), and so does the predictor's, which must not land on the first goal. The node
+        calls it on the thread that runs its goals."""
         ids = list(range(1, self.press.window + 1))
         prediction = self.predictor_pool.submit(self.predictor.predict, ids)
         cache, logits = self.prefill(ids)
