@@ -188,3 +188,31 @@ def test_calibrate_and_eval_quality_help_name_the_node_defaults():
     quality = " ".join(CliRunner().invoke(cli, ["eval-quality", "--help"], terminal_width=400).output.split())
     said = re.search(r"--quantization TEXT (?:(?! --[a-z]).)*?\[default: ([^\]]*)\]", quality)
     assert said and said.group(1) == NodeParams.quantization, said
+
+
+def test_the_weights_table_scores_every_run_on_the_prompts_all_runs_share():
+    """A run that answered more prompts (a larger --limit) is scored on the shared ones only:
+    an extra, wrong answer changes neither its row nor the prompt count."""
+    import copy
+    import json
+
+    from timebill_ros.eval.publish import weights_table
+
+    float32 = json.loads((REPO / "docs" / "results" / "quality_smollm2_tasks_float32.json").read_text())
+    larger = copy.deepcopy(float32)
+    larger["dtype"] = "float32+auto-decode"
+    larger["answers"] += [{"id": "test-qa-0-39", "alpha": alpha, "answer": "nowhere", "tokens": 2}
+                          for alpha in (0.0, 0.95)]
+    larger["scores"]["qa"]["0.0"] = 0.5  # its own mean over all its prompts, the extra one included
+    runs = {"quality_smollm2_tasks.json": larger, "quality_smollm2_tasks_float32.json": float32}
+
+    def load(name: str) -> dict:
+        if name not in runs:
+            raise FileNotFoundError(name)
+        return runs[name]
+
+    rows = [line.split(" | ") for line in weights_table(load).splitlines() if line.startswith("| float32")]
+    assert len(rows) == 2 and rows[0][1:4] == rows[1][1:4]  # the same scores on the shared prompts
+    assert rows[0][4] == f"{len(float32['answers'])} of {len(float32['answers'])}"
+    prompts = len({a["id"] for a in float32["answers"]})
+    assert f"Scored on the {prompts} test prompts every run answered." in weights_table(load)

@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import statistics
 from pathlib import Path
 from typing import Callable
 
+from timebill_ros.eval import tasks
+from timebill_ros.eval.metrics import score
 from timebill_ros.eval.publish_sweep import eval_claims, eval_table, pct
 
 # results/<source> -> docs/results/<name>; missing sources are left as they are.
@@ -190,24 +193,39 @@ WEIGHT_RUNS = ("quality_smollm2_tasks.json", "quality_smollm2_tasks_bfloat16.jso
 
 def weights_table(load: Callable[[str], dict]) -> str:
     """The task suite on builtin:smollm2-tasks per dtype / quantization: scores with the full
-    cache and at alpha 0.95, and how many answers equal float32's (the default is chosen here)."""
+    cache and at alpha 0.95, and how many answers equal float32's (the default is chosen here).
+    Runs may have answered different numbers of prompts (--limit); every row is scored again
+    from its answers on the prompts all runs share, so the rows compare like with like."""
     runs = {}
     for source in WEIGHT_RUNS:
         try:
             runs[source] = load(source)
         except FileNotFoundError:
             continue
+    common = set.intersection(*({a["id"] for a in q["answers"]} for q in runs.values())) if runs else set()
     float32 = next((q for q in runs.values() if q.get("dtype", "float32") == "float32"), None)
     reference = {(a["id"], a["alpha"]): a["answer"] for a in float32["answers"]} if float32 else {}
     lines = ["| weights (dtype+quantization) | qa F1: alpha 0 / 0.95 | code edit sim.: alpha 0 / 0.95 | "
              "list ROUGE-L: alpha 0 / 0.95 | answers equal to float32's | JSON |", "|---|---|---|---|---|---|"]
     for source, q in runs.items():
-        scores = q["scores"]
+        scores = scores_on(q["answers"], common)
         cells = " | ".join(f"{scores[t]['0.0']:.3f} / {scores[t]['0.95']:.3f}" for t in ("qa", "code", "list"))
         same = [reference.get((a["id"], a["alpha"])) == a["answer"] for a in q["answers"]
-                if (a["id"], a["alpha"]) in reference]
+                if (a["id"], a["alpha"]) in reference and a["id"] in common]
         lines.append(f"| {q.get('dtype', 'float32')} | {cells} | {sum(same)} of {len(same)} | `{source}` |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + f"\n\nScored on the {len(common)} test prompts every run answered.\n"
+
+
+def scores_on(answers: list[dict], ids: set[str], alphas: tuple[float, ...] = (0.0, 0.95)) -> dict:
+    """Task -> alpha (as in eval-quality's JSON) -> mean score of ANSWERS to the test prompts IDS,
+    scored again against the shipped test split's references."""
+    references = {ex.id: ex for ex in tasks.load("test")}
+    per: dict = {}
+    for a in answers:
+        if a["id"] in ids and a["alpha"] in alphas:
+            ex = references[a["id"]]
+            per.setdefault(ex.task, {}).setdefault(str(a["alpha"]), []).append(score(ex.task, a["answer"], ex.answer))
+    return {task: {alpha: statistics.fmean(v) for alpha, v in d.items()} for task, d in per.items()}
 
 
 def quality_table(load: Callable[[str], dict], source: str = "quality.json", targets: bool = False) -> str:
