@@ -108,8 +108,7 @@ class Engine:
     def warm_up(self) -> None:
         """One short prefill and decode step, and one prediction on the predictor's thread: the
         first forward of a process allocates and picks kernels (about a second for SmolLM2
-        here), and so does the predictor's, which must not land on the first goal. The node
-        calls it on the thread that runs its goals."""
+        here), and so does the predictor's, which must not land on the first goal."""
         ids = list(range(1, self.press.window + 1))
         prediction = self.predictor_pool.submit(self.predictor.predict, ids)
         cache, logits = self.prefill(ids)

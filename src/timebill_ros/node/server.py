@@ -29,7 +29,6 @@ import time
 import traceback
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -119,13 +118,6 @@ class TimeBillServer(LifecycleNode):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("timebill_node", **kwargs)
-        # Every engine call (warm-up, goals) runs on this one thread (made first: destroy_node
-        # releases it even when a bad parameter stops __init__), so the thread that was warmed
-        # up is the one that serves: the executor would spread goals over its threads, each
-        # starting its own OpenMP team on its first torch call. (The slow first goal once seen
-        # in make demo, ~1 s for a 63-token prefill, did not reproduce with or without this:
-        # 0.21-0.28 s either way.)
-        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="timebill_engine")
         self.params = NodeParams.declare(self)
         self.params.validate()  # before the model loads: a bad value costs no loading time
         self.loaded = self.engine = self.calibration = self.calibration_file = None
@@ -226,7 +218,7 @@ class TimeBillServer(LifecycleNode):
         if self.calibration:
             self.engine.online = online_timing_from(self.calibration, window=self.params.online_window,
                                                     enabled=self.params.online_timing)
-        self._engine_thread.submit(self.engine.warm_up).result()
+        self.engine.warm_up()
         self.limits = self.params.limits(self.loaded.context_limit)
 
     def _release(self) -> None:
@@ -412,8 +404,7 @@ class TimeBillServer(LifecycleNode):
 
         if job.policy is OverrunPolicy.KILL:  # the engine stops itself at the deadline; the timer backs it up
             job.cancel.arm_deadline(job.deadline, kill_reason(job.request.budget))
-        ran = self._engine_thread.submit(self.engine.run, job.request, job.cancel, publish)
-        return apply_overrun_policy(ran.result(), job.policy)
+        return apply_overrun_policy(self.engine.run(job.request, job.cancel, publish), job.policy)
 
     def _finish(self, job: GoalJob, result: Result) -> TimedGenerate.Result:
         self._count(result)
@@ -485,11 +476,6 @@ class TimeBillServer(LifecycleNode):
         """Stop taking goals and stop every held job; their results say why."""
         self._shutting_down = True
         self._abort_held("node shutting down")
-
-    def destroy_node(self) -> None:
-        """Release the engine thread with the node (a held job has been stopped by shutdown)."""
-        self._engine_thread.shutdown(wait=False, cancel_futures=True)
-        super().destroy_node()
 
     def _abort_held(self, reason: str) -> None:
         with self._lock:
