@@ -24,7 +24,7 @@ from functools import partial
 import torch
 from common import calibrated_engine, float_forward_engine, longest, parser, random_ids, summary, write
 
-from timebill_ros.core.calibration import spread_lengths
+from timebill_ros.core.calibration import profile_phases, spread_lengths
 from timebill_ros.core.engine import Engine
 from timebill_ros.core.eviction import evict
 from timebill_ros.core.jobs import CancelToken, Request
@@ -38,28 +38,12 @@ from timebill_ros.node.params import NodeParams
 def ete_mape(engine, cal, quick: bool, limit: int, rounds: int = 3) -> dict:
     """Prefill and decode-step error at lengths the fit never saw (offset from the grid).
 
-    Sampled as the calibration samples: each round visits every length once in a shuffled
-    order (one prefill, then 9 decode steps), and the median over rounds is compared, so a
-    slow spell of this shared machine lands on one sample of many lengths, not on all of one."""
+    Sampled exactly as the calibration samples (`profile_phases`: each round visits every
+    length once in a shuffled order, one prefill then 9 decode steps, medians compared), so
+    a slow spell of this shared machine lands on one sample of many lengths, not on all of one."""
     lengths = [n + 7 for n in spread_lengths(40, limit - 64, 6 if quick else 12)]
-    vocab = engine.loaded.model.config.vocab_size
-    prompts = {n: random_ids(n, vocab, seed=n) for n in lengths}  # made outside the timed calls
-    prefill_s: dict[int, list[float]] = {n: [] for n in lengths}
-    step_s: dict[int, list[float]] = {n: [] for n in lengths}
-    order = list(lengths)
-    for round_ in range(rounds):
-        random.Random(round_).shuffle(order)
-        for n in order:
-            t0 = time.perf_counter()
-            cache, logits = engine.prefill(prompts[n])
-            prefill_s[n].append(time.perf_counter() - t0)
-            token = int(logits.argmax(-1))
-            for i in range(9):
-                t0 = time.perf_counter()
-                token = int(engine.decode_step(cache, token, n + i).argmax(-1))
-                step_s[n].append(time.perf_counter() - t0)
-    pre_meas = [statistics.median(prefill_s[n]) for n in lengths]
-    dec_meas = [statistics.median(step_s[n]) for n in lengths]
+    prefill, decode = profile_phases(engine, lengths, rounds, decode_steps=9)
+    pre_meas, dec_meas = [t for _, t in prefill], [t for _, t in decode]
     pre_pred = [cal.timing.prefill(n) for n in lengths]
     dec_pred = [cal.timing.decode_step(n + 4) for n in lengths]
     return {"lengths": lengths, "rounds": rounds, "prefill_mape_pct": mape(pre_pred, pre_meas),

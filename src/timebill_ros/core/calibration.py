@@ -224,8 +224,8 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(call_times(fn, repeats))
 
 
-def profile_prefill(engine, lengths: list[int], repeats: int, tick: Callable[[], None], decode_steps: int = 0
-                    ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+def profile_phases(engine, lengths: list[int], repeats: int, decode_steps: int,
+                   tick: Callable[[], None] = lambda: None) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """Median prefill time of the engine at each prompt length (random token ids), and the
     median time of the DECODE_STEPS decode steps that follow each prefill.
 
@@ -258,8 +258,8 @@ def profile_prefill(engine, lengths: list[int], repeats: int, tick: Callable[[],
             done += 1
             if done % repeats == 0:  # the bar counts lengths
                 tick()
-    decode = [(n, statistics.median(step_s[n])) for n in lengths] if decode_steps else []
-    return [(n, statistics.median(prefill_s[n])) for n in lengths], decode
+    return ([(n, statistics.median(prefill_s[n])) for n in lengths],
+            [(n, statistics.median(step_s[n])) for n in lengths])
 
 
 def calibrate(
@@ -289,7 +289,7 @@ def calibrate(
     tick()
     engine.prefill(list(range(min(64, limit))))
     tick()
-    prefill, decode = profile_prefill(engine, lengths, repeats, tick, decode_steps)
+    prefill, decode = profile_phases(engine, lengths, repeats, decode_steps, tick)
     timing = _fit(prefill, decode, set(fit_n))
     held_pre = [(n, t) for n, t in prefill if n in held_n]
     held_dec = [(n, t) for n, t in decode if n in held_n]
