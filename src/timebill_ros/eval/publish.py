@@ -203,12 +203,13 @@ def weights_table(load: Callable[[str], dict]) -> str:
         except FileNotFoundError:
             continue
     common = set.intersection(*({a["id"] for a in q["answers"]} for q in runs.values())) if runs else set()
+    references = {ex.id: ex for ex in tasks.load("test")}
     float32 = next((q for q in runs.values() if q.get("dtype", "float32") == "float32"), None)
     reference = {(a["id"], a["alpha"]): a["answer"] for a in float32["answers"]} if float32 else {}
     lines = ["| weights (dtype+quantization) | qa F1: alpha 0 / 0.95 | code edit sim.: alpha 0 / 0.95 | "
              "list ROUGE-L: alpha 0 / 0.95 | answers equal to float32's | JSON |", "|---|---|---|---|---|---|"]
     for source, q in runs.items():
-        scores = scores_on(q["answers"], common)
+        scores = scores_on(q["answers"], common, references)
         cells = " | ".join(f"{scores[t]['0.0']:.3f} / {scores[t]['0.95']:.3f}" for t in ("qa", "code", "list"))
         same = [reference.get((a["id"], a["alpha"])) == a["answer"] for a in q["answers"]
                 if (a["id"], a["alpha"]) in reference and a["id"] in common]
@@ -216,10 +217,10 @@ def weights_table(load: Callable[[str], dict]) -> str:
     return "\n".join(lines) + f"\n\nScored on the {len(common)} test prompts every run answered.\n"
 
 
-def scores_on(answers: list[dict], ids: set[str], alphas: tuple[float, ...] = (0.0, 0.95)) -> dict:
+def scores_on(answers: list[dict], ids: set[str], references: dict[str, tasks.Example],
+              alphas: tuple[float, ...] = (0.0, 0.95)) -> dict:
     """Task -> alpha (as in eval-quality's JSON) -> mean score of ANSWERS to the test prompts IDS,
-    scored again against the shipped test split's references."""
-    references = {ex.id: ex for ex in tasks.load("test")}
+    scored again against REFERENCES (test prompt id -> its Example)."""
     per: dict = {}
     for a in answers:
         if a["id"] in ids and a["alpha"] in alphas:
