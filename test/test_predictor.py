@@ -141,3 +141,15 @@ def test_reference_predictors_measure_what_task_and_prompt_length_explain():
     ref = reference_predictors(train, test, n_max=64)
     assert ref["task_and_length"]["R2"] > 0.9 > ref["task_mean"]["R2"]
     assert ref["task_mean"]["n"] == 12 and "below_cap" in ref["task_mean"]
+    assert "task_and_answer" not in ref  # no reference answers given
+
+
+def test_oracle_reference_reads_the_reference_answers_length():
+    from timebill_ros.train.predictor import Sample, reference_predictors
+
+    # The target answers twice the reference's length, whatever the prompt's length.
+    answer = {f"x-list-{i}": 3 + (7 * i) % 25 for i in range(30)}
+    samples = [Sample(pid, [1] * (100 + 13 * i), 2 * n) for i, (pid, n) in enumerate(answer.items())]
+    free = Sample("x-free-0", [1] * 50, 9)  # no reference answer: left out of the fit
+    ref = reference_predictors(samples[:20] + [free], samples[20:], n_max=64, answer_tokens=answer)
+    assert ref["task_and_answer"]["R2"] > 0.99 > ref["task_and_length"]["R2"]

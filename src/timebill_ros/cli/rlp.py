@@ -69,9 +69,10 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
         table[name] = {"full_input": full, "compressed_input": hidden}
         if (path / "training.json").is_file():  # how training went: a flat validation MAE = nothing learnt
             table[name]["training"] = json.loads((path / "training.json").read_text())
+    answers = {**rlp.reference_answer_tokens(tok, "train", per_task), **rlp.reference_answer_tokens(tok, "test", 0)}
     report = {"target": engine.loaded.name, "max_new_tokens": max_new_tokens,
               "train_examples": len(data["train"]), "test_examples": len(data["test"]), "predictors": table,
-              "references": rlp.reference_predictors(data["train"], data["test"], max_new_tokens)}
+              "references": rlp.reference_predictors(data["train"], data["test"], max_new_tokens, answers)}
     Path(results).parent.mkdir(parents=True, exist_ok=True)
     Path(results).write_text(json.dumps(report, indent=2))
     click.echo(f"{'predictor':<12}{'MAE':>8}{'RMSE':>8}{'R2':>8}   compressed: {'MAE':>7}{'R2':>7} truncated")

@@ -254,7 +254,8 @@ RLP_NAMES = {"buckets16": "SLM, 16-token buckets (TimeBill)", "buckets32": "SLM,
              "buckets64": "SLM, 64-token buckets", "regression": "SLM regression",
              "proxy5": "ProxyModel-style, 5 classes (small encoder)", "s3_10": "S3-style, 10 classes (small encoder)"}
 REFERENCE_NAMES = {"task_mean": "reference: the task's mean length (knows the task)",
-                   "task_and_length": "reference: linear fit on task + prompt length (knows the task)"}
+                   "task_and_length": "reference: linear fit on task + prompt length (knows the task)",
+                   "task_and_answer": "oracle: linear fit on task + the reference answer's length (knows the answer)"}
 
 
 def rlp_table(load: Callable[[str], dict], source: str = "rlp.json") -> str:

@@ -191,25 +191,47 @@ def task_of(sample: Sample) -> str:
     return sample.id.split("-")[1]
 
 
-def reference_predictors(train: list[Sample], test: list[Sample], n_max: int) -> dict[str, dict]:
+def reference_predictors(train: list[Sample], test: list[Sample], n_max: int,
+                         answer_tokens: dict[str, int] | None = None) -> dict[str, dict]:
     """What simple prompt features alone explain of the lengths, on the same test split:
     the task's mean training length, and a linear fit on the task and the prompt's length.
     Neither is a serving predictor (the node does not know a prompt's task); they bound
-    from below what a predictor that reads the prompt should reach."""
+    from below what a predictor that reads the prompt should reach.
+
+    With ANSWER_TOKENS (a prompt id's reference answer length, in tokens), a third: a linear
+    fit on the task and the reference answer's length. It knows the right answer, so it is
+    an oracle: how much of the target's lengths a predictor that reads the prompt perfectly
+    (counts the items, reads "the next 3 lines") could explain; the rest is the target
+    departing from the reference (answers that loop, code that runs past the lines asked).
+    """
     from sklearn.linear_model import LinearRegression
 
     names = sorted({task_of(s) for s in train})
 
-    def features(samples: list[Sample]) -> np.ndarray:
-        return np.array([[task_of(s) == t for t in names] + [len(s.prompt_ids) / 1000] for s in samples], float)
+    def features(samples: list[Sample], extra: Callable[[Sample], float]) -> np.ndarray:
+        return np.array([[task_of(s) == t for t in names] + [extra(s)] for s in samples], float)
+
+    def linear(fit_on: list[Sample], extra: Callable[[Sample], float]) -> list[float]:
+        y = np.array([s.n_tokens for s in fit_on], float)
+        model = LinearRegression().fit(features(fit_on, extra), y)
+        return [float(min(n_max, max(1.0, v))) for v in model.predict(features(test, extra))]
 
     y = np.array([s.n_tokens for s in train], float)
     truth = [s.n_tokens for s in test]
     mean_of = {t: float(y[[task_of(s) == t for s in train]].mean()) for t in names}
-    linear = LinearRegression().fit(features(train), y).predict(features(test))
     preds = {"task_mean": [mean_of.get(task_of(s), float(y.mean())) for s in test],
-             "task_and_length": [float(min(n_max, max(1.0, v))) for v in linear]}
+             "task_and_length": linear(train, lambda s: len(s.prompt_ids) / 1000)}
+    if answer_tokens and all(s.id in answer_tokens for s in test):
+        known = [s for s in train if s.id in answer_tokens]  # the free-form prompts have no reference
+        preds["task_and_answer"] = linear(known, lambda s: answer_tokens[s.id] / 100)
     return {name: {**length_metrics(truth, pred, n_max), "n": len(test)} for name, pred in preds.items()}
+
+
+def reference_answer_tokens(tokenizer, split: str, n_per_task: int, seed: int = 0) -> dict[str, int]:
+    """The token count of each task-suite prompt's reference answer (+1 for the end of turn),
+    by prompt id, for the oracle reference of `reference_predictors`."""
+    examples = tasks.load("test") if split == "test" else tasks.generate(split, n_per_task, seed)
+    return {e.id: len(tokenizer(e.answer, add_special_tokens=False)["input_ids"]) + 1 for e in examples}
 
 
 def _metrics(truth, pred) -> dict:
