@@ -1,5 +1,6 @@
 """Calibration: profile a real model, fit, save, load; clear errors for bad files."""
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -170,7 +171,29 @@ def test_calibration_warns_when_other_work_holds_the_cores_it_needs():
     assert busy_machine_warning(0.1, 2, 2) is None
     assert busy_machine_warning(3.0, 8, 2) is None
     warning = busy_machine_warning(1.0, 2, 2)  # one of two cores taken: the case that timed 20x slow
-    assert warning is not None and "load 1.0 on 2 cores" in warning
+    assert warning is not None and "1.0 of 2 cores in use" in warning
+
+
+def test_busy_cores_counts_what_runs_now():
+    """A thread spinning while it measures takes most of a core: the check sees it."""
+    import threading
+
+    from timebill_ros.core.calibration import busy_cores_now
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        busy = busy_cores_now(0.5)
+    finally:
+        stop.set()
+        spinner.join()
+    assert 0.3 <= busy <= (os.cpu_count() or 1)
 
 
 def test_a_calibration_timed_in_other_prefill_chunks_is_made_again(tiny, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from timebill_ros.core.calibration import (
     Calibration,
     CalibrationError,
     CalibrationKey,
+    busy_cores_now,
     busy_machine_warning,
     calibrate,
     default_calibration_path,
@@ -84,7 +85,7 @@ def check_calibration(target: CalibrationTarget) -> int:
 
 def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_length: int) -> Path:
     """Calibrate TARGET and write the JSON; returns its path."""
-    busy = busy_machine_warning(os.getloadavg()[0], os.cpu_count() or 1, target.threads)
+    busy = busy_machine_warning(busy_cores_now(), os.cpu_count() or 1, target.threads)
     if busy:
         click.echo(f"warning: {busy}", err=True)
     loaded = load_model(target.model_path, dtype=target.dtype, threads=target.threads,

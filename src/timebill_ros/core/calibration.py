@@ -198,15 +198,25 @@ def split_held_out(lengths: list[int]) -> tuple[list[int], list[int]]:
     return [n for n in lengths if n not in held], held
 
 
-def busy_machine_warning(load: float, cores: int, threads: int) -> str | None:
+def busy_machine_warning(busy_cores: float, cores: int, threads: int) -> str | None:
     """Why profiling THREADS threads now would time contention, not the model; None when the
-    1-minute LOAD leaves them free. (Measured: with one of two cores taken by another process,
-    a 2-thread calibration timed prefill ~20x slower than on the idle machine.)"""
-    if cores - load >= threads - 0.5:
+    BUSY_CORES (cores' worth of CPU other work used over the last second) leave them free.
+    (Measured: with one of two cores taken by another process, a 2-thread calibration timed
+    prefill ~20x slower than on the idle machine.)"""
+    if cores - busy_cores >= threads - 0.5:
         return None
-    return (f"the machine is busy (1-minute load {load:.1f} on {cores} cores, {threads} threads wanted): "
-            "the profile will time the contention and overstate every plan on a quiet machine; "
+    return (f"the machine is busy ({busy_cores:.1f} of {cores} cores in use over the last second, {threads} threads "
+            "wanted): the profile will time the contention and overstate every plan on a quiet machine; "
             "calibrate when it is idle, or with fewer threads")
+
+
+def busy_cores_now(seconds: float = 1.0) -> float:
+    """Cores' worth of CPU in use over the next SECONDS. Not the load average: its 1-minute
+    window still counts work that has just ended (`make eval` calibrating its second node
+    right after the first got a false warning every time)."""
+    import psutil
+
+    return psutil.cpu_percent(interval=seconds) / 100 * (psutil.cpu_count() or 1)
 
 
 def call_times(fn: Callable[[], object], repeats: int) -> list[float]:
