@@ -152,17 +152,17 @@ def test_slowest_prefill_chunk_is_the_last_of_a_full_context_and_the_warning_nam
     period = 0.05
     fit = largest_chunk_within(timing, 2 * step, 2048)  # one layer = attention + MLP, two checks
     assert slowest_chunk(timing, fit, 2048) <= 2 * step < slowest_chunk(timing, fit + 64, 2048)
-    assert prefill_kill_warning(timing, fit, 2048, period) is None
-    warning = prefill_kill_warning(timing, 512, 2048, period)
+    assert prefill_kill_warning(timing, fit, 2048, period, layers=1, pieces_per_layer=2) is None
+    warning = prefill_kill_warning(timing, 512, 2048, period, layers=1, pieces_per_layer=2)
     assert warning is not None and f"prefill_chunk <= {fit}" in warning
     # A kill waits for a piece of a layer, not the whole chunk: 30 layers of 2 pieces make 60,
     # of 3 pieces (the engine's, with the attention in halves) 90.
     fits_60 = TimingModel(a=1e-8, b=2e-5, c=1e-3, p=0.0, q=slowest_chunk(timing, 512, 2048) / 60)
-    assert prefill_kill_warning(fits_60, 512, 2048, period, layers=30) is None
-    assert prefill_kill_warning(fits_60, 512, 2048, period, layers=29) is not None
+    assert prefill_kill_warning(fits_60, 512, 2048, period, layers=30, pieces_per_layer=2) is None
+    assert prefill_kill_warning(fits_60, 512, 2048, period, layers=29, pieces_per_layer=2) is not None
     fits_90 = TimingModel(a=1e-8, b=2e-5, c=1e-3, p=0.0, q=slowest_chunk(timing, 512, 2048) / 90)
     assert prefill_kill_warning(fits_90, 512, 2048, period, layers=30, pieces_per_layer=3) is None
-    assert prefill_kill_warning(fits_90, 512, 2048, period, layers=30) is not None
+    assert prefill_kill_warning(fits_90, 512, 2048, period, layers=30, pieces_per_layer=2) is not None
 
 
 def test_calibration_warns_when_other_work_holds_the_cores_it_needs():

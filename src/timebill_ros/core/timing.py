@@ -73,15 +73,16 @@ def largest_chunk_within(timing: TimingModel, seconds: float, context: int, step
     return best
 
 
-def prefill_kill_warning(timing: TimingModel, chunk: int, context: int, period: float, layers: int = 1,
-                         pieces_per_layer: int = 2) -> str | None:
+def prefill_kill_warning(timing: TimingModel, chunk: int, context: int, period: float, layers: int,
+                         pieces_per_layer: int) -> str | None:
     """Why a kill during prefill could land more than one decode step after its deadline with
     this CHUNK, and the chunk that would not; None when the chunk is fine.
 
     A Kill job's token is armed with its deadline (the control timer, one PERIOD at most,
     backs it up); the engine stops at its next cancel check. The model's LAYERS are cut into
-    PIECES_PER_LAYER pieces by those checks (the engine's: before the attention block and the
-    MLP, and between the halves of a later chunk's attention), so the
+    PIECES_PER_LAYER pieces by those checks (no default: the engine's is
+    `engine.PREFILL_PIECES_PER_LAYER`, before the attention block and the MLP and between the
+    halves of a later chunk's attention), so the
     wait is one piece of the slowest chunk, taken as an equal share. It must not exceed one
     decode step at that context."""
     checks = pieces_per_layer * layers
