@@ -397,3 +397,66 @@ def test_chunked_prefill_takes_the_mask_free_split_and_matches_one_forward(tiny,
     assert torch.allclose(logits, whole, atol=1e-4), (logits - whole).abs().max()
     assert len(calls) == (chunks - 1) * layers  # the plain forwards fell back
     e.close()
+
+
+class SlowPrefillEngine(Engine):
+    """The engine on a machine that turns slow during prefill: SLOW seconds added to it."""
+
+    slow = 0.0
+
+    def prefill(self, ids, cancel=None, on_chunk=None):
+        time.sleep(self.slow)
+        return super().prefill(ids, cancel, on_chunk)
+
+
+def test_reject_is_honoured_at_the_replan_after_a_slow_prefill(tiny):
+    # The first plan (predicted prefill: 1 ms) fits the budget; the prefill then takes 1.5 s
+    # of a 1 s budget, so the re-plan cannot fit even at alpha_max: INFEASIBLE before any eviction.
+    e = SlowPrefillEngine(tiny, TIMING, FixedLengthPredictor(4), EngineConfig(snapkv_window=16, event_period=0.0))
+    e.slow = 1.5
+    events = []
+    req = Request(ids(100), budget=1.0, max_new_tokens=8, on_infeasible=OnInfeasible.REJECT)
+    result = e.run(req, CancelToken(), events.append)
+    e.close()
+    assert result.first_plan.feasible and not result.plan.feasible
+    assert result.status is Status.INFEASIBLE and result.reason.startswith("after prefill: needs ")
+    assert "evicted" not in [ev.phase for ev in events] and result.token_ids == []
+
+
+def test_a_kill_during_eviction_lands_between_layers(engine):
+    from timebill_ros.core.engine import Stopped
+    from timebill_ros.core.eviction import evict
+
+    cache, _ = engine.prefill(ids(200))
+    token, layers_done = CancelToken(), []
+
+    def check():  # the engine's cancel check; the kill comes after the first layer
+        if layers_done:
+            token.cancel(Status.KILLED_AT_DEADLINE, "killed")
+        layers_done.append(1)
+        if token.is_set:
+            raise Stopped(token.status, token.reason)
+
+    with pytest.raises(Stopped):
+        evict(cache, engine.scorer.scores, 0.5, 16, check)
+    assert len(layers_done) == 2 and cache.layers[0].keys.shape[2] < 200 == cache.layers[1].keys.shape[2]
+
+
+def test_the_cache_moves_to_the_decode_steps_dtype_before_the_first_step(tiny_model_dir):
+    import torch
+
+    from timebill_ros.core.model import load_model
+
+    loaded = load_model(str(tiny_model_dir), threads=1, quantization="int8-decode")
+    e = Engine(loaded, TIMING, FixedLengthPredictor(4), EngineConfig(snapkv_window=16))
+    cache, logits = e.prefill(ids(100))
+    before = cache.layers[0].keys.clone()
+    checks = []
+    e.prepare_for_decode(cache, lambda: checks.append(1))
+    layer = cache.layers[0]
+    assert len(checks) == len(cache.layers) and layer.keys.dtype == loaded.lean_step.kv_dtype
+    torch.testing.assert_close(layer.keys.float(), before, atol=1e-2, rtol=1e-2)
+    buffer = layer._key_buffer.data_ptr()
+    e.decode_step(cache, int(logits.argmax(-1)), 100)  # writes one entry, converts nothing
+    assert layer._key_buffer.data_ptr() == buffer and layer.keys.shape[2] == 101
+    e.close()

@@ -105,16 +105,20 @@ class Engine:
             handle.remove()
         self.predictor_pool.shutdown(wait=False, cancel_futures=True)
 
-    def warm_up(self) -> None:
-        """One short prefill and decode step, and one prediction on the predictor's thread: the
-        first forward of a process allocates and picks kernels (about a second for SmolLM2
-        here), and so does the predictor's, which must not land on the first goal."""
-        ids = list(range(1, self.press.window + 1))
-        prediction = self.predictor_pool.submit(self.predictor.predict, ids)
-        cache, logits = self.prefill(ids)
-        self.decode_step(cache, int(logits.argmax(-1)), self.press.window)
+    def warm_up(self, encode: Callable[[str], list[int]] | None = None) -> None:
+        """Run two short jobs end to end (prefill beside a prediction, plan, eviction, the cache's
+        dtype change, decode steps) at two prompt lengths: the first calls of each allocate and
+        pick kernels (about a second for SmolLM2 here), which must not land on the first goal.
+        ENCODE (text -> prompt ids through the chat template) warms the tokenizer too."""
+        window = self.press.window
+        texts = ("Warm up.", "Warm up the kernels of every phase with a longer prompt. " * 4)
+        for text in texts:
+            ids = encode(text) if encode else list(range(1, window + len(text) // 4))
+            ids = ids if len(ids) > window else ids + list(range(1, window + 2 - len(ids)))
+            self.run(Request(ids, budget=1e6, max_new_tokens=4, fixed_alpha=0.5, ignore_eos=True), CancelToken())
         self.loaded.synchronize()
-        prediction.result()
+        if self.online is not None:  # warm-up timings are not the machine's pace
+            self.online.reset()
 
     def _check_cancel(self, module: torch.nn.Module, args: tuple) -> None:
         _raise_if_cancelled(self._prefill_cancel)
@@ -156,6 +160,17 @@ class Engine:
             self.scorer.armed = False
             self._prefill_cancel = None
         return cache, logits
+
+    def prepare_for_decode(self, cache: object, check: Callable[[], None] = lambda: None) -> None:
+        """Move the cache to the decode step's K/V dtype, layer by layer, calling CHECK between
+        layers (a no-op when the step keeps the model's dtype or the cache cannot convert)."""
+        step = self.loaded.lean_step
+        if step is None or step.kv_dtype is None or not hasattr(cache, "layers"):
+            return
+        for layer in cache.layers:
+            check()
+            if hasattr(layer, "convert"):
+                layer.convert(step.kv_dtype)
 
     @torch.inference_mode()
     def decode_step(self, cache: object, token: int, position: int) -> torch.Tensor:
@@ -283,6 +298,17 @@ class _Job:
             raise Stopped(Status.INFEASIBLE, f"budget {self.request.budget:.3f}s cannot be guaranteed: the "
                           f"predicted prefill alone takes {t_prefill:.3f}s; raise the budget or shorten the prompt")
 
+    def reject_if_replan_misses(self) -> None:
+        """on_infeasible=reject: the plan re-made after prefill (real time spent) shows that even
+        alpha_max cannot fit; stop before any eviction or decode step."""
+        p = self.plan
+        if p.feasible or self.request.on_infeasible is not OnInfeasible.REJECT:
+            return
+        spent = self.elapsed()
+        raise Stopped(Status.INFEASIBLE, f"after prefill: needs {p.wcet - spent:.3f}s more at alpha={p.alpha:.2f} "
+                      f"for a worst case of {p.worst_case_tokens} tokens, has {p.budget - spent:.3f}s; "
+                      "raise the budget, lower max_new_tokens or k")
+
     def wait_for_prediction(self, future: Future) -> tuple[int, float]:
         """The predictor's (N_hat, seconds), honouring the cancel token while it is still running."""
         while not future.done():
@@ -305,6 +331,7 @@ class _Job:
         _raise_if_cancelled(self.cancel)
         # Re-plan with what is now known: the real time spent so far replaces predictions.
         self.plan = self.make_plan(n_hat, self.elapsed())
+        self.reject_if_replan_misses()
         self.evict(cache)
         self.decode(cache, logits)
         late = time.monotonic() > self.request.deadline
@@ -324,10 +351,15 @@ class _Job:
             self.decode_work.add(self.engine.online.base.decode_step(self.kept + len(self.tokens) - 1), seconds)
 
     def evict(self, cache: object) -> None:
+        """Evict alpha of the prompt's cache, then move the cache to the decode step's K/V dtype:
+        both layer by layer with the cancel token checked between layers (the conversion used to
+        happen inside the first decode step, which no kill could cut)."""
         t0 = time.monotonic()
+        check = lambda: _raise_if_cancelled(self.cancel)  # noqa: E731 - a callback
         if self.plan.alpha > 0.0:
-            self.kept = evict(cache, self.engine.scorer.scores, self.plan.alpha, self.engine.press.window)
-            self.engine.loaded.synchronize()
+            self.kept = evict(cache, self.engine.scorer.scores, self.plan.alpha, self.engine.press.window, check)
+        self.engine.prepare_for_decode(cache, check)
+        self.engine.loaded.synchronize()
         self.timings.evict = time.monotonic() - t0
         self.event("evicted")
 

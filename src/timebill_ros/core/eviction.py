@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -134,11 +135,14 @@ def kept_indices(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     return scores.topk(n_keep, dim=-1).indices.sort(dim=-1).values
 
 
-def evict(cache: object, scores: dict[int, torch.Tensor], alpha: float, window: int) -> int:
+def evict(cache: object, scores: dict[int, torch.Tensor], alpha: float, window: int,
+          check: Callable[[], None] = lambda: None) -> int:
     """Keep the top (1 - alpha) share of every layer's cache by score; return the kept length.
 
     Entries are gathered in position order; RoPE is already inside the keys, so decoding
     must go on with the true position ids (N_x, N_x + 1, ...), not the shortened length.
+    CHECK is called before each layer (the engine's cancel check: a kill need not wait for
+    the whole eviction).
     """
     layers = cache.layers
     n_x = layers[0].keys.shape[2]
@@ -150,6 +154,7 @@ def evict(cache: object, scores: dict[int, torch.Tensor], alpha: float, window: 
         raise EvictionError(f"alpha {alpha:.2f} asks to keep {n_keep} of {n_x} entries, but {len(missing)} of "
                             f"{len(layers)} layers have no SnapKV scores for this prompt (first: layer {missing[0]})")
     for idx, layer in enumerate(layers):
+        check()
         gather = kept_indices(scores[idx], n_keep).unsqueeze(-1).expand(-1, -1, -1, layer.keys.shape[-1])
         layer.keys = layer.keys.gather(2, gather).contiguous()
         layer.values = layer.values.gather(2, gather).contiguous()

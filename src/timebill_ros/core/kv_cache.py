@@ -45,6 +45,21 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = self._key_buffer[..., :end, :], self._value_buffer[..., :end, :]
         return self.keys, self.values
 
+    def convert(self, dtype: torch.dtype) -> None:
+        """Hold keys and values in DTYPE from now on (converted in one copy into a buffer with
+        room to grow), so the first decode step in that dtype writes one entry instead of
+        converting the whole layer."""
+        if not self.is_initialized or self.keys.dtype == dtype:
+            return
+        filled = self.keys.shape[-2]
+        buffers = []
+        for states in (self.keys, self.values):
+            buffer = states.new_empty((*states.shape[:-2], filled + HEADROOM, states.shape[-1]), dtype=dtype)
+            buffer[..., :filled, :] = states  # the copy converts
+            buffers.append(buffer)
+        self._key_buffer, self._value_buffer = buffers
+        self.keys, self.values = self._key_buffer[..., :filled, :], self._value_buffer[..., :filled, :]
+
     def _owns_keys(self) -> bool:
         """Whether `keys` is still the buffer's view (eviction or cropping replace it)."""
         return (self._key_buffer is not None and self.keys.numel() > 0

@@ -109,6 +109,12 @@ class OnlineTiming:
                 if work.predicted >= self.min_seconds and work.measured > 0.0:
                     self._ratios[phase].append(work.measured / work.predicted)
 
+    def reset(self) -> None:
+        """Forget every observation (after work that does not show the machine's pace, e.g. warm-up)."""
+        with self._lock:
+            for ratios in self._ratios.values():
+                ratios.clear()
+
     # ---------------------------------------------------------- diagnostics
     def observations(self, phase: str) -> int:
         """How many goals the PHASE's window holds."""
