@@ -8,6 +8,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (a failure reproduces, and CI cannot
+# fail on a lucky draw); HYPOTHESIS_PROFILE=explore draws new ones for a local bug hunt.
+settings.register_profile("derandomized", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
 
 # Before anything imports rclpy or transformers: loopback-only DDS, a domain of our own,
 # no downloads, and a private TIMEBILL_HOME.
