@@ -213,3 +213,25 @@ def test_a_calibration_timed_in_other_prefill_chunks_is_made_again(tiny, tmp_pat
         assert cal.settings["prefill_chunk"] == chunk
         assert any("calibrating" in line for line in said) == recalibrates, (chunk, said)
     assert "it timed prefill in chunks of 64 tokens, not 128" in " ".join(said)
+
+
+def test_the_kill_bound_comes_from_the_measured_slowest_piece(tiny_model_dir):
+    from timebill_ros.core.calibration import measure_piece_share
+    from timebill_ros.core.engine import Engine, EngineConfig
+    from timebill_ros.core.model import load_model
+    from timebill_ros.core.predictor import FixedLengthPredictor
+    from timebill_ros.core.timing import TimingModel, prefill_kill_warning
+
+    loaded = load_model(str(tiny_model_dir), threads=1)
+    engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(4), EngineConfig(prefill_chunk=128))
+    share = measure_piece_share(engine, 300)
+    engine.close()
+    # 2 layers cut into 3 pieces each by the checks (and the output layer after them): one
+    # piece is more than nothing and at most the whole chunk.
+    assert 0.0 < share <= 1.0
+    timing = TimingModel(a=1e-8, b=2e-5, c=1e-3, p=0.0, q=1e-4)
+    equal = prefill_kill_warning(timing, 512, 2048, 0.05, layers=30, pieces_per_layer=3)
+    # A measured piece twice the equal share (an MLP is most of a layer) waits twice as long.
+    measured = prefill_kill_warning(timing, 512, 2048, 0.05, layers=30, pieces_per_layer=3, piece_share=2 / 90)
+    ms = [int(w.split("up to ")[1].split(" ms")[0]) for w in (equal, measured)]
+    assert ms[1] == pytest.approx(2 * ms[0], abs=1)

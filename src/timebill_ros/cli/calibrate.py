@@ -15,14 +15,14 @@ from timebill_ros.core.calibration import (
     CalibrationKey,
     busy_cores_now,
     busy_machine_warning,
-    calibrate,
+    calibrate_machine,
     default_calibration_path,
     machine_id,
 )
 from timebill_ros.core.decode_step import calibration_tag
 from timebill_ros.core.device import resolve_device
 from timebill_ros.core.engine import Engine, EngineConfig
-from timebill_ros.core.model import load_model, model_fingerprint, resolve_model_path
+from timebill_ros.core.model import encode_prompt, load_model, model_fingerprint, resolve_model_path
 from timebill_ros.core.predictor import FixedLengthPredictor, load_predictor
 from timebill_ros.core.timing import TimingModel
 from timebill_ros.node.params import NodeParams
@@ -35,6 +35,7 @@ class CalibrationTarget:
     model_path: str = NodeParams.model_path
     dtype: str = NodeParams.dtype
     quantization: str = NodeParams.quantization
+    kv_cache_dtype: str = NodeParams.kv_cache_dtype
     threads: int = NodeParams.threads
     device: str = NodeParams.device
     prefill_chunk: int = NodeParams.prefill_chunk
@@ -102,8 +103,11 @@ def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_le
             return load_predictor(target.predictor_path, fit.prefill, 64)
 
         longest = min(loaded.context_limit, target.max_prompt_tokens + target.max_new_tokens)
-        result = calibrate(engine, target.key(), points=points, repeats=repeats, max_length=max_length or longest,
-                           progress=progress, predictor_for=predictor_for if target.predictor_path else None)
+        result = calibrate_machine(
+            engine, target.key(), quantization=target.quantization, kv_dtype_pin=target.kv_cache_dtype,
+            encode=lambda text: encode_prompt(loaded.tokenizer, text), stage=bar.set_description, progress=progress,
+            points=points, repeats=repeats, max_length=max_length or longest,
+            predictor_for=predictor_for if target.predictor_path else None)
     engine.close()
     result.settings["predictor_path"] = target.predictor_path
     path = result.save(target.path())
@@ -113,6 +117,8 @@ def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_le
     click.echo(f"decode(N_kv) = {t.p:.3e}*N_kv + {t.q:.3e} s          held-out MAPE {result.decode_mape:.2f}%")
     if poor := result.poor_fit_warning():
         click.echo(f"warning: {poor}", err=True)
+    if choice := result.kernel_choice():
+        click.echo(choice.summary())
     click.echo(f"WCET margins (bounding every sample): prefill +{100 * result.prefill_margin:.1f}% "
                f"+ {1000 * result.prefill_margin_s:.1f} ms, decode step +{100 * result.decode_margin:.1f}% "
                f"+ {1000 * result.decode_margin_s:.2f} ms; prefill beside the length predictor "

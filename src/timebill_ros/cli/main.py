@@ -35,21 +35,26 @@ def cli() -> None:
 @click.option("--action", "action_name", default="timebill/generate", show_default=True)
 @click.option("--server-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the server.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--wait-ready", type=float, default=0.0, show_default=True,
+              help="Seconds to keep sending the goal again while the node answers that it is still starting "
+                   "(loading the model or calibrating on first start).")
 def send(prompt: str, budget: float, feedback: bool, server_timeout: float, action_name: str, as_json: bool,
-         **goal) -> None:
+         wait_ready: float, **goal) -> None:
     """Send PROMPT as a TimedGenerate goal; exit code 0 only when it SUCCEEDED."""
     from timebill_ros.cli.send import send_goal
 
-    raise SystemExit(send_goal(prompt, budget, feedback, server_timeout, action_name, as_json, goal))
+    raise SystemExit(send_goal(prompt, budget, feedback, server_timeout, action_name, as_json, goal, wait_ready))
 
 
 @cli.command()
 @click.option("--params-file", type=click.Path(exists=True, dir_okay=False),
-              help="Take model_path, dtype, quantization, threads, prefill_chunk, calibration_path, "
-                   "predictor_path from the node's YAML.")
+              help="Take model_path, dtype, quantization, kv_cache_dtype, threads, prefill_chunk, "
+                   "calibration_path, predictor_path from the node's YAML.")
 @click.option("--model", "model_path", help="Model dir, .gguf or builtin:NAME  [default: builtin:smollm2]")
 @click.option("--dtype", help="float32 | bfloat16 | float16  [default: float32]")
 @click.option("--quantization", help="'' | int8 | auto-decode | int8-decode | int4-decode  [default: auto-decode]")
+@click.option("--kv-cache-dtype", help="auto | float32 | bfloat16 | float16: auto measures them here and keeps the "
+                                       "fastest within the quality bound  [default: auto]")
 @click.option("--threads", type=int, help="torch threads, as the node's `threads`  [default: 2]")
 @click.option("--device", help="cpu | cuda | cuda:N | auto, as the node's `device`  [default: cpu]")
 @click.option("--prefill-chunk", type=int, help="As the node's prefill_chunk  [default: 1024]")

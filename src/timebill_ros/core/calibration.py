@@ -23,7 +23,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from timebill_ros.core import kernels
 from timebill_ros.core.decode_step import calibration_tag
+from timebill_ros.core.jobs import CancelToken
+from timebill_ros.core.kernels import KernelChoice
 from timebill_ros.core.paths import timebill_home
 from timebill_ros.core.timing import TimingModel, bounding_margins, fit_decode, fit_prefill, mape
 
@@ -98,6 +101,13 @@ class Calibration:
     # no predictor was measured). The two threads share the cores, so the plan made beside
     # prefill must use the contended time.
     prefill_contention: float = 1.0
+    # The decode kernels and K/V dtype chosen by measurement on this machine (core.kernels;
+    # KernelChoice.to_dict), {} for a model without a lean decode step. The node runs them.
+    kernels: dict = field(default_factory=dict)
+    # The slowest piece of prefill between two cancel checks, as a share of its chunk's time
+    # (measured on the last chunk of the longest profiled prompt); 0 when not measured. A kill
+    # during prefill waits for at most one such piece (core.timing.prefill_kill_warning).
+    prefill_piece_share: float = 0.0
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     settings: dict = field(default_factory=dict)
 
@@ -119,6 +129,23 @@ class Calibration:
             out.append(f"it profiled sequences up to {profiled} tokens, this node takes up to {longest}: "
                        "longer prompts are timed by extrapolating the fit")
         return out
+
+    def kernel_choice(self) -> KernelChoice | None:
+        """What this calibration chose to decode with (None when it chose nothing)."""
+        return KernelChoice.from_dict(self.kernels) if self.kernels else None
+
+    def kernel_mismatch(self, quantization: str, kv_dtype_pin: str) -> str | None:
+        """Why the kernels this calibration chose and timed are not what a node pinning
+        QUANTIZATION and KV_DTYPE_PIN may run, or None."""
+        choice = self.kernel_choice()
+        if choice is None:
+            return None
+        chosen = choice.chosen
+        if chosen.weights not in kernels.WEIGHT_CANDIDATES.get(quantization, ()):
+            return f"it chose decode weights {chosen.weights}, this node runs quantization '{quantization}'"
+        if kv_dtype_pin not in ("auto", chosen.kv_dtype):
+            return f"it chose a {chosen.kv_dtype} K/V cache, this node pins kv_cache_dtype {kv_dtype_pin}"
+        return None
 
     def poor_fit_warning(self) -> str | None:
         """Why the fit may not time this machine (its held-out error above POOR_FIT_MAPE_PCT), or None.
@@ -161,6 +188,8 @@ class Calibration:
                 prefill_margin_s=float(data.get("prefill_margin_s", 0.0)),
                 decode_margin_s=float(data.get("decode_margin_s", 0.0)),
                 prefill_contention=float(data.get("prefill_contention", 1.0)),
+                kernels=data.get("kernels", {}),
+                prefill_piece_share=float(data.get("prefill_piece_share", 0.0)),
                 created=data.get("created", ""),
                 settings=data.get("settings", {}),
             )
@@ -303,6 +332,7 @@ def calibrate(
     timing = _fit(prefill, decode, set(fit_n))
     held_pre = [(n, t) for n, t in prefill if n in held_n]
     held_dec = [(n, t) for n, t in decode if n in held_n]
+    piece_share = measure_piece_share(engine, lengths[-1])
     contention = 1.0
     if predictor_for is not None:
         contention = measure_prefill_contention(engine, predictor_for(timing), contention_lengths, repeats, tick)
@@ -323,9 +353,57 @@ def calibrate(
         prefill_margin_s=pre_d,
         decode_margin_s=dec_d,
         prefill_contention=contention,
+        prefill_piece_share=piece_share,
         settings={"points": points, "repeats": repeats, "decode_steps": decode_steps, "max_length": limit,
                   "prefill_chunk": engine.config.prefill_chunk},
     )
+
+
+def calibrate_machine(engine, key: CalibrationKey, *, quantization: str, kv_dtype_pin: str,
+                      encode: Callable[[str], list[int]], stage: Callable[[str], None] = lambda name: None,
+                      progress: Callable[[int], Callable[[], None]] | None = None, **profile) -> Calibration:
+    """Choose the decode kernels by measurement (core.kernels), run them, then profile and fit
+    (`calibrate`, with PROFILE's settings): what `timebill calibrate` and a node's first start do.
+    STAGE(name) announces each of the two stages; PROGRESS counts the steps of each."""
+    limit = profile.get("max_length") or engine.loaded.context_limit
+    stage("choosing the decode kernels")
+    choice = kernels.choose_kernels(engine, quantization, kv_dtype_pin, encode,
+                                    sorted({min(512, limit - 1), min(2048, limit - 1)}), progress)
+    if choice is not None:
+        kernels.apply(engine.loaded, choice.chosen, quantization)
+    stage("calibrating the time model")
+    cal = calibrate(engine, key, progress=progress, **profile)
+    cal.kernels = choice.to_dict() if choice else {}
+    return cal
+
+
+class _CheckClock(CancelToken):
+    """A cancel token that is never set and notes the time of every check the engine makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marks: list[float] = []
+
+    @property
+    def is_set(self) -> bool:
+        self.marks.append(time.perf_counter())
+        return False
+
+
+def measure_piece_share(engine, n: int, runs: int = 2) -> float:
+    """The longest stretch between two cancel checks in the last prefill chunk of an N-token
+    prompt, as a share of that chunk's time (the smallest of RUNS runs: a spike of the host is
+    not the model's shape)."""
+    ids = torch.randint(0, engine.loaded.model.config.vocab_size, (n,), generator=torch.Generator().manual_seed(4))
+    shares = []
+    for _ in range(runs):
+        clock, chunk_ends = _CheckClock(), []
+        engine.prefill(ids.tolist(), clock, lambda start, end, seconds: chunk_ends.append(time.perf_counter()))
+        start = chunk_ends[-2] if len(chunk_ends) > 1 else clock.marks[0]
+        marks = [t for t in clock.marks if t >= start] + [chunk_ends[-1]]
+        gaps = [b - a for a, b in zip(marks, marks[1:])]
+        shares.append(max(gaps) / (chunk_ends[-1] - start))
+    return min(shares)
 
 
 def measure_prefill_contention(engine, predictor, lengths: list[int], repeats: int = 3,

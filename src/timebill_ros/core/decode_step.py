@@ -34,6 +34,7 @@ architectures are refused at load with the reason.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -47,7 +48,7 @@ from timebill_ros.core.kv_cache import full_attention_only
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
 # Raise when a change makes the step faster or slower: calibrations are keyed by it, so a
 # calibration that timed an older step is made again instead of planning with stale times.
-STEP_VERSION = 3  # 2: grouped queries as rows instead of SDPA's repeated keys and values; 3: float16 K/V
+STEP_VERSION = 4  # 2: grouped queries as rows, not repeated K/V; 3: float16 K/V; 4: K/V dtype chosen, converted before step 1
 
 
 def calibration_tag(quantization: str) -> str:
@@ -200,9 +201,15 @@ class LeanDecodeStep:
             raise ValueError(f"the lean decode step does not support this model: {reason}")
         body = model.model
         self.embed, self.rotary, self.final_norm = body.embed_tokens, body.rotary_emb, body.norm
-        self.layers = [_Layer(layer, matrix, kv_dtype) for layer in body.layers]
+        self.layers = [_Layer(layer, matrix) for layer in body.layers]
         self.lm_head = (head or matrix)(model.lm_head)
         self.kv_dtype = kv_dtype
+
+    def with_kv_dtype(self, kv_dtype: torch.dtype | None) -> "LeanDecodeStep":
+        """The same packed weights with another K/V cache dtype (nothing is copied)."""
+        other = copy.copy(self)
+        other.kv_dtype = kv_dtype
+        return other
 
     def describe(self) -> str:
         """Which kernels hold the weights, e.g. 'int4 x 120, int8 x 1' (logged at load, in benchmarks)."""
@@ -224,14 +231,14 @@ class LeanDecodeStep:
         cos, sin = self.rotary(hidden[None], torch.tensor([[position]]))
         cos, sin = cos[0, :, None], sin[0, :, None]  # [1, 1, head_dim] broadcast over heads
         for idx, layer in enumerate(self.layers):
-            hidden = layer(hidden, cache.layers[idx], cos, sin)
+            hidden = layer(hidden, cache.layers[idx], cos, sin, self.kv_dtype)
         return self.lm_head(_rms_norm(hidden, self.final_norm))
 
 
 class _Layer:
     """One decoder layer's decode-step weights and arithmetic."""
 
-    def __init__(self, layer: nn.Module, matrix: Callable, kv_dtype: torch.dtype | None) -> None:
+    def __init__(self, layer: nn.Module, matrix: Callable) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.qkv = matrix(attn.q_proj, attn.k_proj, attn.v_proj)
         self.o = matrix(attn.o_proj)
@@ -242,17 +249,16 @@ class _Layer:
         q_size, k_size, v_size = self.qkv.splits
         self.heads, self.kv_heads = q_size // self.head_dim, k_size // self.head_dim
         self.qk_v = (q_size + k_size, v_size)  # queries and keys apart from values
-        self.kv_dtype = kv_dtype
 
-    def __call__(self, hidden: torch.Tensor, cache_layer: object, cos: torch.Tensor, sin: torch.Tensor
-                 ) -> torch.Tensor:
+    def __call__(self, hidden: torch.Tensor, cache_layer: object, cos: torch.Tensor, sin: torch.Tensor,
+                 kv_dtype: torch.dtype | None) -> torch.Tensor:
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         qk, v = self.qkv(_rms_norm(hidden, self.norm_in)).split(self.qk_v, dim=-1)
         # Queries and keys are rotated together: one set of operations instead of two.
         qk = apply_rope(qk.view(heads + kv_heads, 1, head_dim), cos, sin)[None]  # [1, heads + kv_heads, 1, head_dim]
         key, value = qk[:, heads:], v.view(1, kv_heads, 1, head_dim)
-        if self.kv_dtype is not None:
-            key, value = key.to(self.kv_dtype), value.to(self.kv_dtype)
+        if kv_dtype is not None:
+            key, value = key.to(kv_dtype), value.to(kv_dtype)
         keys, values = cache_layer.update(key, value)
         # The one query of each head as a row of its KV group ([1, kv_heads, group, head_dim]):
         # grouped-query attention without repeating keys and values per query head, which

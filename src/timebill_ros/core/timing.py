@@ -74,7 +74,7 @@ def largest_chunk_within(timing: TimingModel, seconds: float, context: int, step
 
 
 def prefill_kill_warning(timing: TimingModel, chunk: int, context: int, period: float, layers: int,
-                         pieces_per_layer: int) -> str | None:
+                         pieces_per_layer: int, piece_share: float | None = None) -> str | None:
     """Why a kill during prefill could land more than one decode step after its deadline with
     this CHUNK, and the chunk that would not; None when the chunk is fine.
 
@@ -83,14 +83,17 @@ def prefill_kill_warning(timing: TimingModel, chunk: int, context: int, period: 
     PIECES_PER_LAYER pieces by those checks (no default: the engine's is
     `engine.PREFILL_PIECES_PER_LAYER`, before the attention block and the MLP and between the
     halves of a later chunk's attention), so the
-    wait is one piece of the slowest chunk, taken as an equal share. It must not exceed one
-    decode step at that context."""
-    checks = pieces_per_layer * layers
+    wait is one piece of the slowest chunk: PIECE_SHARE of it, as calibration measured the
+    slowest piece (an MLP holds about two thirds of a layer's weights), or an equal share of the
+    LAYERS * PIECES_PER_LAYER pieces when not measured. It must not exceed one decode step at
+    that context."""
+    # A chunk is this many of its slowest pieces long.
+    pieces = 1.0 / piece_share if piece_share else pieces_per_layer * layers
     step = timing.decode_step(context)
-    piece = slowest_chunk(timing, chunk, context) / checks
+    piece = slowest_chunk(timing, chunk, context) / pieces
     if piece <= step:
         return None
-    fit = largest_chunk_within(timing, step * checks, context)
+    fit = largest_chunk_within(timing, step * pieces, context)
     return (f"prefill_chunk {chunk}: a kill during prefill waits for the running piece of a layer (part of an "
             f"attention block or MLP), up to {1000 * piece:.0f} ms here, longer than one decode step "
             f"({1000 * step:.0f} ms), so it can land later than one decode step after its deadline (and than one "

@@ -45,13 +45,20 @@ class NodeParams:
                            "quarter of the bytes a token; CPU, Llama/Qwen2-style models); int4-decode (the same with "
                            "the layers in 4-bit blocks: exact for a Q4_1 GGUF such as builtin:smollm2, 4-bit rounding "
                            "otherwise); auto-decode (the default: each layer matrix int4 where that is exact, int8 "
-                           "where it is not; chosen by speed and task-suite quality, see README)",
+                           "where it is not, or int8 throughout when calibration measures that faster here)",
                            choices=QUANTIZATIONS)
+    kv_cache_dtype: str = _p("auto", "the decode step's K/V cache dtype: auto = chosen at calibration by measuring "
+                             "float32, bfloat16 and float16 on this machine (with the decode weights, under "
+                             "auto-decode); a dtype pins it", choices=("auto", "float32", "bfloat16", "float16"))
     device: str = _p("cpu", "cpu, cuda, cuda:N or auto (CUDA when torch sees a GPU); part of the calibration key. "
                      "Timed sections synchronize the device before reading the clock (the CUDA path is not run here)")
     threads: int = _p(2, "torch intra-op threads; a calibration is valid for one thread count", low=1, high=256)
     calibration_path: str = _p("", "'' = $TIMEBILL_HOME/calibration/"
                                    "<model>__<dtype>__t<threads>__<machine>[__<decode step>].json")
+    calibrate_on_start: bool = _p(True, "when configure finds no calibration for this node, make a quick one there "
+                                  "(decode kernels, then the time model: about a minute for SmolLM2; goals are "
+                                  "REJECTED meanwhile with the time left) and save it where `timebill calibrate` "
+                                  "does; false refuses goals until one is made (robots that ship a calibration)")
     control_rate_hz: float = _p(20.0, "the deadline timer's rate: it expires queued goals and backs up the running "
                                 "job's armed deadline (which kills it at the engine's next check, within one "
                                 "decode step); a kill lands within one period plus one decode step at worst",
