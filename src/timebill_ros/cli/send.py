@@ -82,8 +82,11 @@ class FeedbackPrinter:
                 quiet_until = time.monotonic() + idle
 
 
+STARTING = "node is starting"  # the start of a status_reason while the node loads or calibrates
+
+
 def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float, action_name: str,
-              as_json: bool, overrides: dict) -> int:
+              as_json: bool, overrides: dict, wait_ready: float = 0.0) -> int:
     """Send one goal, stream feedback, print the result; return the exit code.
 
     The goal goes through `node.client.Client`, which survives a lost goal or result response
@@ -113,18 +116,30 @@ def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float,
             click.echo(f"no action server '{action_name}' within {server_timeout}s (is timebill_node running, "
                        "with the same ROS_DOMAIN_ID?)", err=True)
             return EXIT_NO_SERVER
-        goal_id = UUID(uuid=list(uuid.uuid4().bytes))
-        printer = FeedbackPrinter(client.node, action_name, goal_id, server_timeout) if feedback else None
-        run = client.send(make_goal(prompt, budget, overrides), goal_id=goal_id)
-        try:
-            client.wait(run, timeout=math.inf)
-        except KeyboardInterrupt:
-            click.echo("canceling the goal", err=True)
-            client.cancel(run)
+        ready_by = time.monotonic() + wait_ready
+        while True:
+            goal_id = UUID(uuid=list(uuid.uuid4().bytes))
+            printer = FeedbackPrinter(client.node, action_name, goal_id, server_timeout) if feedback else None
+            run = client.send(make_goal(prompt, budget, overrides), goal_id=goal_id)
             try:
-                client.wait(run, timeout=5.0, ask_again_every=1.0)
-            except TimeoutError:
-                pass
+                client.wait(run, timeout=math.inf)
+            except KeyboardInterrupt:
+                click.echo("canceling the goal", err=True)
+                client.cancel(run)
+                try:
+                    client.wait(run, timeout=5.0, ask_again_every=1.0)
+                except TimeoutError:
+                    pass
+            reason = run.result.status_reason if run.result is not None else ""
+            if not reason.startswith(STARTING) or time.monotonic() >= ready_by:
+                break
+            # --wait-ready: the node answered at once that it is still starting; ask again.
+            click.echo(f"{reason} (asking again, up to {ready_by - time.monotonic():.0f} s more)", err=True)
+            try:
+                time.sleep(min(2.0, max(0.0, ready_by - time.monotonic())))
+            except KeyboardInterrupt:  # between goals: nothing to cancel
+                click.echo("interrupted while waiting for the node to start", err=True)
+                return EXIT_INTERRUPTED
         if run.accepted is False:
             click.echo("goal refused by the server (shutting down?)", err=True)
             return EXIT_GOAL_REFUSED

@@ -14,7 +14,6 @@ def main(argv: list[str] | None = None) -> int:
     """Start the action server and spin until SIGINT/SIGTERM."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-    from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.signals import SignalHandlerOptions
 
     from timebill_ros.node.params import InvalidParameter
@@ -28,17 +27,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"timebill_node: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    # autostart: configure and activate now, as a plain node would start; a model that cannot
-    # load then ends the process (exit 2) rather than leaving a node nobody will configure.
-    if node.params.autostart:
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            print(f"timebill_node: {node.configure_error}", file=sys.stderr)
-            node.destroy_node()
-            rclpy.try_shutdown()
-            return 2
-        node.trigger_activate()
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
+    # autostart: configure and activate as a plain node starts, but beside the spinning
+    # executor, so a goal sent during the model load (or the first-start calibration) is
+    # answered at once with the reason. A model that cannot load ends the process (exit 2)
+    # rather than leaving a node nobody will configure.
+    exit_code = 0
+    if node.params.autostart:
+        node.startup.begin(f"loading the model {node.params.model_path}")  # before the first goal can come
+
+        def start() -> None:
+            nonlocal exit_code
+            try:
+                started = node.autostart()
+            except Exception as exc:  # noqa: BLE001 - the node was shut down under the start-up
+                started, node.configure_error = False, node.configure_error or f"{type(exc).__name__}: {exc}"
+            if not started and not node._shutting_down:
+                print(f"timebill_node: {node.configure_error}", file=sys.stderr)
+                exit_code = 2
+                rclpy.try_shutdown()
+
+        threading.Thread(target=start, name="timebill-autostart", daemon=True).start()
 
     def drain_and_stop() -> None:
         node.shutdown()
@@ -60,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return exit_code
 
 
 if __name__ == "__main__":

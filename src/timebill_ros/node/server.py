@@ -44,20 +44,28 @@ from unique_identifier_msgs.msg import UUID
 from timebill_msgs.action import TimedGenerate
 from timebill_msgs.msg import Request as RequestMsg
 from timebill_msgs.msg import ResultRecord
-from timebill_ros.core.calibration import Calibration, CalibrationError, CalibrationKey, default_calibration_path
+from timebill_ros.core.calibration import (
+    Calibration,
+    CalibrationError,
+    CalibrationKey,
+    calibrate_machine,
+    default_calibration_path,
+)
 from timebill_ros.core.engine import PREFILL_PIECES_PER_LAYER, Engine
 from timebill_ros.core.eviction import UnsupportedModelError
+from timebill_ros.core.kernels import apply as apply_kernels
 from timebill_ros.core.jobs import CancelToken, Event, OverrunPolicy, Request, Result, Status
 from timebill_ros.core.model import ModelLoadError, encode_prompt, load_model
 from timebill_ros.core.online import online_timing_from
 from timebill_ros.core.policy import apply_overrun_policy
-from timebill_ros.core.predictor import PredictorLoadError, check_target, load_predictor
+from timebill_ros.core.predictor import FixedLengthPredictor, PredictorLoadError, check_target, load_predictor
 from timebill_ros.core.timing import TimingModel, prefill_kill_warning
 from timebill_ros.core.validation import InvalidGoal, build_request
 from timebill_ros.node.convert import feedback_msg, goal_from_msg, goal_from_request, record_msg, result_msg
 from timebill_ros.node.diagnostics import publish_health
 from timebill_ros.node.params import InvalidParameter, NodeParams
 from timebill_ros.node.qos import feedback_qos
+from timebill_ros.node.startup import Startup
 
 
 def kill_reason(budget: float) -> str:
@@ -111,6 +119,9 @@ CONFIGURE_ERRORS = (ModelLoadError, PredictorLoadError, UnsupportedModelError)
 # `__ns:=/robot1`), like every ROS interface name; no parameter duplicates that.
 ACTION_NAME, REQUEST_TOPIC, RESULT_TOPIC = "timebill/generate", "timebill/requests", "timebill/results"
 NOT_CONFIGURED = "node not configured: no model loaded (ros2 lifecycle set <node> configure)"
+# Prompt lengths the first-start calibration profiles (`timebill calibrate` takes 24): about a
+# minute for SmolLM2 up to 2,560 tokens on 2 cores, with the decode-kernel choice.
+FIRST_START_POINTS = 8
 
 
 class TimeBillServer(LifecycleNode):
@@ -128,7 +139,11 @@ class TimeBillServer(LifecycleNode):
         self._queue: deque[GoalJob] = deque()
         self._jobs: dict[bytes, GoalJob] = {}
         self._running: GoalJob | None = None
+        # Goals a cancel reached before their accepted callback registered them (rclpy sends
+        # the accept response first, so a fast client's cancel can come in between).
+        self._canceled_early: set[bytes] = set()
         self._shutting_down = False
+        self.startup = Startup()
         self.stats = {"killed": 0, "deadline_misses": 0, "succeeded": 0, "last_alpha": 0.0, "last_wcet": 0.0}
         self._server = ActionServer(
             self,
@@ -204,13 +219,27 @@ class TimeBillServer(LifecycleNode):
         """The current lifecycle state's label (unconfigured, inactive, active, finalized)."""
         return self._state_machine.current_state[1]
 
+    def autostart(self) -> bool:
+        """Configure and activate, as a plain node starts. Meant to run beside a spinning
+        executor: goals that arrive meanwhile are answered at once (REJECTED, with the stage and
+        the time left) instead of waiting for the model to load. False when configure failed."""
+        self.startup.begin(f"loading the model {self.params.model_path}")
+        try:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                return False
+            self.trigger_activate()
+            return True
+        finally:
+            self.startup.end()
+
     def _load(self) -> None:
+        self.startup.begin(f"loading the model {self.params.model_path}")
         self.loaded = load_model(self.params.model_path, dtype=self.params.dtype, threads=self.params.threads,
                                  quantization=self.params.quantization, device=self.params.device)
-        if self.loaded.lean_step is not None:  # which kernels auto-decode chose is worth a line
+        self.calibration, self.not_ready = self._load_calibration()
+        if self.loaded.lean_step is not None:  # which kernels run the decode step is worth a line
             self.get_logger().info(f"decode step ({self.params.quantization}) weights: "
                                    f"{self.loaded.lean_step.describe()}")
-        self.calibration, self.not_ready = self._load_calibration()
         timing = self.calibration.planning_timing() if self.calibration else TimingModel(0.0, 0.0, 0.0, 0.0, 0.0)
         predictor = load_predictor(self.params.predictor_path, timing.prefill, self.params.fixed_prediction_tokens)
         check_target(predictor, self.loaded.name)
@@ -218,7 +247,8 @@ class TimeBillServer(LifecycleNode):
         if self.calibration:
             self.engine.online = online_timing_from(self.calibration, window=self.params.online_window,
                                                     enabled=self.params.online_timing)
-        self.engine.warm_up()
+        self.startup.begin("warming up")
+        self.engine.warm_up(lambda text: self._encode([{"role": "user", "content": text}]))
         self.limits = self.params.limits(self.loaded.context_limit)
 
     def _release(self) -> None:
@@ -234,18 +264,16 @@ class TimeBillServer(LifecycleNode):
         self.calibration_file = path
         try:
             calibration = Calibration.load(path)
+            if mismatch := calibration.kernel_mismatch(self.params.quantization, self.params.kv_cache_dtype):
+                raise CalibrationError(f"the calibration at '{path}' does not fit: {mismatch}")
         except CalibrationError as exc:
-            command = (
-                f"timebill calibrate --model {self.params.model_path} --dtype {self.params.dtype} "
-                f"--device {self.params.device} "
-                f"--quantization '{self.params.quantization}' "
-                f"--threads {self.loaded.threads} --prefill-chunk {self.params.prefill_chunk} "
-                f"--predictor '{self.params.predictor_path}'"
-                " (or: timebill calibrate --params-file <this node's params file>)"
-            )
-            reason = f"node not ready: {exc}. Calibrate with: {command}"
-            self.get_logger().error(reason)
-            return None, reason
+            if not self.params.calibrate_on_start:
+                return None, self._refuse_uncalibrated(exc)
+            self.get_logger().info(f"{exc}: calibrating this machine now (first start; calibrate_on_start)")
+            calibration = self._calibrate_now(key, path)
+        if choice := calibration.kernel_choice():
+            apply_kernels(self.loaded, choice.chosen, self.params.quantization)
+            self.get_logger().info(choice.summary())
         self.get_logger().info(
             f"calibration {path}: prefill MAPE {calibration.prefill_mape:.1f}%, "
             f"decode MAPE {calibration.decode_mape:.1f}%, WCET margins +{100 * calibration.prefill_margin:.1f}% "
@@ -271,10 +299,54 @@ class TimeBillServer(LifecycleNode):
             self.get_logger().warning(f"{poor} (`timebill calibrate --params-file <this node's params file>`)")
         warning = prefill_kill_warning(calibration.planning_timing(), self.params.prefill_chunk, longest_prompt,
                                        1.0 / self.params.control_rate_hz, self.loaded.model.config.num_hidden_layers,
-                                       PREFILL_PIECES_PER_LAYER)
+                                       PREFILL_PIECES_PER_LAYER, calibration.prefill_piece_share)
         if warning:
             self.get_logger().warning(warning)
         return calibration, ""
+
+    def _refuse_uncalibrated(self, exc: Exception) -> str:
+        command = (
+            f"timebill calibrate --model {self.params.model_path} --dtype {self.params.dtype} "
+            f"--device {self.params.device} "
+            f"--quantization '{self.params.quantization}' --kv-cache-dtype {self.params.kv_cache_dtype} "
+            f"--threads {self.loaded.threads} --prefill-chunk {self.params.prefill_chunk} "
+            f"--predictor '{self.params.predictor_path}'"
+            " (or: timebill calibrate --params-file <this node's params file>)"
+        )
+        reason = f"node not ready: {exc}. Calibrate with: {command}, or set calibrate_on_start"
+        self.get_logger().error(reason)
+        return reason
+
+    def _calibrate_now(self, key: CalibrationKey, path: Path) -> Calibration:
+        """The first-start calibration: quick (FIRST_START_POINTS lengths, 2 rounds) and sized to
+        what this node takes; saved where `timebill calibrate` saves it, so the next start loads it."""
+        engine = Engine(self.loaded, TimingModel(0.0, 0.0, 0.0, 0.0, 0.0), FixedLengthPredictor(),
+                        self.params.engine_config())
+        longest = min(self.loaded.context_limit, self.params.max_prompt_tokens + self.params.max_new_tokens)
+
+        def progress(total: int):
+            self.startup.expect(total)
+            return self.startup.tick
+
+        def predictor_for(fit: TimingModel):
+            return load_predictor(self.params.predictor_path, fit.prefill, self.params.fixed_prediction_tokens)
+
+        try:
+            calibration = calibrate_machine(
+                engine, key, quantization=self.params.quantization, kv_dtype_pin=self.params.kv_cache_dtype,
+                encode=lambda text: self._encode([{"role": "user", "content": text}]),
+                stage=self.startup.begin, progress=progress, points=FIRST_START_POINTS, repeats=2,
+                max_length=longest, predictor_for=predictor_for if self.params.predictor_path else None)
+        finally:
+            engine.close()
+        calibration.settings["predictor_path"] = self.params.predictor_path
+        calibration.settings["first_start"] = True
+        calibration.save(path)
+        self.get_logger().info(
+            f"saved the first-start calibration {path} (quick: {FIRST_START_POINTS} lengths; prefill held-out "
+            f"error {calibration.prefill_mape:.1f}%, decode {calibration.decode_mape:.1f}%; online timing corrects "
+            "it goal by goal; `timebill calibrate --params-file <params file>` makes a full one)")
+        return calibration
 
     def _on_set_parameters(self, changed: list) -> SetParametersResult:
         """`ros2 param set` on a run-time parameter: validated like at start-up, then in force
@@ -307,11 +379,19 @@ class TimeBillServer(LifecycleNode):
 
     def _on_accepted(self, handle: ServerGoalHandle) -> None:
         job = GoalJob(handle, accepted_at=time.monotonic())
+        goal_id = bytes(handle.goal_id.uuid)
         with self._lock:
             # Registered before the (possibly slow) tokenization, so a cancel that comes in
-            # meanwhile finds the job and is honoured.
-            self._jobs[bytes(handle.goal_id.uuid)] = job
+            # meanwhile finds the job and is honoured; one that came before is taken over.
+            self._jobs[goal_id] = job
+            if goal_id in self._canceled_early:
+                self._canceled_early.discard(goal_id)
+                job.cancel.cancel(Status.CANCELED, "canceled by the client")
         self._prepare(job)
+        if job.request is not None and job.policy is OverrunPolicy.KILL:
+            # Armed at once, so a goal whose deadline passes in the queue is stopped at the
+            # engine's first check if it starts late (the control timer expires it otherwise).
+            job.cancel.arm_deadline(job.deadline, kill_reason(job.request.budget))
         with self._lock:
             if job.early is None and job.cancel.is_set:
                 job.early = self._early(job, job.cancel.status, job.cancel.reason)
@@ -352,6 +432,8 @@ class TimeBillServer(LifecycleNode):
         """Why no goal can be served now ("" when goals are served)."""
         if self._shutting_down:
             return "node shutting down"
+        if self.startup.active:
+            return self.startup.describe()
         if self.engine is None:
             return self.configure_error and f"node not configured: {self.configure_error}" or NOT_CONFIGURED
         if not self._active:
@@ -364,7 +446,11 @@ class TimeBillServer(LifecycleNode):
             return encode_prompt(self.loaded.tokenizer, messages=messages)
 
     def _on_cancel(self, handle: ServerGoalHandle) -> CancelResponse:
-        job = self._jobs.get(bytes(handle.goal_id.uuid))
+        goal_id = bytes(handle.goal_id.uuid)
+        with self._lock:
+            job = self._jobs.get(goal_id)
+            if job is None:  # accepted, but its accepted callback has not registered it yet
+                self._canceled_early.add(goal_id)
         if job is not None:
             job.cancel.cancel(Status.CANCELED, "canceled by the client")
         return CancelResponse.ACCEPT
@@ -402,8 +488,8 @@ class TimeBillServer(LifecycleNode):
                 text = tokenizer.decode(event.tokens, skip_special_tokens=True)
             job.handle.publish_feedback(feedback_msg(event, text))
 
-        if job.policy is OverrunPolicy.KILL:  # the engine stops itself at the deadline; the timer backs it up
-            job.cancel.arm_deadline(job.deadline, kill_reason(job.request.budget))
+        # A Kill job's token was armed with its deadline at acceptance: the engine stops itself
+        # there, and the control timer backs it up.
         return apply_overrun_policy(self.engine.run(job.request, job.cancel, publish), job.policy)
 
     def _finish(self, job: GoalJob, result: Result) -> TimedGenerate.Result:

@@ -1,0 +1,132 @@
+"""A node's first seconds: goals sent while it loads and calibrates are answered at once, the
+first-start calibration is made and kept, and a cancel that overtakes the accepted callback
+is honoured. Real nodes, real action clients."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+from conftest import BASE_PARAMS, REPO, start_node
+
+from timebill_ros.node.client import Client
+
+
+def R(client):
+    return client.TimedGenerate.Result
+
+
+def call_until_served(client, goal_args: dict, timeout: float = 240.0):
+    """Send the goal again while the node answers that it is starting; the first other answer."""
+    end = time.monotonic() + timeout
+    while True:
+        run = client.call(client.goal(**goal_args), timeout=60)
+        if not run.result.status_reason.startswith("node is starting") or time.monotonic() > end:
+            return run
+        time.sleep(0.5)
+
+
+def test_a_goal_sent_while_the_node_starts_is_answered_at_once_and_the_calibration_is_kept(
+        slow_model_dir, tmp_path, rclpy_context):
+    calibration = tmp_path / "first-start.json"  # none yet: the node makes it (calibrate_on_start)
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="starting", action="starting/generate")
+    client = Client("starting/generate")
+    try:
+        assert client.wait_for_server(), proc.log()
+        sent = time.monotonic()  # the moment the server is seen, as a robot's client would
+        run = client.call(client.goal("hello", budget=0.02, max_new_tokens=4), timeout=30)
+        latency = time.monotonic() - sent
+        assert run.result.status == R(client).REJECTED, run.result.status_reason
+        assert run.result.status_reason.startswith("node is starting"), run.result.status_reason
+        assert latency < 0.3, f"answered {latency:.3f}s after sending; {proc.log()}"
+        served = call_until_served(client, {"prompt": "hello", "budget": 30.0, "max_new_tokens": 4})
+        assert served.result.status == R(client).SUCCEEDED, (served.result.status_reason, proc.log())
+    finally:
+        client.close()
+        assert proc.stop() == 0, proc.log()
+    log = proc.log()
+    assert calibration.is_file() and "calibrating this machine now" in log
+    assert "decode kernels chosen by measurement" in log  # the choice is logged
+    # A restart loads what the first start made: no calibration, served at once.
+    again = start_node(slow_model_dir, calibration, tmp_path, name="restarted", action="restarted/generate")
+    client = Client("restarted/generate")
+    try:
+        assert client.wait_for_server(), again.log()
+        run = call_until_served(client, {"prompt": "hello", "budget": 30.0, "max_new_tokens": 4})
+        assert run.result.status == R(client).SUCCEEDED
+    finally:
+        client.close()
+        assert again.stop() == 0
+    assert "calibrating this machine now" not in again.log() and str(calibration) in again.log()
+
+
+def test_a_cancel_that_overtakes_the_accepted_callback_ends_the_goal_canceled(
+        slow_model_dir, calibration, rclpy_context):
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from timebill_ros.node.server import TimeBillServer
+
+    class SlowAcceptServer(TimeBillServer):
+        """rclpy sends the accept response before it calls the accepted callback; here that
+        callback starts late, so the client's cancel (sent on acceptance) comes first."""
+
+        def _on_accepted(self, handle):
+            time.sleep(1.0)
+            super()._on_accepted(handle)
+
+    params = {**BASE_PARAMS, "model_path": str(slow_model_dir), "calibration_path": str(calibration)}
+    node = SlowAcceptServer(namespace="overtaken",
+                            parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    assert node.autostart()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    client = Client("/overtaken/timebill/generate")
+    try:
+        assert client.wait_for_server()
+        run = client.send(client.goal("tell a long story", budget=60.0, max_new_tokens=512, k=1.0))
+        while run.accepted is None:
+            time.sleep(0.005)
+        assert run.accepted
+        client.cancel(run)  # the accepted callback is still asleep
+        client.wait(run, timeout=60)
+        assert run.result.status == R(client).CANCELED, (run.result.status_name, run.result.status_reason)
+        assert run.result.response_tokens == 0
+    finally:
+        client.close()
+        node.shutdown()
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+
+
+def test_timebill_send_waits_while_the_shipped_node_calibrates_on_first_start(tmp_path):
+    """The shipped config/timebill.yaml (SmolLM2) on a machine with no calibration: `timebill
+    send --wait-ready` gets SUCCEEDED with nothing else run; a restart loads the calibration."""
+    import shutil
+    import signal
+
+    from timebill_ros.core.paths import timebill_home
+
+    calibrations = timebill_home() / "calibration"
+    assert not list(calibrations.glob("SmolLM2*")), "this test needs no SmolLM2 calibration on disk"
+    send = [shutil.which("timebill"), "send", "The vase is in the closet. Where is the vase?", "--budget", "5",
+            "--max-new-tokens", "16", "--wait-ready", "600", "--server-timeout", "120"]
+    for attempt in ("first_start", "restart"):
+        log = tmp_path / f"{attempt}.log"
+        with log.open("w") as out:
+            node = subprocess.Popen([shutil.which("timebill_node"), "--ros-args", "--params-file",
+                                     str(REPO / "config" / "timebill.yaml")], stdout=out, stderr=subprocess.STDOUT)
+            try:
+                sent = subprocess.run(send, capture_output=True, text=True, timeout=900)
+            finally:
+                node.send_signal(signal.SIGINT)
+                assert node.wait(timeout=30) == 0, log.read_text()
+        assert sent.returncode == 0, (sent.stdout, sent.stderr, log.read_text())
+        assert "SUCCEEDED" in sent.stdout
+        assert len(list(calibrations.glob("SmolLM2*"))) == 1
+        assert ("calibrating this machine now" in log.read_text()) == (attempt == "first_start"), log.read_text()
+        if attempt == "first_start":
+            assert "node is starting" in sent.stderr  # it was told, and asked again
