@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TIMEBILL_HOME ?= $(CURDIR)/.timebill
 ENV := source scripts/env.sh
 
-.PHONY: help setup demo test bench bench-llamacpp eval eval-quick load soak results clean
+.PHONY: help setup demo test bench bench-llamacpp eval eval-quick load soak faults first-goal results clean
 help:
 	@echo "make setup   - venv, pinned dependencies, colcon build (idempotent)"
 	@echo "make demo    - start the node, send one goal with feedback, stop"
@@ -18,8 +18,10 @@ help:
 	@echo "make bench-llamacpp - build llama-cpp-python here (~5 min) and compare it on the same GGUF"
 	@echo "make eval    - the paper's comparison through bags and the node; results/eval/"
 	@echo "make eval-quick - the same, 2 prompts per task, 3 budget levels, Kill only, no int8 node (a smoke run)"
-	@echo "make load    - 4 clients, 200 goals in 10 s against the node; results/bench/load.json"
+	@echo "make load    - 4 clients, 200 goals in 10 s against the node (SmolLM2); results/bench/load.json"
 	@echo "make soak    - 1000 goals in a row, memory/threads/fds; results/bench/soak.json"
+	@echo "make faults  - a client killed mid-goal, the node restarted under a client; results/bench/faults.json"
+	@echo "make first-goal - a fresh node's first goals against its fifth; results/bench/first_goal.json"
 	@echo "make results - publish: copy results/ into docs/results and regenerate the README tables"
 
 setup:
@@ -41,7 +43,7 @@ LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON 
 bench-llamacpp: setup
 	@$(ENV) && (python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" \
 		pip install --no-cache-dir llama-cpp-python==0.3.36 diskcache==5.6.3 -c constraints.txt) \
-		&& cd bench && python llamacpp_bench.py $(BENCH_ARGS)
+		&& cd bench && LLAMA_CPP_CMAKE="$(LLAMA_CPP_CMAKE)" python llamacpp_bench.py $(BENCH_ARGS)
 
 eval: setup
 	@$(ENV) && bash scripts/eval.sh
@@ -50,13 +52,19 @@ eval-quick: setup
 	@$(ENV) && PER_TASK=2 POLICIES=kill LEVELS=0.1,0.5,0.9 INT8=0 CAL_ARGS="--points 12 --repeats 2" \
 		bash scripts/eval.sh
 
-# load and soak run the toy model (many goals in seconds) unless TIMEBILL_BENCH_MODEL names
-# another (bench/common.py alone falls back to the random plumbing model).
+# The node under stress runs the real default model (SmolLM2) unless TIMEBILL_BENCH_MODEL
+# names another (builtin:toy runs them in seconds).
 load: setup
-	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:toy} python load.py $(BENCH_ARGS)
+	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:smollm2} python load.py $(BENCH_ARGS)
 
 soak: setup
-	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:toy} python soak.py $(BENCH_ARGS)
+	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:smollm2} python soak.py $(BENCH_ARGS)
+
+faults: setup
+	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:smollm2} python faults.py $(BENCH_ARGS)
+
+first-goal: setup
+	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:smollm2} python first_goal.py $(BENCH_ARGS)
 
 results: setup
 	@$(ENV) && timebill publish

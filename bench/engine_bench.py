@@ -64,7 +64,8 @@ def wcet_coverage(engine, cal, quick: bool, limit: int, k: float = 5.0) -> dict:
     scaled by the slow-down its own earlier goals measured)."""
     rng = random.Random(0)
     vocab = engine.loaded.model.config.vocab_size
-    online = online_timing_from(cal, window=NodeParams.online_window, enabled=True)
+    online = online_timing_from(cal, window=NodeParams.online_window, enabled=True,
+                                estimator=NodeParams.timing_estimator, miss_rate=NodeParams.timing_miss_rate)
     arms: dict[str, list[dict]] = {"static": [], "online": []}
     for i in range(10 if quick else 32):
         n = int(2 ** rng.uniform(7, math.log2(limit - 300)))

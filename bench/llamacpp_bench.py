@@ -13,6 +13,7 @@ compiled from source with flags that run on this CPU); `make setup` never does.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Callable
@@ -72,7 +73,11 @@ def main() -> None:
 
     llm = Llama(model_path=str(builtin_gguf_file("smollm2")), n_ctx=max(LENGTHS) + 64, n_threads=args.threads,
                 n_threads_batch=args.threads, n_batch=512, verbose=False)
-    engine, _ = calibrated_engine(args)
+    engine, cal = calibrated_engine(args)
+    choice = cal.kernel_choice()
+    build_flags = os.environ.get("LLAMA_CPP_CMAKE", "unknown (installed outside make bench-llamacpp)")
+    print(f"[bench] ours: {choice.summary() if choice else engine.loaded.dtype}\n"
+          f"[bench] llama.cpp build flags: {build_flags}", flush=True)
     # Decode steps only: their prefill is the same code on the same weights.
     plain = float_forward_engine(engine)
     other_name = "int4-decode" if args.quantization == "int8-decode" else "int8-decode"
@@ -103,7 +108,8 @@ def main() -> None:
     write("llamacpp", {"model": args.model, "gguf": builtin_gguf_file("smollm2").name, "dtype": engine.loaded.dtype,
                        "decode_step_weights": engine.loaded.lean_step.describe() if engine.loaded.lean_step else "",
                        "float_forward_dtype": plain.loaded.dtype, "other_lean_dtype": other.loaded.dtype,
-                       "llama_cpp_quantization": "Q4_1 (the GGUF as shipped)", "rows": rows})
+                       "llama_cpp_quantization": "Q4_1 (the GGUF as shipped)", "llama_cpp_build_flags": build_flags,
+                       "kernel_choice": choice.to_dict() if choice else None, "rows": rows})
 
 
 if __name__ == "__main__":

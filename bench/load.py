@@ -11,6 +11,8 @@ import time
 from common import parser, percentile, write
 from node_common import node_session
 
+from timebill_ros.node.params import NodeParams
+
 
 def main() -> None:
     p = parser(__doc__)
@@ -20,7 +22,7 @@ def main() -> None:
     args = p.parse_args()
     n_goals = 40 if args.quick else args.goals
     runs = []
-    with node_session(args, clients=args.clients, max_queue=8, max_new_tokens=256) as (_, clients, _):
+    with node_session(args, clients=args.clients, max_queue=8, max_new_tokens=256) as (_, clients, cal):
         rng = random.Random(0)
         start = time.monotonic()
         for i in range(n_goals):
@@ -42,6 +44,11 @@ def main() -> None:
             statuses[name] = statuses.get(name, 0) + 1
         done = [run.result for _, run in runs if run.result is not None]
         kills = [r.deadline_margin for r in done if r.status_name == "KILLED_AT_DEADLINE"]
+        # A goal may end at most one control period (the backup timer) plus one decode step
+        # (the engine's next check) after its deadline, at the longest cache a goal can hold.
+        period = 1.0 / NodeParams.control_rate_hz
+        bound = period + cal.planning_timing().decode_step(min(args.max_length, 2048 + 256))
+        ends = [(budget, run) for budget, run in runs if run.result is not None and run.done_at is not None]
         write("load", {
             "model": args.model, "clients": args.clients, "goals_sent": n_goals, "seconds": args.seconds,
             "terminal_statuses": statuses, "lost": statuses.get("LOST", 0),
@@ -49,6 +56,14 @@ def main() -> None:
             "rejected_reasons": sorted({r.status_reason.split(" (")[0] for r in done if r.status_name == "REJECTED"}),
             "kill_latency_p50_s": percentile(kills, 50) if kills else None,
             "kill_latency_p99_s": percentile(kills, 99) if kills else None,
+            "bound_s": bound,
+            "ended_past_bound_at_the_node": sum(1 for r in done if r.deadline_margin > bound),
+            "worst_end_after_deadline_at_the_node_s": max((r.deadline_margin for r in done), default=None),
+            # As the clients saw it: result received minus (goal sent + budget); includes DDS.
+            "ended_past_bound_at_the_client": sum(1 for budget, run in ends
+                                                  if run.done_at - run.sent_at - budget > bound),
+            "worst_end_after_deadline_at_the_client_s": max((run.done_at - run.sent_at - budget
+                                                             for budget, run in ends), default=None),
         })
 
 

@@ -460,3 +460,36 @@ def test_the_cache_moves_to_the_decode_steps_dtype_before_the_first_step(tiny_mo
     e.decode_step(cache, int(logits.argmax(-1)), 100)  # writes one entry, converts nothing
     assert layer._key_buffer.data_ptr() == buffer and layer.keys.shape[2] == 101
     e.close()
+
+
+class SlowingDecodeEngine(Engine):
+    """The machine turns slow after the first decode steps, in proportion to the cache a step
+    reads (as a memory-bound step does when another process takes the bandwidth)."""
+
+    slow_after, per_entry = 5, 0.0
+
+    def decode_step(self, cache, token, position):
+        self.steps = getattr(self, "steps", 0) + 1
+        if self.steps > self.slow_after:
+            time.sleep(self.per_entry * cache.layers[0].keys.shape[2])
+        return super().decode_step(cache, token, position)
+
+
+def test_the_in_goal_replan_ends_a_slowed_goal_complete(tiny):
+    def run(replan_steps):
+        e = SlowingDecodeEngine(tiny, TIMING, FixedLengthPredictor(40),
+                                EngineConfig(snapkv_window=16, event_period=0.0, replan_steps=replan_steps))
+        e.per_entry = 40e-6  # 40 ms a step at 1,000 cached entries
+        events = []
+        req = Request(ids(1000), budget=1.0, max_new_tokens=40, ignore_eos=True, k=1.0)
+        result = e.run(req, CancelToken(), events.append)
+        e.close()
+        return result, events
+
+    planned_fast, _ = run(replan_steps=0)  # the paper: one plan
+    assert planned_fast.plan.alpha == 0.0 and planned_fast.status is Status.COMPLETED_LATE
+    result, events = run(replan_steps=8)
+    assert result.status is Status.SUCCEEDED and len(result.token_ids) == 40
+    assert result.replans >= 1 and result.kept_prompt_tokens < 1000
+    replanned = [ev for ev in events if ev.phase == "replanned"]
+    assert replanned and replanned[0].alpha > 0.0  # the feedback shows it

@@ -57,7 +57,7 @@ def test_phases_too_short_to_time_are_not_counted():
 def test_the_snapshot_at_factor_one_is_the_calibrations_planning_model():
     cal = Calibration(CalibrationKey("m", "float32", 2, "x"), BASE, [], [], 5.0, 2.0, prefill_margin=0.1,
                       decode_margin=0.05, prefill_margin_s=0.02, decode_margin_s=0.001, prefill_contention=1.3)
-    online = online_timing_from(cal, window=3, enabled=True)
+    online = online_timing_from(cal, window=3, enabled=True, estimator="window")
     assert online.snapshot().timing.to_dict() == pytest.approx(cal.planning_timing().to_dict())
     for _ in range(2):
         goal(online, 2.0, 3.0)

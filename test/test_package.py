@@ -121,14 +121,26 @@ def test_core_has_no_ros_imports():
                     f"{path.name} imports {name}"
 
 
-def test_readme_figures_equal_their_json():
-    """Every README results block, rendered again from docs/results, must equal the README."""
-    from timebill_ros.eval.publish import BLOCK, TABLES, render
+def test_readme_and_docs_figures_equal_their_json():
+    """Every results block of the README and the docs pages, rendered again from docs/results,
+    must equal the page; every table appears exactly once across them."""
+    from timebill_ros.eval.publish import BLOCK, TABLES, pages, render
+
+    names = []
+    for page in pages(REPO / "README.md"):
+        text = page.read_text()
+        names += [m.group("name") for m in BLOCK.finditer(text)]
+        assert render(text, REPO / "docs" / "results") == text, f"{page.name} is stale: run `make results`"
+    assert sorted(names) == sorted(TABLES), names
+
+
+def test_the_readme_is_a_guide_that_links_every_docs_page():
+    import re
 
     readme = (REPO / "README.md").read_text()
-    names = {m.group("name") for m in BLOCK.finditer(readme)}
-    assert names == set(TABLES), names  # every table is in the README, each once per name
-    assert render(readme, REPO / "docs" / "results") == readme, "README is stale: run `make results`"
+    assert len(readme.encode()) <= 25 * 1024, f"README.md is {len(readme.encode())} bytes; move detail to docs/"
+    linked = set(re.findall(r"\]\((docs/[^)#]+\.md)", readme))
+    assert linked == {f"docs/{p.name}" for p in (REPO / "docs").glob("*.md")}, linked
 
 
 def test_publish_copies_results_fixes_plot_paths_and_regenerates_tables(tmp_path):

@@ -102,3 +102,14 @@ def test_alpha_inverts_the_time_model(args, share):
     p = plan(T, budget=budget, **args)
     assert p.feasible
     assert p.alpha == pytest.approx(target, abs=1e-6)
+
+
+def test_the_eviction_phase_is_in_the_wcet_when_alpha_is_above_zero():
+    t = TimingModel(a=1e-8, b=2e-5, c=0.005, p=2e-6, q=0.01, e0=0.004, e1=1e-5, v0=0.001, v1=2e-6)
+    n_x, n_w = 2000, 41
+    tight = plan(t, n_x=n_x, n_hat=n_w, budget=0.6, t_fixed=0.1, k=1.0, alpha_max=0.95, n_max=512)
+    assert 0.0 < tight.alpha < 0.95
+    assert tight.wcet == pytest.approx(0.1 + t.evict(n_x, tight.alpha) + t.decode(n_x, tight.alpha, n_w))
+    assert tight.wcet == pytest.approx(0.6)  # alpha* was solved with the eviction counted
+    loose = plan(t, n_x=n_x, n_hat=n_w, budget=60.0, t_fixed=0.1, k=1.0, alpha_max=0.95, n_max=512)
+    assert loose.alpha == 0.0 and loose.wcet == pytest.approx(0.1 + 0.001 + 2e-6 * n_x + t.decode(n_x, 0.0, n_w))

@@ -4,7 +4,6 @@ is honoured. Real nodes, real action clients."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 

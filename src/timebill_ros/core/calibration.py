@@ -108,6 +108,8 @@ class Calibration:
     # (measured on the last chunk of the longest profiled prompt); 0 when not measured. A kill
     # during prefill waits for at most one such piece (core.timing.prefill_kill_warning).
     prefill_piece_share: float = 0.0
+    # (prompt tokens, alpha, seconds) of the eviction phase (gather + K/V dtype move)
+    evict_samples: list[tuple[int, float, float]] = field(default_factory=list)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     settings: dict = field(default_factory=dict)
 
@@ -190,6 +192,7 @@ class Calibration:
                 prefill_contention=float(data.get("prefill_contention", 1.0)),
                 kernels=data.get("kernels", {}),
                 prefill_piece_share=float(data.get("prefill_piece_share", 0.0)),
+                evict_samples=[tuple(x) for x in data.get("evict_samples", [])],
                 created=data.get("created", ""),
                 settings=data.get("settings", {}),
             )
@@ -265,8 +268,8 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
 
 def profile_phases(engine, lengths: list[int], repeats: int, decode_steps: int,
                    tick: Callable[[], None] = lambda: None) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """Median prefill time of the engine at each prompt length (random token ids), and the
-    median time of the DECODE_STEPS decode steps that follow each prefill.
+    """Mean prefill time of the engine at each prompt length (random token ids), and the
+    mean time of the DECODE_STEPS decode steps that follow each prefill.
 
     Each round visits every length once, in a shuffled order: on a shared machine a slow
     spell then lands on one sample of many lengths (and the median drops it) instead of on
@@ -297,8 +300,10 @@ def profile_phases(engine, lengths: list[int], repeats: int, decode_steps: int,
             done += 1
             if done % repeats == 0:  # the bar counts lengths
                 tick()
-    return ([(n, statistics.median(prefill_s[n])) for n in lengths],
-            [(n, statistics.median(step_s[n])) for n in lengths])
+    # Means, not medians: a WCET sums steps, and a sum follows the mean (the tail is the
+    # online bound's job, core.conformal).
+    return ([(n, statistics.fmean(prefill_s[n])) for n in lengths],
+            [(n, statistics.fmean(step_s[n])) for n in lengths])
 
 
 def calibrate(
@@ -333,6 +338,8 @@ def calibrate(
     held_pre = [(n, t) for n, t in prefill if n in held_n]
     held_dec = [(n, t) for n, t in decode if n in held_n]
     piece_share = measure_piece_share(engine, lengths[-1])
+    evict_samples = profile_eviction(engine, contention_lengths, repeats)
+    timing = with_eviction(timing, evict_samples)
     contention = 1.0
     if predictor_for is not None:
         contention = measure_prefill_contention(engine, predictor_for(timing), contention_lengths, repeats, tick)
@@ -354,6 +361,7 @@ def calibrate(
         decode_margin_s=dec_d,
         prefill_contention=contention,
         prefill_piece_share=piece_share,
+        evict_samples=evict_samples,
         settings={"points": points, "repeats": repeats, "decode_steps": decode_steps, "max_length": limit,
                   "prefill_chunk": engine.config.prefill_chunk},
     )
@@ -430,19 +438,61 @@ def measure_prefill_contention(engine, predictor, lengths: list[int], repeats: i
 
 
 def _fit(prefill: list[tuple[int, float]], decode: list[tuple[int, float]], fit_lengths: set[int]) -> TimingModel:
+    """Fits by relative error: a plan's bound is the fit times a ratio (core.conformal), which
+    only means the same at every length when the fit is as right, relatively, for short prompts."""
     pre = np.array([s for s in prefill if s[0] in fit_lengths])
     dec = np.array([s for s in decode if s[0] in fit_lengths])
-    a, b, c = fit_prefill(pre[:, 0], pre[:, 1])
-    p, q = fit_decode(dec[:, 0], dec[:, 1])
+    a, b, c = fit_prefill(pre[:, 0], pre[:, 1], relative=True)
+    p, q = fit_decode(dec[:, 0], dec[:, 1], relative=True)
     return TimingModel(a=a, b=b, c=c, p=p, q=q)
 
 
+EVICT_ALPHA = 0.5  # the ratio the eviction phase is profiled at (the gather barely depends on it)
+
+
+def profile_eviction(engine, lengths: list[int], repeats: int) -> list[tuple[int, float, float]]:
+    """(prompt tokens, alpha, seconds) of the eviction phase after a prefill of each length:
+    at EVICT_ALPHA (SnapKV gather, then the K/V dtype move) and at 0 (the move alone)."""
+    from timebill_ros.core.eviction import evict
+
+    gen = torch.Generator().manual_seed(5)
+    samples = []
+    for n in lengths:
+        ids = torch.randint(0, engine.loaded.model.config.vocab_size, (n,), generator=gen).tolist()
+        for alpha in (EVICT_ALPHA, 0.0):
+            for _ in range(repeats):
+                cache, _ = engine.prefill(ids)
+                t0 = time.perf_counter()
+                if alpha > 0.0:
+                    evict(cache, engine.scorer.scores, alpha, engine.press.window)
+                engine.prepare_for_decode(cache)
+                engine.loaded.synchronize()
+                samples.append((n, alpha, time.perf_counter() - t0))
+    return samples
+
+
+def with_eviction(timing: TimingModel, samples: list[tuple[int, float, float]]) -> TimingModel:
+    """TIMING with the eviction phase's linear terms fitted on SAMPLES (absolute least squares:
+    these are milliseconds beside seconds of prefill)."""
+    from dataclasses import replace
+
+    fits = {}
+    for evicting in (True, False):
+        rows = np.array([(n, t) for n, alpha, t in samples if (alpha > 0.0) == evicting])
+        fits[evicting] = fit_decode(rows[:, 0], rows[:, 1]) if len(rows) else (0.0, 0.0)
+    return replace(timing, e1=fits[True][0], e0=fits[True][1], v1=fits[False][0], v0=fits[False][1])
+
+
 def load_or_calibrate(engine, points: int = 24, announce: Callable[[str], None] = lambda message: None,
-                      max_length: int | None = None, repeats: int = 3) -> Calibration:
+                      max_length: int | None = None, repeats: int = 3, kv_dtype_pin: str = "auto") -> Calibration:
     """The calibration of the engine's model where the node looks for it, made and saved now
-    if there is none, if it does not reach MAX_LENGTH tokens or if it timed prefill in other
-    chunks than the engine runs; the engine then plans with it."""
+    (with the decode-kernel choice, `calibrate_machine`) if there is none, if it does not reach
+    MAX_LENGTH tokens, if it timed prefill in other chunks than the engine runs or chose kernels
+    KV_DTYPE_PIN excludes; the engine then plans with it and runs the kernels it chose."""
+    from timebill_ros.core.model import encode_prompt
+
     key = CalibrationKey.for_model(engine.loaded)
+    quantization = engine.loaded.dtype.partition("+")[2]
     path = default_calibration_path(key)
     want = min(max_length or engine.loaded.context_limit, engine.loaded.context_limit)
     try:
@@ -451,12 +501,18 @@ def load_or_calibrate(engine, points: int = 24, announce: Callable[[str], None] 
             announce(f"the calibration of {key.model} reaches {cal.settings.get('max_length')} tokens, "
                      f"{want} are needed: calibrating again")
             raise CalibrationError("too short")
-        if mismatch := cal.chunk_mismatch(engine.config.prefill_chunk):
+        if mismatch := cal.chunk_mismatch(engine.config.prefill_chunk) or cal.kernel_mismatch(quantization,
+                                                                                                  kv_dtype_pin):
             announce(f"the calibration of {key.model} does not fit: {mismatch}; calibrating again")
             raise CalibrationError(mismatch)
     except CalibrationError:
         announce(f"calibrating {key.model} on this machine up to {want} tokens (once)")
-        cal = calibrate(engine, key, points=points, repeats=repeats, max_length=want)
+        cal = calibrate_machine(engine, key, quantization=quantization, kv_dtype_pin=kv_dtype_pin,
+                                encode=lambda text: encode_prompt(engine.loaded.tokenizer, text),
+                                points=points, repeats=repeats, max_length=want)
         cal.save(path)
+    if choice := cal.kernel_choice():
+        kernels.apply(engine.loaded, choice.chosen, quantization)
+        announce(choice.summary())
     engine.timing = cal.planning_timing()
     return cal

@@ -48,7 +48,8 @@ from timebill_ros.core.kv_cache import full_attention_only
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
 # Raise when a change makes the step faster or slower: calibrations are keyed by it, so a
 # calibration that timed an older step is made again instead of planning with stale times.
-STEP_VERSION = 4  # 2: grouped queries as rows, not repeated K/V; 3: float16 K/V; 4: K/V dtype chosen, converted before step 1
+# 2: grouped queries as rows, not repeated K/V; 3: float16 K/V; 4: K/V dtype chosen, converted before step 1
+STEP_VERSION = 4
 
 
 def calibration_tag(quantization: str) -> str:

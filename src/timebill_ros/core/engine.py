@@ -8,20 +8,21 @@ ratio is fixed_alpha = x, TimeBill is the planner's alpha*.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
 from timebill_ros.core.attention import split_chunks
-from timebill_ros.core.eviction import SnapKV, SnapKVScorer, attention_modules, evict, mlp_modules
+from timebill_ros.core.eviction import SnapKV, SnapKVScorer, attention_modules, evict, evict_again, mlp_modules
 from timebill_ros.core.jobs import CancelToken, Event, OnInfeasible, Request, Result, Status, Timings
 from timebill_ros.core.kv_cache import new_cache
 from timebill_ros.core.model import LoadedModel
 from timebill_ros.core.online import OnlineTiming, PhaseWork, TimingSnapshot
-from timebill_ros.core.planner import Plan, plan
+from timebill_ros.core.planner import Plan, optimal_alpha, plan
 from timebill_ros.core.predictor import LengthPredictor
 from timebill_ros.core.sampling import StopStrings, TokenChooser
 from timebill_ros.core.timing import TimingModel
@@ -54,6 +55,9 @@ class EngineConfig:
     prefill_chunk: int = 1024  # tokens per prefill forward (the cancel token is also checked between layers)
     event_period: float = 0.05  # seconds between decode events (phase changes always emit)
     fallback_prediction_tokens: int = 64  # N_hat when the length predictor fails on a prompt
+    # In-goal re-plan: when the last `replan_steps` decode steps ran so slow that the worst case
+    # would end past the deadline, evict again (0 turns it off; baselines with a fixed alpha never do).
+    replan_steps: int = 8
 
     def validate(self) -> None:
         """Raise ValueError naming the setting when the combination cannot work."""
@@ -225,7 +229,11 @@ class _Job:
         self.stops = StopStrings(engine.loaded.tokenizer, request.stop)
         self.snapshot = engine.planning_snapshot()  # one timing model for all of this job's plans
         self.timing = self.snapshot.timing
-        self.prefill_work, self.decode_work = PhaseWork(), PhaseWork()  # for the online timing model
+        # For the online timing model; prefill counts as cut short until it completes.
+        self.prefill_work, self.decode_work = PhaseWork(complete=False), PhaseWork()
+        self.kept_scores: dict = {}  # SnapKV scores of the kept prompt entries, for a re-plan's eviction
+        self.recent_steps: list[float] = []  # seconds of the decode steps since the last (re-)plan
+        self.replans = 0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.request.accepted_at
@@ -325,6 +333,7 @@ class _Job:
         try:
             # A kill here raises at once: it never waits for the predictor thread.
             cache, logits = self.engine.prefill(self.request.prompt_ids, self.cancel, self.count_chunk)
+            self.prefill_work.complete = True
         finally:
             self.timings.prefill = time.monotonic() - t0
         n_hat, self.timings.predict = self.wait_for_prediction(future)
@@ -357,7 +366,8 @@ class _Job:
         t0 = time.monotonic()
         check = lambda: _raise_if_cancelled(self.cancel)  # noqa: E731 - a callback
         if self.plan.alpha > 0.0:
-            self.kept = evict(cache, self.engine.scorer.scores, self.plan.alpha, self.engine.press.window, check)
+            self.kept = evict(cache, self.engine.scorer.scores, self.plan.alpha, self.engine.press.window, check,
+                              self.kept_scores)
         self.engine.prepare_for_decode(cache, check)
         self.engine.loaded.synchronize()
         self.timings.evict = time.monotonic() - t0
@@ -383,8 +393,44 @@ class _Job:
                 token = self.choose(self.engine.decode_step(cache, token, position))
                 self.count_step(time.monotonic() - step_started)
                 position += 1
+                self.recent_steps.append(time.monotonic() - step_started)
+                self.replan_if_late(cache)
         finally:
             self.timings.decode = time.monotonic() - t0
+
+    def replan_if_late(self, cache: object) -> None:
+        """The paper plans once. When the live decode steps run so much slower than planned
+        that the rest of the worst case would end past the deadline, plan alpha again from the
+        live step time and evict again (SnapKV scores of the kept prompt entries; every decoded
+        entry stays), so a slow spell that starts after the plan can still end complete."""
+        window, r, n_x = self.engine.config.replan_steps, self.request, len(self.request.prompt_ids)
+        remaining = self.plan.worst_case_tokens - len(self.tokens)
+        if not window or len(self.recent_steps) < window or r.fixed_alpha is not None or remaining < 2:
+            return
+        live = statistics.fmean(self.recent_steps[-window:])
+        left = r.deadline - time.monotonic()
+        decoded = len(self.tokens) - 1  # entries decoding added to the cache
+        if left >= remaining * live:
+            return
+        self.recent_steps.clear()
+        floor = max(self.engine.press.window, int(n_x * (1.0 - r.alpha_max)))
+        scores = self.kept_scores or dict(self.engine.scorer.scores)  # nothing evicted yet: the prompt's
+        if self.kept <= floor or len(scores) != len(cache.layers):
+            return  # nothing left to evict, or a prompt too short to have been scored
+        # The planned model with its decode steps scaled to the live pace.
+        timing = self.timing.scaled(1.0, live / max(1e-9, self.timing.decode_step(self.kept + decoded)))
+        raw = optimal_alpha(timing, self.kept, remaining + 1, left - timing.evict(self.kept, 1.0),
+                            remaining * timing.p * decoded)
+        keep = min(self.kept, max(floor, int(self.kept * (1.0 - min(max(raw, 0.0), 1.0)))))
+        if keep >= self.kept:
+            return
+        self.kept_scores = scores
+        self.kept = evict_again(cache, scores, self.kept, keep, lambda: _raise_if_cancelled(self.cancel))
+        self.replans += 1
+        alpha = 1.0 - self.kept / n_x
+        self.plan = replace(self.plan, alpha=alpha, wcet=self.elapsed() + timing.decode(self.kept, 0.0, remaining + 1),
+                            feasible=self.elapsed() + timing.decode(self.kept, 0.0, remaining + 1) <= r.budget)
+        self.event("replanned")
 
     def ends_response(self, token: int, eos: set[int]) -> bool:
         """EOS or a stop string ends the response (benchmarks may ignore both)."""
@@ -395,6 +441,8 @@ class _Job:
     def finish(self, status: Status, reason: str) -> Result:
         self.done = True  # a predictor thread still running stays quiet from now on
         if self.engine.online is not None:
+            self.prefill_work.spent = self.timings.prefill
+            self.prefill_work.whole = self.engine.online.base.prefill(len(self.request.prompt_ids))
             self.engine.online.observe(self.prefill_work, self.decode_work)
         now = time.monotonic()
         self.timings.total = now - self.request.accepted_at
@@ -409,6 +457,7 @@ class _Job:
             kept_prompt_tokens=self.kept,
             plan=self.plan,
             first_plan=self.first_plan,
+            replans=self.replans,
             timings=self.timings,
             deadline_margin=now - self.request.deadline,
             prefill_factor=self.snapshot.prefill_factor,

@@ -136,13 +136,14 @@ def kept_indices(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
 
 
 def evict(cache: object, scores: dict[int, torch.Tensor], alpha: float, window: int,
-          check: Callable[[], None] = lambda: None) -> int:
+          check: Callable[[], None] = lambda: None, kept_scores: dict[int, torch.Tensor] | None = None) -> int:
     """Keep the top (1 - alpha) share of every layer's cache by score; return the kept length.
 
     Entries are gathered in position order; RoPE is already inside the keys, so decoding
     must go on with the true position ids (N_x, N_x + 1, ...), not the shortened length.
     CHECK is called before each layer (the engine's cancel check: a kill need not wait for
-    the whole eviction).
+    the whole eviction). KEPT_SCORES, when given, receives each layer's scores of the kept
+    entries (what `evict_again` ranks by).
     """
     layers = cache.layers
     n_x = layers[0].keys.shape[2]
@@ -155,7 +156,26 @@ def evict(cache: object, scores: dict[int, torch.Tensor], alpha: float, window: 
                             f"{len(layers)} layers have no SnapKV scores for this prompt (first: layer {missing[0]})")
     for idx, layer in enumerate(layers):
         check()
-        gather = kept_indices(scores[idx], n_keep).unsqueeze(-1).expand(-1, -1, -1, layer.keys.shape[-1])
+        kept = kept_indices(scores[idx], n_keep)
+        if kept_scores is not None:
+            kept_scores[idx] = scores[idx].gather(-1, kept)
+        gather = kept.unsqueeze(-1).expand(-1, -1, -1, layer.keys.shape[-1])
         layer.keys = layer.keys.gather(2, gather).contiguous()
         layer.values = layer.values.gather(2, gather).contiguous()
+    return n_keep
+
+
+def evict_again(cache: object, kept_scores: dict[int, torch.Tensor], n_prompt: int, n_keep: int,
+                check: Callable[[], None] = lambda: None) -> int:
+    """A second eviction during decoding: of each layer's first N_PROMPT entries (the prompt
+    entries the first eviction kept, KEPT_SCORES their SnapKV scores) keep the N_KEEP best,
+    and every entry decoded since; KEPT_SCORES is narrowed to match. Returns N_KEEP."""
+    for idx, layer in enumerate(cache.layers):
+        check()
+        kept = kept_indices(kept_scores[idx], n_keep)
+        kept_scores[idx] = kept_scores[idx].gather(-1, kept)
+        gather = kept.unsqueeze(-1).expand(-1, -1, -1, layer.keys.shape[-1])
+        layer.keys = torch.cat([layer.keys[:, :, :n_prompt].gather(2, gather), layer.keys[:, :, n_prompt:]], dim=2)
+        layer.values = torch.cat([layer.values[:, :, :n_prompt].gather(2, gather), layer.values[:, :, n_prompt:]],
+                                 dim=2)
     return n_keep

@@ -127,7 +127,7 @@ class Request:
 class Event:
     """Progress of a running job, forwarded by the node as action feedback."""
 
-    phase: str  # "prefill" | "planned" | "evicted" | "decode"
+    phase: str  # "prefill" | "planned" | "evicted" | "decode" | "replanned"
     elapsed: float
     predicted_tokens: int = 0
     worst_case_tokens: int = 0
@@ -160,6 +160,7 @@ class Result:
     kept_prompt_tokens: int = 0
     plan: Plan | None = None  # the plan decoding ran with (re-made after prefill with the real time spent)
     first_plan: Plan | None = None  # the plan made beside prefill with the predicted prefill time
+    replans: int = 0  # evictions made during decoding because the live steps ran slower than planned
     timings: Timings = field(default_factory=Timings)
     deadline_margin: float = 0.0  # end of job minus deadline, seconds
     # The slow-down factors per phase the job was planned with (1 = as calibrated; see core.online)

@@ -70,7 +70,8 @@ class KernelChoice:
     def to_dict(self) -> dict:
         """Plain JSON (stored in the calibration file)."""
         out = asdict(self)
-        out["step_seconds"] = {label: {str(n): t for n, t in steps.items()} for label, steps in self.step_seconds.items()}
+        out["step_seconds"] = {label: {str(n): t for n, t in steps.items()}
+                               for label, steps in self.step_seconds.items()}
         return out
 
     @classmethod

