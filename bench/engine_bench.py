@@ -41,13 +41,16 @@ def ete_mape(engine, cal, quick: bool, limit: int, rounds: int = 3) -> dict:
     Sampled exactly as the calibration samples (`profile_phases`: each round visits every
     length once in a shuffled order, one prefill then 9 decode steps, medians compared), so
     a slow spell of this shared machine lands on one sample of many lengths, not on all of one."""
-    lengths = [n + 7 for n in spread_lengths(40, limit - 64, 6 if quick else 12)]
+    # Short prompts too (under 100 tokens, where an absolute fit's ~0 intercept was 2x off).
+    lengths = sorted({23, 47, 71, 95} | {n + 7 for n in spread_lengths(40, limit - 64, 6 if quick else 12)})
     prefill, decode = profile_phases(engine, lengths, rounds, decode_steps=9)
     pre_meas, dec_meas = [t for _, t in prefill], [t for _, t in decode]
     pre_pred = [cal.timing.prefill(n) for n in lengths]
     dec_pred = [cal.timing.decode_step(n + 4) for n in lengths]
+    short = [i for i, n in enumerate(lengths) if n < 100]
     return {"lengths": lengths, "rounds": rounds, "prefill_mape_pct": mape(pre_pred, pre_meas),
             "decode_step_mape_pct": mape(dec_pred, dec_meas),
+            "prefill_mape_under_100_tokens_pct": mape([pre_pred[i] for i in short], [pre_meas[i] for i in short]),
             "calibration_prefill_mape_pct": cal.prefill_mape, "calibration_decode_mape_pct": cal.decode_mape,
             "prefill_measured_s": pre_meas, "prefill_predicted_s": pre_pred,
             "decode_step_measured_s": dec_meas, "decode_step_predicted_s": dec_pred}

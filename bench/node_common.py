@@ -13,14 +13,15 @@ from timebill_ros.core.calibration import default_calibration_path
 from timebill_ros.node.client import Client, NodeProcess
 
 
-def start_calibrated_node(args, **params) -> tuple[NodeProcess, object]:
+def start_calibrated_node(args, ros_args: tuple[str, ...] = (), name: str = "node", **params
+                          ) -> tuple[NodeProcess, object]:
     """A timebill_node on args.model with its calibration (made first if missing)."""
     engine, cal = calibrated_engine(args)
     engine.close()
     work = Path(tempfile.mkdtemp(prefix="timebill-bench-"))
     node = NodeProcess({"model_path": args.model, "threads": args.threads, "prefill_chunk": args.prefill_chunk,
                         "quantization": args.quantization,
-                        "calibration_path": str(default_calibration_path(cal.key)), **params}, work)
+                        "calibration_path": str(default_calibration_path(cal.key)), **params}, work, name, ros_args)
     return node, cal
 
 

@@ -32,6 +32,7 @@ def cli() -> None:
 @click.option("--temperature", type=float, default=-1.0, help="0 = greedy; > 0 samples (negative = node default).")
 @click.option("--top-p", type=float, default=-1.0, help="Nucleus mass in (0, 1] (negative = node default).")
 @click.option("--seed", type=int, default=-1, help="Sampler seed: the same seed gives the same text.")
+@click.option("--ignore-eos", is_flag=True, help="Worst-case run: generate max_new_tokens tokens, ignoring EOS.")
 @click.option("--action", "action_name", default="timebill/generate", show_default=True)
 @click.option("--server-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the server.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

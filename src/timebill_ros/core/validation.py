@@ -57,6 +57,7 @@ class Goal:
     top_p: float = -1.0  # negative = the node's
     seed: int = -1  # negative = unseeded sampling
     expected_response_tokens: int = 0  # 0 = the node's length predictor
+    ignore_eos: bool = False  # worst-case runs: max_new_tokens tokens whatever they are
 
 
 def messages_of(goal: Goal, system_prompt: str = "") -> list[dict[str, str]]:
@@ -158,6 +159,7 @@ def build_request(
         stop=stop,
         sampling=sampling,
         expected_tokens=int(goal.expected_response_tokens),
+        ignore_eos=bool(goal.ignore_eos),
     )
     return request, policy
 

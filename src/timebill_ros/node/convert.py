@@ -27,6 +27,7 @@ def goal_from_msg(msg: TimedGenerate.Goal) -> Goal:
         top_p=float(msg.top_p),
         seed=int(msg.seed),
         expected_response_tokens=int(msg.expected_response_tokens),
+        ignore_eos=bool(msg.ignore_eos),
     )
 
 
