@@ -22,6 +22,8 @@ def start_calibrated_node(args, ros_args: tuple[str, ...] = (), name: str = "nod
     node = NodeProcess({"model_path": args.model, "threads": args.threads, "prefill_chunk": args.prefill_chunk,
                         "quantization": args.quantization,
                         "calibration_path": str(default_calibration_path(cal.key)), **params}, work, name, ros_args)
+    if not node.wait_serving():
+        raise SystemExit(f"node did not come up; log:\n{node.log()}")
     return node, cal
 
 

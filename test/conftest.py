@@ -89,13 +89,18 @@ def calibration(slow_model_dir, tmp_path_factory):
     return quick_calibration(slow_model_dir, tmp_path_factory.mktemp("cal") / "slow.json")
 
 
-def start_node(slow_model_dir, calibration, workdir, name="node", ros_args=(), action="", **overrides):
-    """A timebill_node subprocess on the slow test model; ACTION remaps its action's name."""
+def start_node(slow_model_dir, calibration, workdir, name="node", ros_args=(), action="", wait=True, **overrides):
+    """A timebill_node subprocess on the slow test model; ACTION remaps its action's name. With
+    WAIT (and autostart) it returns once the node serves (or exited): the action server answers
+    from the first second, but with "node is starting" until then."""
     from timebill_ros.node.client import NodeProcess
 
     params = {**BASE_PARAMS, "model_path": str(slow_model_dir), "calibration_path": str(calibration), **overrides}
     remap = ("-r", f"timebill/generate:={action}") if action else ()
-    return NodeProcess(params, workdir, name, (*remap, *ros_args))
+    proc = NodeProcess(params, workdir, name, (*remap, *ros_args))
+    if wait and params.get("autostart", True):
+        proc.wait_serving()
+    return proc
 
 
 @pytest.fixture(scope="module")

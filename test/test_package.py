@@ -75,7 +75,7 @@ IMPORT_KEYS = {
     "torch": "python3-pytorch-pip", "transformers": "python3-transformers-pip",
     "tokenizers": "python3-tokenizers-pip", "safetensors": "python3-safetensors-pip", "peft": "python3-peft-pip",
     "torchao": "python3-torchao-pip", "rosbags": "python3-rosbags-pip", "rouge_score": "python3-rouge-score-pip",
-    "rapidfuzz": "python3-rapidfuzz-pip", "psutil": "python3-psutil",
+    "rapidfuzz": "python3-rapidfuzz-pip", "psutil": "python3-psutil", "llguidance": "python3-llguidance-pip",
 }
 
 

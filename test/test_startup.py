@@ -29,7 +29,7 @@ def call_until_served(client, goal_args: dict, timeout: float = 240.0):
 def test_a_goal_sent_while_the_node_starts_is_answered_at_once_and_the_calibration_is_kept(
         slow_model_dir, tmp_path, rclpy_context):
     calibration = tmp_path / "first-start.json"  # none yet: the node makes it (calibrate_on_start)
-    proc = start_node(slow_model_dir, calibration, tmp_path, name="starting", action="starting/generate")
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="starting", action="starting/generate", wait=False)
     client = Client("starting/generate")
     try:
         assert client.wait_for_server(), proc.log()
@@ -48,7 +48,8 @@ def test_a_goal_sent_while_the_node_starts_is_answered_at_once_and_the_calibrati
     assert calibration.is_file() and "calibrating this machine now" in log
     assert "decode kernels chosen by measurement" in log  # the choice is logged
     # A restart loads what the first start made: no calibration, served at once.
-    again = start_node(slow_model_dir, calibration, tmp_path, name="restarted", action="restarted/generate")
+    again = start_node(slow_model_dir, calibration, tmp_path, name="restarted", action="restarted/generate",
+                       wait=False)
     client = Client("restarted/generate")
     try:
         assert client.wait_for_server(), again.log()

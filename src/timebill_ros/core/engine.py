@@ -229,6 +229,9 @@ class _Job:
         self.stops = StopStrings(engine.loaded.tokenizer, request.stop)
         self.snapshot = engine.planning_snapshot()  # one timing model for all of this job's plans
         self.timing = self.snapshot.timing
+        self.constraint = request.constraint  # a structured answer's grammar, or None
+        if self.constraint is not None:  # its mask is part of every decode step
+            self.timing = replace(self.timing, q=self.timing.q + self.constraint.step_cost)
         # For the online timing model; prefill counts as cut short until it completes.
         self.prefill_work, self.decode_work = PhaseWork(complete=False), PhaseWork()
         self.kept_scores: dict = {}  # SnapKV scores of the kept prompt entries, for a re-plan's eviction
@@ -249,18 +252,28 @@ class _Job:
                 wcet=p.wcet if p else 0.0,
                 alpha=p.alpha if p else 0.0,
                 tokens=list(self.tokens),
+                worst_case_source=self.worst_case_source() if p else "",
             )
         )
 
+    def worst_case_source(self) -> str:
+        """Where N_W came from: the schema (a bound on the answer), the caller's estimate, or the predictor."""
+        if self.constraint is not None and self.constraint.longest_tokens is not None:
+            return "schema"
+        return "caller" if self.request.expected_tokens > 0 else "predictor"
+
     def make_plan(self, n_hat: int, t_fixed: float) -> Plan:
         r, e = self.request, self.engine
+        k = r.k
+        if self.worst_case_source() == "schema":  # N_W = the schema's longest answer, not k x N_hat
+            n_hat, k = self.constraint.longest_tokens, 1.0
         return plan(
             self.timing,
             n_x=len(r.prompt_ids),
             n_hat=n_hat,
             budget=r.budget,
             t_fixed=t_fixed,
-            k=r.k,
+            k=k,
             alpha_max=r.alpha_max,
             n_max=r.max_new_tokens,
             min_kept=e.press.window,
@@ -379,7 +392,7 @@ class _Job:
         position = len(self.request.prompt_ids)
         period, last_event = self.engine.config.event_period, 0.0
         try:
-            token = self.choose(logits)
+            token = self.next_token(logits)
             while True:
                 self.tokens.append(token)
                 if len(self.tokens) >= self.request.max_new_tokens or self.ends_response(token, eos):
@@ -390,7 +403,7 @@ class _Job:
                     last_event = time.monotonic()
                     _raise_if_cancelled(self.cancel)  # the feedback may have waited for the node's locks
                 step_started = time.monotonic()
-                token = self.choose(self.engine.decode_step(cache, token, position))
+                token = self.next_token(self.engine.decode_step(cache, token, position))
                 self.count_step(time.monotonic() - step_started)
                 position += 1
                 self.recent_steps.append(time.monotonic() - step_started)
@@ -432,10 +445,21 @@ class _Job:
                             feasible=self.elapsed() + timing.decode(self.kept, 0.0, remaining + 1) <= r.budget)
         self.event("replanned")
 
+    def next_token(self, logits: torch.Tensor) -> int:
+        """The token chosen from LOGITS; a structured answer's grammar masks them first and follows it."""
+        if self.constraint is None:
+            return self.choose(logits)
+        token = self.choose(self.constraint.mask(logits))
+        if token not in self.engine.loaded.eos_token_ids:
+            self.constraint.consume(token)
+        return token
+
     def ends_response(self, token: int, eos: set[int]) -> bool:
-        """EOS or a stop string ends the response (benchmarks may ignore both)."""
+        """EOS, a stop string or a complete structured answer ends the response (benchmarks may ignore EOS)."""
         if self.request.ignore_eos:
             return False
+        if self.constraint is not None and self.constraint.complete:
+            return True
         return token in eos or self.stops.hit(self.tokens)
 
     def finish(self, status: Status, reason: str) -> Result:
@@ -444,6 +468,10 @@ class _Job:
             self.prefill_work.spent = self.timings.prefill
             self.prefill_work.whole = self.engine.online.base.prefill(len(self.request.prompt_ids))
             self.engine.online.observe(self.prefill_work, self.decode_work)
+        if status in (Status.SUCCEEDED, Status.COMPLETED_LATE) and self.constraint is not None \
+                and not self.constraint.accepted:  # would not parse: no partial structured answer
+            status, reason = Status.INFEASIBLE, (f"the structured answer did not complete within max_new_tokens "
+                                                 f"({self.request.max_new_tokens}); raise it or bound the schema")
         now = time.monotonic()
         self.timings.total = now - self.request.accepted_at
         keep_text = status in (Status.SUCCEEDED, Status.COMPLETED_LATE)

@@ -71,6 +71,12 @@ class CancelToken:
         self._deadline, self._deadline_reason = deadline, reason
 
     @property
+    def was_set(self) -> bool:
+        """True once someone stopped the job, not counting an armed deadline that passed
+        unobserved (the node's queue then says the deadline passed while the goal waited)."""
+        return self._event.is_set()
+
+    @property
     def is_set(self) -> bool:
         """True once the job has been told to stop (or its armed deadline has passed)."""
         if self._deadline is not None and not self._event.is_set() and time.monotonic() >= self._deadline:
@@ -116,6 +122,8 @@ class Request:
     # that wants a one-word answer knows; the evaluation's true-length upper bound uses it too.
     expected_tokens: int = 0
     sampling: Sampling = field(default_factory=Sampling)
+    # A structured answer's compiled grammar (core.structured.Constraint), or None for free text.
+    constraint: object | None = None
 
     @property
     def deadline(self) -> float:
@@ -134,6 +142,7 @@ class Event:
     wcet: float = 0.0
     alpha: float = 0.0
     tokens: list[int] = field(default_factory=list)
+    worst_case_source: str = ""  # where N_W came from: predictor, caller, schema
 
 
 @dataclass

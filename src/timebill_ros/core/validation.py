@@ -35,6 +35,8 @@ class Limits:
     system_prompt: str = ""  # put first when a goal brings no system message of its own
     temperature: float = 0.0
     top_p: float = 1.0
+    json_schema: str = ""  # structured answers by default (a goal's own schema or grammar wins)
+    grammar: str = ""
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Goal:
     seed: int = -1  # negative = unseeded sampling
     expected_response_tokens: int = 0  # 0 = the node's length predictor
     ignore_eos: bool = False  # worst-case runs: max_new_tokens tokens whatever they are
+    json_schema: str = ""  # a JSON Schema the answer must follow ("" = the node's)
+    grammar: str = ""  # or a grammar: Lark, GBNF, or "regex:..." ("" = the node's)
 
 
 def messages_of(goal: Goal, system_prompt: str = "") -> list[dict[str, str]]:
@@ -123,8 +127,11 @@ def build_request(
     limits: Limits,
     encode: Callable[[list[dict[str, str]]], list[int]],
     accepted_at: float,
+    constrain: Callable[[str, str], object] | None = None,
 ) -> tuple[Request, OverrunPolicy]:
-    """Validate GOAL against LIMITS and tokenize it with ENCODE; raise InvalidGoal with a reason."""
+    """Validate GOAL against LIMITS and tokenize it with ENCODE; CONSTRAIN(json_schema, grammar)
+    compiles a structured answer's constraint (raising ValueError with the compiler's message).
+    Raise InvalidGoal with a reason."""
     if not math.isfinite(goal.budget) or goal.budget <= 0:
         raise InvalidGoal(f"budget must be a finite number of seconds > 0, got {goal.budget}")
     if goal.max_new_tokens > limits.max_new_tokens:
@@ -139,6 +146,7 @@ def build_request(
     if not 0 <= goal.expected_response_tokens <= max_new:
         raise InvalidGoal(f"expected_response_tokens must be in [0, max_new_tokens = {max_new}], "
                           f"got {goal.expected_response_tokens}")
+    constraint = constraint_of(goal, limits, constrain)
     ids = encode(messages_of(goal, limits.system_prompt))
     room = min(limits.max_prompt_tokens, limits.context_limit - max_new)
     if len(ids) > room:
@@ -160,8 +168,26 @@ def build_request(
         sampling=sampling,
         expected_tokens=int(goal.expected_response_tokens),
         ignore_eos=bool(goal.ignore_eos),
+        constraint=constraint,
     )
     return request, policy
+
+
+def constraint_of(goal: Goal, limits: Limits, constrain: Callable[[str, str], object] | None) -> object | None:
+    """The compiled constraint of the goal's (else the node's) json_schema or grammar; None for free text."""
+    schema, grammar = goal.json_schema, goal.grammar
+    if not schema and not grammar:
+        schema, grammar = limits.json_schema, limits.grammar
+    if not schema and not grammar:
+        return None
+    if constrain is None:
+        raise InvalidGoal("structured answers (json_schema, grammar) are not available on this node")
+    if goal.ignore_eos:
+        raise InvalidGoal("ignore_eos cannot be combined with json_schema or grammar (the grammar ends the answer)")
+    try:
+        return constrain(schema, grammar)
+    except ValueError as exc:
+        raise InvalidGoal(str(exc)) from None
 
 
 def _choice(value: str, default, enum_type, name: str):

@@ -36,6 +36,19 @@ class NodeProcess:
         """Everything the node printed so far."""
         return self.log_file.read_text()
 
+    def wait_serving(self, timeout: float = 300.0) -> bool:
+        """Wait until the node has started serving goals (its 'serving' line; with autostart the
+        action server answers from the first second, REJECTED "node is starting" until then);
+        False when it exited or TIMEOUT passed first."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if ": serving '" in self.log():
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        return False
+
     def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int:
         """Signal the node and wait for it to exit; returns the exit code."""
         if self.proc.poll() is None:

@@ -28,6 +28,8 @@ def goal_from_msg(msg: TimedGenerate.Goal) -> Goal:
         seed=int(msg.seed),
         expected_response_tokens=int(msg.expected_response_tokens),
         ignore_eos=bool(msg.ignore_eos),
+        json_schema=msg.json_schema,
+        grammar=msg.grammar,
     )
 
 
@@ -42,6 +44,7 @@ def feedback_msg(event: Event, partial_text: str) -> TimedGenerate.Feedback:
         alpha=event.alpha,
         tokens_generated=len(event.tokens),
         partial_text=partial_text,
+        worst_case_source=event.worst_case_source,
     )
 
 

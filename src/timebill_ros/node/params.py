@@ -85,6 +85,9 @@ class NodeParams:
                             "decoded)", choices=("reject", "best_effort"), runtime=True)
     system_prompt: str = _p("", "system message put first when a goal brings none (a goal's own system_prompt, or "
                             "a system message in its chat, wins)", runtime=True)
+    json_schema: str = _p("", "a JSON Schema every goal's answer follows unless the goal brings its own "
+                          "json_schema or grammar ('' = free text)", runtime=True)
+    grammar: str = _p("", "the same with a grammar (Lark, GBNF, or regex:<pattern>)", runtime=True)
     temperature: float = _p(0.0, "0 = greedy (the paper's decoding); > 0 samples from softmax(logits / "
                             "temperature); goals may override, and set seed for a reproducible draw", low=0.0,
                             high=100.0, runtime=True)
@@ -157,6 +160,8 @@ class NodeParams:
             system_prompt=self.system_prompt,
             temperature=self.temperature,
             top_p=self.top_p,
+            json_schema=self.json_schema,
+            grammar=self.grammar,
         )
 
     def engine_config(self) -> EngineConfig:

@@ -58,6 +58,7 @@ from timebill_ros.core.kernels import apply as apply_kernels
 from timebill_ros.core.model import ModelLoadError, encode_prompt, load_model
 from timebill_ros.core.online import online_timing_from
 from timebill_ros.core.policy import apply_overrun_policy
+from timebill_ros.core.structured import structured_compiler
 from timebill_ros.core.predictor import FixedLengthPredictor, PredictorLoadError, check_target, load_predictor
 from timebill_ros.core.timing import TimingModel, prefill_kill_warning
 from timebill_ros.core.validation import InvalidGoal, build_request
@@ -131,7 +132,7 @@ class TimeBillServer(LifecycleNode):
         super().__init__("timebill_node", **kwargs)
         self.params = NodeParams.declare(self)
         self.params.validate()  # before the model loads: a bad value costs no loading time
-        self.loaded = self.engine = self.calibration = self.calibration_file = None
+        self.loaded = self.engine = self.calibration = self.calibration_file = self.compiler = None
         self.limits = self.params.limits(0)
         self.not_ready, self.configure_error, self._active = NOT_CONFIGURED, "", False
         self._lock = threading.Lock()
@@ -143,7 +144,8 @@ class TimeBillServer(LifecycleNode):
         # the accept response first, so a fast client's cancel can come in between).
         self._canceled_early: set[bytes] = set()
         self._shutting_down = False
-        self.startup = Startup()
+        self.startup = Startup()  # while loading and calibrating, goals are told so at once
+        self._autostarting = False
         self.stats = {"killed": 0, "deadline_misses": 0, "succeeded": 0, "last_alpha": 0.0, "last_wcet": 0.0}
         self._server = ActionServer(
             self,
@@ -184,6 +186,9 @@ class TimeBillServer(LifecycleNode):
             self.get_logger().error(f"configure failed: {exc}")
             self._release()
             return TransitionCallbackReturn.FAILURE
+        finally:
+            if not self._autostarting:  # a lifecycle manager's configure: its stages end here
+                self.startup.end()
         self.configure_error = ""
         return TransitionCallbackReturn.SUCCESS
 
@@ -224,12 +229,14 @@ class TimeBillServer(LifecycleNode):
         executor: goals that arrive meanwhile are answered at once (REJECTED, with the stage and
         the time left) instead of waiting for the model to load. False when configure failed."""
         self.startup.begin(f"loading the model {self.params.model_path}")
+        self._autostarting = True
         try:
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 return False
             self.trigger_activate()
             return True
         finally:
+            self._autostarting = False
             self.startup.end()
 
     def _load(self) -> None:
@@ -249,6 +256,7 @@ class TimeBillServer(LifecycleNode):
                                                     enabled=self.params.online_timing,
                                                     estimator=self.params.timing_estimator,
                                                     miss_rate=self.params.timing_miss_rate)
+        self.compiler = structured_compiler(self.loaded)
         self.startup.begin("warming up")
         self.engine.warm_up(lambda text: self._encode([{"role": "user", "content": text}]))
         self.limits = self.params.limits(self.loaded.context_limit)
@@ -256,7 +264,7 @@ class TimeBillServer(LifecycleNode):
     def _release(self) -> None:
         if self.engine is not None:
             self.engine.close()
-        self.loaded = self.engine = self.calibration = None
+        self.loaded = self.engine = self.calibration = self.compiler = None
         self.not_ready = NOT_CONFIGURED
 
     # ------------------------------------------------------------ start-up
@@ -421,7 +429,8 @@ class TimeBillServer(LifecycleNode):
             return
         try:
             job.request, job.policy = build_request(
-                goal_from_msg(job.handle.request), self.limits, self._encode, job.accepted_at
+                goal_from_msg(job.handle.request), self.limits, self._encode, job.accepted_at,
+                self.compiler.compile if self.compiler else None,
             )
         except InvalidGoal as exc:
             job.early = self._early(job, Status.REJECTED, f"invalid goal: {exc}")
@@ -547,7 +556,7 @@ class TimeBillServer(LifecycleNode):
             if job is not None and job.policy is OverrunPolicy.KILL and now >= job.deadline:
                 job.cancel.cancel(Status.KILLED_AT_DEADLINE, kill_reason(job.request.budget))
             for queued in list(self._queue):
-                if queued.cancel.is_set:
+                if queued.cancel.was_set:
                     queued.early = self._early(queued, queued.cancel.status, queued.cancel.reason)
                 elif now >= queued.deadline:
                     status = Status.KILLED_AT_DEADLINE if queued.policy is OverrunPolicy.KILL else Status.SKIPPED
