@@ -58,8 +58,8 @@ from timebill_ros.core.kernels import apply as apply_kernels
 from timebill_ros.core.model import ModelLoadError, encode_prompt, load_model
 from timebill_ros.core.online import online_timing_from
 from timebill_ros.core.policy import apply_overrun_policy
-from timebill_ros.core.structured import structured_compiler
 from timebill_ros.core.predictor import FixedLengthPredictor, PredictorLoadError, check_target, load_predictor
+from timebill_ros.core.structured import structured_compiler
 from timebill_ros.core.timing import TimingModel, prefill_kill_warning
 from timebill_ros.core.validation import InvalidGoal, build_request
 from timebill_ros.node.convert import feedback_msg, goal_from_msg, goal_from_request, record_msg, result_msg
