@@ -78,10 +78,12 @@ def test_measuring_on_a_real_model_times_every_candidate_and_applies_the_choice(
                                     [64, 128], progress)
     engine.close()
     labels = [k.label() for k in candidates("int8-decode")]
-    assert sorted(choice.step_seconds) == sorted(labels) == sorted(choice.agreement)
+    assert sorted(choice.step_seconds) == sorted(labels) and set(choice.agreement) <= set(labels)
     assert all(t > 0 for steps in choice.step_seconds.values() for t in steps.values())
     assert all(0.0 <= a <= 1.0 for a in choice.agreement.values())
     assert ticks.count(-1) == ticks[0]  # the progress bar ends full, not past it
-    assert choice.chosen == choose(choice.step_seconds, choice.agreement, candidates("int8-decode"))
+    # Checked in order of speed until one passed: the chosen one is the fastest that passed.
+    checked = [k for k in candidates("int8-decode") if k.label() in choice.agreement]
+    assert choice.chosen == choose(choice.step_seconds, choice.agreement, checked)
     kernels.apply(loaded, choice.chosen, "int8-decode")
     assert str(loaded.lean_step.kv_dtype).endswith(choice.chosen.kv_dtype)

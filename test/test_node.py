@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import signal
 import subprocess
@@ -213,6 +214,28 @@ def test_cli_send_mirrors_send_goal(node):
     assert "planned" in ok.stdout and "WCET=" in ok.stdout and "status: SUCCEEDED" in ok.stdout
     bad = subprocess.run(["timebill", "send", "", "--budget", "2"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "REJECTED" in bad.stdout and "empty prompt" in bad.stdout
+
+
+PICK_AND_PLACE = ('{"type": "object", "properties": {"action": {"enum": ["pick", "place"]}, '
+                  '"object": {"enum": ["cup", "plate"]}, "place": {"enum": ["sink", "shelf"]}}, '
+                  '"required": ["action", "object", "place"], "additionalProperties": false}')
+
+
+def test_a_structured_goal_through_the_node_and_timebill_send(node, tmp_path):
+    proc, client = node
+    schema_file = tmp_path / "pick_and_place.json"
+    schema_file.write_text(PICK_AND_PLACE)
+    ok = subprocess.run(["timebill", "send", "The cup is in the sink; put it on the shelf.", "--budget", "20",
+                         "--feedback", "--json-schema", f"@{schema_file}"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    parsed = next(line for line in ok.stdout.splitlines() if line.startswith("parsed: "))
+    assert "'action':" in parsed and "'place':" in parsed
+    run = client.call(client.goal("where?", budget=20.0, json_schema=PICK_AND_PLACE))
+    assert run.result.status == R(client).SUCCEEDED and set(json.loads(run.result.text)) == {"action", "object",
+                                                                                            "place"}
+    assert {f.worst_case_source for f in run.feedback if f.phase != "prefill"} == {"schema"}
+    bad = client.call(client.goal("where?", budget=5.0, json_schema='{"type": "strin"}'))
+    assert bad.result.status == R(client).REJECTED and "json_schema does not compile" in bad.result.status_reason
 
 
 def test_ctrl_c_on_cli_send_cancels_the_goal(node):

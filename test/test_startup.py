@@ -130,3 +130,23 @@ def test_timebill_send_waits_while_the_shipped_node_calibrates_on_first_start(tm
         assert ("calibrating this machine now" in log.read_text()) == (attempt == "first_start"), log.read_text()
         if attempt == "first_start":
             assert "node is starting" in sent.stderr  # it was told, and asked again
+
+
+def test_timebill_send_returns_when_the_node_stops_under_its_goal(slow_model_dir, calibration, tmp_path):
+    import shutil
+    import signal
+
+    proc = start_node(slow_model_dir, calibration, tmp_path, name="stopping", action="stopping/generate")
+    sender = subprocess.Popen([shutil.which("timebill"), "send", "tell a long story", "--budget", "60",
+                               "--max-new-tokens", "512", "--action", "stopping/generate", "--feedback"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert sender.stdout.readline()  # the goal runs (its first feedback line)
+        assert proc.stop(signal.SIGTERM) == 0, proc.log()
+        out, err = sender.communicate(timeout=60)
+    finally:
+        sender.kill()
+    # Either the node's last word came through (REJECTED "node shutting down") or the client saw
+    # the server go away; never a wait without end.
+    assert (sender.returncode == 1 and "node shutting down" in out) or \
+        (sender.returncode == 2 and "action server went away" in err), (sender.returncode, out, err)

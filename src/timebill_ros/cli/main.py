@@ -33,6 +33,10 @@ def cli() -> None:
 @click.option("--top-p", type=float, default=-1.0, help="Nucleus mass in (0, 1] (negative = node default).")
 @click.option("--seed", type=int, default=-1, help="Sampler seed: the same seed gives the same text.")
 @click.option("--ignore-eos", is_flag=True, help="Worst-case run: generate max_new_tokens tokens, ignoring EOS.")
+@click.option("--json-schema", default="", help="A JSON Schema (text, or @file) the answer must follow; the "
+                                              "parsed object is printed.")
+@click.option("--grammar", default="", help="A grammar the answer must follow: Lark, GBNF, or regex:<pattern> "
+                                          "(text, or @file).")
 @click.option("--action", "action_name", default="timebill/generate", show_default=True)
 @click.option("--server-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the server.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -42,7 +46,13 @@ def cli() -> None:
 def send(prompt: str, budget: float, feedback: bool, server_timeout: float, action_name: str, as_json: bool,
          wait_ready: float, **goal) -> None:
     """Send PROMPT as a TimedGenerate goal; exit code 0 only when it SUCCEEDED."""
+    from pathlib import Path
+
     from timebill_ros.cli.send import send_goal
+
+    for name in ("json_schema", "grammar"):  # @file reads the text from a file
+        if goal[name].startswith("@"):
+            goal[name] = Path(goal[name][1:]).read_text()
 
     raise SystemExit(send_goal(prompt, budget, feedback, server_timeout, action_name, as_json, goal, wait_ready))
 

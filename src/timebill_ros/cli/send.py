@@ -97,7 +97,7 @@ def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float,
     from unique_identifier_msgs.msg import UUID
 
     from timebill_msgs.action import TimedGenerate
-    from timebill_ros.node.client import Client
+    from timebill_ros.node.client import Client, ServerGone
 
     # rclpy's own SIGINT handler shuts the context down, and a Ctrl-C could then no longer
     # send the cancel; Python's KeyboardInterrupt leaves it up until we are done.
@@ -123,6 +123,9 @@ def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float,
             run = client.send(make_goal(prompt, budget, overrides), goal_id=goal_id)
             try:
                 client.wait(run, timeout=math.inf)
+            except ServerGone as exc:
+                click.echo(f"no result: {exc}; the goal's outcome is unknown", err=True)
+                return EXIT_NO_SERVER
             except KeyboardInterrupt:
                 click.echo("canceling the goal", err=True)
                 client.cancel(run)
@@ -149,15 +152,15 @@ def send_goal(prompt: str, budget: float, feedback: bool, server_timeout: float,
         if not result.status_name:
             result.status_name = "UNKNOWN"
             result.status_reason = f"the server sent no result (action status {run.status})"
-        print_result(result, as_json)
+        print_result(result, as_json, structured=bool(overrides.get("json_schema")))
         return 0 if result.status == TimedGenerate.Result.SUCCEEDED else EXIT_NOT_SUCCEEDED
     finally:
         client.close()
         rclpy.try_shutdown()
 
 
-def print_result(result, as_json: bool) -> None:
-    """Print the result as JSON or as readable lines."""
+def print_result(result, as_json: bool, structured: bool = False) -> None:
+    """Print the result as JSON or as readable lines (STRUCTURED: the answer parsed, too)."""
     fields = _result_fields(result)
     if as_json:
         click.echo(json.dumps(fields, indent=2))
@@ -171,4 +174,6 @@ def print_result(result, as_json: bool) -> None:
     click.echo(f"tokens: prompt={result.prompt_tokens} kept={result.kept_prompt_tokens} "
                f"response={result.response_tokens}")
     click.echo("text: " + result.text)
+    if structured and result.text:
+        click.echo("parsed: " + repr(json.loads(result.text)))
     sys.stdout.flush()

@@ -453,15 +453,18 @@ EVICT_ALPHA = 0.5  # the ratio the eviction phase is profiled at (the gather bar
 def profile_eviction(engine, lengths: list[int], repeats: int) -> list[tuple[int, float, float]]:
     """(prompt tokens, alpha, seconds) of the eviction phase after a prefill of each length:
     at EVICT_ALPHA (SnapKV gather, then the K/V dtype move) and at 0 (the move alone)."""
+    import copy
+
     from timebill_ros.core.eviction import evict
 
     gen = torch.Generator().manual_seed(5)
     samples = []
     for n in lengths:
         ids = torch.randint(0, engine.loaded.model.config.vocab_size, (n,), generator=gen).tolist()
+        prefilled, _ = engine.prefill(ids)  # one prefill a length; each sample works on a copy
         for alpha in (EVICT_ALPHA, 0.0):
             for _ in range(repeats):
-                cache, _ = engine.prefill(ids)
+                cache = copy.deepcopy(prefilled)
                 t0 = time.perf_counter()
                 if alpha > 0.0:
                     evict(cache, engine.scorer.scores, alpha, engine.press.window)

@@ -440,9 +440,8 @@ class _Job:
         self.kept_scores = scores
         self.kept = evict_again(cache, scores, self.kept, keep, lambda: _raise_if_cancelled(self.cancel))
         self.replans += 1
-        alpha = 1.0 - self.kept / n_x
-        self.plan = replace(self.plan, alpha=alpha, wcet=self.elapsed() + timing.decode(self.kept, 0.0, remaining + 1),
-                            feasible=self.elapsed() + timing.decode(self.kept, 0.0, remaining + 1) <= r.budget)
+        wcet = self.elapsed() + timing.decode(self.kept, 0.0, remaining + 1)
+        self.plan = replace(self.plan, alpha=1.0 - self.kept / n_x, wcet=wcet, feasible=wcet <= r.budget)
         self.event("replanned")
 
     def next_token(self, logits: torch.Tensor) -> int:

@@ -64,7 +64,9 @@ class KernelChoice:
 
     chosen: Kernels
     step_seconds: dict[str, dict[int, float]]  # label -> {cache length: median seconds}
-    agreement: dict[str, float]  # label -> teacher-forced top-1 agreement with the float32 forward
+    # label -> teacher-forced top-1 agreement with the float32 forward, checked in order of speed
+    # until one reached the bound (the slower ones are not checked)
+    agreement: dict[str, float]
     pinned: dict[str, str]
 
     def to_dict(self) -> dict:
@@ -87,7 +89,10 @@ class KernelChoice:
             return statistics.fmean(self.step_seconds[label].values())
 
         best = mean(self.chosen.label())
-        others = ", ".join(f"{label} {mean(label) / best:.2f}x (agreement {self.agreement[label]:.2f})"
+        def quality(label: str) -> str:
+            return f"agreement {self.agreement[label]:.2f}" if label in self.agreement else "slower, not checked"
+
+        others = ", ".join(f"{label} {mean(label) / best:.2f}x ({quality(label)})"
                            for label in sorted(self.step_seconds, key=mean) if label != self.chosen.label())
         lengths = "/".join(str(n) for n in self.step_seconds[self.chosen.label()])
         return (f"decode kernels chosen by measurement: {self.chosen.label()} ({1000 * best:.1f} ms a step, mean "
@@ -201,13 +206,17 @@ def choose_kernels(engine, quantization: str, kv_dtype_pin: str, encode: Callabl
     tick = progress(1 + len(steps) * (1 + rounds)) if progress else (lambda: None)
     references = reference_answers(engine, encode)
     tick()
-    quality = {}
-    for label, step in steps.items():
-        quality[label] = agreement(engine, step, references)
-        tick()
     seconds = measure_steps(engine, steps, lengths, rounds=rounds, tick=tick)
+    # Quality in order of speed, until one passes: the faster ones that fail are skipped,
+    # the slower ones need no check (a first start spends its seconds on timing instead).
+    quality: dict[str, float] = {}
+    for k in sorted(options, key=lambda k: statistics.fmean(seconds[k.label()].values())):
+        if not quality or max(quality.values()) < QUALITY_BOUND:
+            quality[k.label()] = agreement(engine, steps[k.label()], references)
+        tick()
+    checked = [k for k in options if k.label() in quality]
     pinned = {"quantization": quantization, **({"kv_cache_dtype": kv_dtype_pin} if kv_dtype_pin != "auto" else {})}
-    return KernelChoice(choose(seconds, quality, options), seconds, quality, pinned)
+    return KernelChoice(choose(seconds, quality, checked), seconds, quality, pinned)
 
 
 def apply(loaded, kernels: Kernels, quantization: str) -> None:

@@ -40,6 +40,9 @@ SOURCES = {
     "bench/soak.json": "soak.json",
     "bench/faults.json": "faults.json",
     "bench/first_goal.json": "first_goal.json",
+    "bench/timing_under_load.json": "timing_under_load.json",
+    "bench/noise_floor.json": "noise_floor.json",
+    "bench/structured.json": "structured.json",
     "quality.json": "quality.json",
     "quality_smollm2.json": "quality_smollm2.json",
     "quality_smollm2_tasks.json": "quality_smollm2_tasks.json",
@@ -322,18 +325,100 @@ def rlp_layers_table(load: Callable[[str], dict]) -> str:
 
 
 def reliability_table(load: Callable[[str], dict]) -> str:
-    """make load and make soak."""
+    """make load, make soak and make faults."""
     ld, sk = load("load.json"), load("soak.json")
     statuses = lambda d: ", ".join(f"{n} {name}" for name, n in d.items())  # noqa: E731
-    load_row = (f"| load (`{ld['model']}`): {ld['clients']} clients, {ld['goals_sent']} goals in {ld['seconds']:g} s | "
-                f"{statuses(ld['terminal_statuses'])}; lost {ld['lost']}; succeeded goals that missed their deadline "
-                f"{ld['succeeded_deadline_misses']}; kill latency p50 {_ms(ld['kill_latency_p50_s'])}, "
-                f"p99 {_ms(ld['kill_latency_p99_s'])} |")
-    soak_row = (f"| soak (`{sk['model']}`): {sk['goals']} goals in a row | {statuses(sk['statuses'])}; resident memory "
-                f"+{sk['rss_growth_mb_per_100_goals_after_warmup']:.2f} MB per 100 goals after warm-up; threads "
-                f"{sk['threads_first_last'][0]} -> {sk['threads_first_last'][1]}; open files "
-                f"{sk['fds_first_last'][0]} -> {sk['fds_first_last'][1]} |")
-    return "| run | result |\n|---|---|\n" + load_row + "\n" + soak_row + "\n"
+    past = ""
+    if "ended_past_bound_at_the_node" in ld:
+        past = (f"; ended later than deadline + control period + decode step ({_ms(ld['bound_s'])}): "
+                f"{ld['ended_past_bound_at_the_node']} at the node (worst "
+                f"{_ms(ld['worst_end_after_deadline_at_the_node_s'])} after its deadline), "
+                f"{ld['ended_past_bound_at_the_client']} as the clients saw it (worst "
+                f"{_ms(ld['worst_end_after_deadline_at_the_client_s'])}, DDS included)")
+    rows = [f"| load (`{ld['model']}`, `{ld['machine']}`): {ld['clients']} clients, {ld['goals_sent']} goals in "
+            f"{ld['seconds']:g} s | {statuses(ld['terminal_statuses'])}; lost {ld['lost']}; succeeded goals that "
+            f"missed their deadline {ld['succeeded_deadline_misses']}; kill latency p50 "
+            f"{_ms(ld['kill_latency_p50_s'])}, p99 {_ms(ld['kill_latency_p99_s'])}{past} |",
+            f"| soak (`{sk['model']}`, `{sk['machine']}`): {sk['goals']} goals in a row | {statuses(sk['statuses'])}; "
+            f"resident memory {sk['rss_growth_mb_per_100_goals_after_warmup']:+.2f} MB per 100 goals after warm-up; "
+            f"threads {sk['threads_first_last'][0]} -> {sk['threads_first_last'][1]}; open files "
+            f"{sk['fds_first_last'][0]} -> {sk['fds_first_last'][1]} |"]
+    try:
+        f = load("faults.json")
+        k, r = f["killed_client"], f["node_restart"]
+        rows.append(f"| a client killed mid-goal (`{f['model']}`, `{f['machine']}`) | the next goal from another "
+                    f"client: {k['next_goal_status']} in {k['next_goal_seconds']:.2f} s; node alive: "
+                    f"{k['node_alive']} |")
+        rows.append(f"| the node stopped (SIGTERM) under `timebill send` (`{f['model']}`) | node exit "
+                    f"{r['node_exit_code']}; `timebill send` exit {r['send_exit_code']} "
+                    f"{r['send_returned_s_after_stop']:.2f} s after the stop, `{r['send_status_line']}`; after a "
+                    f"restart `timebill send --wait-ready` exit {r['after_restart_send_exit_code']}, "
+                    f"`{r['after_restart_status_line']}` |")
+    except FileNotFoundError:
+        pass
+    return "| run | result |\n|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def timing_under_load_table(load: Callable[[str], dict]) -> str:
+    """bench/timing_under_load.py: each online estimator's promises through the node, per load phase."""
+    t = load("timing_under_load.json")
+    lines = [f"`{t['model']}` on `{t['machine']}`, {t['per_phase']} goals per phase sent to each node (forced "
+             f"arm: {t['forced_tokens']} tokens under skip_next; natural arm: up to {t['natural_max_tokens']} "
+             "tokens under kill).\n",
+             "| estimator | phase | first-plan coverage (forced) | mean slack | broken promises (natural) | "
+             "natural completion | alpha in (0, alpha_max) | re-plans | goals to adapt |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    def cell(value, fmt="{:.0f} %"):
+        return "n/a" if value is None else fmt.format(value)
+    for est, data in t["estimators"].items():
+        for phase, r in [("all", data["overall"]), *data["phases"].items()]:
+            lines.append(f"| {est} | {phase.replace('_', ' ')} | {cell(r['first_plan_coverage_pct'], '{:.1f} %')} "
+                         f"({r['forced_measured']}) | {cell(r['mean_slack_pct'])} | {r['broken_promises']} of "
+                         f"{r['natural_promised']} ({cell(r['broken_promises_pct'], '{:.1f} %')}) | "
+                         f"{cell(r['natural_completion_pct'])} | {cell(r['alpha_strictly_inside_pct'])} | "
+                         f"{r['replanned']} | {cell(r.get('goals_to_adapt'), '{}')} |")
+    return "\n".join(lines) + "\n"
+
+
+def noise_floor_table(load: Callable[[str], dict]) -> str:
+    """bench/noise_floor.py beside the time model's error on fresh lengths (ete_mape)."""
+    nf = load("noise_floor.json")
+    try:
+        ete = load("ete_mape.json")
+    except FileNotFoundError:
+        ete = {}
+    lag = nf["predicted_from_runs_seconds_before"]
+    rows = ["| phase | error predicting a run from identical runs "
+            f"{lag[0] / 60:g}-{lag[1] / 60:g} min earlier (noise floor) | time model on fresh lengths (ete_mape) |",
+            "|---|---|---|"]
+    for phase, key in (("prefill", "prefill_mape_pct"), ("decode_step", "decode_step_mape_pct")):
+        d = nf[phase]
+        fit = f"{ete[key]:.1f} %" if key in ete else "n/a"
+        rows.append(f"| {phase.replace('_', ' ')} ({d['min_s'] * 1000:.1f}-{d['max_s'] * 1000:.1f} ms over "
+                    f"{nf['minutes']:g} min) | mean {d['mean_pct']:.1f} %, p90 {d['p90_pct']:.1f} % ({d['runs']} runs) "
+                    f"| {fit} |")
+    if "prefill_mape_under_100_tokens_pct" in ete:
+        rows.append(f"| prefill under 100 tokens | | {ete['prefill_mape_under_100_tokens_pct']:.1f} % |")
+    return f"`{nf['model']}`, {nf['prompt_tokens']}-token prefill + {nf['decode_steps']} steps, " \
+           f"`{nf['machine']}`.\n\n" + "\n".join(rows) + "\n"
+
+
+def structured_table(load: Callable[[str], dict]) -> str:
+    """bench/structured_bench.py."""
+    st = load("structured.json")
+    rows = [("tokenizer compiled for the grammar library (once per node)", f"{st['tokenizer_build_s']:.2f} s"),
+            *[(f"compile `{name}` (its longest answer in tokens)",
+               f"{_ms(c['median_s'])} ({c['longest_tokens'] if c['longest_tokens'] else 'unbounded'})")
+              for name, c in st["compile"].items()],
+            ("mask per decode step (median over the task's steps) / a decode step at 512 cached tokens",
+             f"{_ms(st['mask_step_s_median'])} / {_ms(st['decode_step_s_at_512'])} "
+             f"({st['mask_share_of_step_at_512_pct']:.1f} %; target < 10 %)"),
+            (f"robot-command task, {st['prompts']} prompts: valid / exact match",
+             f"{st['valid_pct']:.0f} % / {st['exact_match_pct']:.0f} %"),
+            ("WCET coverage with N_W from the schema (first plan)", f"{st['wcet_coverage_pct']:.0f} % "
+             f"({st['n_w_from_schema']} of {st['prompts']} planned from the schema)")]
+    return (f"`{st['model']}`, {st['library']}, `{st['machine']}`.\n\n| what | measured |\n|---|---|\n"
+            + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n")
 
 
 def online_table(load: Callable[[str], dict]) -> str:
@@ -428,6 +513,16 @@ def headline_table(load: Callable[[str], dict]) -> str:
         arms = " / ".join(pct(cov[a]["first_plan"]["coverage"]) for a in ("static", "online") if a in cov)
         rows.append(("first plan's WCET coverage, static / online timing (goals forced to N_W)", arms, ">= 99 %",
                      cov["machine"]))
+    if tl := optional("timing_under_load.json"):
+        c = tl["estimators"]["conformal"]["overall"]
+        rows.append((f"conformal time bound through the node, {c['goals']} goals under changing load: first-plan "
+                     "coverage (forced to N_W) / broken promises (natural length)",
+                     f"{c['first_plan_coverage_pct']:.1f} % / {c['broken_promises_pct']:.1f} %", ">= 99 % / <= 1 %",
+                     tl["machine"]))
+    if st := optional("structured.json"):
+        rows.append(("structured answers: valid / mask per step over a decode step at 512 tokens",
+                     f"{st['valid_pct']:.0f} % / {st['mask_share_of_step_at_512_pct']:.1f} %", "100 % / < 10 %",
+                     st["machine"]))
     if first := optional("first_goal.json"):
         rows.append((f"a fresh node's first goal's prefill over its fifth's (`{first['model']}`, "
                      f"{first['nodes']} nodes)", f"{first['first_over_fifth_median']:.2f}x (worst "
@@ -454,7 +549,8 @@ TABLES = {"headline": headline_table, "params": params_table, "online": online_t
           "weights": weights_table,
           "rlp_smollm2_tasks": lambda load: rlp_table(load, "rlp_smollm2_tasks.json"),
           "rlp_layers": rlp_layers_table,
-          "reliability": reliability_table}
+          "reliability": reliability_table, "timing_under_load": timing_under_load_table,
+          "noise_floor": noise_floor_table, "structured": structured_table}
 
 
 def render(readme: str, docs: Path) -> str:

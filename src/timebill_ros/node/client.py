@@ -62,6 +62,15 @@ class NodeProcess:
         return self.proc.returncode
 
 
+# How often a waiting client checks that the action server is still there, and how long it
+# may be gone before the wait gives up (a node restart takes longer than this to come back).
+SERVER_CHECK_EVERY, SERVER_GONE_AFTER = 0.5, 3.0
+
+
+class ServerGone(RuntimeError):
+    """The action server disappeared while a goal waited for its result."""
+
+
 @dataclass
 class GoalRun:
     """One goal's life as the client saw it."""
@@ -199,16 +208,29 @@ class Client:
         elif run.accepted:
             self._request_result(run)
 
-    def wait(self, run: GoalRun, timeout: float = 60.0, ask_again_every: float = 15.0) -> GoalRun:
-        """Block until RUN has its result; TimeoutError after TIMEOUT seconds (a hang check).
+    def wait(self, run: GoalRun, timeout: float = 60.0, ask_again_every: float = 15.0,
+             server_gone_after: float = SERVER_GONE_AFTER) -> GoalRun:
+        """Block until RUN has its result; TimeoutError after TIMEOUT seconds (a hang check),
+        ServerGone when the action server has been gone for SERVER_GONE_AFTER seconds (the node
+        stopped or crashed under the goal: no result will ever come).
 
         Every ASK_AGAIN_EVERY seconds without a result the result is requested again: a
         request the server already answered costs nothing more than a duplicate reply."""
-        deadline = time.monotonic() + timeout
-        while not run.done.wait(max(0.0, min(ask_again_every, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline:
+        deadline, asked, gone_since = time.monotonic() + timeout, time.monotonic(), None
+        while not run.done.wait(max(0.0, min(SERVER_CHECK_EVERY, deadline - time.monotonic()))):
+            now = time.monotonic()
+            if now >= deadline:
                 raise TimeoutError(f"no result within {timeout}s ({run.state()})")
-            self._ask_again(run)
+            if self.client.server_is_ready():
+                gone_since = None
+            else:
+                gone_since = gone_since or now
+                if now - gone_since >= server_gone_after:
+                    raise ServerGone(f"the action server went away {now - gone_since:.1f}s ago while the goal "
+                                     f"waited for its result ({run.state()}): the node stopped or crashed")
+            if now - asked >= ask_again_every:
+                self._ask_again(run)
+                asked = now
         return run
 
     def call(self, goal, timeout: float = 60.0, on_feedback=None) -> GoalRun:

@@ -39,26 +39,23 @@ class NodeParams:
                          "tests) or builtin:tiny-random (plumbing only)")
     dtype: str = _p("float32", "torch dtype of the model", choices=("float32", "bfloat16", "float16"))
     quantization: str = _p("auto-decode",
-                           "'' (the model's weights); int8 (torchao everywhere: the quantized-model baseline); "
-                           "int8-decode / int4-decode (prefill on the model's weights, decode steps on int8 / 4-bit "
-                           "block copies; Llama/Qwen2-style models on the CPU); auto-decode (int4 where exact, as "
-                           "for a Q4_1 GGUF, int8 elsewhere, or int8 throughout when measured faster here)",
-                           choices=QUANTIZATIONS)
+                           "'' (the model's weights); int8 (torchao everywhere: the quantized baseline); "
+                           "int8-decode / int4-decode (decode steps on int8 / 4-bit copies); auto-decode (int4 where "
+                           "exact, else int8; or int8 throughout when measured faster here)", choices=QUANTIZATIONS)
     kv_cache_dtype: str = _p("auto", "the decode step's K/V cache dtype: auto = chosen at calibration by measuring "
                              "float32, bfloat16 and float16 on this machine (with the decode weights, under "
                              "auto-decode); a dtype pins it", choices=("auto", "float32", "bfloat16", "float16"))
-    device: str = _p("cpu", "cpu, cuda, cuda:N or auto (CUDA when torch sees a GPU); part of the calibration key. "
-                     "Timed sections synchronize the device before reading the clock (the CUDA path is not run here)")
+    device: str = _p("cpu", "cpu, cuda, cuda:N or auto (CUDA when torch sees a GPU); part of the calibration key "
+                     "(CUDA untested here)")
     threads: int = _p(2, "torch intra-op threads; a calibration is valid for one thread count", low=1, high=256)
     calibration_path: str = _p("", "'' = $TIMEBILL_HOME/calibration/"
                                    "<model>__<dtype>__t<threads>__<machine>[__<decode step>].json")
     calibrate_on_start: bool = _p(True, "no calibration for this node: make a quick one at configure (~1 min for "
                                   "SmolLM2; goals REJECTED meanwhile with the time left) and save it; false refuses "
                                   "goals until `timebill calibrate` made one")
-    control_rate_hz: float = _p(20.0, "the deadline timer's rate: it expires queued goals and backs up the running "
-                                "job's armed deadline (which kills it at the engine's next check, within one "
-                                "decode step); a kill lands within one period plus one decode step at worst",
-                                low=0.1, high=1000.0, runtime=True)
+    control_rate_hz: float = _p(20.0, "the deadline timer: expires queued goals and backs up the armed deadline; a "
+                                "kill lands within one period plus one decode step at worst", low=0.1, high=1000.0,
+                                runtime=True)
     diagnostics_rate_hz: float = _p(1.0, "DiagnosticArray rate on /diagnostics", low=0.01, high=100.0)
     max_queue: int = _p(8, "accepted goals waiting behind the running one; more are REJECTED", low=0, high=10_000,
                         runtime=True)
@@ -69,9 +66,8 @@ class NodeParams:
     k: float = _p(5.0, "pessimistic factor: N_W = min(k * N_hat, max_new_tokens) (paper: 5)", low=1.0, high=1000.0,
                   runtime=True)
     alpha_max: float = _p(0.95, "largest KV-cache eviction ratio (paper: 0.95)", low=0.0, high=0.999, runtime=True)
-    predictor_path: str = _p("", "'' = fixed N_hat (fixed_prediction_tokens); builtin:smollm2-tasks or "
-                             "builtin:default (the bucket predictors distilled from those models; the node refuses "
-                             "a predictor distilled from another model); or a `timebill train-rlp` folder")
+    predictor_path: str = _p("", "'' = fixed N_hat (fixed_prediction_tokens); builtin:smollm2-tasks, builtin:default "
+                             "(distilled from those models only), or a `timebill train-rlp` folder")
     fixed_prediction_tokens: int = _p(64, "N_hat without a trained predictor, and when the predictor fails on a "
                                       "prompt (logged; the goal goes on)", low=1, high=BIG)
     snapkv_window: int = _p(32, "SnapKV observation window (always kept)", low=1, high=4096)
@@ -79,10 +75,9 @@ class NodeParams:
     prefill_chunk: int = _p(1024, "tokens per prefill forward; >= snapkv_window. A kill during prefill lands before "
                             "the next attention block or MLP, not the next chunk", low=1, high=BIG)
     overrun_policy: str = _p("kill", "kill | skip_next (paper section 5)", choices=("kill", "skip_next"), runtime=True)
-    on_infeasible: str = _p("best_effort", "best_effort runs at alpha_max; reject ends the goal INFEASIBLE: before "
-                            "anything runs when the predicted prefill alone exceeds the budget, otherwise as soon as "
-                            "the plan made beside prefill shows even alpha_max cannot fit (nothing is evicted or "
-                            "decoded)", choices=("reject", "best_effort"), runtime=True)
+    on_infeasible: str = _p("best_effort", "best_effort runs at alpha_max; reject ends the goal INFEASIBLE as soon as "
+                            "a plan (before prefill, beside it, or after it) shows even alpha_max cannot fit",
+                            choices=("reject", "best_effort"), runtime=True)
     system_prompt: str = _p("", "system message put first when a goal brings none (a goal's own system_prompt, or "
                             "a system message in its chat, wins)", runtime=True)
     json_schema: str = _p("", "a JSON Schema every goal's answer follows unless the goal brings its own "
@@ -95,13 +90,11 @@ class NodeParams:
                       runtime=True)
     autostart: bool = _p(True, "configure and activate at start, like a plain node (a model that cannot load then "
                          "exits 2); false leaves the node unconfigured for a lifecycle manager")
-    online_timing: bool = _p(True, "plan with the calibration scaled by the machine's live slow-down per phase, "
-                             "measured on served goals; false plans with the calibration as stored (the paper). "
-                             "Observed either way: /diagnostics reports the factors", runtime=True)
-    timing_estimator: str = _p("conformal", "how online timing bounds each phase: conformal (the fit times a quantile "
-                               "of measured/predicted tracked goal by goal toward timing_miss_rate, whatever the "
-                               "load) or window (second-largest ratio of the last online_window goals, plus the "
-                               "calibration's margins)", choices=("conformal", "window"))
+    online_timing: bool = _p(True, "plan with the calibration scaled to the machine's live pace (timing_estimator); "
+                             "false: as stored (the paper). /diagnostics reports the factors either way", runtime=True)
+    timing_estimator: str = _p("conformal", "conformal: the fit times a per-phase quantile of measured/predicted, "
+                               "tracked goal by goal toward timing_miss_rate; window: the older estimate "
+                               "(docs/timing.md)", choices=("conformal", "window"))
     timing_miss_rate: float = _p(0.01, "the long-run share of goals whose prefill or decode may run past its bound "
                                  "(conformal estimator)", low=0.001, high=0.5)
     online_window: int = _p(5, "goals the live slow-down is estimated over (the second-largest per-goal ratio)",
