@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TIMEBILL_HOME ?= $(CURDIR)/.timebill
 ENV := source scripts/env.sh
 
-.PHONY: help setup demo test bench bench-llamacpp eval eval-quick load soak faults first-goal results clean
+.PHONY: help setup demo test bench bench-llamacpp eval eval-quick load soak faults first-goal timing results clean
 help:
 	@echo "make setup   - venv, pinned dependencies, colcon build (idempotent)"
 	@echo "make demo    - start the node, send one goal with feedback, stop"
@@ -21,7 +21,8 @@ help:
 	@echo "make load    - 4 clients, 200 goals in 10 s against the node (SmolLM2); results/bench/load.json"
 	@echo "make soak    - 1000 goals in a row, memory/threads/fds; results/bench/soak.json"
 	@echo "make faults  - a client killed mid-goal, the node restarted under a client; results/bench/faults.json"
-	@echo "make first-goal - a fresh node's first goals against its fifth; results/bench/first_goal.json"
+	@echo "make first-goal - a fresh node's first goal against its fifth, and a first start's time to serving"
+	@echo "make timing  - time promises through the node under load, the noise floor, structured answers"
 	@echo "make results - publish: copy results/ into docs/results and regenerate the README tables"
 
 setup:
@@ -64,7 +65,13 @@ faults: setup
 	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:smollm2} python faults.py $(BENCH_ARGS)
 
 first-goal: setup
-	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:smollm2} python first_goal.py $(BENCH_ARGS)
+	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:smollm2} python first_goal.py $(BENCH_ARGS) \
+		&& python first_start.py $(BENCH_ARGS)
+
+# Time promises through the node under changing load, and this host's noise floor (~35 min).
+timing: setup
+	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:smollm2} python timing_under_load.py \
+		$(BENCH_ARGS) && python noise_floor.py $(BENCH_ARGS) && python structured_bench.py $(BENCH_ARGS)
 
 results: setup
 	@$(ENV) && timebill publish

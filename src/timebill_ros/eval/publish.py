@@ -43,6 +43,7 @@ SOURCES = {
     "bench/timing_under_load.json": "timing_under_load.json",
     "bench/noise_floor.json": "noise_floor.json",
     "bench/structured.json": "structured.json",
+    "bench/first_start.json": "first_start.json",
     "quality.json": "quality.json",
     "quality_smollm2.json": "quality_smollm2.json",
     "quality_smollm2_tasks.json": "quality_smollm2_tasks.json",
@@ -523,6 +524,10 @@ def headline_table(load: Callable[[str], dict]) -> str:
         rows.append(("structured answers: valid / mask per step over a decode step at 512 tokens",
                      f"{st['valid_pct']:.0f} % / {st['mask_share_of_step_at_512_pct']:.1f} %", "100 % / < 10 %",
                      st["machine"]))
+    if fs := optional("first_start.json"):
+        rows.append(("shipped node with no calibration on disk: start to first served goal (first start / restart)",
+                     f"{fs['first_start_to_served_s']:.0f} s / {fs['restart_to_served_s']:.0f} s", "< 90 s",
+                     fs["machine"]))
     if first := optional("first_goal.json"):
         rows.append((f"a fresh node's first goal's prefill over its fifth's (`{first['model']}`, "
                      f"{first['nodes']} nodes)", f"{first['first_over_fifth_median']:.2f}x (worst "
