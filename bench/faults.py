@@ -71,7 +71,7 @@ def restart_under_a_client(args) -> dict:
         rclpy.try_shutdown()
     restarted, _ = start_calibrated_node(args)
     try:
-        again = subprocess.run([*send[:3], "Where is the cup? The cup is in the sink.", "--budget", "30",
+        again = subprocess.run([*send[:2], "Where is the cup? The cup is in the sink.", "--budget", "30",
                                 "--max-new-tokens", "16", "--wait-ready", "300", "--server-timeout", "120"],
                                capture_output=True, text=True, timeout=600)
     finally:

@@ -31,7 +31,7 @@ from online_bench import cpu_load
 from timebill_ros.node.client import Client
 
 PHASES = ("idle", "loaded", "idle_again", "light")
-FORCED_TOKENS, NATURAL_MAX = 48, 64
+FORCED_TOKENS, NATURAL_MAX, NATURAL_ROOM = 48, 64, 1.6
 FILLER = ("The robot inspects shelf {i}: it holds {j} boxes of parts, a red valve and a spare wheel. ")
 LIGHT_LOAD = ("import time\nwhile True:\n    t = time.time()\n    while time.time() - t < 0.05: pass\n"
               "    time.sleep(0.05)\n")
@@ -140,6 +140,8 @@ def main() -> None:
                     arm = "forced" if i % 2 == 0 else "natural"
                     tokens = FORCED_TOKENS if arm == "forced" else NATURAL_MAX
                     budget = budget_for(cal, n, tokens, rng.uniform(0.15, 0.8))
+                    if arm == "natural":  # room for the online bound above the calibration's plan: promises
+                        budget *= NATURAL_ROOM  # are made (a run at 1x made none: every first plan infeasible)
                     prompt = prompt_of(n, rng)
                     order = estimators if i % 4 < 2 else estimators[::-1]  # turns at going first
                     for est in order:
