@@ -24,6 +24,7 @@ aborted with status REJECTED and a status_reason; the server never stops serving
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -48,6 +49,8 @@ from timebill_ros.core.calibration import (
     Calibration,
     CalibrationError,
     CalibrationKey,
+    busy_cores_now,
+    busy_machine_warning,
     calibrate_machine,
     default_calibration_path,
 )
@@ -330,6 +333,8 @@ class TimeBillServer(LifecycleNode):
     def _calibrate_now(self, key: CalibrationKey, path: Path) -> Calibration:
         """The first-start calibration: quick (FIRST_START_POINTS lengths, 2 rounds) and sized to
         what this node takes; saved where `timebill calibrate` saves it, so the next start loads it."""
+        if busy := busy_machine_warning(busy_cores_now(), os.cpu_count() or 1, self.loaded.threads):
+            self.get_logger().warning(f"first-start calibration: {busy}")  # seen: a demo planned 7 s for 1 s
         engine = Engine(self.loaded, TimingModel(0.0, 0.0, 0.0, 0.0, 0.0), FixedLengthPredictor(),
                         self.params.engine_config())
         longest = min(self.loaded.context_limit, self.params.max_prompt_tokens + self.params.max_new_tokens)
