@@ -19,7 +19,7 @@ import torch
 from timebill_ros.core.attention import split_chunks
 from timebill_ros.core.eviction import SnapKV, SnapKVScorer, attention_modules, evict, evict_again, mlp_modules
 from timebill_ros.core.jobs import CancelToken, Event, OnInfeasible, Request, Result, Status, Timings
-from timebill_ros.core.kv_cache import new_cache
+from timebill_ros.core.kv_cache import convert_cache, new_cache
 from timebill_ros.core.model import LoadedModel
 from timebill_ros.core.online import OnlineTiming, PhaseWork, TimingSnapshot
 from timebill_ros.core.planner import Plan, optimal_alpha, plan
@@ -169,12 +169,7 @@ class Engine:
         """Move the cache to the decode step's K/V dtype, layer by layer, calling CHECK between
         layers (a no-op when the step keeps the model's dtype or the cache cannot convert)."""
         step = self.loaded.lean_step
-        if step is None or step.kv_dtype is None or not hasattr(cache, "layers"):
-            return
-        for layer in cache.layers:
-            check()
-            if hasattr(layer, "convert"):
-                layer.convert(step.kv_dtype)
+        convert_cache(cache, step.kv_dtype if step is not None else None, check)
 
     @torch.inference_mode()
     def decode_step(self, cache: object, token: int, position: int) -> torch.Tensor:

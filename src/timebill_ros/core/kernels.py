@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 
 from timebill_ros.core.decode_step import LEAN_QUANTIZATIONS, LeanDecodeStep
+from timebill_ros.core.kv_cache import convert_cache
 
 KV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The decode weights each lean quantization may run: auto-decode measures two.
@@ -145,7 +146,7 @@ def measure_steps(engine, steps_by_label: dict[str, LeanDecodeStep], lengths: li
             step = steps_by_label[label]
             for n in lengths:
                 cache = copy.deepcopy(prefilled[n])
-                prepare_cache(cache, step)
+                convert_cache(cache, step.kv_dtype)  # as the engine does after eviction
                 token = 1
                 for i in range(steps):
                     t0 = time.perf_counter()
@@ -155,21 +156,13 @@ def measure_steps(engine, steps_by_label: dict[str, LeanDecodeStep], lengths: li
     return {label: {n: statistics.median(ts) for n, ts in by_n.items()} for label, by_n in samples.items()}
 
 
-def prepare_cache(cache: object, step: LeanDecodeStep) -> None:
-    """Move CACHE to STEP's K/V dtype before timing it (as the engine does after eviction)."""
-    if step.kv_dtype is None:
-        return
-    for layer in cache.layers:
-        layer.convert(step.kv_dtype)
-
-
 @torch.inference_mode()
 def agreement(engine, step: LeanDecodeStep, references: list[tuple[list[int], list[int]]]) -> float:
     """Share of positions where STEP, fed each reference's greedy tokens, picks the same next token."""
     hits = total = 0
     for prompt, tokens in references:
         cache, _ = engine.prefill(prompt)
-        prepare_cache(cache, step)
+        convert_cache(cache, step.kv_dtype)  # as the engine does after eviction
         for i in range(len(tokens) - 1):
             hits += int(step(cache, tokens[i], len(prompt) + i).argmax(-1)) == tokens[i + 1]
             total += 1

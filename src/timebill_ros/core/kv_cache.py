@@ -13,6 +13,8 @@ converts the layer's entries into a new buffer the same way.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
@@ -80,6 +82,18 @@ class GrowingCache(DynamicCache):
 
     def __init__(self) -> None:
         Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
+
+
+def convert_cache(cache: object, dtype: torch.dtype | None, check: Callable[[], None] = lambda: None) -> None:
+    """Hold CACHE's keys and values in DTYPE from now on (the decode step's K/V dtype), layer by
+    layer, calling CHECK before each (the engine's cancel check); a no-op for DTYPE None or a
+    cache that cannot convert (the model's own, for sliding-window architectures)."""
+    if dtype is None or not hasattr(cache, "layers"):
+        return
+    for layer in cache.layers:
+        check()
+        if hasattr(layer, "convert"):
+            layer.convert(dtype)
 
 
 def full_attention_only(config: object) -> bool:
