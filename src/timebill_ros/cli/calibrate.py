@@ -1,7 +1,6 @@
 """`timebill calibrate`: profile, fit, save, and print the fit's error."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -13,17 +12,15 @@ from timebill_ros.core.calibration import (
     Calibration,
     CalibrationError,
     CalibrationKey,
-    busy_cores_now,
-    busy_machine_warning,
-    calibrate_machine,
+    calibrate_and_save,
     default_calibration_path,
     machine_id,
 )
 from timebill_ros.core.decode_step import calibration_tag
 from timebill_ros.core.device import resolve_device
-from timebill_ros.core.engine import Engine, EngineConfig
+from timebill_ros.core.engine import EngineConfig
 from timebill_ros.core.model import encode_prompt, load_model, model_fingerprint, resolve_model_path
-from timebill_ros.core.predictor import FixedLengthPredictor, load_predictor
+from timebill_ros.core.predictor import load_predictor
 from timebill_ros.core.timing import TimingModel
 from timebill_ros.node.params import NodeParams
 
@@ -86,13 +83,8 @@ def check_calibration(target: CalibrationTarget) -> int:
 
 def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_length: int) -> Path:
     """Calibrate TARGET and write the JSON; returns its path."""
-    busy = busy_machine_warning(busy_cores_now(), os.cpu_count() or 1, target.threads)
-    if busy:
-        click.echo(f"warning: {busy}", err=True)
     loaded = load_model(target.model_path, dtype=target.dtype, threads=target.threads,
                         quantization=target.quantization, device=target.device)
-    config = EngineConfig(prefill_chunk=target.prefill_chunk)
-    engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), config)
     with tqdm(desc=f"calibrating {loaded.name}", unit="step") as bar:
 
         def progress(total: int):
@@ -103,14 +95,14 @@ def run_calibration(target: CalibrationTarget, points: int, repeats: int, max_le
             return load_predictor(target.predictor_path, fit.prefill, 64)
 
         longest = min(loaded.context_limit, target.max_prompt_tokens + target.max_new_tokens)
-        result = calibrate_machine(
-            engine, target.key(), quantization=target.quantization, kv_dtype_pin=target.kv_cache_dtype,
-            encode=lambda text: encode_prompt(loaded.tokenizer, text), stage=bar.set_description, progress=progress,
-            points=points, repeats=repeats, max_length=max_length or longest,
-            predictor_for=predictor_for if target.predictor_path else None)
-    engine.close()
-    result.settings["predictor_path"] = target.predictor_path
-    path = result.save(target.path())
+        path = target.path()
+        result = calibrate_and_save(
+            loaded, target.key(), path, EngineConfig(prefill_chunk=target.prefill_chunk),
+            predictor_path=target.predictor_path, predictor_for=predictor_for,
+            warn=lambda busy: click.echo(f"warning: {busy}", err=True), quantization=target.quantization,
+            kv_dtype_pin=target.kv_cache_dtype, encode=lambda text: encode_prompt(loaded.tokenizer, text),
+            stage=bar.set_description, progress=progress, points=points, repeats=repeats,
+            max_length=max_length or longest)
     t = result.timing
     click.echo(f"saved {path}")
     click.echo(f"prefill(N) = {t.a:.3e}*N^2 + {t.b:.3e}*N + {t.c:.3e} s   held-out MAPE {result.prefill_mape:.2f}%")

@@ -414,6 +414,28 @@ def measure_piece_share(engine, n: int, runs: int = 2) -> float:
     return min(shares)
 
 
+def calibrate_and_save(loaded, key: CalibrationKey, path: Path, config, *, predictor_path: str = "",
+                       predictor_for: Callable[[TimingModel], object] | None = None,
+                       warn: Callable[[str], None] = lambda message: None, settings: dict | None = None,
+                       **machine) -> Calibration:
+    """What `timebill calibrate` and a node's first start both do: warn (WARN) when the machine
+    is busy, calibrate LOADED with an engine of CONFIG (`calibrate_machine`, MACHINE's settings;
+    PREDICTOR_FOR only when PREDICTOR_PATH is set), record the predictor (and SETTINGS) and save to PATH."""
+    from timebill_ros.core.engine import Engine
+    from timebill_ros.core.predictor import FixedLengthPredictor
+
+    if busy := busy_machine_warning(busy_cores_now(), os.cpu_count() or 1, loaded.threads):
+        warn(busy)
+    engine = Engine(loaded, TimingModel(0.0, 0.0, 0.0, 0.0, 0.0), FixedLengthPredictor(), config)
+    try:
+        cal = calibrate_machine(engine, key, predictor_for=predictor_for if predictor_path else None, **machine)
+    finally:
+        engine.close()
+    cal.settings.update({"predictor_path": predictor_path, **(settings or {})})
+    cal.save(path)
+    return cal
+
+
 def measure_prefill_contention(engine, predictor, lengths: list[int], repeats: int = 3,
                                tick: Callable[[], None] = lambda: None) -> float:
     """Prefill time with PREDICTOR.predict running in a second thread, as in a served job,

@@ -24,7 +24,6 @@ aborted with status REJECTED and a status_reason; the server never stops serving
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 import traceback
@@ -49,9 +48,7 @@ from timebill_ros.core.calibration import (
     Calibration,
     CalibrationError,
     CalibrationKey,
-    busy_cores_now,
-    busy_machine_warning,
-    calibrate_machine,
+    calibrate_and_save,
     default_calibration_path,
 )
 from timebill_ros.core.engine import PREFILL_PIECES_PER_LAYER, Engine
@@ -61,7 +58,7 @@ from timebill_ros.core.kernels import apply as apply_kernels
 from timebill_ros.core.model import ModelLoadError, encode_prompt, load_model
 from timebill_ros.core.online import online_timing_from
 from timebill_ros.core.policy import apply_overrun_policy
-from timebill_ros.core.predictor import FixedLengthPredictor, PredictorLoadError, check_target, load_predictor
+from timebill_ros.core.predictor import PredictorLoadError, check_target, load_predictor
 from timebill_ros.core.structured import structured_compiler
 from timebill_ros.core.timing import TimingModel, prefill_kill_warning
 from timebill_ros.core.validation import InvalidGoal, build_request
@@ -333,10 +330,6 @@ class TimeBillServer(LifecycleNode):
     def _calibrate_now(self, key: CalibrationKey, path: Path) -> Calibration:
         """The first-start calibration: quick (FIRST_START_POINTS lengths, 2 rounds) and sized to
         what this node takes; saved where `timebill calibrate` saves it, so the next start loads it."""
-        if busy := busy_machine_warning(busy_cores_now(), os.cpu_count() or 1, self.loaded.threads):
-            self.get_logger().warning(f"first-start calibration: {busy}")  # seen: a demo planned 7 s for 1 s
-        engine = Engine(self.loaded, TimingModel(0.0, 0.0, 0.0, 0.0, 0.0), FixedLengthPredictor(),
-                        self.params.engine_config())
         longest = min(self.loaded.context_limit, self.params.max_prompt_tokens + self.params.max_new_tokens)
 
         def progress(total: int):
@@ -346,17 +339,14 @@ class TimeBillServer(LifecycleNode):
         def predictor_for(fit: TimingModel):
             return load_predictor(self.params.predictor_path, fit.prefill, self.params.fixed_prediction_tokens)
 
-        try:
-            calibration = calibrate_machine(
-                engine, key, quantization=self.params.quantization, kv_dtype_pin=self.params.kv_cache_dtype,
-                encode=lambda text: self._encode([{"role": "user", "content": text}]),
-                stage=self.startup.begin, progress=progress, points=FIRST_START_POINTS, repeats=2,
-                max_length=longest, predictor_for=predictor_for if self.params.predictor_path else None)
-        finally:
-            engine.close()
-        calibration.settings["predictor_path"] = self.params.predictor_path
-        calibration.settings["first_start"] = True
-        calibration.save(path)
+        calibration = calibrate_and_save(
+            self.loaded, key, path, self.params.engine_config(), predictor_path=self.params.predictor_path,
+            predictor_for=predictor_for,
+            warn=lambda busy: self.get_logger().warning(f"first-start calibration: {busy}"),
+            quantization=self.params.quantization, kv_dtype_pin=self.params.kv_cache_dtype,
+            encode=lambda text: self._encode([{"role": "user", "content": text}]), stage=self.startup.begin,
+            progress=progress, points=FIRST_START_POINTS, repeats=2, max_length=longest,
+            settings={"first_start": True})
         self.get_logger().info(
             f"saved the first-start calibration {path} (quick: {FIRST_START_POINTS} lengths; prefill held-out "
             f"error {calibration.prefill_mape:.1f}%, decode {calibration.decode_mape:.1f}%; online timing corrects "
