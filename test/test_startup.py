@@ -38,7 +38,10 @@ def test_a_goal_sent_while_the_node_starts_is_answered_at_once_and_the_calibrati
         latency = time.monotonic() - sent
         assert run.result.status == R(client).REJECTED, run.result.status_reason
         assert run.result.status_reason.startswith("node is starting"), run.result.status_reason
-        assert latency < 0.3, f"answered {latency:.3f}s after sending; {proc.log()}"
+        # Answered while the node still loads (the old node answered only after the load, 3-4 s
+        # later). The 0.3 s is a host-speed figure: a clean-clone run on a busy host took
+        # longer, so the test bounds what the behaviour changes, not the host's speed.
+        assert latency < 2.0, f"answered {latency:.3f}s after sending; {proc.log()}"
         served = call_until_served(client, {"prompt": "hello", "budget": 30.0, "max_new_tokens": 4})
         assert served.result.status == R(client).SUCCEEDED, (served.result.status_reason, proc.log())
     finally:
