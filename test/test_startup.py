@@ -153,3 +153,83 @@ def test_timebill_send_returns_when_the_node_stops_under_its_goal(slow_model_dir
     # the server go away; never a wait without end.
     assert (sender.returncode == 1 and "node shutting down" in out) or \
         (sender.returncode == 2 and "action server went away" in err), (sender.returncode, out, err)
+
+
+def test_startup_counts_each_stage_once_and_describes_the_time_left(monkeypatch):
+    from timebill_ros.node import startup as startup_module
+
+    now = [100.0]
+    monkeypatch.setattr(startup_module.time, "monotonic", lambda: now[0])
+    s = startup_module.Startup()
+    s.begin("loading the model")
+    now[0] += 4.0
+    s.begin("loading the model")  # configure re-enters the stage autostart began: one stage
+    now[0] += 1.0
+    s.begin("calibrating")
+    s.expect(10)
+    now[0] += 2.0
+    s.tick()
+    s.tick()
+    assert s.describe().startswith("node is starting: calibrating (2 of 10 steps), about 8 s left")
+    now[0] += 3.0
+    s.end()
+    assert not s.active and s.describe() == ""
+    assert s.stages == [("loading the model", 5.0), ("calibrating", 5.0)]
+    assert s.summary() == "loading the model 5.0 s, calibrating 5.0 s"
+
+
+def test_torch_thread_runs_every_call_on_one_thread_and_raises_in_the_caller():
+    from timebill_ros.core.torch_thread import TorchThread
+
+    worker = TorchThread()
+    try:
+        idents = {worker.call(threading.get_ident) for _ in range(3)}
+        other = threading.Thread(target=lambda: idents.add(worker.call(threading.get_ident)))
+        other.start()
+        other.join()
+        assert len(idents) == 1 and threading.get_ident() not in idents
+        try:
+            worker.call(int, "not a number")
+        except ValueError as exc:
+            assert "not a number" in str(exc)
+        else:
+            raise AssertionError("the exception did not reach the caller")
+    finally:
+        worker.close()
+
+
+def test_the_node_runs_its_jobs_on_the_thread_that_loaded_the_model(
+        slow_model_dir, calibration, rclpy_context, monkeypatch):
+    """Torch work hopping between threads ran each decode step ~2.5x slower (core.torch_thread)."""
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from timebill_ros.core.engine import Engine
+    from timebill_ros.node import server as server_module
+    from timebill_ros.node.server import TimeBillServer
+
+    threads = {"load": set(), "run": set()}
+    load_model, run = server_module.load_model, Engine.run
+    monkeypatch.setattr(server_module, "load_model",
+                        lambda *a, **k: threads["load"].add(threading.get_ident()) or load_model(*a, **k))
+    monkeypatch.setattr(Engine, "run", lambda self, *a, **k: threads["run"].add(threading.get_ident())
+                        or run(self, *a, **k))
+    params = {**BASE_PARAMS, "model_path": str(slow_model_dir), "calibration_path": str(calibration)}
+    node = TimeBillServer(namespace="one_thread",
+                          parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    assert node.autostart()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    client = Client("/one_thread/timebill/generate")
+    try:
+        assert client.wait_for_server()
+        for _ in range(2):
+            run_ = client.call(client.goal("hello", budget=30.0, max_new_tokens=4), timeout=60)
+            assert run_.result.status == R(client).SUCCEEDED, run_.result.status_reason
+    finally:
+        client.close()
+        node.shutdown()
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+    assert len(threads["load"]) == 1 and threads["run"] == threads["load"], threads

@@ -61,6 +61,7 @@ from timebill_ros.core.policy import apply_overrun_policy
 from timebill_ros.core.predictor import PredictorLoadError, check_target, load_predictor
 from timebill_ros.core.structured import structured_compiler
 from timebill_ros.core.timing import TimingModel, prefill_kill_warning
+from timebill_ros.core.torch_thread import TorchThread
 from timebill_ros.core.validation import InvalidGoal, build_request
 from timebill_ros.node.convert import feedback_msg, goal_from_msg, goal_from_request, record_msg, result_msg
 from timebill_ros.node.diagnostics import publish_health
@@ -145,6 +146,7 @@ class TimeBillServer(LifecycleNode):
         self._canceled_early: set[bytes] = set()
         self._shutting_down = False
         self.startup = Startup()  # while loading and calibrating, goals are told so at once
+        self.torch = TorchThread()  # every torch call of the node: load, calibration, warm-up, jobs
         self._autostarting = False
         self.stats = {"killed": 0, "deadline_misses": 0, "succeeded": 0, "last_alpha": 0.0, "last_wcet": 0.0}
         self._server = ActionServer(
@@ -180,7 +182,7 @@ class TimeBillServer(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load the model, calibration and predictor; a failure leaves the node unconfigured."""
         try:
-            self._load()
+            self.torch.call(self._load)  # the thread every later job runs on (core.torch_thread)
         except CONFIGURE_ERRORS as exc:
             self.configure_error = str(exc)
             self.get_logger().error(f"configure failed: {exc}")
@@ -238,6 +240,7 @@ class TimeBillServer(LifecycleNode):
         finally:
             self._autostarting = False
             self.startup.end()
+            self.get_logger().info(f"start-up took {self.startup.summary()}")
 
     def _load(self) -> None:
         self.startup.begin(f"loading the model {self.params.model_path}")
@@ -496,7 +499,7 @@ class TimeBillServer(LifecycleNode):
 
         # A Kill job's token was armed with its deadline at acceptance: the engine stops itself
         # there, and the control timer backs it up.
-        return apply_overrun_policy(self.engine.run(job.request, job.cancel, publish), job.policy)
+        return apply_overrun_policy(self.torch.call(self.engine.run, job.request, job.cancel, publish), job.policy)
 
     def _finish(self, job: GoalJob, result: Result) -> TimedGenerate.Result:
         self._count(result)
@@ -568,6 +571,11 @@ class TimeBillServer(LifecycleNode):
         """Stop taking goals and stop every held job; their results say why."""
         self._shutting_down = True
         self._abort_held("node shutting down")
+
+    def destroy_node(self) -> None:
+        """Let the torch thread end, then destroy the node."""
+        self.torch.close()
+        super().destroy_node()
 
     def _abort_held(self, reason: str) -> None:
         with self._lock:
