@@ -43,7 +43,8 @@ def ete_mape(engine, cal, quick: bool, limit: int, rounds: int = 3) -> dict:
     a slow spell of this shared machine lands on one sample of many lengths, not on all of one."""
     # Short prompts too (under 100 tokens, where an absolute fit's ~0 intercept was 2x off).
     lengths = sorted({23, 47, 71, 95} | {n + 7 for n in spread_lengths(40, limit - 64, 6 if quick else 12)})
-    prefill, decode = profile_phases(engine, lengths, rounds, decode_steps=9)
+    profile = profile_phases(engine, lengths, rounds, decode_steps=9)
+    prefill, decode = profile.prefill, profile.decode
     pre_meas, dec_meas = [t for _, t in prefill], [t for _, t in decode]
     pre_pred = [cal.timing.prefill(n) for n in lengths]
     dec_pred = [cal.timing.decode_step(n + 4) for n in lengths]

@@ -67,10 +67,12 @@ def start_to_served(home: Path) -> dict:
     if run.result.status_name != "SUCCEEDED":
         sys.exit(f"not served: {run.result.status_name} {run.result.status_reason}\n{text}")
     stages = re.search(r"start-up took (.*)", text)
+    held_out = re.search(r"prefill held-out error ([\d.]+)%, decode ([\d.]+)%", text)
     return {"to_served_s": served, "calibrated": "calibrating this machine now" in text,
+            "held_out_error_pct": {"prefill": float(held_out[1]), "decode": float(held_out[2])} if held_out else None,
             "answers_while_starting_s": probes,
-            "stages": dict((name, float(s)) for name, s in re.findall(r"([^,]+?) ([\d.]+) s(?:,|$)",
-                                                                       stages.group(1).strip()))
+            "stages": {name.strip(): float(s) for name, s in re.findall(r"([^,]+?) ([\d.]+) s(?:,|$)",
+                                                                       stages.group(1).strip())}
             if stages else {}}
 
 
@@ -89,6 +91,7 @@ def main() -> None:
                           "calibrated_on_first_start": first["calibrated"],
                           "calibrated_on_restart": again["calibrated"],
                           "first_start_stages_s": first["stages"], "restart_stages_s": again["stages"],
+                          "first_start_held_out_error_pct": first["held_out_error_pct"],
                           "goals_while_starting": len(answers),
                           "answer_while_starting_p50_s": percentile(answers, 50) if answers else None,
                           "answer_while_starting_max_s": max(answers, default=None),

@@ -45,7 +45,8 @@ def main() -> None:
     start = time.monotonic()
     while time.monotonic() - start < minutes * 60:
         t0 = time.monotonic()
-        pre, dec = profile_phases(engine, [n], repeats=1, decode_steps=9)
+        profile = profile_phases(engine, [n], repeats=1, decode_steps=9)
+        pre, dec = profile.prefill, profile.decode
         prefill.append(pre[0][1])
         step.append(dec[0][1])
         stamps.append(t0 - start)

@@ -216,7 +216,7 @@ def test_a_calibration_timed_in_other_prefill_chunks_is_made_again(tiny, tmp_pat
 
 
 def test_the_kill_bound_comes_from_the_measured_slowest_piece(tiny_model_dir):
-    from timebill_ros.core.calibration import measure_piece_share
+    from timebill_ros.core.calibration import profile_phases
     from timebill_ros.core.engine import Engine, EngineConfig
     from timebill_ros.core.model import load_model
     from timebill_ros.core.predictor import FixedLengthPredictor
@@ -224,8 +224,12 @@ def test_the_kill_bound_comes_from_the_measured_slowest_piece(tiny_model_dir):
 
     loaded = load_model(str(tiny_model_dir), threads=1)
     engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(4), EngineConfig(prefill_chunk=128))
-    share = measure_piece_share(engine, 300)
+    profile = profile_phases(engine, [40, 300], repeats=2, decode_steps=2, evict_lengths=[300])
     engine.close()
+    share = profile.piece_share
+    # The eviction phase is timed on the sweep's own prefills: both alphas, every round.
+    assert sorted((n, a) for n, a, _ in profile.evict_samples) == [(300, 0.0), (300, 0.0), (300, 0.5), (300, 0.5)]
+    assert all(seconds > 0 for _, _, seconds in profile.evict_samples)
     # 2 layers cut into 3 pieces each by the checks (and the output layer after them): one
     # piece is more than nothing and at most the whole chunk.
     assert 0.0 < share <= 1.0

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, astuple, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -266,10 +266,23 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(call_times(fn, repeats))
 
 
+@dataclass
+class Profile:
+    """What one sweep of prefills and decode steps measured (`profile_phases`)."""
+
+    prefill: list[tuple[int, float]]  # (prompt tokens, mean seconds)
+    decode: list[tuple[int, float]]  # (cached tokens, mean seconds of a step)
+    piece_share: float = 1.0  # longest stretch between cancel checks / the last chunk's time
+    evict_samples: list[tuple[int, float, float]] = field(default_factory=list)  # (tokens, alpha, s)
+
+
 def profile_phases(engine, lengths: list[int], repeats: int, decode_steps: int,
-                   tick: Callable[[], None] = lambda: None) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+                   tick: Callable[[], None] = lambda: None, evict_lengths: Iterable[int] = ()) -> Profile:
     """Mean prefill time of the engine at each prompt length (random token ids), and the
-    mean time of the DECODE_STEPS decode steps that follow each prefill.
+    mean time of the DECODE_STEPS decode steps that follow each prefill; from the same
+    prefills, the slowest piece between cancel checks of the longest one (`piece_share`) and
+    the eviction phase after those of EVICT_LENGTHS (`eviction_times`), so a first start pays
+    for no extra prefill.
 
     Each round visits every length once, in a shuffled order: on a shared machine a slow
     spell then lands on one sample of many lengths (and the median drops it) instead of on
@@ -285,13 +298,20 @@ def profile_phases(engine, lengths: list[int], repeats: int, decode_steps: int,
     prompts = {n: torch.randint(0, vocab, (n,), generator=gen).tolist() for n in lengths}
     prefill_s: dict[int, list[float]] = {n: [] for n in lengths}
     step_s: dict[int, list[float]] = {n: [] for n in lengths}
+    shares: list[float] = []
+    evict_lengths, evict_samples = set(evict_lengths), []
     order, done = list(lengths), 0
     for round_ in range(repeats):
         random.Random(round_).shuffle(order)
         for n in order:
+            clock, chunk_ends = _CheckClock(), []  # the cancel checks a goal's prefill makes, timed
             t0 = time.perf_counter()
-            cache, logits = engine.prefill(prompts[n])
+            cache, logits = engine.prefill(prompts[n], clock, lambda s, e, sec: chunk_ends.append(time.perf_counter()))
             prefill_s[n].append(time.perf_counter() - t0)
+            if n == lengths[-1]:
+                shares.append(piece_share(clock.marks, chunk_ends))
+            if n in evict_lengths:
+                evict_samples += eviction_times(engine, cache, n)
             token = int(logits.argmax(-1))
             for i in range(decode_steps):
                 t0 = time.perf_counter()
@@ -301,9 +321,10 @@ def profile_phases(engine, lengths: list[int], repeats: int, decode_steps: int,
             if done % repeats == 0:  # the bar counts lengths
                 tick()
     # Means, not medians: a WCET sums steps, and a sum follows the mean (the tail is the
-    # online bound's job, core.conformal).
-    return ([(n, statistics.fmean(prefill_s[n])) for n in lengths],
-            [(n, statistics.fmean(step_s[n])) for n in lengths])
+    # online bound's job, core.conformal). The piece share is the smallest of the rounds': a
+    # spike of the host is not the model's shape.
+    return Profile([(n, statistics.fmean(prefill_s[n])) for n in lengths],
+                   [(n, statistics.fmean(step_s[n])) for n in lengths], min(shares, default=1.0), evict_samples)
 
 
 def calibrate(
@@ -333,13 +354,11 @@ def calibrate(
     tick()
     engine.prefill(list(range(min(64, limit))))
     tick()
-    prefill, decode = profile_phases(engine, lengths, repeats, decode_steps, tick)
-    timing = _fit(prefill, decode, set(fit_n))
+    profile = profile_phases(engine, lengths, repeats, decode_steps, tick, evict_lengths=contention_lengths)
+    prefill, decode, evict_samples = profile.prefill, profile.decode, profile.evict_samples
+    timing = with_eviction(_fit(prefill, decode, set(fit_n)), evict_samples)
     held_pre = [(n, t) for n, t in prefill if n in held_n]
     held_dec = [(n, t) for n, t in decode if n in held_n]
-    piece_share = measure_piece_share(engine, lengths[-1])
-    evict_samples = profile_eviction(engine, contention_lengths, repeats)
-    timing = with_eviction(timing, evict_samples)
     contention = 1.0
     if predictor_for is not None:
         contention = measure_prefill_contention(engine, predictor_for(timing), contention_lengths, repeats, tick)
@@ -360,7 +379,7 @@ def calibrate(
         prefill_margin_s=pre_d,
         decode_margin_s=dec_d,
         prefill_contention=contention,
-        prefill_piece_share=piece_share,
+        prefill_piece_share=profile.piece_share,
         evict_samples=evict_samples,
         settings={"points": points, "repeats": repeats, "decode_steps": decode_steps, "max_length": limit,
                   "prefill_chunk": engine.config.prefill_chunk},
@@ -398,20 +417,13 @@ class _CheckClock(CancelToken):
         return False
 
 
-def measure_piece_share(engine, n: int, runs: int = 2) -> float:
-    """The longest stretch between two cancel checks in the last prefill chunk of an N-token
-    prompt, as a share of that chunk's time (the smallest of RUNS runs: a spike of the host is
-    not the model's shape)."""
-    ids = torch.randint(0, engine.loaded.model.config.vocab_size, (n,), generator=torch.Generator().manual_seed(4))
-    shares = []
-    for _ in range(runs):
-        clock, chunk_ends = _CheckClock(), []
-        engine.prefill(ids.tolist(), clock, lambda start, end, seconds: chunk_ends.append(time.perf_counter()))
-        start = chunk_ends[-2] if len(chunk_ends) > 1 else clock.marks[0]
-        marks = [t for t in clock.marks if t >= start] + [chunk_ends[-1]]
-        gaps = [b - a for a, b in zip(marks, marks[1:])]
-        shares.append(max(gaps) / (chunk_ends[-1] - start))
-    return min(shares)
+def piece_share(marks: list[float], chunk_ends: list[float]) -> float:
+    """The longest stretch between two cancel checks (MARKS) in the last prefill chunk, as a
+    share of that chunk's time (CHUNK_ENDS: when each chunk ended)."""
+    start = chunk_ends[-2] if len(chunk_ends) > 1 else marks[0]
+    marks = [t for t in marks if t >= start] + [chunk_ends[-1]]
+    gaps = [b - a for a, b in zip(marks, marks[1:])]
+    return max(gaps) / (chunk_ends[-1] - start)
 
 
 def calibrate_and_save(loaded, key: CalibrationKey, path: Path, config, *, predictor_path: str = "",
@@ -472,27 +484,22 @@ def _fit(prefill: list[tuple[int, float]], decode: list[tuple[int, float]], fit_
 EVICT_ALPHA = 0.5  # the ratio the eviction phase is profiled at (the gather barely depends on it)
 
 
-def profile_eviction(engine, lengths: list[int], repeats: int) -> list[tuple[int, float, float]]:
-    """(prompt tokens, alpha, seconds) of the eviction phase after a prefill of each length:
-    at EVICT_ALPHA (SnapKV gather, then the K/V dtype move) and at 0 (the move alone)."""
+def eviction_times(engine, prefilled, n: int) -> list[tuple[int, float, float]]:
+    """(N, alpha, seconds) of the eviction phase on copies of a PREFILLED cache of N prompt
+    tokens: at EVICT_ALPHA (SnapKV gather, then the K/V dtype move) and at 0 (the move alone)."""
     import copy
 
     from timebill_ros.core.eviction import evict
 
-    gen = torch.Generator().manual_seed(5)
     samples = []
-    for n in lengths:
-        ids = torch.randint(0, engine.loaded.model.config.vocab_size, (n,), generator=gen).tolist()
-        prefilled, _ = engine.prefill(ids)  # one prefill a length; each sample works on a copy
-        for alpha in (EVICT_ALPHA, 0.0):
-            for _ in range(repeats):
-                cache = copy.deepcopy(prefilled)
-                t0 = time.perf_counter()
-                if alpha > 0.0:
-                    evict(cache, engine.scorer.scores, alpha, engine.press.window)
-                engine.prepare_for_decode(cache)
-                engine.loaded.synchronize()
-                samples.append((n, alpha, time.perf_counter() - t0))
+    for alpha in (EVICT_ALPHA, 0.0):
+        cache = copy.deepcopy(prefilled)
+        t0 = time.perf_counter()
+        if alpha > 0.0:
+            evict(cache, engine.scorer.scores, alpha, engine.press.window)
+        engine.prepare_for_decode(cache)
+        engine.loaded.synchronize()
+        samples.append((n, alpha, time.perf_counter() - t0))
     return samples
 
 
