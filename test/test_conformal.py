@@ -52,3 +52,63 @@ def test_online_timing_plans_with_the_tracked_quantiles_and_learns_from_a_prefil
     assert online.bound_factor("prefill") > 1.2 and online.bound_factor("decode") == 1.1
     online.reset()
     assert online.bound_factor("prefill") == 1.2
+
+
+def busy_spell(n_before=100, n_load=30, n_after=100, seed=1):
+    """measured / predicted: idle, a 2x load, idle again, with 8 % noise."""
+    rng = np.random.default_rng(seed)
+    level = np.concatenate([np.ones(n_before), 2.0 * np.ones(n_load), np.ones(n_after)])
+    return level * np.exp(rng.normal(0.0, 0.08, level.size))
+
+
+def run_spell(conformal: ConformalTiming, load_seen: bool) -> tuple[list[bool], float]:
+    """Feed BUSY_SPELL's decode ratios; LOAD_SEEN: the 2x is seen (core.cpu_load) at planning."""
+    misses, scores = [], busy_spell()
+    for i, ratio in enumerate(scores):
+        load = 2.0 if (load_seen and 100 <= i < 130) else 1.0
+        point = conformal.point("decode", load)
+        misses.append(bool(ratio > point * conformal.quantile("decode")))
+        conformal.observe("decode", ratio, 1.0, point=point, load=load)
+    return misses, conformal.factor("decode")
+
+
+def test_a_load_that_came_and_went_leaves_no_lingering_slack():
+    # The tracker on the raw ratio keeps the busy spell's level for ~1/(eta * delta) goals; on
+    # the residual over the recent pace it comes back down within a few goals.
+    raw = QuantileTracker(q=1.2, delta=0.005, eta=0.1)
+    for ratio in busy_spell():
+        raw.update(ratio)
+    misses, after = run_spell(ConformalTiming({"prefill": 1.2, "decode": 1.2}, delta=0.01, eta=0.1), load_seen=False)
+    assert raw.q > 1.9  # still planning as if loaded, 100 idle goals later
+    assert after < 1.6
+    assert sum(misses[100:130]) <= 3  # the pace catches up with the load after a goal or two
+
+
+def test_a_load_seen_at_planning_costs_no_miss_when_it_starts():
+    misses, _ = run_spell(ConformalTiming({"prefill": 1.2, "decode": 1.2}, delta=0.01, eta=0.1), load_seen=True)
+    blind, _ = run_spell(ConformalTiming({"prefill": 1.2, "decode": 1.2}, delta=0.01, eta=0.1), load_seen=False)
+    assert misses[100] is False and blind[100] is True  # the first loaded goal
+    assert sum(misses[100:130]) == 0
+
+
+def test_the_slowdown_model_and_the_foreign_load_of_a_busy_neighbour():
+    import subprocess
+    import sys
+    import time
+
+    from timebill_ros.core.cpu_load import ForeignLoad, slowdown
+
+    assert slowdown(0.0, 2, 2) == 1.0 and slowdown(1.0, 2, 2) == 2.0 and slowdown(1.0, 1, 2) == 1.5
+    probe = ForeignLoad(period=0.05)
+    if not probe.available:
+        pytest.skip("no /proc/stat")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.5)
+        # A process spinning on a core shows as about one core of foreign load (this test's own
+        # process sleeps and is not counted).
+        assert probe.recent(1.0) > 0.5
+    finally:
+        busy.kill()
+        busy.wait()
+        probe.close()

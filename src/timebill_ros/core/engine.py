@@ -461,7 +461,7 @@ class _Job:
         if self.engine.online is not None:
             self.prefill_work.spent = self.timings.prefill
             self.prefill_work.whole = self.engine.online.base.prefill(len(self.request.prompt_ids))
-            self.engine.online.observe(self.prefill_work, self.decode_work)
+            self.engine.online.observe(self.prefill_work, self.decode_work, self.snapshot)
         if status in (Status.SUCCEEDED, Status.COMPLETED_LATE) and self.constraint is not None \
                 and not self.constraint.accepted:  # would not parse: no partial structured answer
             status, reason = Status.INFEASIBLE, (f"the structured answer did not complete within max_new_tokens "

@@ -23,10 +23,12 @@ Thread-safe: goals observe from the engine's thread, diagnostics read from anoth
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from timebill_ros.core.conformal import ConformalTiming
+from timebill_ros.core.cpu_load import ForeignLoad, slowdown
 from timebill_ros.core.timing import TimingModel
 
 PHASES = ("prefill", "decode")
@@ -49,6 +51,11 @@ class TimingSnapshot:
     timing: TimingModel
     prefill_factor: float
     decode_factor: float
+    # The conformal bound's point estimates (its factor over q) and when the snapshot was taken:
+    # observe() scores the goal against them and reads the load beside it since then.
+    prefill_point: float = 1.0
+    decode_point: float = 1.0
+    taken_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -78,13 +85,17 @@ class OnlineTiming:
 
     def __init__(self, base: TimingModel, margins: Margins, *, window: int = 5, enabled: bool = True,
                  min_seconds: float = 0.02, band: tuple[float, float] = (0.0, 0.0),
-                 conformal: ConformalTiming | None = None) -> None:
+                 conformal: ConformalTiming | None = None, load: ForeignLoad | None = None,
+                 threads: int = 1) -> None:
         if window < 2:
             raise ValueError(f"the online timing window must hold at least 2 goals, got {window}")
         self.base, self.margins, self.enabled = base, margins, enabled
         # When set, plans use its tracked quantiles instead of the window estimate plus margins
         # (the window estimate is still kept and reported beside it).
         self.conformal = conformal
+        # The other processes' CPU use, read when a goal is planned and while it runs (None: not
+        # watched); THREADS is the engine's compute threads (core.cpu_load.slowdown).
+        self.load, self.threads = load, threads
         self.window, self.min_seconds = window, min_seconds
         # How far a factor may stray from 1 before diagnostics warn: the calibration's own
         # error band per phase (its margin, or its held-out error if larger).
@@ -105,13 +116,17 @@ class OnlineTiming:
     def bound_factor(self, phase: str) -> float:
         """What the fit of PHASE is multiplied by to plan: the conformal quantile, or the window
         estimate (the calibration's margins are added on top of the latter)."""
-        return self.conformal.factor(phase) if self.conformal else self.factor(phase)
+        if self.conformal is None:
+            return self.factor(phase)
+        return self.conformal.factor(phase, self.load_slowdown(self.load.recent()) if self.load else 1.0)
 
     def snapshot(self) -> TimingSnapshot:
         """The model to plan one goal with (the prior when disabled)."""
         if self.conformal is not None and self.enabled:
-            pre, dec = self.conformal.factor("prefill"), self.conformal.factor("decode")
-            return TimingSnapshot(self.base.scaled(pre, dec), pre, dec)
+            load = self.load_slowdown(self.load.recent()) if self.load else 1.0
+            points = {phase: self.conformal.point(phase, load) for phase in PHASES}
+            pre, dec = (points[phase] * self.conformal.quantile(phase) for phase in PHASES)
+            return TimingSnapshot(self.base.scaled(pre, dec), pre, dec, points["prefill"], points["decode"])
         pre, dec = (self.factor("prefill"), self.factor("decode")) if self.enabled else (1.0, 1.0)
         m = self.margins
         timing = self.base.scaled(pre * (1.0 + m.prefill_ratio), dec * (1.0 + m.decode_ratio),
@@ -119,20 +134,26 @@ class OnlineTiming:
         return TimingSnapshot(timing, pre, dec)
 
     # -------------------------------------------------------------- observe
-    def observe(self, prefill: PhaseWork, decode: PhaseWork) -> None:
-        """Feed one goal's completed work; phases too short to time are skipped."""
+    def load_slowdown(self, foreign: float) -> float:
+        """The slow-down FOREIGN cores of other work predict for the engine."""
+        return slowdown(foreign, self.threads, len(self.load.cpus)) if self.load else 1.0
+
+    def observe(self, prefill: PhaseWork, decode: PhaseWork, snapshot: TimingSnapshot | None = None) -> None:
+        """Feed one goal's completed work (planned with SNAPSHOT); phases too short to time are skipped."""
         with self._lock:
             for phase, work in zip(PHASES, (prefill, decode)):
                 if work.complete and work.predicted >= self.min_seconds and work.measured > 0.0:
                     self._ratios[phase].append(work.measured / work.predicted)
         if self.conformal is None:
             return
+        load = self.load_slowdown(self.load.mean(snapshot.taken_at)) if self.load and snapshot else 1.0
         for phase, work in zip(PHASES, (prefill, decode)):
+            point = getattr(snapshot, f"{phase}_point", 1.0) if snapshot else 1.0
             if work.complete:
                 if work.predicted >= self.min_seconds:
-                    self.conformal.observe(phase, work.measured, work.predicted)
+                    self.conformal.observe(phase, work.measured, work.predicted, point=point, load=load)
             elif work.whole >= self.min_seconds:  # cut short: what it ran is a lower bound
-                self.conformal.observe(phase, work.spent, work.whole, complete=False)
+                self.conformal.observe(phase, work.spent, work.whole, complete=False, point=point, load=load)
 
     def reset(self) -> None:
         """Forget every observation (after work that does not show the machine's pace, e.g. warm-up)."""
@@ -160,7 +181,7 @@ class OnlineTiming:
 
 
 def online_timing_from(calibration, *, window: int, enabled: bool, estimator: str = "conformal",
-                       miss_rate: float = 0.01) -> OnlineTiming:
+                       miss_rate: float = 0.01, threads: int = 1, watch_load: bool = False) -> OnlineTiming:
     """The live model whose prior is CALIBRATION (a core.calibration.Calibration). ESTIMATOR
     "conformal" plans with a tracked quantile per phase aiming at MISS_RATE (core.conformal),
     starting where the calibration's samples were all bounded; "window" with the
@@ -176,7 +197,9 @@ def online_timing_from(calibration, *, window: int, enabled: bool, estimator: st
         start = {"prefill": bounding_ratio(calibration.prefill_samples, calibration.timing.prefill),
                  "decode": bounding_ratio(calibration.decode_samples, calibration.timing.decode_step)}
         conformal = ConformalTiming(start, delta=miss_rate, eta=step_size(calibration))
-    return OnlineTiming(base, margins, window=window, enabled=enabled, band=band, conformal=conformal)
+    load = ForeignLoad() if watch_load and conformal is not None else None
+    return OnlineTiming(base, margins, window=window, enabled=enabled, band=band, conformal=conformal, load=load,
+                        threads=threads)
 
 
 def bounding_ratio(samples: list[tuple[int, float]], fit) -> float:

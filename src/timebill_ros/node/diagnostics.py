@@ -35,6 +35,8 @@ def health_status(node) -> DiagnosticStatus:
                        "prefill_bound_factor": f"{online.bound_factor('prefill'):.3f}",
                        "decode_bound_factor": f"{online.bound_factor('decode'):.3f}",
                        "slowdown_goals": min(online.observations(p) for p in ("prefill", "decode"))})
+        if online.load is not None:  # other processes' CPU use: a leading sign of slower goals
+            values["other_processes_cpu_cores"] = f"{online.load.recent(1.0):.2f}"
     refusal = node.refusal()
     if refusal:
         # Starting, inactive or shutting down is a state; no model or no calibration is a fault.

@@ -259,7 +259,8 @@ class TimeBillServer(LifecycleNode):
             self.engine.online = online_timing_from(self.calibration, window=self.params.online_window,
                                                     enabled=self.params.online_timing,
                                                     estimator=self.params.timing_estimator,
-                                                    miss_rate=self.params.timing_miss_rate)
+                                                    miss_rate=self.params.timing_miss_rate,
+                                                    threads=self.loaded.threads, watch_load=True)
         self.compiler = structured_compiler(self.loaded)
         self.startup.begin("warming up")
         self.engine.warm_up(lambda text: self._encode([{"role": "user", "content": text}]))
@@ -268,6 +269,8 @@ class TimeBillServer(LifecycleNode):
     def _release(self) -> None:
         if self.engine is not None:
             self.engine.close()
+            if self.engine.online is not None and self.engine.online.load is not None:
+                self.engine.online.load.close()
         self.loaded = self.engine = self.calibration = self.compiler = None
         self.not_ready = NOT_CONFIGURED
 

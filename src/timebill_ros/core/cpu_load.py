@@ -1,0 +1,86 @@
+"""How much of this process's CPUs other processes are using: the leading sign of a slow goal.
+
+On a robot the LLM shares its cores with perception and planning. The online bound learns a
+new load from the goals it slows, so the first goals after a neighbour starts would run past
+their plans; a load that is already visible when the goal is planned need not wait for them.
+`ForeignLoad` samples /proc/stat (the busy time of the CPUs this process may run on) and this
+process's own CPU time every `period` seconds: the difference is the other processes' use, in
+cores. Linux only; elsewhere it reports 0 (the bound then learns from goals alone).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+PROC_STAT = Path("/proc/stat")
+BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (idle and iowait are not busy)
+
+
+def busy_seconds(cpus: set[int]) -> float | None:
+    """Busy CPU-seconds of CPUS since boot (None without /proc/stat)."""
+    try:
+        lines = PROC_STAT.read_text().splitlines()
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            values = rest.split()
+            total += sum(int(values[i]) for i in BUSY_FIELDS if i < len(values))
+    return total / tick
+
+
+class ForeignLoad:
+    """Cores' worth of CPU time other processes used, sampled in the background."""
+
+    def __init__(self, period: float = 0.1, keep: float = 60.0) -> None:
+        self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        self.period = period
+        self._samples: deque[tuple[float, float]] = deque(maxlen=max(2, int(keep / period)))
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.available = busy_seconds(self.cpus) is not None
+        if self.available:
+            threading.Thread(target=self._sample, name="timebill-cpu-load", daemon=True).start()
+
+    def _sample(self) -> None:
+        last = (time.monotonic(), busy_seconds(self.cpus) or 0.0, time.process_time())
+        while not self._stop.wait(self.period):
+            now = (time.monotonic(), busy_seconds(self.cpus) or 0.0, time.process_time())
+            wall = now[0] - last[0]
+            if wall > 0:
+                foreign = ((now[1] - last[1]) - (now[2] - last[2])) / wall
+                with self._lock:
+                    self._samples.append((now[0], min(float(len(self.cpus)), max(0.0, foreign))))
+            last = now
+
+    def mean(self, since: float, until: float | None = None) -> float:
+        """Mean foreign load (cores) over the samples taken in [SINCE, UNTIL] (monotonic
+        seconds; UNTIL defaults to now); the newest sample when none falls in it; 0 when none."""
+        until = time.monotonic() if until is None else until
+        with self._lock:
+            inside = [f for t, f in self._samples if since <= t <= until]
+            newest = self._samples[-1][1] if self._samples else 0.0
+        return sum(inside) / len(inside) if inside else newest
+
+    def recent(self, seconds: float = 0.5) -> float:
+        """Mean foreign load over the last SECONDS."""
+        return self.mean(time.monotonic() - seconds)
+
+    def close(self) -> None:
+        """Stop sampling."""
+        self._stop.set()
+
+
+def slowdown(foreign: float, threads: int, cpus: int) -> float:
+    """How much slower THREADS compute threads run with FOREIGN cores of other work on CPUS
+    cores: 1 + foreign * threads / cpus. With as many threads as cores, one busy neighbour
+    shares a core with one of our threads, and every parallel region waits for that thread
+    (2x at one foreign core); with fewer threads the neighbour more often has a core of its
+    own. A first-order model: the conformal tracker bounds what it misses."""
+    return 1.0 + max(0.0, foreign) * min(threads, cpus) / max(1, cpus)
