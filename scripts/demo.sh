@@ -47,7 +47,20 @@ trap 'kill -INT $NODE 2>/dev/null; wait $NODE 2>/dev/null || true; rm -f "$DEMO_
 echo "== prompt:"; echo "$PROMPT" | fold -s -w 100 | sed 's/^/   | /'
 echo "== (reference answer: $REFERENCE)"
 echo "== timebill send <prompt> --budget $BUDGET --max-new-tokens $MAX_NEW --feedback --wait-ready 600"
-status=0
+mkdir -p results
+set +e
 timebill send "$PROMPT" --budget "$BUDGET" --max-new-tokens "$MAX_NEW" --feedback --server-timeout 60 \
-  --wait-ready 600 || status=$?
+  --wait-ready 600 | tee results/demo.txt
+status=${PIPESTATUS[0]}
+set -e
 echo "== exit code $status (0 = SUCCEEDED)"
+# The transcript the README shows (`make results` renders it from docs/results/demo.json).
+python - "$status" "$BUDGET" "$MAX_NEW" "$MODEL" <<'PY'
+import json, sys, time
+from timebill_ros.core.calibration import machine_id
+
+status, budget, max_new, model = sys.argv[1:5]
+json.dump({"benchmark": "demo", "machine": machine_id(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "model": model, "budget_s": float(budget), "max_new_tokens": int(max_new), "exit_code": int(status),
+           "transcript": open("results/demo.txt").read().splitlines()}, open("results/demo.json", "w"), indent=2)
+PY

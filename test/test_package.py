@@ -228,3 +228,15 @@ def test_the_weights_table_scores_every_run_on_the_prompts_all_runs_share():
     assert rows[0][4] == f"{len(float32['answers'])} of {len(float32['answers'])}"
     prompts = len({a["id"] for a in float32["answers"]})
     assert f"Scored on the {prompts} test prompts every run answered." in weights_table(load)
+
+
+def test_the_demo_transcript_shows_the_first_feedback_lines_the_last_and_the_result():
+    from timebill_ros.eval.publish import demo_transcript
+
+    feedback = [f"[  0.{i:03d}s] decode   N_hat=64 tokens={i}" for i in range(10)]
+    demo = {"machine": "m", "time": "2026-12-02T19:00:00", "model": "builtin:smollm2", "budget_s": 4.0,
+            "exit_code": 0, "transcript": [*feedback, "status: SUCCEEDED", "text: The vase is in the closet."]}
+    block = demo_transcript(lambda name: demo)
+    body = block.split("```text\n")[1].split("```")[0].splitlines()
+    assert body == [*feedback[:4], "...", feedback[-1], "status: SUCCEEDED", "text: The vase is in the closet."]
+    assert "`m`" in block and "exit code 0" in block

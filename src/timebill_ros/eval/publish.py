@@ -44,6 +44,8 @@ SOURCES = {
     "bench/noise_floor.json": "noise_floor.json",
     "bench/structured.json": "structured.json",
     "bench/first_start.json": "first_start.json",
+    "bench/node_overhead.json": "node_overhead.json",
+    "demo.json": "demo.json",
     "quality.json": "quality.json",
     "quality_smollm2.json": "quality_smollm2.json",
     "quality_smollm2_tasks.json": "quality_smollm2_tasks.json",
@@ -357,7 +359,44 @@ def reliability_table(load: Callable[[str], dict]) -> str:
                     f"`{r['after_restart_status_line']}` |")
     except FileNotFoundError:
         pass
+    try:
+        fs = load("first_start.json")
+        if "goals_while_starting" in fs:
+            rows.append(f"| goals sent while the shipped node starts (`{fs['machine']}`; the first the moment "
+                        f"`wait_for_server` returns, then one a second; first start and restart) | "
+                        f"{fs['goals_while_starting']} answered REJECTED \"node is starting ...\": from sending to "
+                        f"the result p50 {_ms(fs['answer_while_starting_p50_s'])}, worst "
+                        f"{_ms(fs['answer_while_starting_max_s'])}; the first goals "
+                        f"{' / '.join(_ms(x) for x in fs['first_goal_after_server_seen_s'])} |")
+    except FileNotFoundError:
+        pass
     return "| run | result |\n|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def demo_transcript(load: Callable[[str], dict], head: int = 4) -> str:
+    """`make demo`'s output (scripts/demo.sh): the first feedback lines, the last, the result."""
+    d = load("demo.json")
+    lines = d["transcript"]
+    feedback = [line for line in lines if line.startswith("[")]
+    rest = [line for line in lines if not line.startswith("[")]
+    shown = feedback if len(feedback) <= head + 1 else [*feedback[:head], "...", feedback[-1]]
+    return (f"`make demo` on `{d['machine']}` ({d['time'][:10]}, `{d['model']}`, budget {d['budget_s']:g} s, "
+            f"exit code {d['exit_code']}):\n\n```text\n" + "\n".join(shown + rest) + "\n```\n")
+
+
+def node_overhead_table(load: Callable[[str], dict]) -> str:
+    """bench/node_overhead.py: the node's phase times over the engine's in-process ones."""
+    o = load("node_overhead.json")
+    lines = [f"`{o['model']}` on `{o['machine']}`, {o['forced_tokens']} forced tokens, {o['repeats']} pairs a case, "
+             "alternating node and in-process goal by goal; median of the per-pair ratios.\n",
+             "| case | prefill, node / in-process | decode step, node / in-process | in-process step |",
+             "|---|---|---|---|"]
+    for case, r in [*o["by_case"].items(), ("all", {"node_over_in_process_prefill": o["node_over_in_process_prefill"],
+                                                    "node_over_in_process_step": o["node_over_in_process_step"]})]:
+        step = f"{r['in_process_step_ms']:.1f} ms" if "in_process_step_ms" in r else ""
+        lines.append(f"| {case} | {r['node_over_in_process_prefill']:.2f}x | {r['node_over_in_process_step']:.2f}x "
+                     f"| {step} |")
+    return "\n".join(lines) + "\n"
 
 
 def timing_under_load_table(load: Callable[[str], dict]) -> str:
@@ -555,7 +594,8 @@ TABLES = {"headline": headline_table, "params": params_table, "online": online_t
           "rlp_smollm2_tasks": lambda load: rlp_table(load, "rlp_smollm2_tasks.json"),
           "rlp_layers": rlp_layers_table,
           "reliability": reliability_table, "timing_under_load": timing_under_load_table,
-          "noise_floor": noise_floor_table, "structured": structured_table}
+          "noise_floor": noise_floor_table, "structured": structured_table, "node_overhead": node_overhead_table,
+          "demo": demo_transcript}
 
 
 def render(readme: str, docs: Path) -> str:
