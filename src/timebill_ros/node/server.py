@@ -577,8 +577,10 @@ class TimeBillServer(LifecycleNode):
         self._abort_held("node shutting down")
 
     def destroy_node(self) -> None:
-        """Let the torch thread end, then destroy the node."""
-        self.torch.close()
+        """Let the torch thread end, then destroy the node (also one whose parameters failed
+        validation in __init__, before the thread was made)."""
+        if (torch_thread := getattr(self, "torch", None)) is not None:
+            torch_thread.close()
         super().destroy_node()
 
     def _abort_held(self, reason: str) -> None:
