@@ -370,13 +370,6 @@ def test_diagnostics_report_health(node, rclpy_context):
     ("predictor_path", "/nonexistent/rlp", "timebill train-rlp"),
     ("predictor_path", "builtin:default", "was distilled from model default-"),
     ("prefill_chunk", 16, "prefill_chunk (16) must be >= snapkv_window (32)"),
-    ("control_rate_hz", 0.0, "parameter control_rate_hz must be in [0.1, 1000.0]"),
-    ("snapkv_kernel", 4, "snapkv_kernel odd"),
-    ("threads", "two", "parameter threads must be an integer"),
-    ("overrun_policy", "explode", "parameter overrun_policy must be one of 'kill', 'skip_next'"),
-    ("online_window", 1, "parameter online_window must be in [2, 1000]"),
-    ("device", "tpu", "parameter device must be cpu, cuda, cuda:N or auto"),
-    ("online_timing", "yes", "parameter online_timing must be true or false"),
 ])
 def test_bad_configuration_fails_fast_with_a_clear_message(slow_model_dir, calibration, tmp_path, param, value,
                                                            words):
@@ -386,6 +379,28 @@ def test_bad_configuration_fails_fast_with_a_clear_message(slow_model_dir, calib
     proc.stop()
     assert code == 2, log
     assert words in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("param, value, words", [
+    ("control_rate_hz", 0.0, "parameter control_rate_hz must be in [0.1, 1000.0]"),
+    ("snapkv_kernel", 4, "snapkv_kernel odd"),
+    ("threads", "two", "parameter threads must be an integer"),
+    ("overrun_policy", "explode", "parameter overrun_policy must be one of 'kill', 'skip_next'"),
+    ("online_window", 1, "parameter online_window must be in [2, 1000]"),
+    ("device", "tpu", "parameter device must be cpu, cuda, cuda:N or auto"),
+    ("online_timing", "yes", "parameter online_timing must be true or false"),
+])
+def test_a_bad_parameter_is_refused_before_the_model_loads(rclpy_context, param, value, words):
+    """The same check as the process cases above (prefill_chunk: exit code 2, one line), in
+    process: a node process per value cost ~15 s each of the suite's time."""
+    from rclpy.parameter import Parameter
+
+    from timebill_ros.node.params import InvalidParameter
+    from timebill_ros.node.server import TimeBillServer
+
+    with pytest.raises(InvalidParameter) as raised:
+        TimeBillServer(namespace=f"bad_{param}", parameter_overrides=[Parameter(param, value=value)])
+    assert words in str(raised.value)
 
 
 @pytest.mark.parametrize("phase", ["prefill", "planned", "evicted", "decode"])
