@@ -95,27 +95,6 @@ def test_a_killed_conversion_leaves_no_model_behind(monkeypatch, tmp_path):
     assert not [p for p in models.iterdir() if p.name.startswith(("half", ".half"))]
 
 
-def test_one_goal_through_the_node_on_smollm2(smollm2, tmp_path, rclpy_context):
-    from conftest import quick_calibration, start_node
-
-    from timebill_ros.node.client import Client
-
-    calibration = quick_calibration("builtin:smollm2", tmp_path / "smollm2.json", threads=2, max_length=512,
-                                    points=5)
-    proc = start_node("builtin:smollm2", calibration, tmp_path, name="smollm2", threads=2,
-                      action="smollm2/generate")
-    client = Client("smollm2/generate")
-    try:
-        assert client.wait_for_server(120), proc.log()
-        run = client.call(client.goal(PROMPT, budget=60.0, max_new_tokens=16), timeout=120)
-    finally:
-        client.close()
-        assert proc.stop() == 0, proc.log()
-    r = run.result
-    assert r.status_name == "SUCCEEDED" and "closet" in r.text, (r.status_name, r.status_reason, r.text)
-    assert "planned" in [f.phase for f in run.feedback] and r.wcet > 0
-
-
 def test_the_shipped_target_and_its_predictor_load_and_agree():
     """builtin:smollm2-tasks (the adapter merged once) answers the retrieval prompt, and the
     shipped predictor loads onto it: distilled from this very model, its N_hat in range."""

@@ -107,7 +107,8 @@ def test_a_cancel_that_overtakes_the_accepted_callback_ends_the_goal_canceled(
 
 def test_timebill_send_waits_while_the_shipped_node_calibrates_on_first_start(tmp_path):
     """The shipped config/timebill.yaml (SmolLM2) on a machine with no calibration: `timebill
-    send --wait-ready` gets SUCCEEDED with nothing else run; a restart loads the calibration."""
+    send --wait-ready` gets SUCCEEDED (the right answer, the plan in the feedback) with nothing
+    else run; a restart loads the calibration. The suite's one SmolLM2 goal through the node."""
     import shutil
     import signal
 
@@ -116,7 +117,7 @@ def test_timebill_send_waits_while_the_shipped_node_calibrates_on_first_start(tm
     calibrations = timebill_home() / "calibration"
     assert not list(calibrations.glob("SmolLM2*")), "this test needs no SmolLM2 calibration on disk"
     send = [shutil.which("timebill"), "send", "The vase is in the closet. Where is the vase?", "--budget", "5",
-            "--max-new-tokens", "16", "--wait-ready", "600", "--server-timeout", "120"]
+            "--max-new-tokens", "16", "--wait-ready", "600", "--server-timeout", "120", "--feedback"]
     for attempt in ("first_start", "restart"):
         log = tmp_path / f"{attempt}.log"
         with log.open("w") as out:
@@ -128,7 +129,9 @@ def test_timebill_send_waits_while_the_shipped_node_calibrates_on_first_start(tm
                 node.send_signal(signal.SIGINT)
                 assert node.wait(timeout=30) == 0, log.read_text()
         assert sent.returncode == 0, (sent.stdout, sent.stderr, log.read_text())
-        assert "SUCCEEDED" in sent.stdout
+        # The real model answers through the node, with the plan in the feedback.
+        assert "SUCCEEDED" in sent.stdout and "closet" in sent.stdout.lower(), sent.stdout
+        assert "] planned " in sent.stdout and "WCET=" in sent.stdout
         assert len(list(calibrations.glob("SmolLM2*"))) == 1
         assert ("calibrating this machine now" in log.read_text()) == (attempt == "first_start"), log.read_text()
         if attempt == "first_start":
