@@ -100,8 +100,6 @@ def test_the_slowdown_model_and_the_foreign_load_of_a_busy_neighbour():
 
     assert slowdown(0.0, 2, 2) == 1.0 and slowdown(1.0, 2, 2) == 2.0 and slowdown(1.0, 1, 2) == 1.5
     probe = ForeignLoad(period=0.05)
-    if not probe.available:
-        pytest.skip("no /proc/stat")
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(1.5)

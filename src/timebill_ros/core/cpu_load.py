@@ -3,9 +3,9 @@
 On a robot the LLM shares its cores with perception and planning. The online bound learns a
 new load from the goals it slows, so the first goals after a neighbour starts would run past
 their plans; a load that is already visible when the goal is planned need not wait for them.
-`ForeignLoad` samples /proc/stat (the busy time of the CPUs this process may run on) and this
-process's own CPU time every `period` seconds: the difference is the other processes' use, in
-cores. Linux only; elsewhere it reports 0 (the bound then learns from goals alone).
+`ForeignLoad` samples the busy time of the CPUs this process may run on and this
+process's own CPU time every `period` seconds (psutil, as `core.calibration.busy_cores_now`):
+the difference is the other processes' use, in cores.
 """
 from __future__ import annotations
 
@@ -13,26 +13,17 @@ import os
 import threading
 import time
 from collections import deque
-from pathlib import Path
 
-PROC_STAT = Path("/proc/stat")
-BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (idle and iowait are not busy)
+import psutil
+
+# Not busy: idle and I/O wait; guest time is already counted in user and nice on Linux.
+NOT_BUSY = ("idle", "iowait", "guest", "guest_nice")
 
 
-def busy_seconds(cpus: set[int]) -> float | None:
-    """Busy CPU-seconds of CPUS since boot (None without /proc/stat)."""
-    try:
-        lines = PROC_STAT.read_text().splitlines()
-    except OSError:
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for line in lines:
-        name, _, rest = line.partition(" ")
-        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
-            values = rest.split()
-            total += sum(int(values[i]) for i in BUSY_FIELDS if i < len(values))
-    return total / tick
+def busy_seconds(cpus: set[int]) -> float:
+    """Busy CPU-seconds of CPUS since boot (user, nice, system, irq, softirq, steal, as reported)."""
+    per_cpu = psutil.cpu_times(percpu=True)
+    return sum(sum(t) - sum(getattr(t, f, 0.0) for f in NOT_BUSY) for i, t in enumerate(per_cpu) if i in cpus)
 
 
 class ForeignLoad:
@@ -44,14 +35,12 @@ class ForeignLoad:
         self._samples: deque[tuple[float, float]] = deque(maxlen=max(2, int(keep / period)))
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.available = busy_seconds(self.cpus) is not None
-        if self.available:
-            threading.Thread(target=self._sample, name="timebill-cpu-load", daemon=True).start()
+        threading.Thread(target=self._sample, name="timebill-cpu-load", daemon=True).start()
 
     def _sample(self) -> None:
-        last = (time.monotonic(), busy_seconds(self.cpus) or 0.0, time.process_time())
+        last = (time.monotonic(), busy_seconds(self.cpus), time.process_time())
         while not self._stop.wait(self.period):
-            now = (time.monotonic(), busy_seconds(self.cpus) or 0.0, time.process_time())
+            now = (time.monotonic(), busy_seconds(self.cpus), time.process_time())
             wall = now[0] - last[0]
             if wall > 0:
                 foreign = ((now[1] - last[1]) - (now[2] - last[2])) / wall

@@ -103,11 +103,13 @@ class Engine:
         return self.online.snapshot() if self.online else TimingSnapshot(self.timing, 1.0, 1.0)
 
     def close(self) -> None:
-        """Release the hooks and the predictor thread."""
+        """Release the hooks, the predictor thread and the online timing's load probe."""
         self.scorer.detach()
         for handle in self._layer_checks:
             handle.remove()
         self.predictor_pool.shutdown(wait=False, cancel_futures=True)
+        if self.online is not None:
+            self.online.close()
 
     def warm_up(self, encode: Callable[[str], list[int]] | None = None) -> None:
         """Run two short jobs end to end (prefill beside a prediction, plan, eviction, the cache's

@@ -118,12 +118,12 @@ class OnlineTiming:
         estimate (the calibration's margins are added on top of the latter)."""
         if self.conformal is None:
             return self.factor(phase)
-        return self.conformal.factor(phase, self.load_slowdown(self.load.recent()) if self.load else 1.0)
+        return self.conformal.factor(phase, self.load_slowdown())
 
     def snapshot(self) -> TimingSnapshot:
         """The model to plan one goal with (the prior when disabled)."""
         if self.conformal is not None and self.enabled:
-            load = self.load_slowdown(self.load.recent()) if self.load else 1.0
+            load = self.load_slowdown()
             points = {phase: self.conformal.point(phase, load) for phase in PHASES}
             pre, dec = (points[phase] * self.conformal.quantile(phase) for phase in PHASES)
             return TimingSnapshot(self.base.scaled(pre, dec), pre, dec, points["prefill"], points["decode"])
@@ -134,9 +134,18 @@ class OnlineTiming:
         return TimingSnapshot(timing, pre, dec)
 
     # -------------------------------------------------------------- observe
-    def load_slowdown(self, foreign: float) -> float:
-        """The slow-down FOREIGN cores of other work predict for the engine."""
-        return slowdown(foreign, self.threads, len(self.load.cpus)) if self.load else 1.0
+    def load_slowdown(self, since: float | None = None) -> float:
+        """The slow-down the other processes' CPU use predicts for the engine: their use over the
+        last half second, or since SINCE (monotonic seconds); 1 when it is not watched."""
+        if self.load is None:
+            return 1.0
+        foreign = self.load.recent() if since is None else self.load.mean(since)
+        return slowdown(foreign, self.threads, len(self.load.cpus))
+
+    def close(self) -> None:
+        """Stop watching the other processes' CPU use."""
+        if self.load is not None:
+            self.load.close()
 
     def observe(self, prefill: PhaseWork, decode: PhaseWork, snapshot: TimingSnapshot | None = None) -> None:
         """Feed one goal's completed work (planned with SNAPSHOT); phases too short to time are skipped."""
@@ -146,7 +155,7 @@ class OnlineTiming:
                     self._ratios[phase].append(work.measured / work.predicted)
         if self.conformal is None:
             return
-        load = self.load_slowdown(self.load.mean(snapshot.taken_at)) if self.load and snapshot else 1.0
+        load = self.load_slowdown(snapshot.taken_at) if snapshot else 1.0
         for phase, work in zip(PHASES, (prefill, decode)):
             point = getattr(snapshot, f"{phase}_point", 1.0) if snapshot else 1.0
             if work.complete:

@@ -269,8 +269,6 @@ class TimeBillServer(LifecycleNode):
     def _release(self) -> None:
         if self.engine is not None:
             self.engine.close()
-            if self.engine.online is not None and self.engine.online.load is not None:
-                self.engine.online.load.close()
         self.loaded = self.engine = self.calibration = self.compiler = None
         self.not_ready = NOT_CONFIGURED
 
