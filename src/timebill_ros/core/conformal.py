@@ -1,7 +1,7 @@
 """A time bound with a stated miss rate: adaptive conformal quantile tracking per phase.
 
 The plan's bound for a phase is the fit's prediction times a point estimate of the
-machine's pace (`ConformalTiming.point`) times q, a tracked quantile of the score
+machine's recent pace (`ConformalTiming.point`) times q, a tracked quantile of the score
 s = measured / (predicted x point). After every goal (Angelopoulos, Candes & Tibshirani 2023,
 "Conformal PID control", the quantile tracker; Gibbs & Candes 2021, adaptive conformal
 inference), in log space because s is a ratio:
@@ -63,12 +63,17 @@ class ConformalTiming:
     """A bound per phase (prefill, decode), thread-safe: the fit x a point estimate of the
     machine's pace x a tracked quantile q of the score measured / (fit x point).
 
-    The point estimate is the phase's pace (the larger of the last PACE_WINDOW goals' ratios
-    of measured to fit time, each divided by the slow-down the load beside it explained)
-    times the slow-down the load seen at planning time predicts (core.cpu_load). With the
-    tracker on the ratio alone, a load that came and went left q at its level for ~1/(eta *
-    delta) goals (thousands): slack that lingers after every busy spell. On the residual, q
-    only has to cover how far one goal strays from the goals just before it."""
+    The point estimate is the phase's pace: the larger of the last PACE_WINDOW goals' ratios
+    of measured to fit time. With the tracker on the ratio alone, a load that came and went
+    left q at its level for ~1/(eta * delta) goals (thousands): slack that lingers after every
+    busy spell. On the residual, q only has to cover how far one goal strays from the goals
+    just before it.
+
+    The other processes' CPU use (core.cpu_load) is not part of the point: scaled into it as
+    1 + foreign cores x threads / cores, it cost 53-58 % mean slack through the node
+    (docs/timing.md), because a neighbour's burst that had just ended read as load, the
+    reading is halved while the node computes, and a busy neighbour slowed the node 4-5x,
+    not the 2x the model said. A new load costs a miss or two until the pace has seen it."""
 
     def __init__(self, start: dict[str, float], delta: float = 0.01, eta: float = 0.05, pace_window: int = 2) -> None:
         # The goal's bound is missed when either phase misses: half the budget each (union bound).
@@ -77,20 +82,17 @@ class ConformalTiming:
         self._paces = {phase: deque(maxlen=pace_window) for phase in start}
         self._lock = threading.Lock()
 
-    def pace(self, phase: str) -> float:
-        """The phase's recent pace over the fit, the load beside it divided out (1 before any goal)."""
+    def point(self, phase: str) -> float:
+        """The point estimate of the next goal's ratio: the phase's recent pace over the fit (1
+        before any goal)."""
         with self._lock:
             return max(self._paces[phase], default=1.0)
 
-    def point(self, phase: str, load: float = 1.0) -> float:
-        """The point estimate of a goal's ratio when the load predicts a slow-down of LOAD."""
-        return self.pace(phase) * load
-
-    def factor(self, phase: str, load: float = 1.0) -> float:
+    def factor(self, phase: str) -> float:
         """What the fit of PHASE is multiplied by to plan: point x q."""
         with self._lock:
             q = self.trackers[phase].q
-        return self.point(phase, load) * q
+        return self.point(phase) * q
 
     def quantile(self, phase: str) -> float:
         """The phase's current q."""
@@ -98,18 +100,16 @@ class ConformalTiming:
             return self.trackers[phase].q
 
     def observe(self, phase: str, measured: float, predicted: float, complete: bool = True, *,
-                point: float = 1.0, load: float = 1.0) -> bool | None:
+                point: float = 1.0) -> bool | None:
         """One goal's PHASE took MEASURED seconds against PREDICTED by the fit (for the whole
-        phase; MEASURED is a lower bound when not COMPLETE); it was planned with POINT, and the
-        load beside it explained a slow-down of LOAD."""
+        phase; MEASURED is a lower bound when not COMPLETE); it was planned with POINT."""
         if predicted <= 0.0 or point <= 0.0:
             return None
         ratio = measured / predicted
         with self._lock:
             miss = self.trackers[phase].update(ratio / point, complete)
-            pace = ratio / max(load, 1e-9)
-            if complete or pace > max(self._paces[phase], default=1.0):  # a cut phase: at least this slow
-                self._paces[phase].append(pace)
+            if complete or ratio > max(self._paces[phase], default=1.0):  # a cut phase: at least this slow
+                self._paces[phase].append(ratio)
         return miss
 
     def reset(self) -> None:

@@ -1,9 +1,9 @@
-"""How much of this process's CPUs other processes are using: the leading sign of a slow goal.
+"""How much of this process's CPUs other processes are using: a sign of slow goals, reported
+on /diagnostics.
 
-On a robot the LLM shares its cores with perception and planning. The online bound learns a
-new load from the goals it slows, so the first goals after a neighbour starts would run past
-their plans; a load that is already visible when the goal is planned need not wait for them.
-`ForeignLoad` samples the busy time of the CPUs this process may run on and this
+On a robot the LLM shares its cores with perception and planning; an operator whose goals
+run slower than calibrated wants to see whether a neighbour is the reason. It is not part of
+the plan (core.conformal says why). `ForeignLoad` samples the busy time of the CPUs this process may run on and this
 process's own CPU time every `period` seconds (psutil, as `core.calibration.busy_cores_now`):
 the difference is the other processes' use, in cores.
 """
@@ -65,11 +65,3 @@ class ForeignLoad:
         """Stop sampling."""
         self._stop.set()
 
-
-def slowdown(foreign: float, threads: int, cpus: int) -> float:
-    """How much slower THREADS compute threads run with FOREIGN cores of other work on CPUS
-    cores: 1 + foreign * threads / cpus. With as many threads as cores, one busy neighbour
-    shares a core with one of our threads, and every parallel region waits for that thread
-    (2x at one foreign core); with fewer threads the neighbour more often has a core of its
-    own. A first-order model: the conformal tracker bounds what it misses."""
-    return 1.0 + max(0.0, foreign) * min(threads, cpus) / max(1, cpus)

@@ -23,12 +23,11 @@ Thread-safe: goals observe from the engine's thread, diagnostics read from anoth
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from timebill_ros.core.conformal import ConformalTiming
-from timebill_ros.core.cpu_load import ForeignLoad, slowdown
+from timebill_ros.core.cpu_load import ForeignLoad
 from timebill_ros.core.timing import TimingModel
 
 PHASES = ("prefill", "decode")
@@ -51,11 +50,13 @@ class TimingSnapshot:
     timing: TimingModel
     prefill_factor: float
     decode_factor: float
-    # The conformal bound's point estimates (its factor over q) and when the snapshot was taken:
-    # observe() scores the goal against them and reads the load beside it since then.
+    # The conformal bound's point estimates (its factor over q): observe() scores the goal against them.
     prefill_point: float = 1.0
     decode_point: float = 1.0
-    taken_at: float = field(default_factory=time.monotonic)
+
+    def point(self, phase: str) -> float:
+        """The conformal point estimate PHASE was planned with."""
+        return self.prefill_point if phase == "prefill" else self.decode_point
 
 
 @dataclass
@@ -85,17 +86,16 @@ class OnlineTiming:
 
     def __init__(self, base: TimingModel, margins: Margins, *, window: int = 5, enabled: bool = True,
                  min_seconds: float = 0.02, band: tuple[float, float] = (0.0, 0.0),
-                 conformal: ConformalTiming | None = None, load: ForeignLoad | None = None,
-                 threads: int = 1) -> None:
+                 conformal: ConformalTiming | None = None, load: ForeignLoad | None = None) -> None:
         if window < 2:
             raise ValueError(f"the online timing window must hold at least 2 goals, got {window}")
         self.base, self.margins, self.enabled = base, margins, enabled
         # When set, plans use its tracked quantiles instead of the window estimate plus margins
         # (the window estimate is still kept and reported beside it).
         self.conformal = conformal
-        # The other processes' CPU use, read when a goal is planned and while it runs (None: not
-        # watched); THREADS is the engine's compute threads (core.cpu_load.slowdown).
-        self.load, self.threads = load, threads
+        # The other processes' CPU use, for diagnostics only (None: not watched): planning with
+        # it cost more slack than it saved misses (core.conformal.ConformalTiming).
+        self.load = load
         self.window, self.min_seconds = window, min_seconds
         # How far a factor may stray from 1 before diagnostics warn: the calibration's own
         # error band per phase (its margin, or its held-out error if larger).
@@ -118,13 +118,12 @@ class OnlineTiming:
         estimate (the calibration's margins are added on top of the latter)."""
         if self.conformal is None:
             return self.factor(phase)
-        return self.conformal.factor(phase, self.load_slowdown())
+        return self.conformal.factor(phase)
 
     def snapshot(self) -> TimingSnapshot:
         """The model to plan one goal with (the prior when disabled)."""
         if self.conformal is not None and self.enabled:
-            load = self.load_slowdown()
-            points = {phase: self.conformal.point(phase, load) for phase in PHASES}
+            points = {phase: self.conformal.point(phase) for phase in PHASES}
             pre, dec = (points[phase] * self.conformal.quantile(phase) for phase in PHASES)
             return TimingSnapshot(self.base.scaled(pre, dec), pre, dec, points["prefill"], points["decode"])
         pre, dec = (self.factor("prefill"), self.factor("decode")) if self.enabled else (1.0, 1.0)
@@ -134,14 +133,6 @@ class OnlineTiming:
         return TimingSnapshot(timing, pre, dec)
 
     # -------------------------------------------------------------- observe
-    def load_slowdown(self, since: float | None = None) -> float:
-        """The slow-down the other processes' CPU use predicts for the engine: their use over the
-        last half second, or since SINCE (monotonic seconds); 1 when it is not watched."""
-        if self.load is None:
-            return 1.0
-        foreign = self.load.recent() if since is None else self.load.mean(since)
-        return slowdown(foreign, self.threads, len(self.load.cpus))
-
     def close(self) -> None:
         """Stop watching the other processes' CPU use."""
         if self.load is not None:
@@ -155,14 +146,13 @@ class OnlineTiming:
                     self._ratios[phase].append(work.measured / work.predicted)
         if self.conformal is None:
             return
-        load = self.load_slowdown(snapshot.taken_at) if snapshot else 1.0
         for phase, work in zip(PHASES, (prefill, decode)):
-            point = getattr(snapshot, f"{phase}_point", 1.0) if snapshot else 1.0
+            point = snapshot.point(phase) if snapshot else 1.0
             if work.complete:
                 if work.predicted >= self.min_seconds:
-                    self.conformal.observe(phase, work.measured, work.predicted, point=point, load=load)
+                    self.conformal.observe(phase, work.measured, work.predicted, point=point)
             elif work.whole >= self.min_seconds:  # cut short: what it ran is a lower bound
-                self.conformal.observe(phase, work.spent, work.whole, complete=False, point=point, load=load)
+                self.conformal.observe(phase, work.spent, work.whole, complete=False, point=point)
 
     def reset(self) -> None:
         """Forget every observation (after work that does not show the machine's pace, e.g. warm-up)."""
@@ -190,7 +180,7 @@ class OnlineTiming:
 
 
 def online_timing_from(calibration, *, window: int, enabled: bool, estimator: str = "conformal",
-                       miss_rate: float = 0.01, threads: int = 1, watch_load: bool = False) -> OnlineTiming:
+                       miss_rate: float = 0.01, watch_load: bool = False) -> OnlineTiming:
     """The live model whose prior is CALIBRATION (a core.calibration.Calibration). ESTIMATOR
     "conformal" plans with a tracked quantile per phase aiming at MISS_RATE (core.conformal),
     starting where the calibration's samples were all bounded; "window" with the
@@ -206,9 +196,8 @@ def online_timing_from(calibration, *, window: int, enabled: bool, estimator: st
         start = {"prefill": bounding_ratio(calibration.prefill_samples, calibration.timing.prefill),
                  "decode": bounding_ratio(calibration.decode_samples, calibration.timing.decode_step)}
         conformal = ConformalTiming(start, delta=miss_rate, eta=step_size(calibration))
-    load = ForeignLoad() if watch_load and conformal is not None else None
-    return OnlineTiming(base, margins, window=window, enabled=enabled, band=band, conformal=conformal, load=load,
-                        threads=threads)
+    return OnlineTiming(base, margins, window=window, enabled=enabled, band=band, conformal=conformal,
+                        load=ForeignLoad() if watch_load else None)
 
 
 def bounding_ratio(samples: list[tuple[int, float]], fit) -> float:

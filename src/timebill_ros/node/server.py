@@ -259,8 +259,7 @@ class TimeBillServer(LifecycleNode):
             self.engine.online = online_timing_from(self.calibration, window=self.params.online_window,
                                                     enabled=self.params.online_timing,
                                                     estimator=self.params.timing_estimator,
-                                                    miss_rate=self.params.timing_miss_rate,
-                                                    threads=self.loaded.threads, watch_load=True)
+                                                    miss_rate=self.params.timing_miss_rate, watch_load=True)
         self.compiler = structured_compiler(self.loaded)
         self.startup.begin("warming up")
         self.engine.warm_up(lambda text: self._encode([{"role": "user", "content": text}]))
