@@ -27,7 +27,8 @@ def test_splits_draw_on_disjoint_sources():
 def test_every_task_is_present_with_varied_lengths_and_answers(small):
     assert {e.task for e in small} == set(tasks.TASKS)
     assert len({e.target_tokens for e in small}) > 10
-    assert all(128 <= e.target_tokens <= 2048 for e in small)
+    assert all(tasks.TARGET_RANGE.get(e.task, tasks.DEFAULT_RANGE)[0] <= e.target_tokens
+               <= tasks.TARGET_RANGE.get(e.task, tasks.DEFAULT_RANGE)[1] for e in small)
     answers = [len(e.answer) for e in small if e.task == "list"]
     assert max(answers) > 3 * min(answers)  # answer length follows the prompt
 
@@ -48,6 +49,27 @@ def test_list_answer_lists_the_inserted_items_in_order(small):
             start = e.prompt.index(item, start)
             positions.append(start)
         assert positions == sorted(positions)
+
+
+def test_a_summary_has_the_bullet_points_asked_for_each_a_title_and_its_lead_sentence(small):
+    summaries = [e for e in small if e.task == "summary"]
+    assert summaries
+    for e in summaries:
+        asked = e.prompt.split("Summarize the first ", 1)[1].split(" ", 1)[0]
+        n = 1 if asked == "section" else int(asked)
+        bullets = e.answer.split("\n")
+        assert len(bullets) == n and all(b.startswith("- ") for b in bullets)
+        for bullet in bullets:  # "- <title>: <lead>", the lead opening that title's section
+            title, lead = bullet[2:].split(": ", 1)
+            assert f"## {title}\n{lead}" in e.prompt
+        assert e.prompt.count("## ") > n  # a section past the last one asked for: the answer must stop
+
+
+def test_answer_lengths_span_ten_times_within_every_task_but_qa():
+    examples = tasks.load("test")
+    for task in set(tasks.TASKS) - {"qa"}:
+        lengths = [len(e.answer) for e in examples if e.task == task]
+        assert max(lengths) >= 10 * min(lengths), task
 
 
 def test_shipped_splits_load_and_match_the_generator():
@@ -84,5 +106,6 @@ def test_eval_quality_runs_in_the_dtype_asked_for(tiny_model_dir, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     data = json.loads(out.read_text())
-    assert data["dtype"] == "bfloat16+auto-decode" and data["examples"] == 3  # the node's quantization by default
+    # the node's quantization by default
+    assert data["dtype"] == "bfloat16+auto-decode" and data["examples"] == len(tasks.TASKS)
     assert set(data["scores"]) == set(tasks.TASKS) and all(len(row) == 3 for row in data["scores"].values())

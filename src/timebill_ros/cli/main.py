@@ -228,7 +228,7 @@ def make_tasks(out: str, n_test: int, n_val: int, seed: int) -> None:
     folder = Path(out) if out else tasks.SHIPPED
     for split, n in (("validation", n_val), ("test", n_test)):
         path = tasks.save(tasks.generate(split, n, seed), folder / f"{split}.jsonl.gz")
-        click.echo(f"{split}: {3 * n} examples -> {path}")
+        click.echo(f"{split}: {len(tasks.TASKS) * n} examples -> {path}")
     # The generator reads the standard library: record which one, so a test can insist on
     # an exact match where the same Python runs it.
     manifest = {"python": platform.python_version(), "seed": seed, "per_task": {"validation": n_val, "test": n_test}}

@@ -50,7 +50,7 @@ def edit_similarity(prediction: str, reference: str) -> float:
     return fuzz.ratio(prediction.strip("\n"), reference.strip("\n")) / 100.0
 
 
-METRIC_OF_TASK = {"qa": qa_f1, "code": edit_similarity, "list": rouge_l}
+METRIC_OF_TASK = {"qa": qa_f1, "code": edit_similarity, "list": rouge_l, "summary": rouge_l}
 
 
 def score(task: str, prediction: str, reference: str) -> float:

@@ -1,12 +1,17 @@
 """An offline, LongBench-style task suite, generated deterministically from a seed and
 from text on this machine (the Python standard library's source and docstrings).
 
-Three tasks, each with its LongBench metric:
+Four tasks, each with its LongBench metric:
 - `qa`: retrieval QA over several documents with distractor facts (QA F1);
 - `code`: complete the next line(s) of real stdlib Python source (edit similarity);
 - `list`: list every item of a kind found in a log, in order (ROUGE-L); the answer
-  length follows the number of items, from a few tokens to a few hundred.
-Prompt lengths are spread from about 128 to 2048 tokens. Splits are disjoint: each
+  length follows the number of items, from a few tokens to a few hundred;
+- `summary`: summarize the first N sections of a report in N bullet points, each the
+  section's title and its lead sentence (ROUGE-L; LongBench's summaries, made extractive so
+  a reference exists offline); N from 1 to 12 is in the prompt, so the answer's length
+  follows it, ~20 to ~350 tokens.
+Prompt lengths are spread from about 128 to 2048 tokens, summaries' from 1,000 to 3,000
+(LongBench's documents are long: eviction has something to buy there). Splits are disjoint: each
 split draws from its own share of the stdlib files and filler sentences (by hash)
 and from its own random stream.
 """
@@ -16,6 +21,7 @@ import ast
 import gzip
 import hashlib
 import json
+import math
 import random
 import re
 import sysconfig
@@ -27,7 +33,7 @@ from typing import Iterator
 from timebill_ros.eval.vocab import FACT_FRAME, ITEM_FRAMES, KINDS, OBJECTS, PLACES, QUESTION_FRAME
 
 SPLITS = ("train", "validation", "test")
-TASKS = ("qa", "code", "list")
+TASKS = ("qa", "code", "list", "summary")
 CHARS_PER_TOKEN = 4.0  # measured with the default tokenizer: prose 4.0-4.3, code 3.5 (scaled below)
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "tasks"
 QA_INSTRUCTION = "Read the documents and answer the question with one word.\n\n"  # training reuses it verbatim
@@ -38,7 +44,7 @@ class Example:
     """One prompt with its reference answer."""
 
     id: str
-    task: str  # qa | code | list
+    task: str  # qa | code | list | summary
     split: str
     prompt: str
     answer: str
@@ -178,12 +184,38 @@ def list_example(rng: random.Random, split: str, target: int) -> tuple[str, str]
     return prompt, ", ".join(items)
 
 
-MAKERS = {"qa": qa_example, "code": code_example, "list": list_example}
+def summary_example(rng: random.Random, split: str, target: int) -> tuple[str, str]:
+    """A report of titled sections; the answer summarizes its first N in N bullet points,
+    each "- <title>: <the section's first sentence>"."""
+    pool = sentences(split)
+    budget = max(400, int(target * CHARS_PER_TOKEN) - 250)
+    n_sections = rng.randint(SUMMARY_POINTS[-1], SUMMARY_POINTS[-1] + 8)
+    # A short report has fewer sections: each holds at least two sentences (~40 tokens).
+    n_sections = max(2, min(n_sections, budget // 320))
+    n_points = rng.choice([n for n in SUMMARY_POINTS if n < n_sections])
+    titles = [f"{name.capitalize()} {rng.choice(SECTION_WORDS)}" for name in rng.sample(OBJECTS, n_sections)]
+    bodies = [filler(rng, pool, budget // n_sections) for _ in titles]
+    report = "\n\n".join(f"## {title}\n" + " ".join(body) for title, body in zip(titles, bodies))
+    points = "one bullet point" if n_points == 1 else f"{n_points} bullet points"
+    first = "section" if n_points == 1 else f"{n_points} sections"
+    prompt = (f"Summarize the first {first} of this report in {points}, one per section: the section's "
+              f"title, a colon and its first sentence.\n\n{report}")
+    answer = "\n".join(f"- {title}: {body[0]}" for title, body in zip(titles[:n_points], bodies))
+    return prompt, answer
 
 
-def target_length(rng: random.Random) -> int:
-    """Prompt lengths spread log-uniformly over about 128..2048 tokens."""
-    return int(round(2 ** rng.uniform(7.0, 11.0)))
+SUMMARY_POINTS = tuple(range(1, 13))  # bullet points asked for
+SECTION_WORDS = ("checks", "notes", "status", "review", "plan", "log", "findings", "update")
+MAKERS = {"qa": qa_example, "code": code_example, "list": list_example, "summary": summary_example}
+# Prompt tokens per task (log-uniform): LongBench's summaries read long documents.
+TARGET_RANGE = {"summary": (1000, 3000)}
+DEFAULT_RANGE = (128, 2048)
+
+
+def target_length(rng: random.Random, task: str = "qa") -> int:
+    """A prompt length for TASK, log-uniform over its range (128..2048 tokens, summaries 1,000..3,000)."""
+    low, high = TARGET_RANGE.get(task, DEFAULT_RANGE)
+    return int(round(2 ** rng.uniform(math.log2(low), math.log2(high))))
 
 
 def generate(split: str, n_per_task: int, seed: int = 0) -> list[Example]:
@@ -194,7 +226,7 @@ def generate(split: str, n_per_task: int, seed: int = 0) -> list[Example]:
     for task in TASKS:
         rng = random.Random(f"{split}:{task}:{seed}")
         for i in range(n_per_task):
-            target = target_length(rng)
+            target = target_length(rng, task)
             prompt, answer = MAKERS[task](rng, split, target)
             out.append(Example(f"{split}-{task}-{seed}-{i}", task, split, prompt, answer, target))
     return out
