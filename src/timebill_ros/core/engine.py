@@ -392,6 +392,7 @@ class _Job:
             token = self.next_token(logits)
             while True:
                 self.tokens.append(token)
+                self.timings.token_s.append(time.monotonic() - t0)
                 if len(self.tokens) >= self.request.max_new_tokens or self.ends_response(token, eos):
                     break
                 _raise_if_cancelled(self.cancel)

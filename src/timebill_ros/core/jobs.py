@@ -155,6 +155,9 @@ class Timings:
     evict: float = 0.0
     decode: float = 0.0
     total: float = 0.0
+    # Seconds from the start of decoding to each generated token (the first comes from the
+    # prefill's logits): what eval.traces replays a decode from.
+    token_s: list[float] = field(default_factory=list)
 
 
 @dataclass
