@@ -2,6 +2,7 @@
 end-to-end distil -> train -> evaluate run on the tiny model."""
 import math
 
+import pytest
 import torch
 
 from timebill_ros.core.engine import Engine
@@ -153,3 +154,25 @@ def test_oracle_reference_reads_the_reference_answers_length():
     free = Sample("x-free-0", [1] * 50, 9)  # no reference answer: left out of the fit
     ref = reference_predictors(samples[:20] + [free], samples[20:], n_max=64, answer_tokens=answer)
     assert ref["task_and_answer"]["R2"] > 0.99 > ref["task_and_length"]["R2"]
+
+
+def test_length_metrics_report_kendall_tau_and_the_share_within_50_tokens():
+    m = rlp._metrics([10, 100, 200, 300], [20, 90, 260, 250])
+    assert m["kendall_tau"] == pytest.approx(2 / 3) and m["within_50_share"] == 0.75
+    assert rlp._metrics([10, 100], [50, 50])["kendall_tau"] == 0.0  # a constant predictor orders nothing
+
+
+def test_the_pessimism_k_is_the_smallest_that_covers_nine_answers_in_ten():
+    truth = [10 * i for i in range(1, 11)]  # ratios truth / N_hat: 0.2 .. 2.0 over N_hat = 50
+    k = rlp.pessimism_k(truth, [50] * 10)
+    assert k == 1.8  # 1.8 x 50 = 90 covers 9 of 10; 1.7 covers 8
+    assert rlp.pessimism_k([5, 5], [50, 50]) == 1.0  # never below 1: N_W is at least N_hat
+
+
+def test_the_node_plans_with_the_predictor_s_k_unless_told_otherwise():
+    from timebill_ros.core.planner import PAPER_K
+    from timebill_ros.node.params import NodeParams
+
+    assert NodeParams().limits(4096, predictor_k=2.3).k == 2.3
+    assert NodeParams().limits(4096).k == PAPER_K  # a predictor without its own k
+    assert NodeParams(k=4.0).limits(4096, predictor_k=2.3).k == 4.0

@@ -60,13 +60,15 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
             (path / "training.json").write_text(json.dumps(history, indent=2))
             # Timed as served (a LoRA adapter merged), for the input compression rule.
             lengths = sorted({n for n in (64, 256, 512, 1024, spec.max_input_tokens) if n <= spec.max_input_tokens})
-            spec.time_coefficients = rlp.profile_time(load_classifier(path, spec).eval(), lengths, len(tok))
+            served = load_classifier(path, spec).eval()
+            spec.time_coefficients = rlp.profile_time(served, lengths, len(tok))
+            spec.pessimism_k = rlp.pessimism_k(*rlp.predictions(served, spec, data["validation"])[:2])
             spec.save(path)
         spec = PredictorSpec.load(path)
         model = load_classifier(path, spec).eval()
         full = rlp.evaluate(model, spec, data["test"])
         hidden = rlp.evaluate(model, spec, data["test"], budget=lambda n_x: spec.input_budget(prefill_budget(n_x)))
-        table[name] = {"full_input": full, "compressed_input": hidden}
+        table[name] = {"full_input": full, "compressed_input": hidden, "pessimism_k": spec.pessimism_k}
         if (path / "training.json").is_file():  # how training went: a flat validation MAE = nothing learnt
             table[name]["training"] = json.loads((path / "training.json").read_text())
     answers = {**rlp.reference_answer_tokens(tok, "train", per_task), **rlp.reference_answer_tokens(tok, "test", 0)}

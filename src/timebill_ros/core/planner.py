@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 
 from timebill_ros.core.timing import TimingModel
 
+PAPER_K = 5.0  # the paper's pessimistic factor: the default where the length predictor brings none of its own
+
 
 @dataclass(frozen=True)
 class Plan:

@@ -64,6 +64,10 @@ class PredictorSpec:
     # head; loading rebuilds the truncated backbone from `backbone` (a model spec) and merges.
     backbone: str = ""
     backbone_layers: int = 0
+    # The smallest k whose k x N_hat covered 90 % of the validation answers (train.predictor.
+    # pessimism_k); the node plans with it unless a goal or the k parameter says otherwise.
+    # 0: not chosen (predictors trained before it existed): the paper's 5.
+    pessimism_k: float = 0.0
 
     @property
     def n_classes(self) -> int:
@@ -179,6 +183,11 @@ class ModelLengthPredictor:
         if self.prefill_time is not None:
             budget = min(budget, self.spec.input_budget(self.prefill_time(len(prompt_ids))))
         return compress(prompt_ids, budget, self.spec.head_tokens)
+
+    @property
+    def pessimism_k(self) -> float:
+        """The k chosen for this predictor on its validation split (0: none)."""
+        return self.spec.pessimism_k
 
     @torch.inference_mode()
     def predict(self, prompt_ids: list[int]) -> int:

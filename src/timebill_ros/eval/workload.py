@@ -26,7 +26,7 @@ METHODS: dict[str, dict] = {
     "fixed_0.5": {"fixed_alpha": 0.5},
     "fixed_0.75": {"fixed_alpha": 0.75},
     "fixed_0.95": {"fixed_alpha": 0.95},
-    "timebill": {"k": 5.0},
+    "timebill": {},  # the node's k: its length predictor's own (PAPER_K when it has none)
     # An upper bound no paper reports: TimeBill told the true response length (N_W = N), so
     # the gap to "timebill" is what the length predictor costs.
     "timebill_true_length": {"k": 1.0, "expected_response_tokens": "true"},

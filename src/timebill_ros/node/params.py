@@ -8,6 +8,7 @@ from timebill_ros.core.device import DEVICE_SPEC
 from timebill_ros.core.engine import EngineConfig
 from timebill_ros.core.jobs import OnInfeasible, OverrunPolicy
 from timebill_ros.core.model import QUANTIZATIONS
+from timebill_ros.core.planner import PAPER_K
 from timebill_ros.core.validation import Limits
 
 if TYPE_CHECKING:  # the CLI reads these defaults without a ROS environment
@@ -63,7 +64,8 @@ class NodeParams:
                                 low=1, high=BIG)
     max_new_tokens: int = _p(512, "the most response tokens a goal may ask for", low=1, high=BIG)
     default_max_new_tokens: int = _p(128, "response tokens when a goal asks 0", low=1, high=BIG, runtime=True)
-    k: float = _p(5.0, "pessimistic factor: N_W = min(k * N_hat, max_new_tokens) (paper: 5)", low=1.0, high=1000.0,
+    k: float = _p(0.0, "pessimistic factor: N_W = min(k * N_hat, max_new_tokens); 0 = the length predictor's own "
+                  "(chosen on its validation split), the paper's 5 when it has none", low=0.0, high=1000.0,
                   runtime=True)
     alpha_max: float = _p(0.95, "largest KV-cache eviction ratio (paper: 0.95)", low=0.0, high=0.999, runtime=True)
     predictor_path: str = _p("", "'' = fixed N_hat (fixed_prediction_tokens); builtin:smollm2-tasks, builtin:default "
@@ -114,6 +116,8 @@ class NodeParams:
             if meta["choices"] and value not in meta["choices"]:
                 options = ", ".join(repr(c) for c in meta["choices"])
                 raise InvalidParameter(f"parameter {f.name} must be one of {options}, got {value!r}")
+        if 0.0 < self.k < 1.0:
+            raise InvalidParameter(f"parameter k must be 0 (the length predictor's own) or in [1, 1000], got {self.k}")
         if not DEVICE_SPEC.match(self.device):
             raise InvalidParameter(f"parameter device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         try:
@@ -139,14 +143,15 @@ class NodeParams:
                 raise InvalidParameter(f"parameter {f.name} must be in [{meta['low']}, {meta['high']}]") from None
         return cls(**values)
 
-    def limits(self, context_limit: int) -> Limits:
-        """The goal bounds and defaults derived from these parameters."""
+    def limits(self, context_limit: int, predictor_k: float = 0.0) -> Limits:
+        """The goal bounds and defaults derived from these parameters (PREDICTOR_K: the length
+        predictor's own k, used when the k parameter is 0)."""
         return Limits(
             max_prompt_tokens=self.max_prompt_tokens,
             context_limit=context_limit,
             max_new_tokens=self.max_new_tokens,
             default_max_new_tokens=min(self.default_max_new_tokens, self.max_new_tokens),
-            k=self.k,
+            k=self.k or predictor_k or PAPER_K,
             alpha_max=self.alpha_max,
             overrun_policy=OverrunPolicy(self.overrun_policy),
             on_infeasible=OnInfeasible(self.on_infeasible),

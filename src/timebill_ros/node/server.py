@@ -263,7 +263,11 @@ class TimeBillServer(LifecycleNode):
         self.compiler = structured_compiler(self.loaded)
         self.startup.begin("warming up")
         self.engine.warm_up(lambda text: self._encode([{"role": "user", "content": text}]))
-        self.limits = self.params.limits(self.loaded.context_limit)
+        self.limits = self.params.limits(self.loaded.context_limit, self._predictor_k())
+
+    def _predictor_k(self) -> float:
+        """The length predictor's own pessimistic factor (0 when it has none)."""
+        return float(getattr(self.engine.predictor, "pessimism_k", 0.0)) if self.engine else 0.0
 
     def _release(self) -> None:
         if self.engine is not None:
@@ -371,7 +375,7 @@ class TimeBillServer(LifecycleNode):
         with self._lock:
             self.params = candidate
             if self.engine is not None:
-                self.limits = candidate.limits(self.loaded.context_limit)
+                self.limits = candidate.limits(self.loaded.context_limit, self._predictor_k())
                 self.engine.config.event_period = 1.0 / candidate.control_rate_hz
                 if self.engine.online is not None:
                     self.engine.online.enabled = candidate.online_timing

@@ -161,8 +161,9 @@ def fit(model, spec: PredictorSpec, train: list[Sample], val: list[Sample], *, e
     return {"val_mae_by_epoch": history, "best_val_mae": best}
 
 
-def evaluate(model, spec: PredictorSpec, samples: list[Sample], budget: Callable[[int], int] | None = None) -> dict:
-    """MAE, RMSE, R^2 of N_hat against the distilled lengths (optionally with compressed input)."""
+def predictions(model, spec: PredictorSpec, samples: list[Sample],
+                budget: Callable[[int], int] | None = None) -> tuple[list[int], list[int], int]:
+    """(distilled lengths, N_hat, how many inputs were compressed) over SAMPLES."""
     truth, pred, truncated = [], [], 0
     for s in samples:
         limit = spec.max_input_tokens if budget is None else min(spec.max_input_tokens, budget(len(s.prompt_ids)))
@@ -170,6 +171,13 @@ def evaluate(model, spec: PredictorSpec, samples: list[Sample], budget: Callable
         truncated += len(ids) < len(s.prompt_ids)
         truth.append(s.n_tokens)
         pred.append(predict_tokens(model, spec, ids))
+    return truth, pred, truncated
+
+
+def evaluate(model, spec: PredictorSpec, samples: list[Sample], budget: Callable[[int], int] | None = None) -> dict:
+    """MAE, RMSE, R^2, Kendall's tau, the share within 50 tokens of N_hat against the distilled
+    lengths (optionally with compressed input)."""
+    truth, pred, truncated = predictions(model, spec, samples, budget)
     return {**length_metrics(truth, pred, spec.n_max), "n": len(samples), "truncated_share": truncated / len(samples)}
 
 
@@ -235,8 +243,22 @@ def reference_answer_tokens(tokenizer, split: str, n_per_task: int, seed: int = 
 
 
 def _metrics(truth, pred) -> dict:
+    """MAE, RMSE, R^2 and what the length-prediction literature reports besides: Kendall's tau
+    (does the predictor order prompts by length) and the share within 50 tokens."""
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(truth, pred).statistic if len(set(pred)) > 1 else 0.0  # constant predictions order nothing
     return {"MAE": float(mean_absolute_error(truth, pred)), "RMSE": float(math.sqrt(mean_squared_error(truth, pred))),
-            "R2": float(r2_score(truth, pred))}
+            "R2": float(r2_score(truth, pred)), "kendall_tau": float(tau),
+            "within_50_share": float(np.mean(np.abs(np.asarray(truth, float) - np.asarray(pred, float)) <= 50))}
+
+
+def pessimism_k(truth: list[int], pred: list[float], cover: float = 0.9) -> float:
+    """The smallest k (in steps of 0.1, at least 1) whose k x N_hat covers COVER of the answers:
+    chosen on the validation split and stored with the predictor (PredictorSpec.pessimism_k)."""
+    ratios = sorted(t / max(p, 1.0) for t, p in zip(truth, pred))
+    needed = ratios[min(len(ratios) - 1, math.ceil(cover * len(ratios)) - 1)]
+    return max(1.0, math.ceil(needed * 10 - 1e-9) / 10)
 
 
 def profile_time(model, lengths: list[int], vocab: int) -> list[float]:
