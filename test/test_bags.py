@@ -7,7 +7,7 @@ import pytest
 from conftest import start_node
 
 from timebill_ros.core.timing import TimingModel
-from timebill_ros.eval import bags, report, workload
+from timebill_ros.eval import bags, report, tasks, workload
 from timebill_ros.eval.tasks import Example
 
 REQUEST = dict(request_id="r1", task="qa", method="timebill", prompt="Where is the cup?", budget=1.25,
@@ -126,12 +126,13 @@ def test_make_replay_eval_against_the_real_node(slow_model_dir, calibration, tmp
         # At rate 0.5 requests arrive two budgets apart and a Kill job ends by its budget, so the
         # node is idle before every arrival however slow the host: that idle time is skipped.
         assert summary.pop("idle_skipped_s") > 0 and summary.pop("overrun_wait_s") >= 0
-        assert summary == {"requests": 12, "results": 12, "lost": 0}
+        goals = 2 * 2 * len(tasks.TASKS)  # budgets x methods x one prompt per task
+        assert summary == {"requests": goals, "results": goals, "lost": 0}
         evaluated = subprocess.run(["timebill", "eval", str(tmp_path / "res"), "--out", str(tmp_path / "eval")],
                                    capture_output=True, text=True, timeout=300)
         assert evaluated.returncode == 0, evaluated.stderr
         data = json.loads((tmp_path / "eval" / "eval.json").read_text())
-        assert data["results"] == 12
+        assert data["results"] == goals
         assert set(data["table"]["kill"]) == {"vanilla", "timebill"}
         assert (tmp_path / "eval" / "budget_sweep_kill.png").stat().st_size > 1000
     finally:

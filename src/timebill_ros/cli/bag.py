@@ -14,7 +14,7 @@ from timebill_ros.eval import bags, report, workload
 
 def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods: str, k_sweep: bool,
                   policies: list[str], params_file: str, max_new_tokens: int = 384,
-                  quantiles: tuple[float, ...] = workload.QUANTILES):
+                  quantiles: tuple[float, ...] = workload.QUANTILES, task_names: tuple[str, ...] | None = None):
     """Requests from the test split for every (policy, budget, method), written as a bag.
     Returns (requests, budgets, path)."""
     from timebill_ros.cli.calibrate import CalibrationTarget
@@ -22,14 +22,15 @@ def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods:
     from timebill_ros.core.model import encode_prompt, load_model
     from timebill_ros.eval import tasks
 
-    examples = [e for t in tasks.TASKS for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
+    task_names = task_names or tasks.TASKS
+    examples = [e for t in task_names for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
     target = CalibrationTarget.from_sources(params_file, {})
     distilled = workload.distilled_lengths(distill_folder(target) / "test.jsonl.gz")
     if budgets == "auto":
         loaded = load_model(target.model_path, threads=target.threads)
         timing = Calibration.load(target.path()).timing
         chosen = {}
-        for task in tasks.TASKS:
+        for task in task_names:
             mine = [e for e in examples if e.task == task]
             prompt_n = [len(encode_prompt(loaded.tokenizer, e.prompt)) for e in mine]
             # The target's own response lengths where distilled (what vanilla really has to
@@ -39,7 +40,7 @@ def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods:
     elif budgets.endswith(".json"):  # the levels another bag was made with (--budgets-out)
         chosen = json.loads(Path(budgets).read_text())
     else:
-        chosen = workload.fixed_budgets([float(b) for b in budgets.split(",")], list(tasks.TASKS))
+        chosen = workload.fixed_budgets([float(b) for b in budgets.split(",")], list(task_names))
     known = {**workload.METHODS, **workload.QUANTIZED, **workload.K_SWEEP}
     unknown = [m for m in methods.split(",") if m not in known]
     if unknown:
