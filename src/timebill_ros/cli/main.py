@@ -437,6 +437,16 @@ def train_target_cmd(workdir: str, out: str, steps: int | None, seed: int, threa
     click.echo(f"exported {out_dir}")
 
 
+def _add_commands() -> None:
+    """Commands that live in modules of their own."""
+    from timebill_ros.cli.traces import eval_traces_cmd
+
+    cli.add_command(eval_traces_cmd)
+
+
+_add_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     cli()

@@ -1,0 +1,93 @@
+"""`timebill eval-traces`: the paper's comparison from measured traces (eval.traces).
+
+Each test prompt runs once per alpha of the grid on an in-process engine set up as the node
+is (the params file's model, weights, decode kernels, predictor and calibration); every
+method's outcome at every budget level and under both overrun policies is then computed
+from those runs. The traces are saved, so the table can be recomputed without the model.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+
+def served_engine(params_file: str):
+    """An engine as the node configured by PARAMS_FILE serves, and its calibration."""
+    import yaml
+
+    from timebill_ros.cli.calibrate import CalibrationTarget
+    from timebill_ros.core.calibration import Calibration
+    from timebill_ros.core.engine import Engine
+    from timebill_ros.core.kernels import apply as apply_kernels
+    from timebill_ros.core.model import load_model
+    from timebill_ros.core.predictor import load_predictor
+    from timebill_ros.node.params import NodeParams
+
+    doc = yaml.safe_load(Path(params_file).read_text()) or {}
+    given = next(iter(doc.values()), {}).get("ros__parameters", {})
+    params = NodeParams(**{k: v for k, v in given.items() if k in NodeParams.__dataclass_fields__})
+    target = CalibrationTarget.from_sources(params_file, {})
+    calibration = Calibration.load(target.path())
+    loaded = load_model(params.model_path, dtype=params.dtype, threads=params.threads,
+                        quantization=params.quantization, device=params.device)
+    if choice := calibration.kernel_choice():
+        apply_kernels(loaded, choice.chosen, params.quantization)
+    timing = calibration.planning_timing()
+    predictor = load_predictor(params.predictor_path, timing.prefill, params.fixed_prediction_tokens)
+    engine = Engine(loaded, timing, predictor, params.engine_config())
+    engine.warm_up()
+    return engine, params
+
+
+def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[float, ...] | None = None,
+               alphas: tuple[float, ...] | None = None) -> dict:
+    """Measure (or reuse OUT/traces.json), evaluate, write OUT/traces_eval.json; returns it."""
+    from tqdm import tqdm
+
+    from timebill_ros.core.planner import PAPER_K
+    from timebill_ros.eval import tasks, traces, workload
+
+    alphas, quantiles = alphas or traces.ALPHA_GRID, quantiles or workload.QUANTILES
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "traces.json"
+    engine, params = served_engine(params_file)
+    examples = [e for t in tasks.TASKS for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
+    started = time.monotonic()
+    if saved.exists() and {r["example_id"] for r in json.loads(saved.read_text())} == {e.id for e in examples}:
+        prompts = traces.from_json(json.loads(saved.read_text()))
+    else:
+        with tqdm(total=len(examples) * len(alphas), desc="traces", unit="run") as bar:
+            prompts = traces.measure(engine, examples, alphas=alphas, max_new_tokens=params.max_new_tokens,
+                                     tick=lambda: bar.update(1))
+        saved.write_text(json.dumps(traces.to_json(prompts)))
+    levels = traces.budget_levels(prompts, quantiles)
+    predictor_k = float(getattr(engine.predictor, "pessimism_k", 0.0))
+    outcomes = traces.goal_outcomes(prompts, levels, engine.timing, n_max=params.max_new_tokens,
+                                    min_kept=engine.press.window, predictor_k=predictor_k)
+    table = traces.evaluate(outcomes)
+    engine.close()
+    data = {"model": params.model_path, "predictor": params.predictor_path, "per_task": per_task,
+            "timebill_k": predictor_k or PAPER_K,
+            "alpha_grid": list(alphas), "levels": levels, "table": table,
+            "decode_share_of_vanilla": traces.decode_share(prompts, levels),
+            "measure_minutes": (time.monotonic() - started) / 60}
+    (out / "traces_eval.json").write_text(json.dumps(data, indent=2))
+    return data
+
+
+@click.command("eval-traces")
+@click.option("--params-file", type=click.Path(exists=True), default="config/timebill.yaml", show_default=True,
+              help="The node's parameters: the model, weights, kernels and predictor to measure.")
+@click.option("--per-task", type=int, default=12, show_default=True, help="Test prompts per task.")
+@click.option("--out", type=click.Path(file_okay=False), default="results/eval", show_default=True)
+def eval_traces_cmd(params_file: str, per_task: int, out: str) -> None:
+    """Every method at every budget and policy, computed from one run per prompt and alpha."""
+    data = run_traces(params_file, per_task, Path(out))
+    for policy, methods in data["table"].items():
+        click.echo(f"[{policy}] mean score (standard error) per level")
+        for name, cells in methods.items():
+            click.echo(f"  {name:<22}" + " ".join(f"{c['score']:.3f}({c['score_se']:.3f})" for c in cells.values()))
+    click.echo(f"saved {out}/traces_eval.json")

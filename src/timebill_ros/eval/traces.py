@@ -1,0 +1,294 @@
+"""The paper's comparison computed from measured traces instead of one node run per goal.
+
+Every method's goal on one prompt runs the same prefill, and every method that keeps the
+same share of the cache runs the same decode: only the budget, the planned alpha and the
+overrun policy differ between them. So each prompt's prefill is measured once and its
+decode once per alpha of a small grid, with a timestamp per token; every method's outcome
+at every budget level, under Kill and under Skip-Next, is then computed from those traces.
+TimeBill's planned alpha (and the true-length arm's) is rounded UP to the next grid point:
+more eviction, never a later finish than the plan asked for; the report says so.
+
+What the traces leave out, against the node: the in-goal re-plan (a goal whose live steps
+run slow evicts again; rare on an idle machine), the control timer's period (a kill lands
+within one period of the deadline; here it lands on it) and the predictor's thread beside
+prefill (its contention is in the measured prefill when the traces are made with the
+predictor running, see `measure`). `agreement` checks the path: a sample of the same goals
+replayed through bags against `timebill_node`, and how often both agree on complete.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from dataclasses import dataclass, field, replace
+
+from timebill_ros.core.planner import PAPER_K, plan
+from timebill_ros.core.timing import TimingModel
+from timebill_ros.eval.metrics import score
+
+# The alphas whose decodes are measured: the fixed baselines and enough points between them
+# for TimeBill's rounding up to cost little.
+ALPHA_GRID = (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+POLICIES = ("kill", "skip_next")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One prompt's run at one alpha: the prefill, the eviction, then the decode's tokens."""
+
+    example_id: str
+    task: str
+    alpha: float
+    prompt_tokens: int
+    prefill_s: float
+    evict_s: float
+    # Seconds from the end of eviction to each generated token (cumulative, one per token).
+    token_s: tuple[float, ...]
+    text: str
+    hit_cap: bool = False  # stopped at max_new_tokens, not at its end of turn
+
+    @property
+    def total_s(self) -> float:
+        """Prefill + eviction + decode: the goal's time from its start."""
+        return self.prefill_s + self.evict_s + (self.token_s[-1] if self.token_s else 0.0)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A compared method: a fixed alpha, or TimeBill's plan with pessimism K (0: the
+    predictor's own, as the node plans; for the true-length arm, the target's own length as N_hat)."""
+
+    name: str
+    fixed_alpha: float | None = None
+    k: float = 1.0
+    true_length: bool = False
+
+
+METHODS = (
+    Method("vanilla", fixed_alpha=0.0),
+    Method("fixed_0.25", fixed_alpha=0.25),
+    Method("fixed_0.5", fixed_alpha=0.5),
+    Method("fixed_0.75", fixed_alpha=0.75),
+    Method("fixed_0.95", fixed_alpha=0.95),
+    Method("timebill", k=0.0),
+    Method("timebill_true_length", k=1.0, true_length=True),
+)
+
+
+def grid_alpha(alpha: float, grid: tuple[float, ...] = ALPHA_GRID) -> float:
+    """The smallest grid alpha at or above ALPHA (the largest when ALPHA is above them all)."""
+    i = bisect.bisect_left(grid, alpha - 1e-9)
+    return grid[min(i, len(grid) - 1)]
+
+
+def planned_alpha(method: Method, timing: TimingModel, *, prompt_tokens: int, prefill_s: float, budget: float,
+                  n_hat: int, true_tokens: int, n_max: int, alpha_max: float = 0.95, min_kept: int = 0,
+                  predictor_k: float = 0.0) -> float:
+    """The alpha METHOD runs at: its fixed value, or the node's plan after prefill (the measured
+    prefill as the fixed time), rounded up to the grid."""
+    if method.fixed_alpha is not None:
+        return method.fixed_alpha
+    n = true_tokens if method.true_length else n_hat
+    k = method.k or predictor_k or PAPER_K
+    chosen = plan(timing, n_x=prompt_tokens, n_hat=max(1, n), budget=budget, t_fixed=prefill_s, k=k,
+                  alpha_max=alpha_max, n_max=n_max, min_kept=min_kept)
+    return grid_alpha(chosen.alpha)
+
+
+@dataclass
+class Outcome:
+    """One goal's end as the node would deliver it."""
+
+    status: str  # SUCCEEDED | KILLED_AT_DEADLINE | COMPLETED_LATE | SKIPPED
+    score: float
+    alpha: float
+    end_s: float  # when its work ended, from its start (0 when skipped)
+
+
+def outcome(trace: Trace, reference: str, budget: float, policy: str) -> Outcome:
+    """A goal that starts at once: Kill ends it at the deadline (score 0), Skip-Next lets it
+    finish late (kept, scored 0 as a missed deadline, as the report scores the node's)."""
+    late = trace.total_s > budget
+    if not late:
+        return Outcome("SUCCEEDED", score(trace.task, trace.text, reference), trace.alpha, trace.total_s)
+    if policy == "kill":
+        return Outcome("KILLED_AT_DEADLINE", 0.0, trace.alpha, budget)
+    return Outcome("COMPLETED_LATE", 0.0, trace.alpha, trace.total_s)
+
+
+def replay_skip_next(goals: list[tuple[Trace, str, float]]) -> list[Outcome]:
+    """A sequence of goals (trace, reference, budget), each arriving one budget after the one
+    before (the control loop's period): a goal that arrives while an overrunning one still
+    runs is skipped."""
+    out, arrival, busy_until = [], 0.0, 0.0
+    for trace, reference, budget in goals:
+        if arrival < busy_until:
+            out.append(Outcome("SKIPPED", 0.0, trace.alpha, 0.0))
+        else:
+            done = outcome(trace, reference, budget, "skip_next")
+            busy_until = arrival + done.end_s
+            out.append(done)
+        arrival += budget
+    return out
+
+
+@dataclass
+class Cell:
+    """A (policy, method, level) cell: its outcomes and their summary with standard errors."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """n, mean score and completion with their standard errors, misses, mean alpha."""
+        scores = [o.score for o in self.outcomes]
+        done = [float(o.status == "SUCCEEDED") for o in self.outcomes]
+        ran = [o.alpha for o in self.outcomes if o.status != "SKIPPED"]
+        return {"n": len(scores), "score": statistics.fmean(scores), "score_se": standard_error(scores),
+                "completion": statistics.fmean(done), "completion_se": standard_error(done),
+                "deadline_misses": sum(o.status in ("KILLED_AT_DEADLINE", "COMPLETED_LATE") for o in self.outcomes),
+                "skipped": sum(o.status == "SKIPPED" for o in self.outcomes),
+                "alpha_mean": statistics.fmean(ran) if ran else None}
+
+
+def standard_error(values: list[float]) -> float:
+    """The standard error of the mean (0 for fewer than two values)."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One test prompt with everything its goals need: its traces by alpha, the reference,
+    the predictor's N_hat and the prefill every method's goal shares."""
+
+    example_id: str
+    task: str
+    reference: str
+    n_hat: int
+    traces: dict[float, Trace]
+
+    @property
+    def prefill_s(self) -> float:
+        """The prompt's prefill: the median over its runs (one prefill, measured once per run)."""
+        return statistics.median(t.prefill_s for t in self.traces.values())
+
+    @property
+    def true_tokens(self) -> int:
+        """The target's own answer length (its vanilla decode)."""
+        return len(self.traces[0.0].token_s)
+
+    def trace(self, alpha: float) -> Trace:
+        """The run at ALPHA with the prompt's shared prefill."""
+        return replace(self.traces[alpha], prefill_s=self.prefill_s)
+
+
+def budget_levels(prompts: list[Prompt], quantiles: tuple[float, ...]) -> dict[str, dict[str, float]]:
+    """Per task, budget levels at quantiles of vanilla's measured time over its prompts."""
+    levels: dict[str, dict[str, float]] = {}
+    for task in sorted({p.task for p in prompts}):
+        times = sorted(p.trace(0.0).total_s for p in prompts if p.task == task)
+        levels[task] = {f"q{round(100 * q)}": _quantile(times, q) for q in quantiles}
+    return levels
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated quantile of SORTED_VALUES."""
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def goal_outcomes(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: TimingModel, *, n_max: int,
+                  methods: tuple[Method, ...] = METHODS, policies: tuple[str, ...] = POLICIES,
+                  min_kept: int = 0, predictor_k: float = 0.0) -> dict[str, Outcome]:
+    """Every goal's outcome, keyed as the bags' request ids ("policy/level/method/example"),
+    computed from the traces. Under Skip-Next each (method, level) is one sequence over the
+    prompts in their order."""
+    out: dict[str, Outcome] = {}
+    for policy in policies:
+        for method in methods:
+            for level in next(iter(levels.values())):
+                goals = []
+                for p in prompts:
+                    budget = levels[p.task][level]
+                    alpha = planned_alpha(method, timing, prompt_tokens=p.traces[0.0].prompt_tokens,
+                                          prefill_s=p.prefill_s, budget=budget, n_hat=p.n_hat,
+                                          true_tokens=p.true_tokens, n_max=n_max, min_kept=min_kept,
+                                          predictor_k=predictor_k)
+                    goals.append((p.trace(alpha), p.reference, budget))
+                ended = (replay_skip_next(goals) if policy == "skip_next"
+                         else [outcome(t, ref, b, policy) for t, ref, b in goals])
+                for p, o in zip(prompts, ended):
+                    out[f"{policy}/{level}/{method.name}/{p.example_id}"] = o
+    return out
+
+
+def evaluate(outcomes: dict[str, Outcome]) -> dict:
+    """policy -> method -> level -> Cell.summary() of goal_outcomes' OUTCOMES."""
+    cells: dict = {}
+    for goal, o in outcomes.items():
+        policy, level, method, _ = goal.split("/", 3)
+        cells.setdefault(policy, {}).setdefault(method, {}).setdefault(level, Cell()).outcomes.append(o)
+    return {policy: {method: {level: cell.summary() for level, cell in by_level.items()}
+                     for method, by_level in by_method.items()} for policy, by_method in cells.items()}
+
+
+def agreement(outcomes: dict[str, Outcome], node_records: list[dict]) -> dict:
+    """How often the node and the traces agree on complete / incomplete for the same goals
+    (NODE_RECORDS: result records with a request_id, as `timebill eval` reads them)."""
+    pairs = [(outcomes[r["request_id"]].status == "SUCCEEDED", r["status_name"] == "SUCCEEDED")
+             for r in node_records if r.get("request_id") in outcomes]
+    same = sum(a == b for a, b in pairs)
+    return {"goals": len(pairs), "agree_pct": 100.0 * same / len(pairs) if pairs else None,
+            "trace_complete_node_not": sum(a and not b for a, b in pairs),
+            "node_complete_trace_not": sum(b and not a for a, b in pairs)}
+
+
+def measure(engine, examples, *, alphas: tuple[float, ...] = ALPHA_GRID, max_new_tokens: int = 384,
+            tick=lambda: None) -> list[Prompt]:
+    """Run every example once per alpha on ENGINE (greedy, no deadline, its predictor beside
+    prefill as in the node) and keep each run's trace; N_hat is the predictor's."""
+    from timebill_ros.core.jobs import CancelToken, Request
+    from timebill_ros.core.model import encode_prompt
+
+    prompts = []
+    for ex in examples:
+        ids = encode_prompt(engine.loaded.tokenizer, ex.prompt)
+        runs, n_hat = {}, 0
+        for alpha in alphas:
+            r = engine.run(Request(ids, budget=1e9, max_new_tokens=max_new_tokens, fixed_alpha=alpha), CancelToken())
+            if r.status.name != "SUCCEEDED":
+                raise RuntimeError(f"{ex.id} at alpha {alpha}: {r.status.name} {r.reason}")
+            n_hat = n_hat or (r.plan.predicted_tokens if r.plan else 0)
+            runs[alpha] = Trace(ex.id, ex.task, alpha, len(ids), r.timings.prefill, r.timings.evict,
+                                tuple(r.timings.token_s), r.text, hit_cap=len(r.token_ids) >= max_new_tokens)
+            tick()
+        prompts.append(Prompt(ex.id, ex.task, ex.answer, n_hat, runs))
+    return prompts
+
+
+def to_json(prompts: list[Prompt]) -> list[dict]:
+    """PROMPTS as plain dicts (traces keyed by alpha), for results/eval/traces.json."""
+    from dataclasses import asdict
+
+    return [{**{k: v for k, v in asdict(p).items() if k != "traces"},
+             "traces": [asdict(t) for t in p.traces.values()]} for p in prompts]
+
+
+def from_json(rows: list[dict]) -> list[Prompt]:
+    """The inverse of to_json."""
+    out = []
+    for row in rows:
+        runs = {float(t["alpha"]): Trace(**{**t, "token_s": tuple(t["token_s"])}) for t in row["traces"]}
+        out.append(Prompt(row["example_id"], row["task"], row["reference"], int(row["n_hat"]), runs))
+    return out
+
+
+def decode_share(prompts: list[Prompt], levels: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per task, vanilla's mean share of its time spent decoding: eviction can only buy from
+    that share (the issue asks for levels where it is at least half)."""
+    out = {}
+    for task in levels:
+        runs = [p.trace(0.0) for p in prompts if p.task == task]
+        out[task] = statistics.fmean((r.total_s - r.prefill_s) / r.total_s for r in runs if r.total_s > 0)
+    return out

@@ -1,0 +1,88 @@
+"""The comparison computed from traces (eval.traces): grid rounding, Kill and Skip-Next, plans."""
+import pytest
+
+from timebill_ros.core.timing import TimingModel
+from timebill_ros.eval import traces
+from timebill_ros.eval.traces import METHODS, Method, Prompt, Trace
+
+TIMING = TimingModel(a=0.0, b=1e-3, c=0.0, p=1e-5, q=1e-3)  # 1 ms a prompt token; a step 1 ms + 10 us a cached token
+
+
+def trace(alpha, total_decode, tokens=10, prefill=1.0, text="garage", task="qa", n=1000):
+    steps = tuple(total_decode * (i + 1) / tokens for i in range(tokens))
+    return Trace("ex", task, alpha, n, prefill, 0.01 * alpha, steps, text)
+
+
+def test_a_planned_alpha_is_rounded_up_to_the_grid():
+    assert traces.grid_alpha(0.0) == 0.0 and traces.grid_alpha(0.3) == 0.5
+    assert traces.grid_alpha(0.5) == 0.5 and traces.grid_alpha(0.99) == 0.95
+
+
+def test_kill_scores_a_late_goal_zero_and_skip_next_skips_what_arrives_meanwhile():
+    on_time, late = trace(0.0, 0.5), trace(0.0, 1.0)
+    assert traces.outcome(on_time, "garage", 2.0, "kill").score == 1.0
+    killed = traces.outcome(late, "garage", 1.5, "kill")
+    assert (killed.status, killed.score, killed.end_s) == ("KILLED_AT_DEADLINE", 0.0, 1.5)
+    # budget 1.8: the first goal ends at 2.0, past the second's arrival (1.8): skipped; the
+    # third arrives at 3.6 and runs.
+    seq = traces.replay_skip_next([(late, "garage", 1.8), (on_time, "garage", 1.8), (on_time, "garage", 1.8)])
+    assert [o.status for o in seq] == ["COMPLETED_LATE", "SKIPPED", "SUCCEEDED"]
+
+
+def test_timebill_evicts_to_fit_a_tight_budget_and_the_true_length_arm_uses_the_target_s_length():
+    common = dict(prompt_tokens=1000, prefill_s=1.0, n_max=100, true_tokens=10)
+    assert traces.planned_alpha(Method("fixed", fixed_alpha=0.75), TIMING, budget=1.0, n_hat=5, **common) == 0.75
+    generous = traces.planned_alpha(METHODS[-2], TIMING, budget=100.0, n_hat=5, **common)
+    tight = traces.planned_alpha(METHODS[-2], TIMING, budget=1.15, n_hat=5, **common)
+    assert generous == 0.0 and 0.0 < tight <= 0.95 and tight in traces.ALPHA_GRID
+    # The true-length arm plans for 10 tokens with k = 1; TimeBill for k x N_hat = 25: it evicts more.
+    assert traces.planned_alpha(METHODS[-1], TIMING, budget=1.15, n_hat=5, **common) <= tight
+
+
+def test_evaluate_gives_every_method_a_cell_with_standard_errors():
+    prompts = [Prompt(f"ex{i}", "qa", "garage", n_hat=10,
+                      traces={a: trace(a, 0.2 + 0.05 * i - 0.1 * a, prefill=1.0 + 0.1 * i) for a in traces.ALPHA_GRID})
+               for i in range(6)]
+    levels = traces.budget_levels(prompts, (0.1, 0.9))
+    table = traces.evaluate(traces.goal_outcomes(prompts, levels, TIMING, n_max=100))
+    assert set(table) == {"kill", "skip_next"} and set(table["kill"]) == {m.name for m in METHODS}
+    vanilla = table["kill"]["vanilla"]
+    assert vanilla["q10"]["completion"] < vanilla["q90"]["completion"]  # the levels sweep vanilla's times
+    assert vanilla["q90"]["score_se"] >= 0.0 and vanilla["q90"]["n"] == 6
+    assert table["kill"]["fixed_0.95"]["q10"]["completion"] >= vanilla["q10"]["completion"]
+
+
+@pytest.mark.parametrize("policy", ["kill", "skip_next"])
+def test_a_generous_budget_completes_everything(policy):
+    prompts = [Prompt("ex", "qa", "garage", n_hat=10, traces={a: trace(a, 0.2) for a in traces.ALPHA_GRID})]
+    table = traces.evaluate(traces.goal_outcomes(prompts, {"qa": {"big": 100.0}}, TIMING, n_max=100,
+                                                 policies=(policy,)))
+    assert all(cell["big"]["completion"] == 1.0 and cell["big"]["score"] == 1.0 for cell in table[policy].values())
+
+
+def test_traces_measured_on_an_engine_round_trip_through_json(tiny):
+    from timebill_ros.core.engine import Engine, EngineConfig
+    from timebill_ros.core.predictor import FixedLengthPredictor
+    from timebill_ros.eval import tasks
+
+    tiny_engine = Engine(tiny, TIMING, FixedLengthPredictor(7), EngineConfig(snapkv_window=16))
+
+    examples = [e for e in tasks.load("test") if e.task == "qa"][:1]
+    prompts = traces.measure(tiny_engine, examples, alphas=(0.0, 0.5), max_new_tokens=6)
+    [p] = prompts
+    assert set(p.traces) == {0.0, 0.5}
+    run = p.traces[0.5]
+    assert 1 <= len(run.token_s) <= 6 and list(run.token_s) == sorted(run.token_s) and run.prefill_s > 0
+    assert p.n_hat == 7 and traces.from_json(traces.to_json(prompts)) == prompts
+    tiny_engine.close()
+
+
+def test_agreement_counts_the_goals_both_ran_and_where_they_differ():
+    prompts = [Prompt("ex", "qa", "garage", n_hat=10, traces={a: trace(a, 0.2) for a in traces.ALPHA_GRID})]
+    outcomes = traces.goal_outcomes(prompts, {"qa": {"tight": 1.0, "big": 100.0}}, TIMING, n_max=100,
+                                    policies=("kill",))
+    records = [{"request_id": "kill/big/vanilla/ex", "status_name": "SUCCEEDED"},
+               {"request_id": "kill/tight/vanilla/ex", "status_name": "SUCCEEDED"},  # the traces say killed
+               {"request_id": "other", "status_name": "SUCCEEDED"}]
+    assert traces.agreement(outcomes, records) == {"goals": 2, "agree_pct": 50.0, "trace_complete_node_not": 0,
+                                                   "node_complete_trace_not": 1}
