@@ -95,6 +95,19 @@ def test_a_killed_conversion_leaves_no_model_behind(monkeypatch, tmp_path):
     assert not [p for p in models.iterdir() if p.name.startswith(("half", ".half"))]
 
 
+def test_the_tokenizer_alone_loads_only_from_a_built_folder(smollm2, tmp_path):
+    """What the node preloads before its action server exists: never a conversion (tens of
+    seconds no client should wait to see the server), and the same tokenizer load_model uses."""
+    gguf = tmp_path / "copy.gguf"
+    gguf.symlink_to(model_module.builtin_gguf_file("smollm2"))
+    with pytest.raises(model_module.NotBuiltYet, match="not built yet"):
+        model_module.load_tokenizer(str(gguf), build=False)
+    assert not [p for p in (model_module.timebill_home() / "models").iterdir() if p.name.startswith("copy")]
+    tokenizer = model_module.load_tokenizer("builtin:smollm2", build=False)  # the fixture built it
+    assert tokenizer.encode(PROMPT) == smollm2.tokenizer.encode(PROMPT)
+    assert load_model("builtin:smollm2", tokenizer=tokenizer).tokenizer is tokenizer
+
+
 def test_the_shipped_target_and_its_predictor_load_and_agree():
     """builtin:smollm2-tasks (the adapter merged once) answers the retrieval prompt, and the
     shipped predictor loads onto it: distilled from this very model, its N_hat in range."""

@@ -14,6 +14,7 @@ Nothing is downloaded: loading is always local-files-only.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import importlib.util
 import json
@@ -166,11 +167,21 @@ def merged_model_dir(base: Path, adapter: Path) -> Path:
     return _build_once(out, lambda tmp: _merge_adapter(base, adapter, tmp), source, "merging its adapter (~10 s)")
 
 
+class NotBuiltYet(ModelLoadError):
+    """The model folder a spec stands for is not built yet, and building was not allowed."""
+
+
+# False while load_tokenizer(build=False) resolves: a conversion or merge is then refused.
+_MAY_BUILD = contextvars.ContextVar("timebill_may_build", default=True)
+
+
 def _build_once(out: Path, build, source: dict, what: str) -> Path:
     """Make the model directory OUT with BUILD(tmp) unless it exists. Written to a temporary
     folder and renamed into place, so a killed build never leaves a half model behind."""
     if (out / "config.json").is_file():
         return out
+    if not _MAY_BUILD.get():
+        raise NotBuiltYet(f"'{out}' is not built yet ({what})")
     out.parent.mkdir(parents=True, exist_ok=True)
     log.warning("building %s once: %s", out, what)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -231,14 +242,31 @@ def model_fingerprint(path: Path) -> str:
 QUANTIZATIONS = ("", "int8", *LEAN_QUANTIZATIONS)
 
 
+def load_tokenizer(spec: str, *, build: bool = True) -> PreTrainedTokenizerBase:
+    """SPEC's tokenizer alone. Parsing a fast tokenizer is one Rust call that holds the GIL for
+    0.1-0.3 s (SmolLM2's, measured): a node loads it before it answers anything and hands it
+    to load_model. BUILD=False raises NotBuiltYet where the model folder would first have to
+    be converted or merged (tens of seconds)."""
+    allowed = _MAY_BUILD.set(build)
+    try:
+        path = resolve_model_path(spec)
+    finally:
+        _MAY_BUILD.reset(allowed)
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"could not load the tokenizer at '{path}': {exc}") from exc
+
+
 def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantization: str = "",
-               device: str = "cpu") -> LoadedModel:
+               device: str = "cpu", tokenizer: PreTrainedTokenizerBase | None = None) -> LoadedModel:
     """Load model and tokenizer from SPEC onto DEVICE, with a fixed torch thread count.
 
     quantization="int8" applies torchao's int8 weight-only quantization (the AWQ-like
     baseline of the paper); "auto-decode" / "int8-decode" / "int4-decode" run decode steps on
     a packed copy of the weights (int4 where exact else int8 / int8 / int4) and prefill on the
-    model's own. The calibration is then keyed by "<dtype>+<quantization>".
+    model's own. The calibration is then keyed by "<dtype>+<quantization>". TOKENIZER: one
+    load_tokenizer(SPEC) already made.
     """
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype '{dtype}'; choose one of {sorted(DTYPES)}")
@@ -255,7 +283,7 @@ def load_model(spec: str, *, dtype: str = "float32", threads: int = 2, quantizat
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # a node's log is no place for a loading bar
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=True)
     except (OSError, ValueError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"could not load the model at '{path}': {exc}") from exc

@@ -363,7 +363,8 @@ def reliability_table(load: Callable[[str], dict]) -> str:
         fs = load("first_start.json")
         if "goals_while_starting" in fs:
             rows.append(f"| goals sent while the shipped node starts (`{fs['machine']}`; the first the moment "
-                        f"`wait_for_server` returns, then one a second; first start and restart) | "
+                        f"`wait_for_server` returns, then one every {fs.get('probe_every_s', 1.0):g} s; first start "
+                        f"and restart) | "
                         f"{fs['goals_while_starting']} answered REJECTED \"node is starting ...\": from sending to "
                         f"the result p50 {_ms(fs['answer_while_starting_p50_s'])}, worst "
                         f"{_ms(fs['answer_while_starting_max_s'])}; the first goals "

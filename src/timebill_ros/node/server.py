@@ -55,7 +55,7 @@ from timebill_ros.core.engine import PREFILL_PIECES_PER_LAYER, Engine
 from timebill_ros.core.eviction import UnsupportedModelError
 from timebill_ros.core.jobs import CancelToken, Event, OverrunPolicy, Request, Result, Status
 from timebill_ros.core.kernels import apply as apply_kernels
-from timebill_ros.core.model import ModelLoadError, encode_prompt, load_model
+from timebill_ros.core.model import ModelLoadError, encode_prompt, load_model, load_tokenizer
 from timebill_ros.core.online import online_timing_from
 from timebill_ros.core.policy import apply_overrun_policy
 from timebill_ros.core.predictor import PredictorLoadError, check_target, load_predictor
@@ -150,6 +150,7 @@ class TimeBillServer(LifecycleNode):
         self.torch = TorchThread()  # every torch call of the node: load, calibration, warm-up, jobs
         self._autostarting = False
         self.stats = {"killed": 0, "deadline_misses": 0, "succeeded": 0, "last_alpha": 0.0, "last_wcet": 0.0}
+        self._tokenizer = self._preload_tokenizer()
         self._server = ActionServer(
             self,
             TimedGenerate,
@@ -178,6 +179,18 @@ class TimeBillServer(LifecycleNode):
             1.0 / self.params.diagnostics_rate_hz, lambda: publish_health(self, self._diagnostics),
             callback_group=MutuallyExclusiveCallbackGroup(), clock=self._steady,
         )
+
+    def _preload_tokenizer(self):
+        """The model's tokenizer, loaded before the action server exists. Parsing it holds the
+        GIL for 0.1-0.3 s, so loaded during configure it would hold a goal's "node is
+        starting" answer that long; before the server exists, no goal can wait on it. None
+        when the model folder is not built yet (a first start converts it during configure,
+        with the server up: tens of seconds no client should wait to see the server) or does
+        not load (configure then fails with the reason)."""
+        try:
+            return self.torch.call(lambda: load_tokenizer(self.params.model_path, build=False))
+        except ModelLoadError:
+            return None
 
     # ------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -246,7 +259,8 @@ class TimeBillServer(LifecycleNode):
     def _load(self) -> None:
         self.startup.begin(f"loading the model {self.params.model_path}")
         self.loaded = load_model(self.params.model_path, dtype=self.params.dtype, threads=self.params.threads,
-                                 quantization=self.params.quantization, device=self.params.device)
+                                 quantization=self.params.quantization, device=self.params.device,
+                                 tokenizer=self._tokenizer)
         self.calibration, self.not_ready = self._load_calibration()
         if self.loaded.lean_step is not None:  # which kernels run the decode step is worth a line
             self.get_logger().info(f"decode step ({self.params.quantization}) weights: "
