@@ -100,10 +100,8 @@ class Constraint:
 class Compiler:
     """Compiles goals' constraints for one tokenizer (its llguidance form is built once, ~1 s)."""
 
-    def __init__(self, tokenizer, vocab: int) -> None:
-        import llguidance.hf
-
-        self.ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer)
+    def __init__(self, tokenizer, vocab: int, ll_tokenizer=None) -> None:
+        self.ll_tokenizer = ll_tokenizer or llguidance_tokenizer(tokenizer)
         self.vocab = vocab
 
     def compile(self, json_schema: str = "", grammar: str = "") -> Constraint:
@@ -129,11 +127,21 @@ class Compiler:
         return constraint
 
 
-def structured_compiler(loaded) -> Compiler | None:
-    """The compiler of LOADED's tokenizer, or None when llguidance is missing or the tokenizer
-    is not a fast one (structured goals are then REJECTED with the reason)."""
+def llguidance_tokenizer(tokenizer):
+    """TOKENIZER in llguidance's form: one native call that holds the GIL ~0.2 s for SmolLM2's
+    49k tokens (measured), so a node makes it before it serves. ImportError / ValueError when
+    llguidance is missing or the tokenizer is not a fast one."""
+    import llguidance.hf
+
+    return llguidance.hf.from_tokenizer(tokenizer)
+
+
+def structured_compiler(loaded, ll_tokenizer=None) -> Compiler | None:
+    """The compiler of LOADED's tokenizer (LL_TOKENIZER: its llguidance form, made already), or
+    None when llguidance is missing or the tokenizer is not a fast one (structured goals are
+    then REJECTED with the reason)."""
     try:
-        return Compiler(loaded.tokenizer, int(loaded.model.config.vocab_size))
+        return Compiler(loaded.tokenizer, int(loaded.model.config.vocab_size), ll_tokenizer)
     except (ImportError, ValueError):
         return None
 

@@ -59,7 +59,7 @@ from timebill_ros.core.model import ModelLoadError, encode_prompt, load_model, l
 from timebill_ros.core.online import online_timing_from
 from timebill_ros.core.policy import apply_overrun_policy
 from timebill_ros.core.predictor import PredictorLoadError, check_target, load_predictor
-from timebill_ros.core.structured import structured_compiler
+from timebill_ros.core.structured import llguidance_tokenizer, structured_compiler
 from timebill_ros.core.timing import TimingModel, prefill_kill_warning
 from timebill_ros.core.torch_thread import TorchThread
 from timebill_ros.core.validation import InvalidGoal, build_request
@@ -150,7 +150,7 @@ class TimeBillServer(LifecycleNode):
         self.torch = TorchThread()  # every torch call of the node: load, calibration, warm-up, jobs
         self._autostarting = False
         self.stats = {"killed": 0, "deadline_misses": 0, "succeeded": 0, "last_alpha": 0.0, "last_wcet": 0.0}
-        self._tokenizer = self._preload_tokenizer()
+        self._tokenizer, self._ll_tokenizer = self._preload_tokenizer()
         self._server = ActionServer(
             self,
             TimedGenerate,
@@ -180,17 +180,22 @@ class TimeBillServer(LifecycleNode):
             callback_group=MutuallyExclusiveCallbackGroup(), clock=self._steady,
         )
 
-    def _preload_tokenizer(self):
-        """The model's tokenizer, loaded before the action server exists. Parsing it holds the
-        GIL for 0.1-0.3 s, so loaded during configure it would hold a goal's "node is
-        starting" answer that long; before the server exists, no goal can wait on it. None
-        when the model folder is not built yet (a first start converts it during configure,
-        with the server up: tens of seconds no client should wait to see the server) or does
-        not load (configure then fails with the reason)."""
+    def _preload_tokenizer(self) -> tuple:
+        """The model's tokenizer and its llguidance form, made before the action server exists.
+        Each is one native call that holds the GIL 0.1-0.3 s (measured with a 1 ms ticker
+        beside every load step; all others stay under 30 ms), so made during configure they
+        would hold a goal's "node is starting" answer that long; before the server exists, no
+        goal can wait on them. (None, None) when the model folder is not built yet (a first
+        start converts it during configure, with the server up: tens of seconds no client
+        should wait to see the server) or does not load (configure then fails with the reason)."""
         try:
-            return self.torch.call(lambda: load_tokenizer(self.params.model_path, build=False))
+            tokenizer = self.torch.call(lambda: load_tokenizer(self.params.model_path, build=False))
         except ModelLoadError:
-            return None
+            return None, None
+        try:
+            return tokenizer, llguidance_tokenizer(tokenizer)
+        except (ImportError, ValueError):  # structured goals will be refused with the reason
+            return tokenizer, None
 
     # ------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -274,7 +279,7 @@ class TimeBillServer(LifecycleNode):
                                                     enabled=self.params.online_timing,
                                                     estimator=self.params.timing_estimator,
                                                     miss_rate=self.params.timing_miss_rate, watch_load=True)
-        self.compiler = structured_compiler(self.loaded)
+        self.compiler = structured_compiler(self.loaded, self._ll_tokenizer)
         self.startup.begin("warming up")
         self.engine.warm_up(lambda text: self._encode([{"role": "user", "content": text}]))
         self.limits = self.params.limits(self.loaded.context_limit, self._predictor_k())
