@@ -51,7 +51,9 @@ def test_params_file_sets_every_node_parameter_and_nothing_else():
     for name, value in params.items():
         assert type(value) is type(getattr(defaults, name)), name  # ROS parameter types must match
         assert value == getattr(defaults, name), name  # one set of defaults: the YAML equals the code
-    assert params["k"] == 5.0 and params["alpha_max"] == 0.95 and params["snapkv_kernel"] == 5
+    assert params["alpha_max"] == 0.95 and params["snapkv_kernel"] == 5  # the paper's
+    # k 0: the length predictor's own, the paper's 5 when it has none.
+    assert params["k"] == 0.0 and defaults.limits(4096).k == 5.0 and defaults.limits(4096, 2.5).k == 2.5
 
 
 def test_package_manifests():
