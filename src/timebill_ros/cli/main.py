@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from timebill_ros.cli.traces import eval_traces_cmd, parse_tasks
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -338,21 +340,17 @@ def bag() -> None:
 @click.option("--budgets-out", type=click.Path(), default="", help="Also write the chosen budgets here (JSON).")
 @click.option("--levels", default="0.1,0.3,0.5,0.7,0.9", show_default=True,
               help="Quantiles of each task's vanilla predicted time that --budgets auto makes levels of.")
-@click.option("--tasks", "task_names", default="", help="Comma-separated tasks of the suite (default: all).")
+@click.option("--tasks", "task_names", default="", callback=parse_tasks,
+              help="Comma-separated tasks of the suite (default: all).")
 def bag_make(out: str, storage: str, per_task: int, budgets: str, methods: str, k_sweep: bool, policies: str,
-             params_file: str, budgets_out: str, levels: str, task_names: str) -> None:
+             params_file: str, budgets_out: str, levels: str, task_names: tuple[str, ...]) -> None:
     """Write a workload bag of requests from the task suite's test split."""
     from timebill_ros.cli.bag import make_workload
-    from timebill_ros.eval import tasks
 
-    chosen_tasks = tuple(task_names.split(",")) if task_names else tasks.TASKS
-    if unknown := set(chosen_tasks) - set(tasks.TASKS):
-        raise click.BadParameter(f"unknown task(s) {sorted(unknown)}; known: {', '.join(tasks.TASKS)}",
-                                 param_hint="--tasks")
     requests, chosen, path = make_workload(Path(out), storage, per_task, budgets, methods, k_sweep,
                                            policies.split(","), params_file,
                                            quantiles=tuple(float(q) for q in levels.split(",")),
-                                           task_names=chosen_tasks)
+                                           task_names=task_names)
     if budgets_out:
         Path(budgets_out).write_text(json.dumps(chosen))
     click.echo(f"{len(requests)} requests, budgets (task -> level -> s) {chosen}, {requests[-1].at:.0f}s of "
@@ -437,14 +435,7 @@ def train_target_cmd(workdir: str, out: str, steps: int | None, seed: int, threa
     click.echo(f"exported {out_dir}")
 
 
-def _add_commands() -> None:
-    """Commands that live in modules of their own."""
-    from timebill_ros.cli.traces import eval_traces_cmd
-
-    cli.add_command(eval_traces_cmd)
-
-
-_add_commands()
+cli.add_command(eval_traces_cmd)  # a command that lives in a module of its own
 
 
 def main() -> None:

@@ -14,6 +14,16 @@ from pathlib import Path
 import click
 
 
+def parse_tasks(ctx, param, value: str) -> tuple[str, ...]:
+    """A click callback: comma-separated task names of the suite ('' = all of them)."""
+    from timebill_ros.eval import tasks
+
+    chosen = tuple(value.split(",")) if value else tasks.TASKS
+    if unknown := set(chosen) - set(tasks.TASKS):
+        raise click.BadParameter(f"unknown task(s) {sorted(unknown)}; known: {', '.join(tasks.TASKS)}")
+    return chosen
+
+
 def served_engine(params_file: str):
     """An engine as the node configured by PARAMS_FILE serves, and its calibration."""
     import yaml
@@ -43,7 +53,7 @@ def served_engine(params_file: str):
 
 
 def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[float, ...] | None = None,
-               alphas: tuple[float, ...] | None = None) -> dict:
+               alphas: tuple[float, ...] | None = None, task_names: tuple[str, ...] = ()) -> dict:
     """Measure (or reuse OUT/traces.json), evaluate, write OUT/traces_eval.json; returns it."""
     from tqdm import tqdm
 
@@ -54,7 +64,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "traces.json"
     engine, params = served_engine(params_file)
-    examples = [e for t in tasks.TASKS for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
+    examples = [e for t in task_names or tasks.TASKS for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
     started = time.monotonic()
     if saved.exists() and {r["example_id"] for r in json.loads(saved.read_text())} == {e.id for e in examples}:
         prompts = traces.from_json(json.loads(saved.read_text()))
@@ -82,10 +92,12 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
 @click.option("--params-file", type=click.Path(exists=True), default="config/timebill.yaml", show_default=True,
               help="The node's parameters: the model, weights, kernels and predictor to measure.")
 @click.option("--per-task", type=int, default=12, show_default=True, help="Test prompts per task.")
+@click.option("--tasks", "task_names", default="", callback=parse_tasks,
+              help="Comma-separated tasks of the suite (default: all).")
 @click.option("--out", type=click.Path(file_okay=False), default="results/eval", show_default=True)
-def eval_traces_cmd(params_file: str, per_task: int, out: str) -> None:
+def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...], out: str) -> None:
     """Every method at every budget and policy, computed from one run per prompt and alpha."""
-    data = run_traces(params_file, per_task, Path(out))
+    data = run_traces(params_file, per_task, Path(out), task_names=task_names)
     for policy, methods in data["table"].items():
         click.echo(f"[{policy}] mean score (standard error) per level")
         for name, cells in methods.items():
