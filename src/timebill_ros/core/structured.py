@@ -98,7 +98,7 @@ class Constraint:
 
 
 class Compiler:
-    """Compiles goals' constraints for one tokenizer (its llguidance form is built once, ~1 s)."""
+    """Compiles goals' constraints for one tokenizer (its llguidance form is built once, ~0.4 s for SmolLM2)."""
 
     def __init__(self, tokenizer, vocab: int, ll_tokenizer=None) -> None:
         self.ll_tokenizer = ll_tokenizer or llguidance_tokenizer(tokenizer)
