@@ -27,7 +27,7 @@ def main() -> None:
     fixed = FixedLengthPredictor(64)
     trained = load_predictor(args.predictor, cal.planning_timing().prefill, 64)  # as the node serves
     per_task = 3 if args.quick else args.per_task
-    examples = [e for t in tasks.TASKS for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
+    examples = tasks.first_per_task(tasks.load("test"), per_task)
     rows = []
     for ex in examples:
         ids = encode_prompt(engine.loaded.tokenizer, ex.prompt)[: engine.loaded.context_limit - 64]

@@ -23,7 +23,7 @@ def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods:
     from timebill_ros.eval import tasks
 
     task_names = task_names or tasks.TASKS
-    examples = [e for t in task_names for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
+    examples = tasks.first_per_task(tasks.load("test"), per_task, task_names)
     target = CalibrationTarget.from_sources(params_file, {})
     distilled = workload.distilled_lengths(distill_folder(target) / "test.jsonl.gz")
     if budgets == "auto":

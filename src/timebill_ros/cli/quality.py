@@ -23,7 +23,7 @@ def run_quality(model_path: str, split: str, limit: int, alphas: list[float], th
     engine = Engine(loaded, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor(), EngineConfig())
     examples = tasks.load(split)
     if limit:
-        examples = [e for t in tasks.TASKS for e in [x for x in examples if x.task == t][:limit]]
+        examples = tasks.first_per_task(examples, limit)
     with tqdm(total=len(examples) * (len(alphas) + 1), desc="eval-quality", unit="answer") as bar:
         report = evaluate(engine, examples, alphas, tick=lambda: bar.update(1))
     engine.close()

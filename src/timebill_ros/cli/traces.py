@@ -64,7 +64,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "traces.json"
     engine, params = served_engine(params_file)
-    examples = [e for t in task_names or tasks.TASKS for e in [x for x in tasks.load("test") if x.task == t][:per_task]]
+    examples = tasks.first_per_task(tasks.load("test"), per_task, task_names or tasks.TASKS)
     started = time.monotonic()
     if saved.exists() and {r["example_id"] for r in json.loads(saved.read_text())} == {e.id for e in examples}:
         prompts = traces.from_json(json.loads(saved.read_text()))

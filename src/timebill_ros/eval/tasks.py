@@ -246,3 +246,8 @@ def load(split: str, path: Path | None = None) -> list[Example]:
     path = path or SHIPPED / f"{split}.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return [Example(**json.loads(line)) for line in f]
+
+
+def first_per_task(examples: list[Example], per_task: int, task_names: tuple[str, ...] = TASKS) -> list[Example]:
+    """The first PER_TASK of EXAMPLES of each task in TASK_NAMES, task by task."""
+    return [e for t in task_names for e in [x for x in examples if x.task == t][:per_task]]
