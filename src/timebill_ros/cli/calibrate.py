@@ -25,6 +25,12 @@ from timebill_ros.core.timing import TimingModel
 from timebill_ros.node.params import NodeParams
 
 
+def params_file_values(params_file: str) -> dict:
+    """The ros__parameters of a node's params file (its first node entry, e.g. `/**`)."""
+    doc = yaml.safe_load(Path(params_file).read_text()) or {}
+    return next(iter(doc.values()), {}).get("ros__parameters", {})
+
+
 @dataclass
 class CalibrationTarget:
     """What to calibrate: the same settings the node runs with."""
@@ -48,8 +54,7 @@ class CalibrationTarget:
         """Defaults, then the node's params file, then explicit options."""
         values = {}
         if params_file:
-            doc = yaml.safe_load(Path(params_file).read_text()) or {}
-            params = next(iter(doc.values()), {}).get("ros__parameters", {})
+            params = params_file_values(params_file)
             values.update({f.name: params[f.name] for f in fields(cls) if f.name in params})
         values.update({k: v for k, v in given.items() if v is not None})
         return cls(**values)

@@ -26,9 +26,7 @@ def parse_tasks(ctx, param, value: str) -> tuple[str, ...]:
 
 def served_engine(params_file: str):
     """An engine as the node configured by PARAMS_FILE serves, and its calibration."""
-    import yaml
-
-    from timebill_ros.cli.calibrate import CalibrationTarget
+    from timebill_ros.cli.calibrate import CalibrationTarget, params_file_values
     from timebill_ros.core.calibration import Calibration
     from timebill_ros.core.engine import Engine
     from timebill_ros.core.kernels import apply as apply_kernels
@@ -36,8 +34,7 @@ def served_engine(params_file: str):
     from timebill_ros.core.predictor import load_predictor
     from timebill_ros.node.params import NodeParams
 
-    doc = yaml.safe_load(Path(params_file).read_text()) or {}
-    given = next(iter(doc.values()), {}).get("ros__parameters", {})
+    given = params_file_values(params_file)
     params = NodeParams(**{k: v for k, v in given.items() if k in NodeParams.__dataclass_fields__})
     target = CalibrationTarget.from_sources(params_file, {})
     calibration = Calibration.load(target.path())
@@ -66,8 +63,9 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     engine, params = served_engine(params_file)
     examples = tasks.first_per_task(tasks.load("test"), per_task, task_names or tasks.TASKS)
     started = time.monotonic()
-    if saved.exists() and {r["example_id"] for r in json.loads(saved.read_text())} == {e.id for e in examples}:
-        prompts = traces.from_json(json.loads(saved.read_text()))
+    rows = json.loads(saved.read_text()) if saved.exists() else []
+    if rows and {r["example_id"] for r in rows} == {e.id for e in examples}:
+        prompts = traces.from_json(rows)
     else:
         with tqdm(total=len(examples) * len(alphas), desc="traces", unit="run") as bar:
             prompts = traces.measure(engine, examples, alphas=alphas, max_new_tokens=params.max_new_tokens,
