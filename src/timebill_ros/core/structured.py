@@ -128,7 +128,7 @@ class Compiler:
 
 
 def llguidance_tokenizer(tokenizer):
-    """TOKENIZER in llguidance's form: one native call that holds the GIL ~0.2 s for SmolLM2's
+    """TOKENIZER in llguidance's form: one native call that holds the GIL 0.2-0.3 s for SmolLM2's
     49k tokens (measured), so a node makes it before it serves. ImportError / ValueError when
     llguidance is missing or the tokenizer is not a fast one."""
     import llguidance.hf

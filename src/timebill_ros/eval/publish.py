@@ -32,6 +32,7 @@ SOURCES = {
     "bench/planning_time.json": "planning_time.json",
     "bench/prefill_overhead.json": "prefill_overhead.json",
     "bench/kill_latency.json": "kill_latency.json",
+    "bench/gil_stalls.json": "gil_stalls.json",
     "bench/kill_latency_chunk2048.json": "kill_latency_chunk2048.json",
     "bench/predictor_overhead.json": "predictor_overhead.json",
     "bench/llamacpp.json": "llamacpp.json",
