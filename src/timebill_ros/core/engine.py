@@ -381,9 +381,6 @@ class _Job:
         self.engine.prepare_for_decode(cache, check)
         self.engine.loaded.synchronize()
         self.timings.evict = time.monotonic() - t0
-        if self.engine.online is not None:  # the plan scales eviction with decode: score it there
-            self.decode_work.add(self.engine.online.base.evict(len(self.request.prompt_ids), self.plan.alpha),
-                                 self.timings.evict)
         self.event("evicted")
 
     def decode(self, cache: object, logits: torch.Tensor) -> None:

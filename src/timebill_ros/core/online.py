@@ -26,7 +26,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from timebill_ros.core.conformal import ConformalTiming, Plan
+from timebill_ros.core.conformal import ConformalTiming
 from timebill_ros.core.cpu_load import ForeignLoad
 from timebill_ros.core.timing import TimingModel
 
@@ -50,8 +50,13 @@ class TimingSnapshot:
     timing: TimingModel
     prefill_factor: float
     decode_factor: float
-    # The conformal bound's pace and margin: observe() scores the goal against them.
-    conformal: Plan | None = None
+    # The conformal bound's point estimates (its factor over q): observe() scores the goal against them.
+    prefill_point: float = 1.0
+    decode_point: float = 1.0
+
+    def point(self, phase: str) -> float:
+        """The conformal point estimate PHASE was planned with."""
+        return self.prefill_point if phase == "prefill" else self.decode_point
 
 
 @dataclass
@@ -118,9 +123,9 @@ class OnlineTiming:
     def snapshot(self) -> TimingSnapshot:
         """The model to plan one goal with (the prior when disabled)."""
         if self.conformal is not None and self.enabled:
-            plan = self.conformal.plan()
-            pre, dec = (plan.point(phase) * plan.margin for phase in PHASES)
-            return TimingSnapshot(self.base.scaled(pre, dec), pre, dec, plan)
+            points = {phase: self.conformal.point(phase) for phase in PHASES}
+            pre, dec = (points[phase] * self.conformal.quantile(phase) for phase in PHASES)
+            return TimingSnapshot(self.base.scaled(pre, dec), pre, dec, points["prefill"], points["decode"])
         pre, dec = (self.factor("prefill"), self.factor("decode")) if self.enabled else (1.0, 1.0)
         m = self.margins
         timing = self.base.scaled(pre * (1.0 + m.prefill_ratio), dec * (1.0 + m.decode_ratio),
@@ -139,16 +144,15 @@ class OnlineTiming:
             for phase, work in zip(PHASES, (prefill, decode)):
                 if work.complete and work.predicted >= self.min_seconds and work.measured > 0.0:
                     self._ratios[phase].append(work.measured / work.predicted)
-        if self.conformal is None or snapshot is None or snapshot.conformal is None:
-            return  # a goal planned without the conformal bound (e.g. online timing off) cannot score it
-        if not prefill.complete:  # cut in prefill: what it ran is a lower bound on the whole prefill
-            if prefill.whole >= self.min_seconds:
-                self.conformal.observe({"prefill": prefill.spent}, {"prefill": prefill.whole}, snapshot.conformal,
-                                       complete=False)
+        if self.conformal is None:
             return
-        if prefill.predicted + decode.predicted >= self.min_seconds:
-            self.conformal.observe({"prefill": prefill.measured, "decode": decode.measured},
-                                   {"prefill": prefill.predicted, "decode": decode.predicted}, snapshot.conformal)
+        for phase, work in zip(PHASES, (prefill, decode)):
+            point = snapshot.point(phase) if snapshot else 1.0
+            if work.complete:
+                if work.predicted >= self.min_seconds:
+                    self.conformal.observe(phase, work.measured, work.predicted, point=point)
+            elif work.whole >= self.min_seconds:  # cut short: what it ran is a lower bound
+                self.conformal.observe(phase, work.spent, work.whole, complete=False, point=point)
 
     def reset(self) -> None:
         """Forget every observation (after work that does not show the machine's pace, e.g. warm-up)."""
@@ -178,8 +182,8 @@ class OnlineTiming:
 def online_timing_from(calibration, *, window: int, enabled: bool, estimator: str = "conformal",
                        miss_rate: float = 0.01, watch_load: bool = False) -> OnlineTiming:
     """The live model whose prior is CALIBRATION (a core.calibration.Calibration). ESTIMATOR
-    "conformal" plans with the recent pace and a margin tracked toward MISS_RATE (core.conformal),
-    starting from the spread of the calibration's samples; "window" with the
+    "conformal" plans with a tracked quantile per phase aiming at MISS_RATE (core.conformal),
+    starting where the calibration's samples were all bounded; "window" with the
     second-largest ratio of the last WINDOW goals plus the calibration's margins."""
     contention = max(1.0, calibration.prefill_contention)
     base = calibration.timing.scaled(contention, 1.0)
@@ -189,14 +193,22 @@ def online_timing_from(calibration, *, window: int, enabled: bool, estimator: st
             max(calibration.decode_margin, calibration.decode_mape / 100.0))
     conformal = None
     if estimator == "conformal":
-        conformal = ConformalTiming(calibration_spread(calibration), delta=miss_rate)
+        start = {"prefill": bounding_ratio(calibration.prefill_samples, calibration.timing.prefill),
+                 "decode": bounding_ratio(calibration.decode_samples, calibration.timing.decode_step)}
+        conformal = ConformalTiming(start, delta=miss_rate, eta=step_size(calibration))
     return OnlineTiming(base, margins, window=window, enabled=enabled, band=band, conformal=conformal,
                         load=ForeignLoad() if watch_load else None)
 
 
-def calibration_spread(calibration) -> float:
-    """The spread (standard deviation) of the calibration's log(measured / fit) over both
-    phases' samples: the conformal margin's sigma until served goals show their own."""
+def bounding_ratio(samples: list[tuple[int, float]], fit) -> float:
+    """The largest sample over the fit's time (at least 1): where a tracker starts."""
+    ratios = [t / fit(n) for n, t in samples if fit(n) > 0]
+    return max([1.0, *ratios])
+
+
+def step_size(calibration) -> float:
+    """The tracker's step in log q, scaled to the spread of the calibration's log ratios
+    (clamped to [0.02, 0.2]): a noisier machine takes bigger steps."""
     import math
     import statistics
 
@@ -204,4 +216,5 @@ def calibration_spread(calibration) -> float:
             if calibration.timing.prefill(n) > 0 and t > 0]
     logs += [math.log(t / calibration.timing.decode_step(n)) for n, t in calibration.decode_samples
              if calibration.timing.decode_step(n) > 0 and t > 0]
-    return statistics.pstdev(logs) if len(logs) > 1 else 0.05
+    spread = statistics.pstdev(logs) if len(logs) > 1 else 0.05
+    return min(0.2, max(0.02, 2.0 * spread))
