@@ -74,7 +74,30 @@ def test_traces_measured_on_an_engine_round_trip_through_json(tiny):
     run = p.traces[0.5]
     assert 1 <= len(run.token_s) <= 6 and list(run.token_s) == sorted(run.token_s) and run.prefill_s > 0
     assert p.n_hat == 7 and traces.from_json(traces.to_json(prompts)) == prompts
+    assert p.traces[0.0].prefill_s == run.prefill_s  # one prefill, shared by every alpha's run
     tiny_engine.close()
+
+
+def test_a_memoized_prefill_serves_the_same_prompt_exactly_as_a_fresh_one(tiny):
+    from timebill_ros.core.engine import Engine, EngineConfig, PrefillMemo
+    from timebill_ros.core.jobs import CancelToken, Request
+    from timebill_ros.core.predictor import FixedLengthPredictor
+
+    engine = Engine(tiny, TIMING, FixedLengthPredictor(7), EngineConfig(snapkv_window=16, prefill_chunk=64))
+    ids = list(range(5, 205))
+
+    def run(alpha):
+        r = engine.run(Request(ids, budget=1e9, max_new_tokens=8, fixed_alpha=alpha, ignore_eos=True), CancelToken())
+        return r.token_ids, r.kept_prompt_tokens
+
+    fresh = {alpha: run(alpha) for alpha in (0.0, 0.5, 0.0)}
+    engine.prefill_memo = PrefillMemo()
+    memoized = {alpha: run(alpha) for alpha in (0.0, 0.5, 0.0)}  # the second and third reuse the first
+    assert memoized == fresh and engine.prefill_memo.hits == 2
+    ids = ids[:150]  # another prompt is prefilled anew, not served from the memo
+    run(0.5)
+    assert engine.prefill_memo.hits == 2 and engine.prefill_memo.ids == tuple(ids)
+    engine.close()
 
 
 def test_agreement_counts_the_goals_both_ran_and_where_they_differ():

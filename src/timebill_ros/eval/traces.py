@@ -168,7 +168,8 @@ class Prompt:
 
     @property
     def prefill_s(self) -> float:
-        """The prompt's prefill: the median over its runs (one prefill, measured once per run)."""
+        """The prompt's prefill, measured once and shared by its runs (median, for traces saved
+        before runs shared it)."""
         return statistics.median(t.prefill_s for t in self.traces.values())
 
     @property
@@ -247,23 +248,32 @@ def agreement(outcomes: dict[str, Outcome], node_records: list[dict]) -> dict:
 def measure(engine, examples, *, alphas: tuple[float, ...] = ALPHA_GRID, max_new_tokens: int = 384,
             tick=lambda: None) -> list[Prompt]:
     """Run every example once per alpha on ENGINE (greedy, no deadline, its predictor beside
-    prefill as in the node) and keep each run's trace; N_hat is the predictor's."""
+    prefill as in the node) and keep each run's trace; N_hat is the predictor's. The prompt is
+    prefilled once (core.engine.PrefillMemo): every alpha's run starts from a copy of that
+    prefill's cache, and its trace carries that prefill's measured time."""
+    from timebill_ros.core.engine import PrefillMemo
     from timebill_ros.core.jobs import CancelToken, Request
     from timebill_ros.core.model import encode_prompt
 
     prompts = []
-    for ex in examples:
-        ids = encode_prompt(engine.loaded.tokenizer, ex.prompt)
-        runs, n_hat = {}, 0
-        for alpha in alphas:
-            r = engine.run(Request(ids, budget=1e9, max_new_tokens=max_new_tokens, fixed_alpha=alpha), CancelToken())
-            if r.status.name != "SUCCEEDED":
-                raise RuntimeError(f"{ex.id} at alpha {alpha}: {r.status.name} {r.reason}")
-            n_hat = n_hat or (r.plan.predicted_tokens if r.plan else 0)
-            runs[alpha] = Trace(ex.id, ex.task, alpha, len(ids), r.timings.prefill, r.timings.evict,
-                                tuple(r.timings.token_s), r.text, hit_cap=len(r.token_ids) >= max_new_tokens)
-            tick()
-        prompts.append(Prompt(ex.id, ex.task, ex.answer, n_hat, runs))
+    engine.prefill_memo = PrefillMemo()
+    try:
+        for ex in examples:
+            ids = encode_prompt(engine.loaded.tokenizer, ex.prompt)
+            runs, n_hat, prefill_s = {}, 0, None
+            for alpha in alphas:
+                r = engine.run(Request(ids, budget=1e9, max_new_tokens=max_new_tokens, fixed_alpha=alpha),
+                               CancelToken())
+                if r.status.name != "SUCCEEDED":
+                    raise RuntimeError(f"{ex.id} at alpha {alpha}: {r.status.name} {r.reason}")
+                n_hat = n_hat or (r.plan.predicted_tokens if r.plan else 0)
+                prefill_s = prefill_s or r.timings.prefill  # the first run's: the others copied it
+                runs[alpha] = Trace(ex.id, ex.task, alpha, len(ids), prefill_s, r.timings.evict,
+                                    tuple(r.timings.token_s), r.text, hit_cap=len(r.token_ids) >= max_new_tokens)
+                tick()
+            prompts.append(Prompt(ex.id, ex.task, ex.answer, n_hat, runs))
+    finally:
+        engine.prefill_memo = None
     return prompts
 
 
