@@ -156,6 +156,19 @@ def test_oracle_reference_reads_the_reference_answers_length():
     assert ref["task_and_answer"]["R2"] > 0.99 > ref["task_and_length"]["R2"]
 
 
+def test_target_lengths_say_whether_the_target_stops_where_its_answer_ends():
+    from timebill_ros.train.predictor import Sample, target_lengths
+
+    answer = {f"test-list-{i}": 5 + 10 * i for i in range(10)} | {f"test-code-{i}": 5 + 10 * i for i in range(10)}
+    # list follows its reference (half of it); code loops to the cap on 2 of 10 and ignores the rest.
+    samples = [Sample(f"test-list-{i}", [1], answer[f"test-list-{i}"] // 2 + 1) for i in range(10)]
+    samples += [Sample(f"test-code-{i}", [1], 64 if i in (3, 7) else 30) for i in range(10)]
+    rows = target_lengths(samples + [Sample("test-free-0", [1], 9)], answer, n_max=64)
+    assert set(rows) == {"list", "code"}  # a prompt without a reference answer is left out
+    assert rows["list"]["corr_with_reference"] == pytest.approx(1.0, abs=0.01) and rows["list"]["capped_share"] == 0.0
+    assert rows["code"]["capped_share"] == 0.2 and abs(rows["code"]["corr_with_reference"]) < 0.5
+
+
 def test_length_metrics_report_kendall_tau_and_the_share_within_50_tokens():
     m = rlp._metrics([10, 100, 200, 300], [20, 90, 260, 250])
     assert m["kendall_tau"] == pytest.approx(2 / 3) and m["within_50_share"] == 0.75

@@ -85,6 +85,15 @@ def test_shipped_splits_load_and_match_the_generator():
     assert [e.answer for e in regenerated] == [e.answer for e in shipped]
 
 
+def test_the_evaluations_long_prompts_come_from_the_test_sources_at_the_lengths_asked():
+    long = tasks.evaluation_examples(3, ("qa", "list"))
+    assert [e.task for e in long] == ["qa"] * 3 + ["list"] * 3 and all(e.split == "test" for e in long)
+    assert all(1000 <= e.target_tokens <= 3000 for e in long)
+    assert not {e.id for e in long} & {e.id for e in tasks.load("test")}  # never a shipped test prompt's id
+    assert [e.prompt for e in long] == [e.prompt for e in tasks.evaluation_examples(3, ("qa", "list"))]
+    assert tasks.evaluation_examples(2, ("code",), None) == tasks.first_per_task(tasks.load("test"), 2, ("code",))
+
+
 def test_metrics_follow_longbench():
     assert metrics.qa_f1("The Garage.", "garage") == 1.0
     assert metrics.qa_f1("kitchen", "garage") == 0.0

@@ -14,16 +14,18 @@ from timebill_ros.eval import bags, report, workload
 
 def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods: str, k_sweep: bool,
                   policies: list[str], params_file: str, max_new_tokens: int = 384,
-                  quantiles: tuple[float, ...] = workload.QUANTILES, task_names: tuple[str, ...] | None = None):
-    """Requests from the test split for every (policy, budget, method), written as a bag.
-    Returns (requests, budgets, path)."""
+                  quantiles: tuple[float, ...] = workload.QUANTILES, task_names: tuple[str, ...] | None = None,
+                  prompt_tokens: tuple[int, int] | None = None):
+    """Requests for every (policy, budget, method), written as a bag: prompts of the test split,
+    or made from its sources at PROMPT_TOKENS (tasks.evaluation_examples). Returns (requests,
+    budgets, path)."""
     from timebill_ros.cli.calibrate import CalibrationTarget
     from timebill_ros.core.calibration import Calibration
     from timebill_ros.core.model import encode_prompt, load_model
     from timebill_ros.eval import tasks
 
     task_names = task_names or tasks.TASKS
-    examples = tasks.first_per_task(tasks.load("test"), per_task, task_names)
+    examples = tasks.evaluation_examples(per_task, task_names, prompt_tokens)
     target = CalibrationTarget.from_sources(params_file, {})
     distilled = workload.distilled_lengths(distill_folder(target) / "test.jsonl.gz")
     if budgets == "auto":

@@ -33,14 +33,18 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
     engine, cal = target_engine(model_path, threads, max_new_tokens)
     target_dir, tok = engine.loaded.path, engine.loaded.tokenizer
     folder = Path(out) if out else target_dir / "rlp"
-    sets = {"train": rlp.predictor_prompts("train", per_task, free=free),
+    # Test first: its answers alone say whether the target's lengths are learnable (target_lengths).
+    sets = {"test": rlp.predictor_prompts("test", 0),
             "validation": rlp.predictor_prompts("validation", 20),
-            "test": rlp.predictor_prompts("test", 0)}
+            "train": rlp.predictor_prompts("train", per_task, free=free)}
     data = {}
     for split, prompts in sets.items():
         with tqdm(total=len(prompts), desc=f"distilling {split} (target answers)", unit="prompt") as bar:
             data[split] = rlp.distill(engine, prompts, max_new_tokens, folder / "distill" / f"{split}.jsonl.gz",
                                       tick=lambda: bar.update(1))
+        if split == "test":  # known before the long train distillation: is there anything to learn
+            echo_target_lengths(rlp.target_lengths(data["test"], rlp.reference_answer_tokens(tok, "test", 0),
+                                                   max_new_tokens))
     prefill_budget = cal.planning_timing().prefill  # the compression budget, exactly as the node serves
     table = {}
     for name in names:
@@ -73,7 +77,8 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
             table[name]["training"] = json.loads((path / "training.json").read_text())
     answers = {**rlp.reference_answer_tokens(tok, "train", per_task), **rlp.reference_answer_tokens(tok, "test", 0)}
     report = {"target": engine.loaded.name, "max_new_tokens": max_new_tokens,
-              "train_examples": len(data["train"]), "test_examples": len(data["test"]), "predictors": table,
+              "train_examples": len(data["train"]), "test_examples": len(data["test"]),
+              "target_lengths": rlp.target_lengths(data["test"], answers, max_new_tokens), "predictors": table,
               "references": rlp.reference_predictors(data["train"], data["test"], max_new_tokens, answers)}
     Path(results).parent.mkdir(parents=True, exist_ok=True)
     Path(results).write_text(json.dumps(report, indent=2))
@@ -85,3 +90,11 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
     engine.close()
     torch.set_num_threads(threads)
     return report
+
+
+def echo_target_lengths(rows: dict[str, dict]) -> None:
+    """One line per task: the target's answers at the cap, and their length's correlation with the reference's."""
+    for task, row in rows.items():
+        click.echo(f"target {task:<8} {row['capped_share']:5.1%} of test answers at the cap, length correlation "
+                   f"with the reference {row['corr_with_reference']:.2f} (mean {row['mean_tokens']:.0f} tokens, "
+                   f"reference {row['reference_mean_tokens']:.0f})")

@@ -24,6 +24,19 @@ def parse_tasks(ctx, param, value: str) -> tuple[str, ...]:
     return chosen
 
 
+def parse_prompt_tokens(ctx, param, value: str) -> tuple[int, int] | None:
+    """A click callback: 'LOW,HIGH' prompt tokens, or 'test' for the shipped test split."""
+    if value == "test":
+        return None
+    try:
+        low, high = (int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LOW,HIGH tokens (e.g. 1000,3000) or 'test', got {value!r}") from None
+    if not 16 <= low <= high:
+        raise click.BadParameter(f"need 16 <= LOW <= HIGH, got {low},{high}")
+    return low, high
+
+
 def served_engine(params_file: str):
     """An engine as the node configured by PARAMS_FILE serves, and its calibration."""
     from timebill_ros.cli.calibrate import CalibrationTarget, params_file_values
@@ -50,7 +63,8 @@ def served_engine(params_file: str):
 
 
 def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[float, ...] | None = None,
-               alphas: tuple[float, ...] | None = None, task_names: tuple[str, ...] = ()) -> dict:
+               alphas: tuple[float, ...] | None = None, task_names: tuple[str, ...] = (),
+               prompt_tokens: tuple[int, int] | None = None) -> dict:
     """Measure (or reuse OUT/traces.json), evaluate, write OUT/traces_eval.json; returns it."""
     from tqdm import tqdm
 
@@ -61,7 +75,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "traces.json"
     engine, params = served_engine(params_file)
-    examples = tasks.first_per_task(tasks.load("test"), per_task, task_names or tasks.TASKS)
+    examples = tasks.evaluation_examples(per_task, task_names or tasks.TASKS, prompt_tokens)
     started = time.monotonic()
     rows = json.loads(saved.read_text()) if saved.exists() else []
     if rows and {r["example_id"] for r in rows} == {e.id for e in examples}:
@@ -78,6 +92,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     table = traces.evaluate(outcomes)
     engine.close()
     data = {"model": params.model_path, "predictor": params.predictor_path, "per_task": per_task,
+            "prompt_tokens": list(prompt_tokens) if prompt_tokens else "test split",
             "timebill_k": predictor_k or PAPER_K,
             "alpha_grid": list(alphas), "levels": levels, "table": table,
             "decode_share_of_vanilla": traces.decode_share(prompts, levels),
@@ -92,10 +107,14 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
 @click.option("--per-task", type=int, default=12, show_default=True, help="Test prompts per task.")
 @click.option("--tasks", "task_names", default="", callback=parse_tasks,
               help="Comma-separated tasks of the suite (default: all).")
+@click.option("--prompt-tokens", default="1000,3000", show_default=True, callback=parse_prompt_tokens,
+              help="LOW,HIGH: prompts made from the test split's sources at these lengths (eviction buys decode "
+                   "time on long caches); 'test': the shipped test split's own prompts.")
 @click.option("--out", type=click.Path(file_okay=False), default="results/eval", show_default=True)
-def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...], out: str) -> None:
+def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...],
+                    prompt_tokens: tuple[int, int] | None, out: str) -> None:
     """Every method at every budget and policy, computed from one run per prompt and alpha."""
-    data = run_traces(params_file, per_task, Path(out), task_names=task_names)
+    data = run_traces(params_file, per_task, Path(out), task_names=task_names, prompt_tokens=prompt_tokens)
     for policy, methods in data["table"].items():
         click.echo(f"[{policy}] mean score (standard error) per level")
         for name, cells in methods.items():

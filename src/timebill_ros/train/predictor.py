@@ -242,6 +242,24 @@ def reference_answer_tokens(tokenizer, split: str, n_per_task: int, seed: int = 
     return {e.id: len(tokenizer(e.answer, add_special_tokens=False)["input_ids"]) + 1 for e in examples}
 
 
+def target_lengths(samples: list[Sample], answer_tokens: dict[str, int], n_max: int) -> dict[str, dict]:
+    """Per task, does the target stop where its answer ends: the share of its answers that ran
+    to the token cap N_MAX, and the Pearson correlation of its answer lengths with the
+    reference answers' (ANSWER_TOKENS by prompt id). A target that loops or ignores "the next
+    N lines" leaves a length predictor nothing to learn (issue 29 asks <= 1 % and >= 0.8)."""
+    out = {}
+    for task in sorted({task_of(s) for s in samples}):
+        rows = [(s.n_tokens, answer_tokens[s.id]) for s in samples if task_of(s) == task and s.id in answer_tokens]
+        if len(rows) < 2:
+            continue
+        target, reference = (np.array(c, float) for c in zip(*rows))
+        corr = float(np.corrcoef(target, reference)[0, 1]) if target.std() and reference.std() else float("nan")
+        out[task] = {"n": len(rows), "capped_share": float(np.mean(target >= n_max)),
+                     "corr_with_reference": corr, "mean_tokens": float(target.mean()),
+                     "reference_mean_tokens": float(reference.mean())}
+    return out
+
+
 def _metrics(truth, pred) -> dict:
     """MAE, RMSE, R^2 and what the length-prediction literature reports besides: Kendall's tau
     (does the predictor order prompts by length) and the share within 50 tokens."""
