@@ -124,7 +124,9 @@ def test_timebill_send_waits_while_the_shipped_node_calibrates_on_first_start(tm
 
     calibrations = timebill_home() / "calibration"
     assert not list(calibrations.glob("SmolLM2*")), "this test needs no SmolLM2 calibration on disk"
-    send = [shutil.which("timebill"), "send", "The vase is in the closet. Where is the vase?", "--budget", "5",
+    # A budget far above the answer's ~1 s: the test is about start-up, not speed (5 s was killed
+    # at its deadline once, on a host whose other core trained a model and whose calibration ran beside it).
+    send = [shutil.which("timebill"), "send", "The vase is in the closet. Where is the vase?", "--budget", "30",
             "--max-new-tokens", "16", "--wait-ready", "600", "--server-timeout", "120", "--feedback"]
     for attempt in ("first_start", "restart"):
         log = tmp_path / f"{attempt}.log"
