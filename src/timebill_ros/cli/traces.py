@@ -75,6 +75,12 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "traces.json"
     engine, params = served_engine(params_file)
+    if prompt_tokens and prompt_tokens[1] > params.max_prompt_tokens:  # the node would refuse them, and the
+        engine.close()                                                  # calibration does not reach them
+        raise click.ClickException(
+            f"prompts of up to {prompt_tokens[1]} tokens, but {params_file} sets max_prompt_tokens "
+            f"{params.max_prompt_tokens}: raise it (the calibration then covers the longer prompts) or pass "
+            f"--prompt-tokens within it")
     examples = tasks.evaluation_examples(per_task, task_names or tasks.TASKS, prompt_tokens)
     started = time.monotonic()
     rows = json.loads(saved.read_text()) if saved.exists() else []
