@@ -37,14 +37,14 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
     sets = {"test": rlp.predictor_prompts("test", 0),
             "validation": rlp.predictor_prompts("validation", 20),
             "train": rlp.predictor_prompts("train", per_task, free=free)}
+    test_answers = rlp.reference_answer_tokens(tok, "test", 0)
     data = {}
     for split, prompts in sets.items():
         with tqdm(total=len(prompts), desc=f"distilling {split} (target answers)", unit="prompt") as bar:
             data[split] = rlp.distill(engine, prompts, max_new_tokens, folder / "distill" / f"{split}.jsonl.gz",
                                       tick=lambda: bar.update(1))
         if split == "test":  # known before the long train distillation: is there anything to learn
-            echo_target_lengths(rlp.target_lengths(data["test"], rlp.reference_answer_tokens(tok, "test", 0),
-                                                   max_new_tokens))
+            echo_target_lengths(rlp.target_lengths(data["test"], test_answers, max_new_tokens))
     prefill_budget = cal.planning_timing().prefill  # the compression budget, exactly as the node serves
     table = {}
     for name in names:
@@ -75,7 +75,7 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
         table[name] = {"full_input": full, "compressed_input": hidden, "pessimism_k": spec.pessimism_k}
         if (path / "training.json").is_file():  # how training went: a flat validation MAE = nothing learnt
             table[name]["training"] = json.loads((path / "training.json").read_text())
-    answers = {**rlp.reference_answer_tokens(tok, "train", per_task), **rlp.reference_answer_tokens(tok, "test", 0)}
+    answers = {**rlp.reference_answer_tokens(tok, "train", per_task), **test_answers}
     report = {"target": engine.loaded.name, "max_new_tokens": max_new_tokens,
               "train_examples": len(data["train"]), "test_examples": len(data["test"]),
               "target_lengths": rlp.target_lengths(data["test"], answers, max_new_tokens), "predictors": table,

@@ -74,13 +74,16 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     alphas, quantiles = alphas or traces.ALPHA_GRID, quantiles or workload.QUANTILES
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "traces.json"
-    engine, params = served_engine(params_file)
-    if prompt_tokens and prompt_tokens[1] > params.max_prompt_tokens:  # the node would refuse them, and the
-        engine.close()                                                  # calibration does not reach them
+    from timebill_ros.cli.calibrate import params_file_values
+    from timebill_ros.node.params import NodeParams
+
+    longest = params_file_values(params_file).get("max_prompt_tokens", NodeParams.max_prompt_tokens)
+    if prompt_tokens and prompt_tokens[1] > longest:  # the node would refuse them; the calibration stops there
         raise click.ClickException(
             f"prompts of up to {prompt_tokens[1]} tokens, but {params_file} sets max_prompt_tokens "
-            f"{params.max_prompt_tokens}: raise it (the calibration then covers the longer prompts) or pass "
+            f"{longest}: raise it (the calibration then covers the longer prompts) or pass "
             f"--prompt-tokens within it")
+    engine, params = served_engine(params_file)
     examples = tasks.evaluation_examples(per_task, task_names or tasks.TASKS, prompt_tokens)
     started = time.monotonic()
     rows = json.loads(saved.read_text()) if saved.exists() else []
