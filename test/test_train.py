@@ -3,6 +3,7 @@ import json
 import random
 from dataclasses import replace
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,3 +123,16 @@ def test_probe_reads_a_checkpoint_and_splits_by_question_kind(tmp_path):
     assert set(result) == {"1 facts", "3 facts"}
     assert {"forward first", "reverse first"} & set(result["3 facts"])
     assert all(0.0 <= v <= 1.0 for kinds in result.values() for v in kinds.values())
+
+
+def test_the_target_loss_counts_answer_tokens_only_and_weights_the_end_of_turn(tiny):
+    from timebill_ros.train.target import answer_loss
+
+    ids = torch.randint(5, 100, (1, 12), generator=torch.Generator().manual_seed(0))
+    start = 8  # 4 answer tokens, the last one the end of turn
+    with torch.no_grad():
+        logits = tiny.model(input_ids=ids).logits[0, start - 1:-1].float()
+        each = torch.nn.functional.cross_entropy(logits, ids[0, start:], reduction="none")
+        plain, weighted = answer_loss(tiny.model, ids, start), answer_loss(tiny.model, ids, start, 1, 5.0)
+    assert plain == pytest.approx(each.mean().item(), rel=1e-5)
+    assert weighted == pytest.approx(((each[:-1].sum() + 5.0 * each[-1]) / 8.0).item(), rel=1e-5)
