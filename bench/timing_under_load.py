@@ -71,6 +71,10 @@ def one_goal(client: Client, prompt: str, budget: float, forced: bool) -> dict:
     return {"status": r.status_name, "budget": budget, "total_s": r.total_time, "prompt_tokens": r.prompt_tokens,
             "first_wcet_s": planned.wcet if planned else None, "first_alpha": planned.alpha if planned else None,
             "replan_wcet_s": r.wcet, "alpha": r.alpha, "response_tokens": r.response_tokens,
+            # the phases' own times (with prompt, kept and response tokens and the calibration named
+            # below, an offline replay recomputes each goal's measured / fit ratios)
+            "queue_s": r.queue_time, "prefill_s": r.prefill_time, "predict_s": r.predict_time,
+            "evict_s": r.evict_time, "decode_s": r.decode_time, "kept_prompt_tokens": r.kept_prompt_tokens,
             "prefill_factor": r.prefill_slowdown, "decode_factor": r.decode_slowdown,
             "replanned": any(f.phase == "replanned" for f in run.feedback)}
 

@@ -3,7 +3,7 @@ killed goals tell it."""
 import numpy as np
 import pytest
 
-from timebill_ros.core.conformal import ConformalTiming, QuantileTracker
+from timebill_ros.core.conformal import ConformalTiming, QuantileTracker, regime
 from timebill_ros.core.online import OnlineTiming, PhaseWork
 from timebill_ros.core.timing import TimingModel
 
@@ -83,6 +83,54 @@ def test_a_load_that_came_and_went_leaves_no_lingering_slack():
     assert misses[100] and sum(misses[100:130]) <= 3  # the pace catches up with the load after a goal or two
 
 
+def bimodal_load(n=300, seed=2):
+    """measured / predicted under a load that gives the node its core back now and then:
+    runs of 2x and 5x goals, 8 % noise."""
+    rng = np.random.default_rng(seed)
+    level, out = 2.0, []
+    for _ in range(n):
+        if rng.random() < 0.15:
+            level = 7.0 - level  # 2 <-> 5
+        out.append(level * np.exp(rng.normal(0.0, 0.08)))
+    return np.array(out)
+
+
+def test_a_load_misses_where_it_was_planned_and_the_idle_bound_comes_back():
+    # Mondrian by pace regime: the misses of a bimodal load raise the loaded regimes' q, not
+    # the idle one's; back at the idle pace, goals plan with the idle q again (only the load's
+    # first goals, planned at the idle pace, counted against it).
+    conformal = ConformalTiming({"prefill": 1.2, "decode": 1.2}, delta=0.01, eta=0.1)
+    rng = np.random.default_rng(3)
+    idle = np.exp(rng.normal(0.0, 0.08, 150))
+    for ratio in idle[:100]:
+        conformal.observe("decode", ratio, 1.0, point=conformal.point("decode"))
+    q_idle = conformal.quantile("decode", 1.0)
+    load_misses, idle_regime_misses = [], 0
+    for ratio in bimodal_load():
+        point = conformal.point("decode")
+        load_misses.append(bool(conformal.observe("decode", ratio, 1.0, point=point)))
+        idle_regime_misses += load_misses[-1] and regime(point) == 0
+    assert sum(load_misses[5:]) >= 3  # the bimodal load does miss, in its own regimes
+    assert idle_regime_misses <= 2  # only its first goals were planned at the idle pace
+    for ratio in idle[100:]:
+        point = conformal.point("decode")
+        idle_regime_misses += bool(conformal.observe("decode", ratio, 1.0, point=point)) and regime(point) == 0
+    # The idle q moved only by the misses planned in the idle regime: without the split, every
+    # load miss would have raised it by e^eta.
+    assert conformal.quantile("decode", 1.0) <= q_idle * np.exp(0.1 * idle_regime_misses) * 1.0001
+    assert conformal.quantile("decode", 1.0) < q_idle * np.exp(0.1 * sum(load_misses) * 0.99) / 1.2
+    assert conformal.quantile("decode", 2.0) > q_idle  # the loaded regime learned a wider q
+
+
+def test_a_regime_seen_first_starts_from_the_nearest_known_q():
+    conformal = ConformalTiming({"prefill": 1.3, "decode": 1.3}, delta=0.01, eta=0.1)
+    conformal.observe("decode", 9.0, 1.0, point=1.0)  # a miss in regime 0 raises its q
+    raised = conformal.quantile("decode", 1.0)
+    assert raised > 1.3
+    assert conformal.quantile("decode", 8.0) == raised  # regime 3, new: from regime 0
+    assert conformal.quantile("prefill", 8.0) == 1.3
+
+
 def test_the_planned_point_scores_the_goal():
     base = TimingModel(a=0.0, b=1e-3, c=0.0, p=0.0, q=0.01)
     online = OnlineTiming(base, margins=None, conformal=ConformalTiming({"prefill": 1.0, "decode": 1.0}, eta=0.1))
@@ -91,7 +139,7 @@ def test_the_planned_point_scores_the_goal():
     assert (snap.point("prefill"), snap.point("decode")) == (2.0, 3.0)
     assert snap.prefill_factor == pytest.approx(2.0 * online.conformal.quantile("prefill"))
     online.observe(PhaseWork(predicted=1.0, measured=1.0), PhaseWork(predicted=1.0, measured=1.0), snap)
-    assert online.conformal.trackers["decode"].misses == 1  # the first goal missed, this one is covered
+    assert online.conformal.misses("decode") == (1, 2)  # the first goal missed, this one is covered
 
 
 def test_the_foreign_load_of_a_busy_neighbour():

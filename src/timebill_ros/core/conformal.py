@@ -59,6 +59,12 @@ class QuantileTracker:
         return self.misses / self.updates if self.updates else float("nan")
 
 
+def regime(point: float) -> int:
+    """The pace regime of a point estimate: its power of two, rounded (0 holds paces of
+    0.71-1.41x the calibration, 1 holds 1.41-2.83x, ...)."""
+    return round(math.log2(point)) if point > 0.0 and math.isfinite(point) else 0
+
+
 class ConformalTiming:
     """A bound per phase (prefill, decode), thread-safe: the fit x a point estimate of the
     machine's pace x a tracked quantile q of the score measured / (fit x point).
@@ -69,6 +75,16 @@ class ConformalTiming:
     busy spell. On the residual, q only has to cover how far one goal strays from the goals
     just before it.
 
+    q is tracked per pace regime (`regime`: the point's power of two), a Mondrian split of
+    the scores (conformal prediction per category): a loaded machine's goals stray further
+    from their recent pace (its pace is bimodal: the node sometimes gets its core back for a
+    goal), and with one q per phase the misses a load caused raised q for the ~1/(eta * delta)
+    goals after it (44.5 % mean slack when idle again, against 27.5 % before the load;
+    docs/timing.md). Each regime's q keeps the tracker's guarantee on the goals planned in it;
+    a goal is scored in the regime it was planned in, so the misses at the start of a load
+    (planned at the idle pace) are the idle regime's. A regime seen for the first time starts
+    from the q of the nearest one seen before it.
+
     The other processes' CPU use (core.cpu_load) is not part of the point: scaled into it as
     1 + foreign cores x threads / cores, it cost 53-58 % mean slack through the node
     (docs/timing.md), because a neighbour's burst that had just ended read as load, the
@@ -78,9 +94,10 @@ class ConformalTiming:
     def __init__(self, start: dict[str, float], delta: float = 0.01, eta: float = 0.05, pace_window: int = 2) -> None:
         # The goal's bound is missed when either phase misses: half the budget each (union bound).
         self.start, self.delta, self.eta = dict(start), delta, eta
-        self.trackers = {phase: QuantileTracker(q=q, delta=delta / 2, eta=eta) for phase, q in start.items()}
+        self.trackers: dict[str, dict[int, QuantileTracker]] = {}
         self._paces = {phase: deque(maxlen=pace_window) for phase in start}
         self._lock = threading.Lock()
+        self.reset()
 
     def point(self, phase: str) -> float:
         """The point estimate of the next goal's ratio: the phase's recent pace over the fit (1
@@ -89,15 +106,30 @@ class ConformalTiming:
             return max(self._paces[phase], default=1.0)
 
     def factor(self, phase: str) -> float:
-        """What the fit of PHASE is multiplied by to plan: point x q."""
+        """What the fit of PHASE is multiplied by to plan: point x q (of the point's regime)."""
+        point = self.point(phase)
         with self._lock:
-            q = self.trackers[phase].q
-        return self.point(phase) * q
+            return point * self._tracker(phase, point).q
 
-    def quantile(self, phase: str) -> float:
-        """The phase's current q."""
+    def quantile(self, phase: str, point: float | None = None) -> float:
+        """The phase's q in the regime of POINT (default: the current point)."""
+        point = self.point(phase) if point is None else point
         with self._lock:
-            return self.trackers[phase].q
+            return self._tracker(phase, point).q
+
+    def tracker(self, phase: str, point: float | None = None) -> QuantileTracker:
+        """The tracker of PHASE in the regime of POINT (default: the current point)."""
+        point = self.point(phase) if point is None else point
+        with self._lock:
+            return self._tracker(phase, point)
+
+    def _tracker(self, phase: str, point: float) -> QuantileTracker:
+        """The regime's tracker, made from the nearest known regime's q (lock held)."""
+        trackers, key = self.trackers[phase], regime(point)
+        if key not in trackers:
+            nearest = min(trackers, key=lambda k: (abs(k - key), -k))  # ties: the slower regime's q
+            trackers[key] = QuantileTracker(q=trackers[nearest].q, delta=self.delta / 2, eta=self.eta)
+        return trackers[key]
 
     def observe(self, phase: str, measured: float, predicted: float, complete: bool = True, *,
                 point: float = 1.0) -> bool | None:
@@ -107,15 +139,21 @@ class ConformalTiming:
             return None
         ratio = measured / predicted
         with self._lock:
-            miss = self.trackers[phase].update(ratio / point, complete)
+            miss = self._tracker(phase, point).update(ratio / point, complete)
             if complete or ratio > max(self._paces[phase], default=1.0):  # a cut phase: at least this slow
                 self._paces[phase].append(ratio)
         return miss
 
-    def reset(self) -> None:
-        """Back to the starting quantiles and pace, no updates counted."""
+    def misses(self, phase: str) -> tuple[int, int]:
+        """(misses, updates) of PHASE over every regime."""
         with self._lock:
-            for phase, q in self.start.items():
-                t = self.trackers[phase]
-                t.q, t.updates, t.misses = q, 0, 0
-                self._paces[phase].clear()
+            trackers = list(self.trackers[phase].values())
+        return sum(t.misses for t in trackers), sum(t.updates for t in trackers)
+
+    def reset(self) -> None:
+        """Back to the starting quantile (one regime, the calibration's pace) and pace, no updates counted."""
+        with self._lock:
+            self.trackers = {phase: {0: QuantileTracker(q=q, delta=self.delta / 2, eta=self.eta)}
+                             for phase, q in self.start.items()}
+            for pace in self._paces.values():
+                pace.clear()

@@ -124,7 +124,7 @@ class OnlineTiming:
         """The model to plan one goal with (the prior when disabled)."""
         if self.conformal is not None and self.enabled:
             points = {phase: self.conformal.point(phase) for phase in PHASES}
-            pre, dec = (points[phase] * self.conformal.quantile(phase) for phase in PHASES)
+            pre, dec = (points[phase] * self.conformal.quantile(phase, points[phase]) for phase in PHASES)
             return TimingSnapshot(self.base.scaled(pre, dec), pre, dec, points["prefill"], points["decode"])
         pre, dec = (self.factor("prefill"), self.factor("decode")) if self.enabled else (1.0, 1.0)
         m = self.margins
