@@ -68,10 +68,12 @@ first-goal: setup
 	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:smollm2} python first_goal.py $(BENCH_ARGS) \
 		&& python first_start.py $(BENCH_ARGS)
 
-# Time promises through the node under changing load, and this host's noise floor (~35 min).
+# Time promises through the node under changing load, this host's noise floor and the bound
+# replayed on it (~35 min).
 timing: setup
 	@$(ENV) && cd bench && TIMEBILL_BENCH_MODEL=$${TIMEBILL_BENCH_MODEL:-builtin:smollm2} python timing_under_load.py \
-		$(BENCH_ARGS) && python noise_floor.py $(BENCH_ARGS) && python structured_bench.py $(BENCH_ARGS)
+		$(BENCH_ARGS) && python noise_floor.py $(BENCH_ARGS) && python tracker_replay.py \
+		&& python structured_bench.py $(BENCH_ARGS)
 
 results: setup
 	@$(ENV) && timebill publish
