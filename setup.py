@@ -26,7 +26,7 @@ setup(
     package_data={PACKAGE: ["data/tasks/*", "models/default/*", "models/default/rlp/buckets16/*",
                            "models/default/rlp/distill/*", "models/smollm2-tasks/*",
                            "models/smollm2-tasks/rlp/buckets16/*", "models/smollm2-tasks/rlp/distill/*",
-                           "models/smollm2-tasks-v2/*"]},
+                           "models/smollm2-tasks-v2/*", "models/smollm2-tasks-v3/*"]},
     zip_safe=False,
     maintainer=MAINTAINER.text,
     maintainer_email=MAINTAINER.get("email"),

