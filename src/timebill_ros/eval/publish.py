@@ -43,6 +43,7 @@ SOURCES = {
     "bench/first_goal.json": "first_goal.json",
     "bench/timing_under_load.json": "timing_under_load.json",
     "bench/noise_floor.json": "noise_floor.json",
+    "bench/tracker_replay.json": "tracker_replay.json",
     "bench/structured.json": "structured.json",
     "bench/first_start.json": "first_start.json",
     "bench/node_overhead.json": "node_overhead.json",
@@ -445,6 +446,17 @@ def noise_floor_table(load: Callable[[str], dict]) -> str:
            f"`{nf['machine']}`.\n\n" + "\n".join(rows) + "\n"
 
 
+def tracker_replay_table(load: Callable[[str], dict]) -> str:
+    """bench/tracker_replay.py: the bound replayed on the measured idle noise."""
+    tr = load("tracker_replay.json")
+    rows = ["| bound | prefill share of the goal | eta | goals missed | mean slack |", "|---|---|---|---|---|"]
+    for r in tr["rows"]:
+        rows.append(f"| {r['variant'].replace('_', '-')} | {r['prefill_share']:g} | {r.get('eta', 'n/a')} | "
+                    f"{r['miss_pct']:.1f} % | {r['mean_slack_pct']:.1f} % |")
+    return (f"Replayed on `{tr['source']}` (measured on `{tr['source_machine']}`), {tr['rows'][0]['goals']} goals, "
+            f"target miss rate {tr['target_miss_pct']:g} %.\n\n" + "\n".join(rows) + "\n")
+
+
 def structured_table(load: Callable[[str], dict]) -> str:
     """bench/structured_bench.py."""
     st = load("structured.json")
@@ -597,7 +609,8 @@ TABLES = {"headline": headline_table, "params": params_table, "online": online_t
           "rlp_smollm2_tasks": lambda load: rlp_table(load, "rlp_smollm2_tasks.json"),
           "rlp_layers": rlp_layers_table,
           "reliability": reliability_table, "timing_under_load": timing_under_load_table,
-          "noise_floor": noise_floor_table, "structured": structured_table, "node_overhead": node_overhead_table,
+          "noise_floor": noise_floor_table, "tracker_replay": tracker_replay_table,
+          "structured": structured_table, "node_overhead": node_overhead_table,
           "demo": demo_transcript}
 
 
