@@ -15,6 +15,7 @@ Prints JSON (results/bench/tracker_replay.json): misses and mean slack per varia
 """
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -71,8 +72,6 @@ def oracle(goals: list[tuple[float, float]], share: float, delta: float = 0.01) 
 
 
 def main() -> None:
-    import json
-
     if not NOISE.exists():
         sys.exit(f"no {NOISE}: run bench/noise_floor.py first")
     noise = json.loads(NOISE.read_text())

@@ -37,18 +37,24 @@ def parse_prompt_tokens(ctx, param, value: str) -> tuple[int, int] | None:
     return low, high
 
 
-def served_engine(params_file: str):
-    """An engine as the node configured by PARAMS_FILE serves, and its calibration."""
-    from timebill_ros.cli.calibrate import CalibrationTarget, params_file_values
+def node_params(params_file: str):
+    """The node's parameters as PARAMS_FILE sets them (defaults for the rest)."""
+    from timebill_ros.cli.calibrate import params_file_values
+    from timebill_ros.node.params import NodeParams
+
+    given = params_file_values(params_file)
+    return NodeParams(**{k: v for k, v in given.items() if k in NodeParams.__dataclass_fields__})
+
+
+def served_engine(params_file: str, params):
+    """An engine as the node configured by PARAMS_FILE (read into PARAMS) serves."""
+    from timebill_ros.cli.calibrate import CalibrationTarget
     from timebill_ros.core.calibration import Calibration
     from timebill_ros.core.engine import Engine
     from timebill_ros.core.kernels import apply as apply_kernels
     from timebill_ros.core.model import load_model
     from timebill_ros.core.predictor import load_predictor
-    from timebill_ros.node.params import NodeParams
 
-    given = params_file_values(params_file)
-    params = NodeParams(**{k: v for k, v in given.items() if k in NodeParams.__dataclass_fields__})
     target = CalibrationTarget.from_sources(params_file, {})
     calibration = Calibration.load(target.path())
     loaded = load_model(params.model_path, dtype=params.dtype, threads=params.threads,
@@ -59,7 +65,7 @@ def served_engine(params_file: str):
     predictor = load_predictor(params.predictor_path, timing.prefill, params.fixed_prediction_tokens)
     engine = Engine(loaded, timing, predictor, params.engine_config())
     engine.warm_up()
-    return engine, params
+    return engine
 
 
 def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[float, ...] | None = None,
@@ -74,16 +80,14 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     alphas, quantiles = alphas or traces.ALPHA_GRID, quantiles or workload.QUANTILES
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "traces.json"
-    from timebill_ros.cli.calibrate import params_file_values
-    from timebill_ros.node.params import NodeParams
-
-    longest = params_file_values(params_file).get("max_prompt_tokens", NodeParams.max_prompt_tokens)
+    params = node_params(params_file)
+    longest = params.max_prompt_tokens
     if prompt_tokens and prompt_tokens[1] > longest:  # the node would refuse them; the calibration stops there
         raise click.ClickException(
             f"prompts of up to {prompt_tokens[1]} tokens, but {params_file} sets max_prompt_tokens "
             f"{longest}: raise it (the calibration then covers the longer prompts) or pass "
             f"--prompt-tokens within it")
-    engine, params = served_engine(params_file)
+    engine = served_engine(params_file, params)
     examples = tasks.evaluation_examples(per_task, task_names or tasks.TASKS, prompt_tokens)
     started = time.monotonic()
     rows = json.loads(saved.read_text()) if saved.exists() else []
