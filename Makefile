@@ -9,15 +9,16 @@ export TRANSFORMERS_OFFLINE := 1
 export TIMEBILL_HOME ?= $(CURDIR)/.timebill
 ENV := source scripts/env.sh
 
-.PHONY: help setup demo test bench bench-llamacpp eval eval-quick load soak faults first-goal timing results clean
+.PHONY: help setup demo test bench bench-llamacpp eval eval-quick eval-bags load soak faults first-goal timing results clean
 help:
 	@echo "make setup   - venv, pinned dependencies, colcon build (idempotent)"
 	@echo "make demo    - start the node, send one goal with feedback, stop"
 	@echo "make test    - the whole test suite"
 	@echo "make bench   - benchmarks; JSON lands in results/bench/"
 	@echo "make bench-llamacpp - build llama-cpp-python here (~5 min) and compare it on the same GGUF"
-	@echo "make eval    - the paper's comparison through bags and the node; results/eval/"
-	@echo "make eval-quick - the same, 2 prompts per task, 3 budget levels, Kill only, no int8 node (a smoke run)"
+	@echo "make eval    - the paper's comparison from measured traces, checked against the node; results/eval/"
+	@echo "make eval-quick - the same at 2 prompts per task (a smoke run); results/eval-quick/"
+	@echo "make eval-bags - the older comparison: every goal through bags and the node, int8 and the k sweep"
 	@echo "make load    - 4 clients, 200 goals in 10 s against the node (SmolLM2); results/bench/load.json"
 	@echo "make soak    - 1000 goals in a row, memory/threads/fds; results/bench/soak.json"
 	@echo "make faults  - a client killed mid-goal, the node restarted under a client; results/bench/faults.json"
@@ -46,12 +47,17 @@ bench-llamacpp: setup
 		pip install --no-cache-dir llama-cpp-python==0.3.36 diskcache==5.6.3 -c constraints.txt) \
 		&& cd bench && LLAMA_CPP_CMAKE="$(LLAMA_CPP_CMAKE)" python llamacpp_bench.py $(BENCH_ARGS)
 
+# The comparison from measured traces, checked against the node (docs/evaluation.md).
 eval: setup
 	@$(ENV) && bash scripts/eval.sh
 
 eval-quick: setup
-	@$(ENV) && PER_TASK=2 POLICIES=kill LEVELS=0.1,0.5,0.9 INT8=0 CAL_ARGS="--points 12 --repeats 2" \
-		bash scripts/eval.sh
+	@$(ENV) && PER_TASK=2 AGREE_PER_TASK=1 AGREE_METHODS=vanilla,timebill CAL_ARGS="--points 12 --repeats 2" \
+		OUT=results/eval-quick bash scripts/eval.sh
+
+# The older path: every goal of every method through the node, the int8 model and the k sweep.
+eval-bags: setup
+	@$(ENV) && bash scripts/eval_bags.sh
 
 # The node under stress runs the real default model (SmolLM2) unless TIMEBILL_BENCH_MODEL
 # names another (builtin:toy runs them in seconds).

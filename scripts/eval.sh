@@ -1,79 +1,67 @@
 #!/usr/bin/env bash
-# make eval: the paper's comparison at a reduced size, through real bags and the real node.
-#   1. TimeBill, vanilla and fixed-alpha baselines (Kill and Skip-Next) + a k sweep, one node
-#   2. the int8 weight-only quantized model (plain inference), a second node
-#   3. timebill eval: JSON, plots and the claim check under results/eval/
-# PER_TASK (default 4) sets the size; POLICIES (default kill,skip_next); INT8=0 leaves out
-# step 2 (its node needs a calibration of its own); CAL_ARGS go to `timebill calibrate`.
-# The target is SmolLM2-135M-Instruct fine-tuned on the task suite, with its distilled length
-# predictor (EVAL_MODEL / EVAL_PREDICTOR; builtin:toy / builtin:default run the toy model).
+# make eval: the paper's comparison from measured traces (timebill eval-traces), checked
+# against the real node.
+#   1. a params file for the target (EVAL_MODEL / EVAL_PREDICTOR, prompts to 3,200 tokens)
+#      and its calibration on this machine (made once);
+#   2. every test prompt once per alpha of the grid: every method's outcome at every budget
+#      level under Kill and Skip-Next follows from those runs (docs/evaluation.md);
+#   3. a sample of the same goals (AGREE_PER_TASK prompts a task, a few methods, Kill) as a
+#      rosbag replayed against timebill_node: how often node and traces agree on complete.
+# PER_TASK (default 12) sets the size, TASKS the tasks, PROMPT_TOKENS the prompt lengths;
+# CAL_ARGS go to `timebill calibrate`. `make eval-bags` is the older path: every goal through
+# the node, plus the int8 model and the k sweep (scripts/eval_bags.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PER_TASK=${PER_TASK:-4}
-POLICIES=${POLICIES:-kill,skip_next}
-LEVELS=${LEVELS:-0.1,0.3,0.5,0.7,0.9}  # budget levels: quantiles of each task's vanilla predicted time
-EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks}
-EVAL_PREDICTOR=${EVAL_PREDICTOR:-builtin:smollm2-tasks}
-INT8=${INT8:-1}
-# The shipped target (smollm2-tasks) and its predictor predate the summary task (issue 29):
-# its distilled lengths cover these three.
-TASKS=${TASKS:-qa,code,list}
+PER_TASK=${PER_TASK:-12}
+TASKS=${TASKS:-qa,code,list,summary}
+PROMPT_TOKENS=${PROMPT_TOKENS:-1000,3000}
+AGREE_PER_TASK=${AGREE_PER_TASK:-3}
+AGREE_METHODS=${AGREE_METHODS:-vanilla,fixed_0.5,fixed_0.95,timebill}
+EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks-v3}
+EVAL_PREDICTOR=${EVAL_PREDICTOR:-builtin:smollm2-tasks-v3}
 CAL_ARGS=${CAL_ARGS:-}
-OUT=results/eval
-rm -rf "$OUT" && mkdir -p "$OUT"
+OUT=${OUT:-results/eval}
+mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results"
 STARTED=$(date +%s)
 PARAMS="$OUT/node.yaml"
-INT8_PARAMS="$OUT/int8.yaml"
-python - "${BASE_PARAMS:-config/timebill.yaml}" "$PARAMS" "$INT8_PARAMS" \
-  "$EVAL_MODEL" "$EVAL_PREDICTOR" <<'PY'
+# The traces plan as the paper does, from the stored calibration: the node is run the same
+# way (online_timing off) so that both plan the same alpha for the same goal.
+python - "${BASE_PARAMS:-config/timebill.yaml}" "$PARAMS" "$EVAL_MODEL" "$EVAL_PREDICTOR" \
+  "${PROMPT_TOKENS#*,}" <<'PY'
 import sys, yaml
-base, out, out_int8, model, predictor = sys.argv[1:]
+base, out, model, predictor, longest = sys.argv[1:]
 doc = yaml.safe_load(open(base))
 params = next(iter(doc.values()))["ros__parameters"]
-params.update(model_path=model, predictor_path=predictor)
+params.update(model_path=model, predictor_path=predictor, online_timing=False,
+              max_prompt_tokens=max(int(params["max_prompt_tokens"]), int(longest) + 200))
 yaml.safe_dump(doc, open(out, "w"))
-params["quantization"] = "int8"
-yaml.safe_dump(doc, open(out_int8, "w"))
 PY
-
-NODES=("$PARAMS"); [ "$INT8" = 1 ] && NODES+=("$INT8_PARAMS")
-for p in "${NODES[@]}"; do
-  timebill calibrate --check --params-file "$p" >/dev/null 2>&1 || timebill calibrate --params-file "$p" $CAL_ARGS
-done
+timebill calibrate --check --params-file "$PARAMS" >/dev/null 2>&1 || timebill calibrate --params-file "$PARAMS" $CAL_ARGS
 CALIBRATED=$(date +%s)
 
-run_node() {  # params bag_in bag_out
-  local log="$OUT/node-$(basename "$3").log"
-  timebill_node --ros-args --params-file "$1" >"$log" 2>&1 &
-  local pid=$!
-  # --skip-idle: idle time between a finished job and the next arrival is not waited out.
-  timebill bag replay "$2" --out "$3" --skip-idle || { kill -INT $pid; wait $pid || true; echo "replay failed; see $log"; exit 1; }
-  kill -INT $pid; wait $pid || true
-}
+echo "== traces: $PER_TASK prompts a task ($TASKS), prompts of $PROMPT_TOKENS tokens"
+# A saved traces.json for the same prompts is reused (the table is recomputed from it).
+timebill eval-traces --params-file "$PARAMS" --per-task "$PER_TASK" --tasks "$TASKS" \
+  --prompt-tokens "$PROMPT_TOKENS" --out "$OUT"
 
-echo "== workload bags (test split, $PER_TASK prompts per task)"
-timebill bag make "$OUT/workload" --per-task "$PER_TASK" --tasks "$TASKS" --policies "$POLICIES" --params-file "$PARAMS" \
-  --levels "$LEVELS" --budgets-out "$OUT/budgets.json"
-[ "$INT8" = 1 ] && timebill bag make "$OUT/workload_int8" --per-task "$PER_TASK" --tasks "$TASKS" --policies kill --methods int8 \
-  --no-k-sweep --budgets "$OUT/budgets.json" --params-file "$PARAMS"
+echo "== node agreement: $AGREE_PER_TASK prompts a task, $AGREE_METHODS, through timebill_node"
+timebill bag make "$OUT/agree" --per-task "$AGREE_PER_TASK" --tasks "$TASKS" --prompt-tokens "$PROMPT_TOKENS" \
+  --budgets "$OUT/levels.json" --methods "$AGREE_METHODS" --no-k-sweep --policies kill --params-file "$PARAMS"
+LOG="$OUT/node-agree.log"
+timebill_node --ros-args --params-file "$PARAMS" >"$LOG" 2>&1 &
+NODE=$!
+timebill bag replay "$OUT/agree" --out "$OUT/agree_results" --skip-idle \
+  || { kill -INT $NODE; wait $NODE || true; echo "replay failed; see $LOG"; exit 1; }
+kill -INT $NODE; wait $NODE || true
 
-echo "== replay: TimeBill and baselines"
-run_node "$PARAMS" "$OUT/workload" "$OUT/results"
-RESULTS=("$OUT/results")
-if [ "$INT8" = 1 ]; then
-  echo "== replay: int8 quantized model"
-  run_node "$INT8_PARAMS" "$OUT/workload_int8" "$OUT/results_int8"
-  RESULTS+=("$OUT/results_int8")
-else
-  echo "== int8 quantized model left out (INT8=0)"
-fi
-
-echo "== evaluate"
-python - "$OUT/run.json" "$EVAL_MODEL" "$EVAL_PREDICTOR" "$PER_TASK" "$LEVELS" "$POLICIES" "$STARTED" "$CALIBRATED" <<'PY'
+timebill eval-traces --params-file "$PARAMS" --per-task "$PER_TASK" --tasks "$TASKS" \
+  --prompt-tokens "$PROMPT_TOKENS" --out "$OUT" --agree "$OUT/agree_results"
+python - "$OUT/traces_eval.json" "$STARTED" "$CALIBRATED" <<'PY'
 import json, sys, time
-out, model, predictor, per_task, levels, policies, started, calibrated = sys.argv[1:]
-json.dump({"model": model, "predictor": predictor, "per_task": int(per_task), "levels": levels,
-           "policies": policies, "minutes": (time.time() - int(started)) / 60,
-           "calibration_minutes": (int(calibrated) - int(started)) / 60}, open(out, "w"))
+path, started, calibrated = sys.argv[1:]
+data = json.load(open(path))
+data["run_minutes"] = (time.time() - int(started)) / 60
+data["calibration_minutes"] = (int(calibrated) - int(started)) / 60
+json.dump(data, open(path, "w"), indent=2)
 PY
-timebill eval "${RESULTS[@]}" --out "$OUT"
+echo "make eval: $(( ($(date +%s) - STARTED) / 60 )) min; results in $OUT/traces_eval.json (make results publishes)"

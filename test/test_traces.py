@@ -109,3 +109,49 @@ def test_agreement_counts_the_goals_both_ran_and_where_they_differ():
                {"request_id": "other", "status_name": "SUCCEEDED"}]
     assert traces.agreement(outcomes, records) == {"goals": 2, "agree_pct": 50.0, "trace_complete_node_not": 0,
                                                    "node_complete_trace_not": 1}
+
+
+def _cells(scores: dict[str, list[float]], completion: dict[str, list[float]] | None = None) -> dict:
+    """A kill table with one cell per (method, level) of the given scores."""
+    completion = completion or {}
+    return {"kill": {m: {f"q{i}": {"score": s, "completion": completion.get(m, [1.0] * len(v))[i]}
+                         for i, s in enumerate(v)} for m, v in scores.items()}}
+
+
+def test_claims_say_held_or_not_with_the_numbers_behind_them():
+    fixed = {m: [0.3] * 5 for m in traces.FIXED}
+    held = traces.claims(_cells({**fixed, "timebill": [0.4, 0.4, 0.4, 0.4, 0.2],
+                                 "timebill_true_length": [0.42, 0.4, 0.41, 0.44, 0.2]}))
+    assert held["ahead_of_every_fixed_alpha"]["held"] and held["ahead_of_every_fixed_alpha"]["levels_held"] == [
+        "q0", "q1", "q2", "q3"]
+    assert held["within_0.05_of_true_length"]["held"] and held["completion_within_5_pts_of_fixed_0.95"]["held"]
+    # Behind a fixed alpha at two levels, 0.1 short of the true-length arm once, 10 points of completion off.
+    failed = traces.claims(_cells({**fixed, "timebill": [0.4, 0.2, 0.2, 0.4, 0.4],
+                                   "timebill_true_length": [0.5, 0.2, 0.2, 0.4, 0.4]},
+                                  {"timebill": [1.0, 0.9, 1.0, 1.0, 1.0]}))
+    assert not failed["ahead_of_every_fixed_alpha"]["held"]
+    assert failed["ahead_of_every_fixed_alpha"]["per_level"]["q1"]["best_fixed_score"] == 0.3
+    assert not failed["within_0.05_of_true_length"]["held"]
+    assert failed["completion_within_5_pts_of_fixed_0.95"]["timebill_minus_fixed_0.95_pts"]["q1"] == pytest.approx(-10)
+
+
+def test_the_published_table_shows_every_cell_with_its_error_the_claims_and_the_agreement():
+    from timebill_ros.eval.publish import traces_table
+
+    prompts = [Prompt(f"ex{i}", "qa", "garage", n_hat=10,
+                      traces={a: trace(a, 0.2 + 0.05 * i - 0.1 * a, prefill=1.0 + 0.1 * i) for a in traces.ALPHA_GRID})
+               for i in range(4)]
+    levels = traces.budget_levels(prompts, (0.1, 0.5, 0.9))
+    table = traces.evaluate(traces.goal_outcomes(prompts, levels, TIMING, n_max=100))
+    data = {"model": "m", "predictor": "p", "timebill_k": 5.0, "per_task": 4, "prompt_tokens": [1000, 3000],
+            "alpha_grid": list(traces.ALPHA_GRID), "levels": levels, "table": table,
+            "claims": {policy: traces.claims(table, policy) for policy in table},
+            "decode_share_of_vanilla": traces.decode_share(prompts, levels),
+            "node_agreement": {"goals": 20, "agree_pct": 95.0, "trace_complete_node_not": 1,
+                               "node_complete_trace_not": 0}}
+    text = traces_table(lambda name: data)
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + len(METHODS) and rows[0].count("(mean") == 3
+    cell = table["kill"]["vanilla"]["q50"]
+    assert f"{cell['score']:.3f} ({cell['score_se']:.3f})" in rows[1]
+    assert "ahead of every fixed alpha: **" in text and "95.0 % of 20 goals" in text

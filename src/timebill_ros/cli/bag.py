@@ -169,12 +169,8 @@ def _wait_for_node(node, pub, timeout: float = 60.0) -> None:
 
 
 def evaluate_bags(paths: list[Path], out: Path, main_methods: list[str]) -> dict:
-    """Summaries, claims and plots from result bags. A request found in several bags counts
-    once, as the last bag given has it (a block replayed again replaces the earlier run)."""
-    latest = {}
-    for path in paths:
-        latest.update({m.request_id: bags.as_dict(m) for _, m in bags.read_bag([path], bags.RESULT_TOPIC)})
-    records = list(latest.values())
+    """Summaries, claims and plots from result bags (bags.result_records: the last run of a request counts)."""
+    records = bags.result_records(paths)
     if not records:
         raise click.ClickException("no results in the given bags")
     table = report.summarise(records)

@@ -70,8 +70,9 @@ def served_engine(params_file: str, params):
 
 def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[float, ...] | None = None,
                alphas: tuple[float, ...] | None = None, task_names: tuple[str, ...] = (),
-               prompt_tokens: tuple[int, int] | None = None) -> dict:
-    """Measure (or reuse OUT/traces.json), evaluate, write OUT/traces_eval.json; returns it."""
+               prompt_tokens: tuple[int, int] | None = None, agree: tuple[Path, ...] = ()) -> dict:
+    """Measure (or reuse OUT/traces.json), evaluate, write OUT/traces_eval.json; returns it.
+    AGREE: result bags of the same goals replayed through timebill_node, checked against the traces."""
     from tqdm import tqdm
 
     from timebill_ros.core.planner import PAPER_K
@@ -108,10 +109,23 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "prompt_tokens": list(prompt_tokens) if prompt_tokens else "test split",
             "timebill_k": predictor_k or PAPER_K,
             "alpha_grid": list(alphas), "levels": levels, "table": table,
+            "claims": {policy: traces.claims(table, policy) for policy in table},
             "decode_share_of_vanilla": traces.decode_share(prompts, levels),
             "measure_minutes": (time.monotonic() - started) / 60}
+    if agree:
+        data["node_agreement"] = {**traces.agreement(outcomes, node_records(agree)),
+                                  "bags": [str(b) for b in agree]}
     (out / "traces_eval.json").write_text(json.dumps(data, indent=2))
     return data
+
+
+def node_records(paths: tuple[Path, ...]) -> list[dict]:
+    """The result records of PATHS (bags recorded by `timebill bag replay`), one per request."""
+    from timebill_ros.eval import bags
+
+    if not (records := bags.result_records(list(paths))):
+        raise click.ClickException(f"no results in {', '.join(map(str, paths))}")
+    return records
 
 
 @click.command("eval-traces")
@@ -124,12 +138,22 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
               help="LOW,HIGH: prompts made from the test split's sources at these lengths (eviction buys decode "
                    "time on long caches); 'test': the shipped test split's own prompts.")
 @click.option("--out", type=click.Path(file_okay=False), default="results/eval", show_default=True)
+@click.option("--agree", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Result bag(s) of the same goals replayed through timebill_node (bag make --prompt-tokens "
+                   "with --budgets OUT/levels.json): how often node and traces agree on complete.")
 def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...],
-                    prompt_tokens: tuple[int, int] | None, out: str) -> None:
+                    prompt_tokens: tuple[int, int] | None, out: str, agree: tuple[Path, ...]) -> None:
     """Every method at every budget and policy, computed from one run per prompt and alpha."""
-    data = run_traces(params_file, per_task, Path(out), task_names=task_names, prompt_tokens=prompt_tokens)
+    data = run_traces(params_file, per_task, Path(out), task_names=task_names, prompt_tokens=prompt_tokens,
+                      agree=agree)
+    (Path(out) / "levels.json").write_text(json.dumps(data["levels"], indent=2))  # for bag make --budgets
     for policy, methods in data["table"].items():
         click.echo(f"[{policy}] mean score (standard error) per level")
         for name, cells in methods.items():
             click.echo(f"  {name:<22}" + " ".join(f"{c['score']:.3f}({c['score_se']:.3f})" for c in cells.values()))
+        for claim, row in data["claims"][policy].items():
+            if isinstance(row, dict):
+                click.echo(f"  claim {claim}: {'held' if row['held'] else 'NOT held'}")
+    if agreed := data.get("node_agreement"):
+        click.echo(f"node agreement on complete / incomplete: {agreed['agree_pct']:.1f} % of {agreed['goals']} goals")
     click.echo(f"saved {out}/traces_eval.json")

@@ -82,3 +82,12 @@ def read_bag(paths: list[Path], topic: str) -> Iterator[tuple[int, object]]:
 def as_dict(msg: object) -> dict:
     """A rosbags message as plain fields (nested messages kept as objects)."""
     return {f.name: getattr(msg, f.name) for f in dc_fields(msg)}
+
+
+def result_records(paths: list[Path]) -> list[dict]:
+    """The result records of result bags, one per request: a request found in several bags
+    counts once, as the last bag given has it (a block replayed again replaces the earlier run)."""
+    latest = {}
+    for path in paths:
+        latest.update({m.request_id: as_dict(m) for _, m in read_bag([Path(path)], RESULT_TOPIC)})
+    return list(latest.values())

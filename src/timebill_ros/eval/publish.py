@@ -57,6 +57,9 @@ SOURCES = {
     "rlp.json": "rlp.json",
     "rlp_smollm2_tasks.json": "rlp_smollm2_tasks.json",
     "rlp_layers.json": "rlp_layers.json",
+    "rlp_smollm2_tasks_v3.json": "rlp_smollm2_tasks_v3.json",
+    "quality_smollm2_tasks_v3.json": "quality_smollm2_tasks_v3.json",
+    "eval/traces_eval.json": "traces_eval.json",
     "eval/eval.json": "eval.json",
     "eval/budget_sweep_kill.png": "budget_sweep_kill.png",
     "eval/budget_sweep_skip_next.png": "budget_sweep_skip_next.png",
@@ -290,19 +293,33 @@ def rlp_table(load: Callable[[str], dict], source: str = "rlp.json") -> str:
     """Table 1: the length predictors (timebill train-rlp)."""
     r = load(source)
     capped = any(row["full_input"].get("below_cap") for row in r["predictors"].values())
-    lines = ["| predictor | MAE | RMSE | R^2 | input compressed as served: MAE / R^2 / inputs compressed |"
+    # Kendall's tau and the share within 50 tokens (issue 29) exist in results made since they were added.
+    ranked = all("kendall_tau" in row["full_input"] for row in r["predictors"].values())
+    lines = ["| predictor | MAE | RMSE | R^2 |" + (" Kendall tau | within 50 tokens | k |" if ranked else "")
+             + " input compressed as served: MAE / R^2 / inputs compressed |"
              + (" without the answers that ran to the cap: MAE / R^2 |" if capped else ""),
-             "|---|---|---|---|---|" + ("---|" if capped else "")]
+             "|---|---|---|---|" + ("---|---|---|" if ranked else "") + "---|" + ("---|" if capped else "")]
+
+    def ranks(f: dict, k: float | None = None) -> str:
+        """Tau, the share within 50 tokens and the pessimism k (set on validation: k x N_hat covers 90 %)."""
+        if not ranked:
+            return ""
+        if "kendall_tau" not in f:
+            return " | | |"
+        return f" {f['kendall_tau']:.3f} | {pct(f['within_50_share'], 0)} | {f'{k:.2f}' if k else ''} |"
+
     for name, row in r["predictors"].items():
         f, c = row["full_input"], row["compressed_input"]
         below = f.get("below_cap")
-        lines.append(f"| {RLP_NAMES.get(name, name)} | {f['MAE']:.1f} | {f['RMSE']:.1f} | {f['R2']:.3f} | "
+        k = row.get("pessimism_k")
+        lines.append(f"| {RLP_NAMES.get(name, name)} | {f['MAE']:.1f} | {f['RMSE']:.1f} | {f['R2']:.3f} |{ranks(f, k)} "
                      f"{c['MAE']:.1f} / {c['R2']:.3f} / {pct(c['truncated_share'], 0)} |"
                      + (f" {below['MAE']:.1f} / {below['R2']:.3f} |" if capped and below else " |" if capped else ""))
     for name, f in r.get("references", {}).items():  # not predictors: what prompt features explain
         below = f.get("below_cap")
-        lines.append(f"| _{REFERENCE_NAMES.get(name, name)}_ | {f['MAE']:.1f} | {f['RMSE']:.1f} | {f['R2']:.3f} | |"
-                     + (f" {below['MAE']:.1f} / {below['R2']:.3f} |" if capped and below else " |" if capped else ""))
+        lines.append(f"| _{REFERENCE_NAMES.get(name, name)}_ | {f['MAE']:.1f} | {f['RMSE']:.1f} | {f['R2']:.3f} |"
+                     f"{ranks(f)} |" + (f" {below['MAE']:.1f} / {below['R2']:.3f} |" if capped and below
+                                         else " |" if capped else ""))
     text = f"\n\n{r['test_examples']} test prompts, target `{r['target']}`."
     histories = {RLP_NAMES.get(n, n): row["training"]["val_mae_by_epoch"] for n, row in r["predictors"].items()
                  if row.get("training")}
@@ -600,6 +617,53 @@ def headline_table(load: Callable[[str], dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def traces_table(load: Callable[[str], dict], policy: str = "kill") -> str:
+    """The comparison from measured traces (timebill eval-traces): score (standard error) /
+    completion per method and level, then the claims and the node-agreement check."""
+    r = load("traces_eval.json")
+    methods = r["table"][policy]
+    levels = list(next(iter(methods.values())))
+    seconds = {lv: statistics.fmean(r["levels"][t][lv] for t in r["levels"]) for lv in levels}
+    lines = [f"| method ({policy.replace('_', '-').title()}) | "
+             + " | ".join(f"{lv} (mean {seconds[lv]:.1f} s)" for lv in levels) + " |",
+             "|---|" + "---|" * len(levels)]
+    for name, cells in methods.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{c['score']:.3f} ({c['score_se']:.3f}) / {pct(c['completion'], 0)} / "
+            f"{c['alpha_mean']:.2f}" if c["alpha_mean"] is not None else f"{c['score']:.3f} ({c['score_se']:.3f}) / "
+            f"{pct(c['completion'], 0)} / -" for c in cells.values()) + " |")
+    n = next(iter(next(iter(methods.values())).values()))["n"]
+    share = ", ".join(f"{t} {pct(v, 0)}" for t, v in r["decode_share_of_vanilla"].items())
+    span = "-".join(map(str, r["prompt_tokens"])) if isinstance(r["prompt_tokens"], list) else r["prompt_tokens"]
+    text = (f"\n\nTarget `{r['model']}`, predictor `{r['predictor']}` (k {r['timebill_k']:.2f}); {n} goals a cell "
+            f"({r['per_task']} prompts a task, prompts of {span} tokens); alphas measured "
+            f"{', '.join(f'{a:g}' for a in r['alpha_grid'])} (planned alphas rounded up to them); vanilla's decode "
+            f"share of its time: {share}. Cells: mean score (standard error) / completion / mean alpha.\n")
+    claims = r.get("claims", {}).get(policy, {})
+    for claim, row in claims.items():
+        if isinstance(row, dict):
+            numbers = {k: v for k, v in row.items() if k != "held"}
+            text += f"\n- {claim.replace('_', ' ')}: **{'held' if row['held'] else 'not held'}** ({_brief(numbers)})"
+    if agree := r.get("node_agreement"):
+        text += (f"\n- the node and the traces agree on complete / incomplete for {agree['agree_pct']:.1f} % of "
+                 f"{agree['goals']} goals replayed through bags (target >= 95 %); traces complete where the node "
+                 f"was not: {agree['trace_complete_node_not']}, the reverse: {agree['node_complete_trace_not']}")
+    return "\n".join(lines) + text + "\n"
+
+
+def _brief(numbers: dict) -> str:
+    """A claim's numbers on one line, floats to 3 digits."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {fmt(x)}" for k, x in v.items()) + "}"
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return str(v)
+    return "; ".join(f"{k.replace('_', ' ')} {fmt(v)}" for k, v in numbers.items())
+
+
 TABLES = {"headline": headline_table, "params": params_table, "online": online_table,
           "bench": bench_table, "quality": quality_table, "rlp": rlp_table, "eval": eval_table,
           "eval_skip_next": lambda load: eval_table(load, "skip_next"), "eval_claims": eval_claims,
@@ -608,6 +672,8 @@ TABLES = {"headline": headline_table, "params": params_table, "online": online_t
           "weights": weights_table,
           "rlp_smollm2_tasks": lambda load: rlp_table(load, "rlp_smollm2_tasks.json"),
           "rlp_layers": rlp_layers_table,
+          "rlp_smollm2_tasks_v3": lambda load: rlp_table(load, "rlp_smollm2_tasks_v3.json"),
+          "traces": traces_table, "traces_skip_next": lambda load: traces_table(load, "skip_next"),
           "reliability": reliability_table, "timing_under_load": timing_under_load_table,
           "noise_floor": noise_floor_table, "tracker_replay": tracker_replay_table,
           "structured": structured_table, "node_overhead": node_overhead_table,

@@ -234,6 +234,35 @@ def evaluate(outcomes: dict[str, Outcome]) -> dict:
                      for method, by_level in by_method.items()} for policy, by_method in cells.items()}
 
 
+FIXED = ("vanilla", "fixed_0.25", "fixed_0.5", "fixed_0.75", "fixed_0.95")
+
+
+def claims(table: dict, policy: str = "kill", min_levels: int = 4) -> dict:
+    """The comparison's claims (issue 29) on TABLE's POLICY, each held or not with its numbers:
+    TimeBill scores at least every fixed alpha's (vanilla included) at MIN_LEVELS levels or
+    more, within 0.05 of the true-length arm at every level, and completes within 5 points of
+    fixed 0.95 at every level."""
+    methods = table[policy]
+    levels = list(methods["timebill"])
+    tb = methods["timebill"]
+    best = {lv: max((m for m in FIXED if m in methods), key=lambda m: methods[m][lv]["score"]) for lv in levels}
+    ahead = [lv for lv in levels if tb[lv]["score"] >= methods[best[lv]][lv]["score"] - 1e-9]
+    out = {"policy": policy,
+           "ahead_of_every_fixed_alpha": {
+               "held": len(ahead) >= min(min_levels, len(levels)), "levels_held": ahead,
+               "per_level": {lv: {"timebill": tb[lv]["score"], "best_fixed": best[lv],
+                                  "best_fixed_score": methods[best[lv]][lv]["score"]} for lv in levels}}}
+    if "timebill_true_length" in methods:
+        gaps = {lv: methods["timebill_true_length"][lv]["score"] - tb[lv]["score"] for lv in levels}
+        out["within_0.05_of_true_length"] = {"held": all(g <= 0.05 + 1e-9 for g in gaps.values()),
+                                              "true_length_minus_timebill": gaps}
+    if "fixed_0.95" in methods:
+        gaps = {lv: 100 * (tb[lv]["completion"] - methods["fixed_0.95"][lv]["completion"]) for lv in levels}
+        out["completion_within_5_pts_of_fixed_0.95"] = {"held": all(abs(g) <= 5 + 1e-9 for g in gaps.values()),
+                                                         "timebill_minus_fixed_0.95_pts": gaps}
+    return out
+
+
 def agreement(outcomes: dict[str, Outcome], node_records: list[dict]) -> dict:
     """How often the node and the traces agree on complete / incomplete for the same goals
     (NODE_RECORDS: result records with a request_id, as `timebill eval` reads them)."""
