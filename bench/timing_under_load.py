@@ -114,10 +114,14 @@ def goals_to_adapt(goals: list[dict]) -> int | None:
 def main() -> None:
     p = parser(__doc__)
     p.set_defaults(model="builtin:smollm2")
-    p.add_argument("--per-phase", type=int, default=50, help="goals per phase (each sent to both nodes)")
+    p.add_argument("--per-phase", type=int, default=50, help="goals per phase (each sent to every node)")
+    p.add_argument("--estimators", default="conformal,window",
+                   help="timing_estimator of each node, comma-separated (conformal, conformal_goal, window)")
     args = p.parse_args()
     per_phase = 6 if args.quick else args.per_phase
-    estimators = ("conformal", "window")
+    estimators = tuple(args.estimators.split(","))
+    if unknown := set(estimators) - {"conformal", "conformal_goal", "window"}:
+        p.error(f"unknown estimator(s) {sorted(unknown)}")
     nodes, clients, cal = {}, {}, None
     rclpy.init()
     try:

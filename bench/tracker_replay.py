@@ -5,10 +5,13 @@ No model runs here: docs/results/noise_floor.json holds the same 512-token prefi
 decode steps repeated for 12 minutes on an idle machine. Each repetition is one goal whose
 prefill and decode run at those measured paces (as ratios to the first runs' median), with
 the prefill's SHARE of the goal's fit time (0.3: a short prompt, 0.7: a long one). Every goal
-is planned before it runs, then observed, as the node does:
-- `per_phase`: the node's bound (core.conformal.ConformalTiming), one q per phase at delta/2
-  each (a goal misses when either phase does: the union bound);
-- `total`: one q on the goal's total at delta (what the union bound gives away), same pace;
+is planned before it runs, then observed, as the node does (the estimators' plan() and
+observe_goal(), the node's own classes):
+- `per_phase`: `timing_estimator: conformal` (core.conformal.ConformalTiming), a log-space
+  quantile tracker per phase at delta/2 each (a goal misses when either phase does: the union
+  bound), at several steps eta;
+- `goal`: `timing_estimator: conformal_goal` (core.conformal.GoalConformal), one windowed
+  conformal quantile of the goal's whole time at delta;
 - `oracle`: one fixed bound, the totals' own (1 - delta) quantile known in advance: the least
   slack any bound at that miss rate can have on this series.
 Prints JSON (results/bench/tracker_replay.json): misses and mean slack per variant.
@@ -22,12 +25,13 @@ from pathlib import Path
 
 from common import write
 
-from timebill_ros.core.conformal import ConformalTiming, QuantileTracker
+from timebill_ros.core.conformal import ConformalTiming, GoalConformal
+from timebill_ros.core.online import PhaseWork
 
 NOISE = Path(__file__).resolve().parents[1] / "docs" / "results" / "noise_floor.json"
 SHARES = (0.3, 0.7)
 ETAS = (0.05, 0.1, 0.2)
-START_Q = 1.2  # where both trackers start (the calibration sets it in the node)
+START_Q = 1.2  # where every bound starts (the calibration sets it in the node)
 
 
 def paces(noise: dict) -> list[tuple[float, float]]:
@@ -37,27 +41,20 @@ def paces(noise: dict) -> list[tuple[float, float]]:
     return [(p / p0, d / d0) for p, d in zip(pre, dec)]
 
 
-def replay(goals: list[tuple[float, float]], share: float, eta: float, per_phase: bool, delta: float = 0.01) -> dict:
-    """Plan, run and observe every goal; the share of misses and the mean slack of covered goals."""
-    bound = ConformalTiming({"prefill": START_Q, "decode": START_Q}, delta=delta, eta=eta)
-    total_q = QuantileTracker(q=START_Q, delta=delta, eta=eta)
+def replay(goals: list[tuple[float, float]], share: float, bound: ConformalTiming | GoalConformal) -> dict:
+    """Plan, run and observe every goal with BOUND; the share of misses and the mean slack of covered goals."""
     misses, slacks = 0, []
     for pre, dec in goals:
-        points = {phase: bound.point(phase) for phase in ("prefill", "decode")}
-        point_time = share * points["prefill"] + (1 - share) * points["decode"]
-        if per_phase:
-            planned = (share * points["prefill"] * bound.quantile("prefill", points["prefill"])
-                       + (1 - share) * points["decode"] * bound.quantile("decode", points["decode"]))
-        else:
-            planned = point_time * total_q.q
+        plan = bound.plan()
+        planned = share * plan["prefill"][1] + (1 - share) * plan["decode"][1]
         took = share * pre + (1 - share) * dec
         if took > planned:
             misses += 1
         else:
             slacks.append((planned - took) / planned)
-        bound.observe("prefill", pre, 1.0, point=points["prefill"])  # the pace (and per-phase q)
-        bound.observe("decode", dec, 1.0, point=points["decode"])
-        total_q.update(took / point_time)
+        works = {"prefill": PhaseWork(predicted=share, measured=share * pre),
+                 "decode": PhaseWork(predicted=1 - share, measured=(1 - share) * dec)}
+        bound.observe_goal(works, {phase: point for phase, (point, _) in plan.items()}, 0.0)
     return {"goals": len(goals), "miss_pct": 100.0 * misses / len(goals),
             "mean_slack_pct": 100.0 * statistics.fmean(slacks) if slacks else None}
 
@@ -76,9 +73,11 @@ def main() -> None:
         sys.exit(f"no {NOISE}: run bench/noise_floor.py first")
     noise = json.loads(NOISE.read_text())
     goals = paces(noise)
-    rows = [{"variant": "per_phase" if per_phase else "total", "prefill_share": share, "eta": eta,
-             **replay(goals, share, eta, per_phase)}
-            for per_phase in (True, False) for share in SHARES for eta in ETAS]
+    start = {"prefill": START_Q, "decode": START_Q}
+    rows = [{"variant": "per_phase", "prefill_share": share, "eta": eta,
+             **replay(goals, share, ConformalTiming(start, delta=0.01, eta=eta))} for share in SHARES for eta in ETAS]
+    rows += [{"variant": "goal", "prefill_share": share, **replay(goals, share, GoalConformal(start, delta=0.01))}
+             for share in SHARES]
     rows += [{"variant": "oracle", "prefill_share": share, **oracle(goals, share)} for share in SHARES]
     write("tracker_replay", {"source": "docs/results/noise_floor.json", "source_machine": noise["machine"],
                              "target_miss_pct": 1.0, "start_q": START_Q, "rows": rows})

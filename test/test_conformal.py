@@ -160,3 +160,90 @@ def test_the_foreign_load_of_a_busy_neighbour():
         busy.kill()
         busy.wait()
         probe.close()
+
+
+@pytest.mark.parametrize("delta", [0.01, 0.05])
+def test_the_windowed_quantile_holds_its_miss_rate_through_a_step_drift(delta):
+    from timebill_ros.core.conformal import WindowQuantile
+
+    bound = WindowQuantile(start=1.1, delta=delta, gamma=0.01)
+    misses = [bound.update(s) for s in drifting_scores()]
+    assert bound.updates == 2000 and np.mean(misses) <= delta + 0.01
+    assert bound.q < 1.5 * 1.1 * np.exp(3 * 0.08) * 1.2  # near the scores' tail after the step
+
+
+def test_a_run_of_misses_leaves_the_windowed_bound_once_it_leaves_the_window():
+    from timebill_ros.core.conformal import WindowQuantile
+
+    log_q, window = QuantileTracker(q=1.2, delta=0.01, eta=0.1), WindowQuantile(start=1.2, delta=0.01, window=100)
+    for ratio in busy_spell(n_before=100, n_load=30, n_after=120):  # no pace here: the raw score
+        log_q.update(ratio)
+        window.update(ratio)
+    # 120 idle goals after the load: the log tracker still sits near the load's level; the
+    # window holds idle scores only and bounds them at their own tail.
+    assert log_q.q > 1.9 and window.q < 1.35
+
+
+def two_phase_noise(n=600, seed=3):
+    """(prefill, decode) ratios to the fit on a steady machine: 9 % and 12 % noise, independent."""
+    rng = np.random.default_rng(seed)
+    return np.exp(rng.normal(0.0, [0.09, 0.12], (n, 2)))
+
+
+def replay_goals(bound, share=0.5):
+    """Plan every goal of TWO_PHASE_NOISE with BOUND, run it, observe it; (miss share, mean slack)."""
+    from timebill_ros.core.online import PhaseWork
+
+    misses, slacks = 0, []
+    for pre, dec in two_phase_noise():
+        plan = bound.plan()
+        planned = share * plan["prefill"][1] + (1 - share) * plan["decode"][1]
+        took = share * pre + (1 - share) * dec
+        misses += took > planned
+        if took <= planned:
+            slacks.append((planned - took) / planned)
+        works = {"prefill": PhaseWork(predicted=share, measured=share * pre),
+                 "decode": PhaseWork(predicted=1 - share, measured=(1 - share) * dec)}
+        bound.observe_goal(works, {phase: point for phase, (point, _) in plan.items()}, 0.0)
+    return misses / 600, float(np.mean(slacks))
+
+
+def test_one_bound_on_the_goal_costs_less_slack_than_a_bound_per_phase_at_the_same_miss_rate():
+    from timebill_ros.core.conformal import GoalConformal
+
+    start = {"prefill": 1.2, "decode": 1.2}
+    phase_miss, phase_slack = replay_goals(ConformalTiming(start, delta=0.02, eta=0.1))
+    goal_miss, goal_slack = replay_goals(GoalConformal(start, delta=0.02))
+    assert goal_miss <= 0.02 + 0.01 and phase_miss <= 0.02 + 0.01
+    assert goal_slack < phase_slack - 0.02  # the union bound's price, measured
+
+
+def test_a_goal_cut_in_prefill_counts_as_a_miss_only_past_the_bound():
+    from timebill_ros.core.conformal import GoalConformal
+    from timebill_ros.core.online import PhaseWork
+
+    bound = GoalConformal({"prefill": 1.3, "decode": 1.1}, delta=0.01)
+    assert bound.quantile() == 1.3 and bound.factor("decode") == 1.3  # one q: the larger start
+    points = {"prefill": 1.0, "decode": 1.0}
+    cut = PhaseWork(predicted=0.2, measured=0.3, complete=False, spent=1.2, whole=1.0)
+    assert bound.observe_goal({"prefill": cut, "decode": PhaseWork()}, points, 0.02) is None  # 1.2 < 1.3
+    cut.spent = 2.0
+    assert bound.observe_goal({"prefill": cut, "decode": PhaseWork()}, points, 0.02) is True
+    assert bound.misses() == (1, 1) and bound.point("prefill") == 2.0  # the cut ran at least 2x its fit
+    bound.reset()
+    assert bound.misses() == (0, 0) and bound.point("prefill") == 1.0
+
+
+def test_online_timing_plans_both_phases_with_the_goal_bound():
+    from timebill_ros.core.conformal import GoalConformal
+
+    base = TimingModel(a=0.0, b=1e-3, c=0.0, p=0.0, q=0.01)
+    online = OnlineTiming(base, margins=None, conformal=GoalConformal({"prefill": 1.2, "decode": 1.1}))
+    snap = online.snapshot()
+    assert snap.timing.prefill(1000) == pytest.approx(1.2 * base.prefill(1000))
+    assert snap.timing.decode_step(100) == pytest.approx(1.2 * base.decode_step(100))
+    for _ in range(30):  # goals at 0.9x the fit, both phases
+        online.observe(PhaseWork(predicted=1.0, measured=0.9), PhaseWork(predicted=1.0, measured=0.9), snap)
+        snap = online.snapshot()
+    # Scores all 1.0; fewer than 1/delta of them, so the bound is the largest x the headroom.
+    assert snap.prefill_point == pytest.approx(0.9) and snap.prefill_factor == pytest.approx(0.9 * 1.05)

@@ -65,6 +65,27 @@ def regime(point: float) -> int:
     return round(math.log2(point)) if point > 0.0 and math.isfinite(point) else 0
 
 
+class Paces:
+    """Each phase's recent pace: the larger of the last WINDOW goals' ratios of measured to fit
+    time (1 before any goal). Not thread-safe: its owner holds the lock."""
+
+    def __init__(self, phases, window: int = 2) -> None:
+        self._ratios = {phase: deque(maxlen=window) for phase in phases}
+
+    def point(self, phase: str) -> float:
+        """The point estimate of the next goal's ratio."""
+        return max(self._ratios[phase], default=1.0)
+
+    def add(self, phase: str, ratio: float, complete: bool) -> None:
+        """One goal's ratio (a lower bound when not COMPLETE: counted only when it is slower)."""
+        if complete or ratio > self.point(phase):  # a cut phase: at least this slow
+            self._ratios[phase].append(ratio)
+
+    def clear(self) -> None:
+        for ratios in self._ratios.values():
+            ratios.clear()
+
+
 class ConformalTiming:
     """A bound per phase (prefill, decode), thread-safe: the fit x a point estimate of the
     machine's pace x a tracked quantile q of the score measured / (fit x point).
@@ -96,7 +117,7 @@ class ConformalTiming:
         # The goal's bound is missed when either phase misses: half the budget each (union bound).
         self.start, self.delta, self.eta = dict(start), delta, eta
         self.trackers: dict[str, dict[int, QuantileTracker]] = {}
-        self._paces = {phase: deque(maxlen=pace_window) for phase in start}
+        self._paces = Paces(start, pace_window)
         self._lock = threading.Lock()
         self.reset()
 
@@ -104,7 +125,21 @@ class ConformalTiming:
         """The point estimate of the next goal's ratio: the phase's recent pace over the fit (1
         before any goal)."""
         with self._lock:
-            return max(self._paces[phase], default=1.0)
+            return self._paces.point(phase)
+
+    def plan(self) -> dict[str, tuple[float, float]]:
+        """PHASE -> (point, factor) to plan the next goal with."""
+        return {phase: (self.point(phase), self.factor(phase)) for phase in self.start}
+
+    def observe_goal(self, works: dict, points: dict[str, float], min_seconds: float) -> None:
+        """One goal's work per phase (core.online.PhaseWork), planned with POINTS; phases whose
+        fit is under MIN_SECONDS are jitter, not pace."""
+        for phase, work in works.items():
+            if work.complete:
+                if work.predicted >= min_seconds:
+                    self.observe(phase, work.measured, work.predicted, point=points[phase])
+            elif work.whole >= min_seconds:  # cut short: what it ran is a lower bound
+                self.observe(phase, work.spent, work.whole, complete=False, point=points[phase])
 
     def factor(self, phase: str) -> float:
         """What the fit of PHASE is multiplied by to plan: point x q (of the point's regime)."""
@@ -135,8 +170,7 @@ class ConformalTiming:
         ratio = measured / predicted
         with self._lock:
             miss = self._tracker(phase, point).update(ratio / point, complete)
-            if complete or ratio > max(self._paces[phase], default=1.0):  # a cut phase: at least this slow
-                self._paces[phase].append(ratio)
+            self._paces.add(phase, ratio, complete)
         return miss
 
     def misses(self, phase: str) -> tuple[int, int]:
@@ -150,5 +184,149 @@ class ConformalTiming:
         with self._lock:
             self.trackers = {phase: {0: QuantileTracker(q=q, delta=self.delta / 2, eta=self.eta)}
                              for phase, q in self.start.items()}
-            for pace in self._paces.values():
-                pace.clear()
+            self._paces.clear()
+
+
+@dataclass
+class WindowQuantile:
+    """The (1 - alpha_t) empirical quantile of the last WINDOW scores, with alpha_t adapted
+    after every score (Adaptive Conformal Inference, Gibbs & Candes 2021):
+
+        alpha <- alpha + gamma * (delta - miss).
+
+    Split conformal on a sliding window follows the score's distribution as it is (a steady
+    machine's quantile is near its own tail, not above it), and ACI's level keeps the long-run
+    miss rate at delta when the distribution moves. Unlike QuantileTracker's log q, a run of
+    misses can raise the bound only to the window's largest score (x HEADROOM when the level
+    asks for more than the window holds): it comes back down once those scores leave the window,
+    instead of over ~1/(eta * delta) goals (the ratchet docs/timing.md measured)."""
+
+    start: float = 1.2  # the bound until MIN_SCORES scores are in (never below it before then)
+    delta: float = 0.01
+    gamma: float = 0.01  # step of the level alpha_t
+    window: int = 100  # >= 1/delta, so that the (1 - delta) quantile lies inside the window
+    min_scores: int = 10
+    headroom: float = 1.05  # over the largest score when the level asks beyond the window
+    updates: int = 0
+    misses: int = 0
+
+    def __post_init__(self) -> None:
+        self.alpha = self.delta
+        self.scores: deque[float] = deque(maxlen=self.window)
+
+    @property
+    def q(self) -> float:
+        """The bound on the next score."""
+        n = len(self.scores)
+        if n < self.min_scores:
+            return max(self.start, *self.scores) if self.scores else self.start
+        rank = math.ceil((1.0 - self.alpha) * (n + 1))  # split conformal's finite-sample rank
+        return sorted(self.scores)[rank - 1] if 1 <= rank <= n else max(self.scores) * self.headroom
+
+    def update(self, score: float, complete: bool = True) -> bool | None:
+        """As QuantileTracker.update: a lower bound (not COMPLETE) only counts when it misses."""
+        if not math.isfinite(score) or score <= 0.0:
+            return None
+        miss = score > self.q
+        if not complete and not miss:
+            return None
+        self.alpha += self.gamma * (self.delta - (1.0 if miss else 0.0))
+        self.scores.append(score)
+        self.updates += 1
+        self.misses += int(miss)
+        return miss
+
+    @property
+    def miss_rate(self) -> float:
+        """Misses over updates so far (nan before any)."""
+        return self.misses / self.updates if self.updates else float("nan")
+
+
+class GoalConformal:
+    """One bound on the goal's whole time, thread-safe: the fit of each phase x its pace
+    (`Paces`, as ConformalTiming) x one q, the windowed conformal quantile (`WindowQuantile`)
+    of the goal's score
+
+        s = (prefill + decode measured) / (prefill fit x its point + decode fit x its point).
+
+    What the node promises is the goal's time, not each phase's: ConformalTiming's union bound
+    (each phase at delta / 2) held 0.5 % misses on the measured idle noise for 1 % asked, and
+    paid 28-31 % mean slack where the best fixed bound had 22-26 % (docs/timing.md,
+    tracker_replay). One score per goal at delta, and a window that lets a load's misses go
+    once they leave it, aim at that floor. q is kept per pace regime of the slower phase's
+    point (`regime`), as ConformalTiming keeps it per phase. A goal cut in prefill scores
+    its prefill's lower bound against the prefill's share of the plan: a miss when that alone
+    exceeds q, else nothing."""
+
+    def __init__(self, start: dict[str, float], delta: float = 0.01, gamma: float = 0.01, window: int = 100,
+                 pace_window: int = 2) -> None:
+        self.start, self.delta, self.gamma, self.window = dict(start), delta, gamma, window
+        self.trackers: dict[int, WindowQuantile] = {}
+        self._paces = Paces(start, pace_window)
+        self._lock = threading.Lock()
+        self.reset()
+
+    def point(self, phase: str) -> float:
+        """The point estimate of PHASE's next ratio to its fit."""
+        with self._lock:
+            return self._paces.point(phase)
+
+    def quantile(self, points: dict[str, float] | None = None) -> float:
+        """The goal's q in the regime of POINTS (default: the current ones)."""
+        with self._lock:
+            points = points or {phase: self._paces.point(phase) for phase in self.start}
+            return self._tracker(points).q
+
+    def factor(self, phase: str) -> float:
+        """What the fit of PHASE is multiplied by to plan: its point x the goal's q."""
+        return self.plan()[phase][1]
+
+    def plan(self) -> dict[str, tuple[float, float]]:
+        """PHASE -> (point, factor) to plan the next goal with."""
+        with self._lock:
+            points = {phase: self._paces.point(phase) for phase in self.start}
+            q = self._tracker(points).q
+        return {phase: (point, point * q) for phase, point in points.items()}
+
+    def _tracker(self, points: dict[str, float]) -> WindowQuantile:
+        """The regime's bound (lock held); a new regime starts from the nearest known one's q."""
+        key = regime(max(points.values()))
+        if key not in self.trackers:
+            nearest = min(self.trackers, key=lambda k: (abs(k - key), -k))
+            self.trackers[key] = self._new(start=self.trackers[nearest].q)
+        return self.trackers[key]
+
+    def _new(self, start: float) -> WindowQuantile:
+        return WindowQuantile(start=start, delta=self.delta, gamma=self.gamma, window=self.window)
+
+    def observe_goal(self, works: dict, points: dict[str, float], min_seconds: float) -> bool | None:
+        """One goal's work per phase (core.online.PhaseWork: prefill, decode), planned with POINTS.
+        True for a miss, False for a covered goal, None when it says nothing."""
+        prefill, decode = works["prefill"], works["decode"]
+        with self._lock:
+            tracker = self._tracker(points)
+            if prefill.complete:
+                fit = prefill.predicted * points["prefill"] + decode.predicted * points["decode"]
+                miss = (tracker.update((prefill.measured + decode.measured) / fit)
+                        if fit >= min_seconds and prefill.measured > 0.0 else None)
+            else:
+                fit = prefill.whole * points["prefill"]
+                miss = tracker.update(prefill.spent / fit, complete=False) if prefill.whole >= min_seconds else None
+            for phase, work in works.items():
+                if work.complete and work.predicted >= min_seconds and work.measured > 0.0:
+                    self._paces.add(phase, work.measured / work.predicted, True)
+                elif not work.complete and work.whole >= min_seconds:
+                    self._paces.add(phase, work.spent / work.whole, False)
+        return miss
+
+    def misses(self, phase: str | None = None) -> tuple[int, int]:
+        """(misses, updates) of the goal's bound over every regime (PHASE is ignored: one bound)."""
+        with self._lock:
+            trackers = list(self.trackers.values())
+        return sum(t.misses for t in trackers), sum(t.updates for t in trackers)
+
+    def reset(self) -> None:
+        """Back to the starting bound (the largest phase's start) and pace, no updates counted."""
+        with self._lock:
+            self.trackers = {0: self._new(start=max(self.start.values()))}
+            self._paces.clear()

@@ -26,7 +26,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from timebill_ros.core.conformal import ConformalTiming
+from timebill_ros.core.conformal import ConformalTiming, GoalConformal
 from timebill_ros.core.cpu_load import ForeignLoad
 from timebill_ros.core.timing import TimingModel
 
@@ -86,7 +86,7 @@ class OnlineTiming:
 
     def __init__(self, base: TimingModel, margins: Margins, *, window: int = 5, enabled: bool = True,
                  min_seconds: float = 0.02, band: tuple[float, float] = (0.0, 0.0),
-                 conformal: ConformalTiming | None = None, load: ForeignLoad | None = None) -> None:
+                 conformal: ConformalTiming | GoalConformal | None = None, load: ForeignLoad | None = None) -> None:
         if window < 2:
             raise ValueError(f"the online timing window must hold at least 2 goals, got {window}")
         self.base, self.margins, self.enabled = base, margins, enabled
@@ -123,9 +123,8 @@ class OnlineTiming:
     def snapshot(self) -> TimingSnapshot:
         """The model to plan one goal with (the prior when disabled)."""
         if self.conformal is not None and self.enabled:
-            points = {phase: self.conformal.point(phase) for phase in PHASES}
-            pre, dec = (points[phase] * self.conformal.quantile(phase, points[phase]) for phase in PHASES)
-            return TimingSnapshot(self.base.scaled(pre, dec), pre, dec, points["prefill"], points["decode"])
+            (p_point, pre), (d_point, dec) = (self.conformal.plan()[phase] for phase in PHASES)
+            return TimingSnapshot(self.base.scaled(pre, dec), pre, dec, p_point, d_point)
         pre, dec = (self.factor("prefill"), self.factor("decode")) if self.enabled else (1.0, 1.0)
         m = self.margins
         timing = self.base.scaled(pre * (1.0 + m.prefill_ratio), dec * (1.0 + m.decode_ratio),
@@ -146,13 +145,8 @@ class OnlineTiming:
                     self._ratios[phase].append(work.measured / work.predicted)
         if self.conformal is None:
             return
-        for phase, work in zip(PHASES, (prefill, decode)):
-            point = snapshot.point(phase) if snapshot else 1.0
-            if work.complete:
-                if work.predicted >= self.min_seconds:
-                    self.conformal.observe(phase, work.measured, work.predicted, point=point)
-            elif work.whole >= self.min_seconds:  # cut short: what it ran is a lower bound
-                self.conformal.observe(phase, work.spent, work.whole, complete=False, point=point)
+        points = {phase: snapshot.point(phase) if snapshot else 1.0 for phase in PHASES}
+        self.conformal.observe_goal({"prefill": prefill, "decode": decode}, points, self.min_seconds)
 
     def reset(self) -> None:
         """Forget every observation (after work that does not show the machine's pace, e.g. warm-up)."""
@@ -183,8 +177,9 @@ def online_timing_from(calibration, *, window: int, enabled: bool, estimator: st
                        miss_rate: float = 0.01, watch_load: bool = False) -> OnlineTiming:
     """The live model whose prior is CALIBRATION (a core.calibration.Calibration). ESTIMATOR
     "conformal" plans with a tracked quantile per phase aiming at MISS_RATE (core.conformal),
-    starting where the calibration's samples were all bounded; "window" with the
-    second-largest ratio of the last WINDOW goals plus the calibration's margins."""
+    starting where the calibration's samples were all bounded; "conformal_goal" with one
+    windowed conformal quantile of the goal's whole time (core.conformal.GoalConformal);
+    "window" with the second-largest ratio of the last WINDOW goals plus the calibration's margins."""
     contention = max(1.0, calibration.prefill_contention)
     base = calibration.timing.scaled(contention, 1.0)
     margins = Margins(calibration.prefill_margin, calibration.prefill_margin_s * contention,
@@ -192,10 +187,12 @@ def online_timing_from(calibration, *, window: int, enabled: bool, estimator: st
     band = (max(calibration.prefill_margin, calibration.prefill_mape / 100.0),
             max(calibration.decode_margin, calibration.decode_mape / 100.0))
     conformal = None
+    start = {"prefill": bounding_ratio(calibration.prefill_samples, calibration.timing.prefill),
+             "decode": bounding_ratio(calibration.decode_samples, calibration.timing.decode_step)}
     if estimator == "conformal":
-        start = {"prefill": bounding_ratio(calibration.prefill_samples, calibration.timing.prefill),
-                 "decode": bounding_ratio(calibration.decode_samples, calibration.timing.decode_step)}
         conformal = ConformalTiming(start, delta=miss_rate, eta=step_size(calibration))
+    elif estimator == "conformal_goal":
+        conformal = GoalConformal(start, delta=miss_rate)
     return OnlineTiming(base, margins, window=window, enabled=enabled, band=band, conformal=conformal,
                         load=ForeignLoad() if watch_load else None)
 

@@ -94,9 +94,10 @@ class NodeParams:
                          "exits 2); false leaves the node unconfigured for a lifecycle manager")
     online_timing: bool = _p(True, "plan with the calibration scaled to the machine's live pace (timing_estimator); "
                              "false: as stored (the paper). /diagnostics reports the factors either way", runtime=True)
-    timing_estimator: str = _p("conformal", "conformal: the fit x the recent pace x a "
-                               "quantile tracked toward timing_miss_rate; window: the older estimate "
-                               "(docs/timing.md)", choices=("conformal", "window"))
+    timing_estimator: str = _p("conformal", "conformal: fit x recent pace x a per-phase quantile tracked "
+                               "toward timing_miss_rate; conformal_goal: one windowed quantile of the goal's "
+                               "time; window: older (docs/timing.md)",
+                               choices=("conformal", "conformal_goal", "window"))
     timing_miss_rate: float = _p(0.01, "the long-run share of goals whose prefill or decode may run past its bound "
                                  "(conformal estimator)", low=0.001, high=0.5)
     online_window: int = _p(5, "goals the live slow-down is estimated over (the second-largest per-goal ratio)",
