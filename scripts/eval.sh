@@ -32,7 +32,8 @@ import sys, yaml
 base, out, model, predictor, longest = sys.argv[1:]
 doc = yaml.safe_load(open(base))
 params = next(iter(doc.values()))["ros__parameters"]
-params.update(model_path=model, predictor_path=predictor, online_timing=False,
+# max_new_tokens 384: the cap the predictor was distilled at and the bags' requests ask for.
+params.update(model_path=model, predictor_path=predictor, online_timing=False, max_new_tokens=384,
               max_prompt_tokens=max(int(params["max_prompt_tokens"]), int(longest) + 200))
 yaml.safe_dump(doc, open(out, "w"))
 PY
@@ -50,6 +51,11 @@ timebill bag make "$OUT/agree" --per-task "$AGREE_PER_TASK" --tasks "$TASKS" --p
 LOG="$OUT/node-agree.log"
 timebill_node --ros-args --params-file "$PARAMS" >"$LOG" 2>&1 &
 NODE=$!
+# Requests sent while the node loads are REJECTED ("node is starting"): wait until its start-up ends.
+until grep -q "start-up took" "$LOG"; do
+  kill -0 $NODE 2>/dev/null || { echo "timebill_node exited; see $LOG"; exit 1; }
+  sleep 0.5
+done
 timebill bag replay "$OUT/agree" --out "$OUT/agree_results" --skip-idle \
   || { kill -INT $NODE; wait $NODE || true; echo "replay failed; see $LOG"; exit 1; }
 kill -INT $NODE; wait $NODE || true

@@ -46,6 +46,11 @@ run_node() {  # params bag_in bag_out
   local log="$OUT/node-$(basename "$3").log"
   timebill_node --ros-args --params-file "$1" >"$log" 2>&1 &
   local pid=$!
+  # Requests sent while the node loads are REJECTED ("node is starting"): wait until its start-up ends.
+  until grep -q "start-up took" "$log"; do
+    kill -0 $pid 2>/dev/null || { echo "timebill_node exited; see $log"; exit 1; }
+    sleep 0.5
+  done
   # --skip-idle: idle time between a finished job and the next arrival is not waited out.
   timebill bag replay "$2" --out "$3" --skip-idle || { kill -INT $pid; wait $pid || true; echo "replay failed; see $log"; exit 1; }
   kill -INT $pid; wait $pid || true
