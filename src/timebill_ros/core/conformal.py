@@ -27,8 +27,37 @@ from collections import deque
 from dataclasses import dataclass
 
 
+class _ScoredBound:
+    """What the bounds share: score a goal against q, count it, step (subclasses: q, _step)."""
+
+    q: float
+    updates: int
+    misses: int
+
+    def update(self, score: float, complete: bool = True) -> bool | None:
+        """Feed one goal's SCORE (a lower bound when not COMPLETE); True for a miss, False for
+        a covered goal, None when a lower bound says nothing."""
+        if not math.isfinite(score) or score <= 0.0:
+            return None
+        miss = score > self.q
+        if not complete and not miss:
+            return None
+        self._step(score, miss)
+        self.updates += 1
+        self.misses += int(miss)
+        return miss
+
+    def _step(self, score: float, miss: bool) -> None:
+        raise NotImplementedError
+
+    @property
+    def miss_rate(self) -> float:
+        """Misses over updates so far (nan before any)."""
+        return self.misses / self.updates if self.updates else float("nan")
+
+
 @dataclass
-class QuantileTracker:
+class QuantileTracker(_ScoredBound):
     """One phase's tracked quantile q of the score measured / predicted."""
 
     q: float = 1.2  # where the tracker starts (the calibration's margins set it)
@@ -39,24 +68,9 @@ class QuantileTracker:
     updates: int = 0
     misses: int = 0
 
-    def update(self, score: float, complete: bool = True) -> bool | None:
-        """Feed one goal's SCORE (a lower bound when not COMPLETE); True for a miss, False for
-        a covered phase, None when a lower bound says nothing."""
-        if not math.isfinite(score) or score <= 0.0:
-            return None
-        miss = score > self.q
-        if not complete and not miss:
-            return None
+    def _step(self, score: float, miss: bool) -> None:
         log_q = math.log(self.q) + self.eta * ((1.0 if miss else 0.0) - self.delta)
         self.q = min(self.q_max, max(self.q_min, math.exp(log_q)))
-        self.updates += 1
-        self.misses += int(miss)
-        return miss
-
-    @property
-    def miss_rate(self) -> float:
-        """Misses over updates so far (nan before any)."""
-        return self.misses / self.updates if self.updates else float("nan")
 
 
 def regime(point: float) -> int:
@@ -188,7 +202,7 @@ class ConformalTiming:
 
 
 @dataclass
-class WindowQuantile:
+class WindowQuantile(_ScoredBound):
     """The (1 - alpha_t) empirical quantile of the last WINDOW scores, with alpha_t adapted
     after every score (Adaptive Conformal Inference, Gibbs & Candes 2021):
 
@@ -223,23 +237,9 @@ class WindowQuantile:
         rank = math.ceil((1.0 - self.alpha) * (n + 1))  # split conformal's finite-sample rank
         return sorted(self.scores)[rank - 1] if 1 <= rank <= n else max(self.scores) * self.headroom
 
-    def update(self, score: float, complete: bool = True) -> bool | None:
-        """As QuantileTracker.update: a lower bound (not COMPLETE) only counts when it misses."""
-        if not math.isfinite(score) or score <= 0.0:
-            return None
-        miss = score > self.q
-        if not complete and not miss:
-            return None
+    def _step(self, score: float, miss: bool) -> None:
         self.alpha += self.gamma * (self.delta - (1.0 if miss else 0.0))
         self.scores.append(score)
-        self.updates += 1
-        self.misses += int(miss)
-        return miss
-
-    @property
-    def miss_rate(self) -> float:
-        """Misses over updates so far (nan before any)."""
-        return self.misses / self.updates if self.updates else float("nan")
 
 
 class GoalConformal:
