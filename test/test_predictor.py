@@ -130,26 +130,6 @@ def test_a_lora_predictor_ships_only_its_adapter_and_serves_what_was_trained(tin
     assert torch.allclose(trained, merged, atol=1e-4)
 
 
-def test_the_slm_head_reads_the_mean_of_the_prompt_s_states(tiny_model_dir):
-    """A 2-layer cut of a decoder barely mixes context into the last token (the chat template's
-    'assistant' turn, the same for every prompt): the shipped v3 predictor pooled there and
-    learnt a constant. New SLM predictors pool the mean of the states."""
-    import torch
-
-    from timebill_ros.core.predictor import MeanPooled, PredictorSpec, truncated_backbone
-
-    spec = PredictorSpec("buckets", 64, bucket_width=16, pooling="mean")
-    model = truncated_backbone(tiny_model_dir, 1, spec, None).eval()
-    assert isinstance(model, MeanPooled) and rlp.spec_for("buckets16", [], 64, "t").pooling == "mean"
-    ids = torch.tensor([[5, 9, 14, 3, 7, 7, 2]])
-    with torch.inference_mode():
-        out = model(input_ids=ids, labels=torch.tensor([2]))
-        head = model.score(model.model(input_ids=ids).last_hidden_state.mean(dim=1))
-    assert torch.allclose(out.logits, head) and out.logits.shape == (1, spec.n_classes)
-    assert torch.isclose(out.loss, torch.nn.functional.cross_entropy(head, torch.tensor([2])))
-    assert PredictorSpec("buckets", 64).pooling == "last"  # predictors saved before it keep theirs
-
-
 def test_reference_predictors_measure_what_task_and_prompt_length_explain():
     from timebill_ros.train.predictor import Sample, reference_predictors
 

@@ -68,11 +68,6 @@ class PredictorSpec:
     # pessimism_k); the node plans with it unless a goal or the k parameter says otherwise.
     # 0: not chosen (predictors trained before it existed): the paper's 5.
     pessimism_k: float = 0.0
-    # What the head of a cut-down backbone reads: "last" (the last token's state, the
-    # sequence-classification default; predictors made before "mean" keep it) or "mean" (the
-    # mean of all tokens' states). Cut to 2 layers, a decoder barely mixes context into the last
-    # token: its state was nearly the same for every prompt and the head learnt a constant.
-    pooling: str = "last"
 
     @property
     def n_classes(self) -> int:
@@ -143,8 +138,6 @@ def truncated_backbone(target_dir: Path, layers: int, spec: PredictorSpec, pad_i
     config.problem_type = "regression" if spec.kind == "regression" else "single_label_classification"
     torch.manual_seed(0)  # the head's initialisation
     model = AutoModelForSequenceClassification.from_config(config)
-    if spec.pooling == "mean":
-        model.__class__ = type(f"MeanPooled{type(model).__name__}", (MeanPooled, type(model)), {})
     wanted = set(model.state_dict())
     with safe_open(str(target_dir / "model.safetensors"), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys() if k in wanted}
@@ -153,24 +146,6 @@ def truncated_backbone(target_dir: Path, layers: int, spec: PredictorSpec, pad_i
         raise ValueError(f"the target's weights at '{target_dir}' do not fit a {type(model).__name__}: "
                          f"missing {missing[:3]}")
     return model
-
-
-class MeanPooled:
-    """Mixed into a sequence classifier of the target's class: the head reads the mean of the
-    last hidden states over the input (PredictorSpec.pooling "mean"). Inputs are one
-    unpadded prompt at a time, so no mask is needed."""
-
-    def forward(self, input_ids=None, labels=None, **_):
-        from transformers.modeling_outputs import SequenceClassifierOutputWithPast
-
-        hidden = getattr(self, self.base_model_prefix)(input_ids=input_ids).last_hidden_state
-        logits = self.score(hidden.mean(dim=1))
-        loss = None
-        if labels is not None:
-            loss = (torch.nn.functional.mse_loss(logits.reshape(-1), labels.reshape(-1).to(logits.dtype))
-                    if self.config.problem_type == "regression"
-                    else torch.nn.functional.cross_entropy(logits, labels.reshape(-1)))
-        return SequenceClassifierOutputWithPast(loss=loss, logits=logits)
 
 
 def load_classifier(folder: Path, spec: PredictorSpec):
@@ -240,8 +215,7 @@ def check_target(predictor: LengthPredictor, model_name: str) -> None:
 
 
 # builtin predictor name -> the packaged model folder whose rlp/buckets16 it is
-BUILTIN_PREDICTORS = {"default": "default", "toy": "default", "smollm2-tasks": "smollm2-tasks",
-                      "smollm2-tasks-v3": "smollm2-tasks-v3"}
+BUILTIN_PREDICTORS = {"default": "default", "toy": "default", "smollm2-tasks": "smollm2-tasks"}
 
 
 def predictor_folder(spec: str) -> Path:
@@ -257,7 +231,7 @@ def predictor_folder(spec: str) -> Path:
 
 def load_predictor(spec: str, prefill_time: Callable[[int], float] | None, fixed_tokens: int) -> LengthPredictor:
     """`""` -> FixedLengthPredictor(fixed_tokens); `builtin:NAME` -> the shipped bucket predictor
-    of builtin model NAME (`default`/`toy`, `smollm2-tasks`, `smollm2-tasks-v3`); otherwise a predictor folder made
+    of builtin model NAME (`default`/`toy`, `smollm2-tasks`); otherwise a predictor folder made
     by `timebill train-rlp`."""
     if not spec:
         return FixedLengthPredictor(fixed_tokens)

@@ -86,10 +86,10 @@ def distill(engine: Engine, prompts: list[tuple[str, str]], max_new_tokens: int,
 
 def spec_for(name: str, train: list[Sample], n_max: int, target: str) -> PredictorSpec:
     """The spec of a named predictor; coarse classes are quantiles of the training lengths."""
-    if name.startswith("buckets"):  # the SLM's head on the mean of its states (PredictorSpec.pooling)
-        return PredictorSpec("buckets", n_max, bucket_width=int(name[7:]), target_model=target, pooling="mean")
+    if name.startswith("buckets"):
+        return PredictorSpec("buckets", n_max, bucket_width=int(name[7:]), target_model=target)
     if name == "regression":
-        return PredictorSpec("regression", n_max, target_model=target, pooling="mean")
+        return PredictorSpec("regression", n_max, target_model=target)
     n_classes = 5 if name == "proxy5" else 10
     lengths = np.array(sorted(s.n_tokens for s in train))
     edges = sorted(set(float(np.quantile(lengths, (i + 1) / n_classes)) for i in range(n_classes)))
