@@ -18,7 +18,9 @@ PROMPT_TOKENS=${PROMPT_TOKENS:-1000,3000}
 AGREE_PER_TASK=${AGREE_PER_TASK:-3}
 AGREE_METHODS=${AGREE_METHODS:-vanilla,fixed_0.5,fixed_0.95,timebill}
 EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks-v3}
-EVAL_PREDICTOR=${EVAL_PREDICTOR:-builtin:smollm2-tasks-v3}
+# No length predictor trained on v3 ships yet (issue 29: distilled predictors on it learn a
+# constant): "" plans TimeBill with the fixed N_hat (fixed_prediction_tokens) until one does.
+EVAL_PREDICTOR=${EVAL_PREDICTOR-}
 CAL_ARGS=${CAL_ARGS:-}
 OUT=${OUT:-results/eval}
 mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results"
