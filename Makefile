@@ -52,7 +52,7 @@ eval: setup
 	@$(ENV) && bash scripts/eval.sh
 
 eval-quick: setup
-	@$(ENV) && PER_TASK=2 AGREE_PER_TASK=1 AGREE_METHODS=vanilla,timebill CAL_ARGS="--points 12 --repeats 2" \
+	@$(ENV) && PER_TASK=2 AGREE_PER_TASK=1 AGREE_METHODS=timebill CAL_ARGS="--points 8 --repeats 1" \
 		OUT=results/eval-quick bash scripts/eval.sh
 
 # The older path: every goal of every method through the node, the int8 model and the k sweep.

@@ -239,3 +239,15 @@ def test_the_kill_bound_comes_from_the_measured_slowest_piece(tiny_model_dir):
     measured = prefill_kill_warning(timing, 512, 2048, 0.05, layers=30, pieces_per_layer=3, piece_share=2 / 90)
     ms = [int(w.split("up to ")[1].split(" ms")[0]) for w in (equal, measured)]
     assert ms[1] == pytest.approx(2 * ms[0], abs=1)
+
+
+def test_the_machine_id_tells_cpus_of_one_name_apart_by_their_widest_extension():
+    import os
+
+    from timebill_ros.core.calibration import machine_id
+
+    zen3 = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n\nmodel name\t: AMD EPYC\nflags\t\t: fpu\n"
+    zen4 = "model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    n = os.cpu_count()
+    assert machine_id(zen3) == f"amd-epyc-{n}cpu-avx2" and machine_id(zen4) == f"amd-epyc-{n}cpu-avx512bf16"
+    assert machine_id("model name : Intel Xeon\nflags : avx512f amx_tile\n").endswith("cpu-amx")

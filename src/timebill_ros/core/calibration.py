@@ -37,17 +37,27 @@ class CalibrationError(RuntimeError):
     """Missing or unreadable calibration; the message says how to make one."""
 
 
-def machine_id() -> str:
-    """A name for this kind of machine: CPU model and core count (stable across reboots)."""
-    cpu = platform.processor() or platform.machine()
+# The widest vector / matrix extension a CPU has, widest first: the kernels a calibration
+# timed (and the decode kernels chosen by measurement) depend on it.
+ISA_TAGS = (("amx_tile", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
+
+
+def machine_id(cpuinfo: str | None = None) -> str:
+    """A name for this kind of machine: CPU model, core count and widest vector extension
+    (stable across reboots). A virtual machine may name every CPU alike ("AMD EPYC" for a
+    Zen 3 without AVX-512 and a Zen 4 with it): the extension tells them apart."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        cpuinfo = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
     except OSError:
-        pass
-    return re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu}-{os.cpu_count()}cpu").strip("-").lower()
+        cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():  # the first CPU's fields
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    cpu = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    isa = next((tag for flag, tag in ISA_TAGS if flag in flags), "")
+    return re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu}-{os.cpu_count()}cpu-{isa}").strip("-").lower()
 
 
 @dataclass(frozen=True)

@@ -330,6 +330,11 @@ def rlp_table(load: Callable[[str], dict], source: str = "rlp.json") -> str:
         f = next(iter(r["predictors"].values()))["full_input"]
         text += (f" {pct(f['capped_share'], 0)} of the test answers ran to the {r['max_new_tokens']}-token cap; "
                  f"they hold {pct(f['capped_variance_share'], 0)} of the lengths' variance.")
+    if lengths := r.get("target_lengths"):  # does the target stop where its answer ends (issue 29)
+        rows = [f"| {task} | {pct(row['capped_share'], 1)} | {row['corr_with_reference']:.2f} | "
+                f"{row['mean_tokens']:.0f} ({row['reference_mean_tokens']:.0f}) |" for task, row in lengths.items()]
+        text += ("\n\n| task | the target's answers at the cap | length correlation with the reference | "
+                 "mean tokens (reference) |\n|---|---|---|---|\n" + "\n".join(rows))
     return "\n".join(lines) + text + "\n"
 
 
