@@ -23,7 +23,8 @@ EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks-v3}
 EVAL_PREDICTOR=${EVAL_PREDICTOR-}
 CAL_ARGS=${CAL_ARGS:-}
 OUT=${OUT:-results/eval}
-mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results"
+# A fresh run measures afresh: traces.json holds N_hat of the predictor it was made with.
+mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results" "$OUT/traces.json"
 STARTED=$(date +%s)
 PARAMS="$OUT/node.yaml"
 # The traces plan as the paper does, from the stored calibration: the node is run the same
@@ -43,7 +44,6 @@ timebill calibrate --check --params-file "$PARAMS" >/dev/null 2>&1 || timebill c
 CALIBRATED=$(date +%s)
 
 echo "== traces: $PER_TASK prompts a task ($TASKS), prompts of $PROMPT_TOKENS tokens"
-# A saved traces.json for the same prompts is reused (the table is recomputed from it).
 timebill eval-traces --params-file "$PARAMS" --per-task "$PER_TASK" --tasks "$TASKS" \
   --prompt-tokens "$PROMPT_TOKENS" --out "$OUT"
 
@@ -62,6 +62,7 @@ timebill bag replay "$OUT/agree" --out "$OUT/agree_results" --skip-idle \
   || { kill -INT $NODE; wait $NODE || true; echo "replay failed; see $LOG"; exit 1; }
 kill -INT $NODE; wait $NODE || true
 
+# The traces measured above (traces.json) are reused: only the agreement is added.
 timebill eval-traces --params-file "$PARAMS" --per-task "$PER_TASK" --tasks "$TASKS" \
   --prompt-tokens "$PROMPT_TOKENS" --out "$OUT" --agree "$OUT/agree_results"
 python - "$OUT/traces_eval.json" "$STARTED" "$CALIBRATED" <<'PY'

@@ -247,3 +247,15 @@ def test_online_timing_plans_both_phases_with_the_goal_bound():
         snap = online.snapshot()
     # Scores all 1.0; fewer than 1/delta of them, so the bound is the largest x the headroom.
     assert snap.prefill_point == pytest.approx(0.9) and snap.prefill_factor == pytest.approx(0.9 * 1.05)
+
+
+def test_the_windowed_level_stays_meaningful_at_its_extremes():
+    from timebill_ros.core.conformal import WindowQuantile
+
+    bound = WindowQuantile(start=1.0, delta=0.01, window=20)
+    for score in np.linspace(1.0, 2.0, 20):
+        bound.update(score)
+    bound.alpha = 1.5  # after very many covered goals: the smallest score, not the largest
+    assert bound.q == pytest.approx(1.0)
+    bound.alpha = -0.2  # after a run of misses: beyond the window
+    assert bound.q == pytest.approx(2.0 * bound.headroom)

@@ -234,8 +234,10 @@ class WindowQuantile(_ScoredBound):
         n = len(self.scores)
         if n < self.min_scores:
             return max(self.start, *self.scores) if self.scores else self.start
-        rank = math.ceil((1.0 - self.alpha) * (n + 1))  # split conformal's finite-sample rank
-        return sorted(self.scores)[rank - 1] if 1 <= rank <= n else max(self.scores) * self.headroom
+        # Split conformal's finite-sample rank; alpha >= 1 (a long run of covered goals) asks
+        # for the smallest score, alpha <= 1 / (n + 1) for more than the window holds.
+        rank = max(1, math.ceil((1.0 - self.alpha) * (n + 1)))
+        return sorted(self.scores)[rank - 1] if rank <= n else max(self.scores) * self.headroom
 
     def _step(self, score: float, miss: bool) -> None:
         self.alpha += self.gamma * (self.delta - (1.0 if miss else 0.0))

@@ -123,7 +123,8 @@ class OnlineTiming:
     def snapshot(self) -> TimingSnapshot:
         """The model to plan one goal with (the prior when disabled)."""
         if self.conformal is not None and self.enabled:
-            (p_point, pre), (d_point, dec) = (self.conformal.plan()[phase] for phase in PHASES)
+            plan = self.conformal.plan()  # once: both phases from the same state
+            (p_point, pre), (d_point, dec) = plan["prefill"], plan["decode"]
             return TimingSnapshot(self.base.scaled(pre, dec), pre, dec, p_point, d_point)
         pre, dec = (self.factor("prefill"), self.factor("decode")) if self.enabled else (1.0, 1.0)
         m = self.margins
