@@ -79,6 +79,15 @@ def regime(point: float) -> int:
     return round(math.log2(point)) if point > 0.0 and math.isfinite(point) else 0
 
 
+def timed_work(work, min_seconds: float) -> tuple[float, float, bool] | None:
+    """(seconds, fit seconds, complete) of one phase's work (core.online.PhaseWork): what
+    completed against its fit, or for a phase cut short what it ran against the whole phase's
+    fit (a lower bound). None when the fit is under MIN_SECONDS: jitter, not pace."""
+    if work.complete:
+        return (work.measured, work.predicted, True) if work.predicted >= min_seconds else None
+    return (work.spent, work.whole, False) if work.whole >= min_seconds else None
+
+
 class Paces:
     """Each phase's recent pace: the larger of the last WINDOW goals' ratios of measured to fit
     time (1 before any goal). Not thread-safe: its owner holds the lock."""
@@ -149,11 +158,9 @@ class ConformalTiming:
         """One goal's work per phase (core.online.PhaseWork), planned with POINTS; phases whose
         fit is under MIN_SECONDS are jitter, not pace."""
         for phase, work in works.items():
-            if work.complete:
-                if work.predicted >= min_seconds:
-                    self.observe(phase, work.measured, work.predicted, point=points[phase])
-            elif work.whole >= min_seconds:  # cut short: what it ran is a lower bound
-                self.observe(phase, work.spent, work.whole, complete=False, point=points[phase])
+            if timed := timed_work(work, min_seconds):
+                seconds, fit, complete = timed
+                self.observe(phase, seconds, fit, complete=complete, point=points[phase])
 
     def factor(self, phase: str) -> float:
         """What the fit of PHASE is multiplied by to plan: point x q (of the point's regime)."""
@@ -315,10 +322,9 @@ class GoalConformal:
                 fit = prefill.whole * points["prefill"]
                 miss = tracker.update(prefill.spent / fit, complete=False) if prefill.whole >= min_seconds else None
             for phase, work in works.items():
-                if work.complete and work.predicted >= min_seconds and work.measured > 0.0:
-                    self._paces.add(phase, work.measured / work.predicted, True)
-                elif not work.complete and work.whole >= min_seconds:
-                    self._paces.add(phase, work.spent / work.whole, False)
+                if (timed := timed_work(work, min_seconds)) and timed[0] > 0.0:
+                    seconds, fit, complete = timed
+                    self._paces.add(phase, seconds / fit, complete)
         return miss
 
     def misses(self, phase: str | None = None) -> tuple[int, int]:
