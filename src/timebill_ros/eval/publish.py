@@ -635,8 +635,7 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill") -> str:
     for name, cells in methods.items():
         lines.append(f"| {name} | " + " | ".join(
             f"{c['score']:.3f} ({c['score_se']:.3f}) / {pct(c['completion'], 0)} / "
-            f"{c['alpha_mean']:.2f}" if c["alpha_mean"] is not None else f"{c['score']:.3f} ({c['score_se']:.3f}) / "
-            f"{pct(c['completion'], 0)} / -" for c in cells.values()) + " |")
+            + ("-" if c["alpha_mean"] is None else f"{c['alpha_mean']:.2f}") for c in cells.values()) + " |")
     n = next(iter(next(iter(methods.values())).values()))["n"]
     share = ", ".join(f"{t} {pct(v, 0)}" for t, v in r["decode_share_of_vanilla"].items())
     span = "-".join(map(str, r["prompt_tokens"])) if isinstance(r["prompt_tokens"], list) else r["prompt_tokens"]
