@@ -68,14 +68,34 @@ def test_distil_train_evaluate_and_serve(tiny, tiny_model_dir, tmp_path):
     engine.close()
 
 
-def test_training_stops_only_when_validation_got_worse_twice_in_a_row(monkeypatch, tiny, tiny_model_dir):
-    maes = iter([10.0, 9.0, 11.0, 12.0, 8.0])  # best at epoch 2, then worse twice: epoch 5 never runs
+def test_training_stops_after_three_epochs_without_a_better_validation_mae(monkeypatch, tiny, tiny_model_dir):
+    maes = iter([10.0, 9.0, 11.0, 8.5, 12.0, 9.5, 8.7, 1.0])  # best 8.5 at epoch 4, then 3 worse: stop
     monkeypatch.setattr(rlp, "evaluate", lambda *a, **k: {"MAE": next(maes)})
     data = [rlp.Sample(f"s{i}", list(range(5, 15)), 3 + i) for i in range(4)]
     spec = rlp.spec_for("buckets16", data, 24, tiny.name)
     model = rlp.build_model("buckets16", spec, tiny_model_dir, 1, len(tiny.tokenizer), tiny.tokenizer.pad_token_id)
-    history = rlp.fit(model, spec, data, data, epochs=5, lr=1e-3, accumulate=2)
-    assert history == {"val_mae_by_epoch": [10.0, 9.0, 11.0, 12.0], "best_val_mae": 9.0}
+    history = rlp.fit(model, spec, data, data, epochs=8, lr=1e-3, accumulate=2)
+    assert history["val_mae_by_epoch"] == [10.0, 9.0, 11.0, 8.5, 12.0, 9.5, 8.7] and history["best_val_mae"] == 8.5
+
+
+def test_the_head_learns_at_its_own_rate_and_every_trainable_weight_is_in_one_group(tiny, tiny_model_dir):
+    spec = rlp.spec_for("buckets16", [], 24, tiny.name)
+    for rank in (0, 4):
+        model = rlp.build_model("buckets16", spec, tiny_model_dir, 1, len(tiny.tokenizer),
+                                tiny.tokenizer.pad_token_id, lora_rank=rank)
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        head = [n for n in trainable if rlp._is_head(n)]
+        assert len(head) == 1 and "score" in head[0] and len(trainable) > 1  # the new head, not its frozen copy
+
+
+def test_the_expectation_readout_orders_prompts_where_the_argmax_settles_on_one_bucket():
+    spec = PredictorSpec("buckets", n_max=64, bucket_width=16, readout="expectation")
+    assert spec.tokens(torch.tensor([9.0, -9.0, -9.0, -9.0])) == 8  # all mass on (0, 16]: its midpoint
+    short, long = torch.tensor([2.0, 1.0, 0.0, 0.0]), torch.tensor([2.0, 1.9, 1.5, 1.0])
+    assert spec.tokens(short) < spec.tokens(long) <= 64  # same argmax, different lengths
+    assert PredictorSpec("buckets", n_max=64, bucket_width=16).tokens(long) == 16  # the paper's argmax edge
+    with pytest.raises(ValueError, match="readout"):
+        PredictorSpec("buckets", n_max=64, readout="median")
 
 
 def test_a_distillation_killed_mid_write_resumes_from_what_it_had(tiny, tmp_path):
@@ -154,6 +174,22 @@ def test_oracle_reference_reads_the_reference_answers_length():
     free = Sample("x-free-0", [1] * 50, 9)  # no reference answer: left out of the fit
     ref = reference_predictors(samples[:20] + [free], samples[20:], n_max=64, answer_tokens=answer)
     assert ref["task_and_answer"]["R2"] > 0.99 > ref["task_and_length"]["R2"]
+
+
+def test_the_instruction_reference_reads_the_count_the_prompt_asks_for():
+    from timebill_ros.eval import tasks
+    from timebill_ros.train.predictor import Sample, reference_predictors
+
+    assert tasks.asked_count("Summarize the first 7 sections of this report in 7 bullet points") == 7
+    assert tasks.asked_count("Summarize the first section of this report in one bullet point") == 1
+    assert tasks.asked_count("Complete the next 3 lines of this Python code.") == 3
+    assert tasks.asked_count("Complete the next line of this Python code.") == 1
+    assert tasks.asked_count("Read the log and list every cow it mentions") == 0
+    # Summaries answer 12 tokens a bullet point; code answers 5 tokens whatever it is asked.
+    asked = {f"x-summary-{i}": 1 + i % 12 for i in range(30)} | {f"x-code-{i}": 1 + i % 5 for i in range(30)}
+    samples = [Sample(pid, [1] * 50, 12 * n if "summary" in pid else 5) for pid, n in asked.items()]
+    ref = reference_predictors(samples[::2], samples[1::2], n_max=256, asked=asked)
+    assert ref["task_and_asked"]["R2"] > 0.99 > ref["task_mean"]["R2"]
 
 
 def test_target_lengths_say_whether_the_target_stops_where_its_answer_ends():

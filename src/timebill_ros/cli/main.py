@@ -265,7 +265,8 @@ def eval_quality(model_path: str, split: str, limit: int, alphas: str, threads: 
 @click.option("--per-task", type=int, default=120, show_default=True,
               help="Train prompts per task (the shipped distillation has 120).")
 @click.option("--free", type=int, default=30, show_default=True, help="Extra free-form train prompts (shipped: 30).")
-@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--epochs", type=int, default=12, show_default=True,
+              help="At most; training stops after 3 epochs without a better validation MAE.")
 @click.option("--layers", type=int, default=2, show_default=True, help="Target layers the SLM backbone keeps.")
 @click.option("--max-new-tokens", type=int, default=384, show_default=True, help="As served (N_max).")
 @click.option("--threads", type=int, default=2, show_default=True)

@@ -79,7 +79,9 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
     report = {"target": engine.loaded.name, "max_new_tokens": max_new_tokens,
               "train_examples": len(data["train"]), "test_examples": len(data["test"]),
               "target_lengths": rlp.target_lengths(data["test"], answers, max_new_tokens), "predictors": table,
-              "references": rlp.reference_predictors(data["train"], data["test"], max_new_tokens, answers)}
+              "references": rlp.reference_predictors(
+                  data["train"], data["test"], max_new_tokens, answers,
+                  {**rlp.asked_counts("train", per_task), **rlp.asked_counts("test", 0)})}
     Path(results).parent.mkdir(parents=True, exist_ok=True)
     Path(results).write_text(json.dumps(report, indent=2))
     click.echo(f"{'predictor':<12}{'MAE':>8}{'RMSE':>8}{'R2':>8}   compressed: {'MAE':>7}{'R2':>7} truncated")

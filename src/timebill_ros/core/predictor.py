@@ -52,6 +52,12 @@ class PredictorSpec:
     kind: str  # "buckets" | "regression" | "classes"
     n_max: int  # the largest response length it was trained for
     bucket_width: int = 16  # kind == buckets
+    # kind == buckets: how N_hat is read from the bucket probabilities. "argmax": the upper edge
+    # of the likeliest bucket (the paper's; predictors trained before this field). "expectation":
+    # the probability-weighted mean of the buckets' midpoints: on a few hundred distilled
+    # examples the argmax settles on one bucket for every prompt (R^2 < 0) while the
+    # expectation still orders prompts (issue 29); the stored pessimism k covers the rest.
+    readout: str = "argmax"
     class_values: list[float] = field(default_factory=list)  # kind == classes: N_hat of each class
     class_edges: list[float] = field(default_factory=list)  # kind == classes: upper edges (training labels)
     regression_scale: float = 256.0  # kind == regression: output * scale = N_hat
@@ -68,6 +74,10 @@ class PredictorSpec:
     # pessimism_k); the node plans with it unless a goal or the k parameter says otherwise.
     # 0: not chosen (predictors trained before it existed): the paper's 5.
     pessimism_k: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.readout not in ("argmax", "expectation"):
+            raise ValueError(f"unknown predictor readout '{self.readout}' (argmax | expectation)")
 
     @property
     def n_classes(self) -> int:
@@ -86,6 +96,9 @@ class PredictorSpec:
 
     def tokens(self, output: torch.Tensor) -> int:
         """N_hat from the head's output for one prompt."""
+        if self.kind == "buckets" and self.readout == "expectation":
+            midpoints = (torch.arange(output.numel(), dtype=torch.float) + 0.5) * self.bucket_width
+            return int(min(self.n_max, max(1.0, round(float((output.float().softmax(-1) * midpoints).sum())))))
         if self.kind == "buckets":
             return min(self.n_max, (int(output.argmax()) + 1) * self.bucket_width)
         if self.kind == "classes":

@@ -204,6 +204,19 @@ def summary_example(rng: random.Random, split: str, target: int) -> tuple[str, s
     return prompt, answer
 
 
+_ASKED = re.compile(r"^(?:Summarize the first (?:(\d+) sections|section)|Complete the next (?:(\d+) lines|line))")
+
+
+def asked_count(prompt: str) -> int:
+    """How many units the instruction itself asks for: bullet points of a summary, lines of
+    code; 0 where it names none (QA, lists: their length is in the document, not the
+    instruction). What a length predictor that reads the instruction perfectly would know."""
+    match = _ASKED.match(prompt)
+    if not match:
+        return 0
+    return int(match.group(1) or match.group(2) or 1)
+
+
 SUMMARY_POINTS = tuple(range(1, 13))  # bullet points asked for
 SECTION_WORDS = ("checks", "notes", "status", "review", "plan", "log", "findings", "update")
 MAKERS = {"qa": qa_example, "code": code_example, "list": list_example, "summary": summary_example}

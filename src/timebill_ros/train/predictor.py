@@ -40,8 +40,7 @@ PREDICTORS = ("buckets16", "buckets32", "buckets64", "regression", "proxy5", "s3
 
 def predictor_prompts(split: str, n_per_task: int, seed: int = 0, free: int = 0) -> list[tuple[str, str]]:
     """Task-suite prompts of SPLIT, plus FREE free-form prompts built from docstring prose."""
-    prompts = [(e.id, e.prompt) for e in tasks.generate(split, n_per_task, seed)] if split != "test" else \
-        [(e.id, e.prompt) for e in tasks.load("test")]
+    prompts = [(e.id, e.prompt) for e in _suite(split, n_per_task, seed)]
     rng = random.Random(f"free:{split}:{seed}")
     # From the split's prose itself, not from the default model's training chats: those change
     # with its recipe, and the distillation prompts must not (they did: the shipped free-form
@@ -87,7 +86,7 @@ def distill(engine: Engine, prompts: list[tuple[str, str]], max_new_tokens: int,
 def spec_for(name: str, train: list[Sample], n_max: int, target: str) -> PredictorSpec:
     """The spec of a named predictor; coarse classes are quantiles of the training lengths."""
     if name.startswith("buckets"):
-        return PredictorSpec("buckets", n_max, bucket_width=int(name[7:]), target_model=target)
+        return PredictorSpec("buckets", n_max, bucket_width=int(name[7:]), readout="expectation", target_model=target)
     if name == "regression":
         return PredictorSpec("regression", n_max, target_model=target)
     n_classes = 5 if name == "proxy5" else 10
@@ -130,11 +129,20 @@ def predict_tokens(model, spec: PredictorSpec, ids: list[int]) -> int:
 
 
 def fit(model, spec: PredictorSpec, train: list[Sample], val: list[Sample], *, epochs: int, lr: float,
-        accumulate: int = 8, seed: int = 0, tick: Callable[[], None] = lambda: None) -> dict:
-    """Train with AdamW, batch 1 (no padding) x ACCUMULATE; keep the epoch with the best validation MAE."""
+        head_lr: float | None = None, accumulate: int = 1, patience: int = 3, seed: int = 0,
+        tick: Callable[[], None] = lambda: None) -> dict:
+    """Train with AdamW, batch 1 (no padding) x ACCUMULATE, the new head at HEAD_LR (default
+    10 x LR: it starts from random while the backbone starts trained); keep the epoch with the
+    best validation MAE, stop after PATIENCE epochs without a better one.
+
+    One optimizer step per example by default: with a few hundred distilled examples, 8 per
+    step left 79 steps in three epochs and a head that predicted one bucket for every prompt."""
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    best, best_state, history = math.inf, None, []
+    head = [p for n, p in model.named_parameters() if p.requires_grad and _is_head(n)]
+    body = [p for n, p in model.named_parameters() if p.requires_grad and not _is_head(n)]
+    opt = torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": head_lr or 10 * lr}],
+                            weight_decay=0.01)
+    best, best_state, history, since_best = math.inf, None, [], 0
     for epoch in range(epochs):
         model.train()
         order = list(train)
@@ -145,7 +153,7 @@ def fit(model, spec: PredictorSpec, train: list[Sample], val: list[Sample], *, e
             target = torch.tensor([label], dtype=torch.float if spec.kind == "regression" else torch.long)
             loss = model(input_ids=torch.tensor([ids]), labels=target).loss / accumulate
             loss.backward()
-            if (i + 1) % accumulate == 0:
+            if (i + 1) % accumulate == 0 or i + 1 == len(order):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -154,11 +162,19 @@ def fit(model, spec: PredictorSpec, train: list[Sample], val: list[Sample], *, e
         mae = evaluate(model, spec, val)["MAE"]
         history.append(mae)
         if mae < best:
-            best, best_state = mae, {k: v.clone() for k, v in model.state_dict().items()}
-        elif len(history) >= 3 and history[-1] >= history[-2] >= history[-3]:
-            break  # early stopping: validation got worse twice in a row
+            best, best_state, since_best = mae, {k: v.clone() for k, v in model.state_dict().items()}, 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
     model.load_state_dict(best_state)
-    return {"val_mae_by_epoch": history, "best_val_mae": best}
+    return {"val_mae_by_epoch": history, "best_val_mae": best, "lr": lr, "head_lr": head_lr or 10 * lr,
+            "accumulate": accumulate}
+
+
+def _is_head(name: str) -> bool:
+    """The classification head: `score` in the SLM (also under a LoRA wrapper), `classifier` in BERT."""
+    return ".score." in f".{name}" or name.startswith("classifier.") or ".classifier." in name
 
 
 def predictions(model, spec: PredictorSpec, samples: list[Sample],
@@ -200,7 +216,8 @@ def task_of(sample: Sample) -> str:
 
 
 def reference_predictors(train: list[Sample], test: list[Sample], n_max: int,
-                         answer_tokens: dict[str, int] | None = None) -> dict[str, dict]:
+                         answer_tokens: dict[str, int] | None = None,
+                         asked: dict[str, int] | None = None) -> dict[str, dict]:
     """What simple prompt features alone explain of the lengths, on the same test split:
     the task's mean training length, and a linear fit on the task and the prompt's length.
     Neither is a serving predictor (the node does not know a prompt's task); they bound
@@ -211,18 +228,24 @@ def reference_predictors(train: list[Sample], test: list[Sample], n_max: int,
     an oracle: how much of the target's lengths a predictor that reads the prompt perfectly
     (counts the items, reads "the next 3 lines") could explain; the rest is the target
     departing from the reference (answers that loop, code that runs past the lines asked).
+
+    With ASKED (a prompt id's `tasks.asked_count`: the bullet points or lines its instruction
+    asks for), a fourth: a fit on the task and, per task, that count. The ceiling of a
+    predictor that reads the instruction perfectly but counts nothing in the document.
     """
     from sklearn.linear_model import LinearRegression
 
     names = sorted({task_of(s) for s in train})
 
-    def features(samples: list[Sample], extra: Callable[[Sample], float]) -> np.ndarray:
-        return np.array([[task_of(s) == t for t in names] + [extra(s)] for s in samples], float)
+    def features(samples: list[Sample], extra: Callable[[Sample], float], per_task: bool) -> np.ndarray:
+        one_hot = [[task_of(s) == t for t in names] for s in samples]
+        slopes = [[extra(s) * hot for hot in row] if per_task else [extra(s)] for s, row in zip(samples, one_hot)]
+        return np.array([row + slope for row, slope in zip(one_hot, slopes)], float)
 
-    def linear(fit_on: list[Sample], extra: Callable[[Sample], float]) -> list[float]:
+    def linear(fit_on: list[Sample], extra: Callable[[Sample], float], per_task: bool = False) -> list[float]:
         y = np.array([s.n_tokens for s in fit_on], float)
-        model = LinearRegression().fit(features(fit_on, extra), y)
-        return [float(min(n_max, max(1.0, v))) for v in model.predict(features(test, extra))]
+        model = LinearRegression().fit(features(fit_on, extra, per_task), y)
+        return [float(min(n_max, max(1.0, v))) for v in model.predict(features(test, extra, per_task))]
 
     y = np.array([s.n_tokens for s in train], float)
     truth = [s.n_tokens for s in test]
@@ -232,14 +255,27 @@ def reference_predictors(train: list[Sample], test: list[Sample], n_max: int,
     if answer_tokens and all(s.id in answer_tokens for s in test):
         known = [s for s in train if s.id in answer_tokens]  # the free-form prompts have no reference
         preds["task_and_answer"] = linear(known, lambda s: answer_tokens[s.id] / 100)
+    if asked and all(s.id in asked for s in test):
+        known = [s for s in train if s.id in asked]
+        preds["task_and_asked"] = linear(known, lambda s: asked[s.id], per_task=True)
     return {name: {**length_metrics(truth, pred, n_max), "n": len(test)} for name, pred in preds.items()}
+
+
+def asked_counts(split: str, n_per_task: int, seed: int = 0) -> dict[str, int]:
+    """`tasks.asked_count` of each task-suite prompt, by prompt id (for `reference_predictors`)."""
+    return {e.id: tasks.asked_count(e.prompt) for e in _suite(split, n_per_task, seed)}
 
 
 def reference_answer_tokens(tokenizer, split: str, n_per_task: int, seed: int = 0) -> dict[str, int]:
     """The token count of each task-suite prompt's reference answer (+1 for the end of turn),
     by prompt id, for the oracle reference of `reference_predictors`."""
-    examples = tasks.load("test") if split == "test" else tasks.generate(split, n_per_task, seed)
-    return {e.id: len(tokenizer(e.answer, add_special_tokens=False)["input_ids"]) + 1 for e in examples}
+    return {e.id: len(tokenizer(e.answer, add_special_tokens=False)["input_ids"]) + 1
+            for e in _suite(split, n_per_task, seed)}
+
+
+def _suite(split: str, n_per_task: int, seed: int) -> list[tasks.Example]:
+    """The task-suite examples behind `predictor_prompts` (the shipped test split, or generated)."""
+    return tasks.load("test") if split == "test" else tasks.generate(split, n_per_task, seed)
 
 
 def target_lengths(samples: list[Sample], answer_tokens: dict[str, int], n_max: int) -> dict[str, dict]:
