@@ -259,3 +259,29 @@ def test_the_windowed_level_stays_meaningful_at_its_extremes():
     assert bound.q == pytest.approx(1.0)
     bound.alpha = -0.2  # after a run of misses: beyond the window
     assert bound.q == pytest.approx(2.0 * bound.headroom)
+
+
+def test_a_goal_through_a_change_of_load_is_not_scored_in_either_regime():
+    from timebill_ros.core.conformal import GoalConformal
+    from timebill_ros.core.online import PhaseWork
+
+    def goal(bound, ratio):
+        plan = bound.plan()
+        ratio = float(ratio)
+        works = {"prefill": PhaseWork(predicted=0.5, measured=0.5 * ratio),
+                 "decode": PhaseWork(predicted=0.5, measured=0.5 * ratio)}
+        return bound.observe_goal(works, {phase: point for phase, (point, _) in plan.items()}, 0.0)
+
+    bound = GoalConformal({"prefill": 1.2, "decode": 1.2}, delta=0.01)
+    rng = np.random.default_rng(0)
+    for ratio in np.exp(rng.normal(0.0, 0.05, 60)):  # idle
+        goal(bound, ratio)
+    idle_q = bound.quantile()
+    assert goal(bound, 3.0) is True  # a load starts: the goal misses (the benchmark counts it) ...
+    assert bound.shifted == 1 and bound.point("decode") == 3.0  # ... is not scored; the pace follows it
+    for ratio in 3.0 * np.exp(rng.normal(0.0, 0.05, 30)):  # loaded, planned in the slow regime
+        goal(bound, ratio)
+    goal(bound, 1.0)  # the load ends during a goal planned at the loaded pace: not scored either
+    assert bound.shifted == 2
+    assert goal(bound, 1.0) is False  # back in the idle regime: its bound as before the load
+    assert bound.quantile() == pytest.approx(idle_q, rel=0.02)
