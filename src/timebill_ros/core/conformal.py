@@ -37,15 +37,21 @@ class _ScoredBound:
     def update(self, score: float, complete: bool = True) -> bool | None:
         """Feed one goal's SCORE (a lower bound when not COMPLETE); True for a miss, False for
         a covered goal, None when a lower bound says nothing."""
-        if not math.isfinite(score) or score <= 0.0:
-            return None
-        miss = score > self.q
-        if not complete and not miss:
+        miss = self.judge(score, complete)
+        if miss is None:
             return None
         self._step(score, miss)
         self.updates += 1
         self.misses += int(miss)
         return miss
+
+    def judge(self, score: float, complete: bool = True) -> bool | None:
+        """Would SCORE miss the bound, without feeding it: None for no score, or for a lower
+        bound (not COMPLETE) under the bound, which says nothing."""
+        if not math.isfinite(score) or score <= 0.0:
+            return None
+        miss = score > self.q
+        return miss if complete or miss else None
 
     def _step(self, score: float, miss: bool) -> None:
         raise NotImplementedError
@@ -338,8 +344,7 @@ class GoalConformal:
                 score, complete, scored = prefill.spent / fit if fit else 0.0, False, prefill.whole >= min_seconds
             if scored and self._pace_changed(timed, points):
                 self.shifted += 1
-                over = score > tracker.q
-                miss = over if complete or over else None
+                miss = tracker.judge(score, complete)
             else:
                 miss = tracker.update(score, complete) if scored else None
             for phase, (seconds, phase_fit, phase_complete) in timed.items():
