@@ -18,9 +18,9 @@ PROMPT_TOKENS=${PROMPT_TOKENS:-1000,3000}
 AGREE_PER_TASK=${AGREE_PER_TASK:-3}
 AGREE_METHODS=${AGREE_METHODS:-vanilla,fixed_0.5,fixed_0.95,timebill}
 EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks-v3}
-# No length predictor trained on v3 ships yet (issue 29: distilled predictors on it learn a
-# constant): "" plans TimeBill with the fixed N_hat (fixed_prediction_tokens) until one does.
-EVAL_PREDICTOR=${EVAL_PREDICTOR-}
+# The bucket predictor distilled from v3 (docs/models.md); "" plans TimeBill with the fixed
+# N_hat (fixed_prediction_tokens) instead.
+EVAL_PREDICTOR=${EVAL_PREDICTOR-builtin:smollm2-tasks-v3}
 CAL_ARGS=${CAL_ARGS:-}
 OUT=${OUT:-results/eval}
 # A fresh run measures afresh: traces.json holds N_hat of the predictor it was made with.

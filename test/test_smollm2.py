@@ -108,13 +108,14 @@ def test_the_tokenizer_alone_loads_only_from_a_built_folder(smollm2, tmp_path):
     assert load_model("builtin:smollm2", tokenizer=tokenizer).tokenizer is tokenizer
 
 
-def test_the_shipped_target_and_its_predictor_load_and_agree():
-    """builtin:smollm2-tasks (the adapter merged once) answers the retrieval prompt, and the
-    shipped predictor loads onto it: distilled from this very model, its N_hat in range."""
+@pytest.mark.parametrize("name", ["smollm2-tasks", "smollm2-tasks-v3"])
+def test_the_shipped_target_and_its_predictor_load_and_agree(name):
+    """builtin:NAME (the adapter merged once) answers the retrieval prompt, and the shipped
+    predictor loads onto it: distilled from this very model, its N_hat in range."""
     from timebill_ros.core.predictor import check_target, load_predictor
 
-    target = load_model("builtin:smollm2-tasks", threads=2)
-    predictor = load_predictor("builtin:smollm2-tasks", None, 64)
+    target = load_model(f"builtin:{name}", threads=2)
+    predictor = load_predictor(f"builtin:{name}", None, 64)
     check_target(predictor, target.name)  # raises when distilled from another model
     ids = encode_prompt(target.tokenizer, PROMPT)
     assert 1 <= predictor.predict(ids) <= predictor.spec.n_max
