@@ -190,6 +190,14 @@ def test_the_instruction_reference_reads_the_count_the_prompt_asks_for():
     samples = [Sample(pid, [1] * 50, 12 * n if "summary" in pid else 5) for pid, n in asked.items()]
     ref = reference_predictors(samples[::2], samples[1::2], n_max=256, asked=asked)
     assert ref["task_and_asked"]["R2"] > 0.99 > ref["task_mean"]["R2"]
+    # The README headline sets the shipped predictor beside the best baseline and this ceiling.
+    from timebill_ros.eval.publish import predictor_headline
+
+    row = {"full_input": {"R2": 0.5, "kendall_tau": 0.6}}
+    table = {"test_examples": 30, "references": ref,
+             "predictors": {"buckets16": row, "proxy5": {"full_input": {"R2": 0.2}},
+                            "s3_10": {"full_input": {"R2": 0.3}}}}
+    assert predictor_headline(table)[1] == "0.50 (best baseline S3-10 0.30; instruction ceiling 1.00), 0.60"
 
 
 def test_target_lengths_say_whether_the_target_stops_where_its_answer_ends():

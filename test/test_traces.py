@@ -111,6 +111,18 @@ def test_agreement_counts_the_goals_both_ran_and_where_they_differ():
                                                    "node_complete_trace_not": 1}
 
 
+def test_node_pace_compares_the_node_s_prefill_and_decode_with_the_same_prompt_s_trace():
+    prompts = [Prompt("ex", "qa", "garage", n_hat=10, traces={a: trace(a, 0.2) for a in traces.ALPHA_GRID})]
+    done = {"request_id": "kill/big/vanilla/ex", "status_name": "SUCCEEDED", "alpha": 0.0, "prefill_time": 1.2,
+            "decode_time": 0.11, "response_tokens": 5}  # the trace's first 5 tokens took 0.1 s
+    killed_in_prefill = {**done, "status_name": "KILLED_AT_DEADLINE", "prefill_time": 0.5, "decode_time": 0.0,
+                         "response_tokens": 0}  # no prefill time to compare: left out
+    pace = traces.node_pace(prompts, [done, killed_in_prefill, {**done, "request_id": "kill/big/vanilla/other"}])
+    assert pace["node_over_trace_prefill"] == pytest.approx(1.2)
+    assert pace["node_over_trace_decode"] == pytest.approx(1.1)
+    assert pace["pace_goals"] == {"prefill": 1, "decode": 1}
+
+
 def _cells(scores: dict[str, list[float]], completion: dict[str, list[float]] | None = None) -> dict:
     """A kill table with one cell per (method, level) of the given scores."""
     completion = completion or {}
@@ -155,3 +167,28 @@ def test_the_published_table_shows_every_cell_with_its_error_the_claims_and_the_
     cell = table["kill"]["vanilla"]["q50"]
     assert f"{cell['score']:.3f} ({cell['score_se']:.3f})" in rows[1]
     assert "ahead of every fixed alpha: **" in text and "95.0 % of 20 goals" in text
+    from timebill_ros.eval.publish import comparison_headline
+
+    held = len(data["claims"]["kill"]["ahead_of_every_fixed_alpha"]["levels_held"])
+    assert comparison_headline({**data, "machine": "cpu"})[1].startswith(f"{held} of 3 / ")
+    assert comparison_headline(data)[1].endswith(" / 95.0 %") and comparison_headline(data)[3] == "-"
+
+
+def test_the_mechanism_says_what_eviction_cost_each_task_and_how_well_n_hat_knew_the_length():
+    from timebill_ros.eval.publish import traces_mechanism_table
+
+    def prompt(i, n_hat):
+        # Vanilla answers right in 10 tokens; at alpha 0.9 the answer loops to the cap in 2x the time.
+        evicted = Trace("ex", "qa", 0.9, 1000, 1.0, 0.01, tuple(0.04 * (j + 1) for j in range(20)), "loop",
+                        hit_cap=True)
+        return Prompt(f"ex{i}", "qa", "garage", n_hat=n_hat, traces={0.0: trace(0.0, 0.4), 0.9: evicted})
+
+    mech = traces.mechanism([prompt(0, 4), prompt(1, 12)], predictor_k=2.0)["qa"]
+    assert mech["score_by_alpha"] == {"0": 1.0, "0.9": 0.0}
+    assert mech["tokens_by_alpha"] == {"0": 10, "0.9": 20} and mech["capped_share_by_alpha"]["0.9"] == 1.0
+    assert mech["time_over_vanilla_by_alpha"]["0.9"] == pytest.approx((1.0 + 0.01 + 0.8) / 1.4)
+    assert mech["n_hat_mae"] == 4.0 and mech["true_tokens_mean"] == 10
+    assert mech["k_n_hat_covers_share"] == 0.5  # 2 x 4 misses 10 tokens, 2 x 12 covers them
+    text = traces_mechanism_table(lambda name: {"per_task": 2, "timebill_k": 2.0, "mechanism": {"qa": mech}},
+                                  shown=("0", "0.9"))
+    assert "| qa | 1.00 / 1.00x / 0 % | 0.00 / 1.29x / 100 % | 4.0 (10) | 50 % |" in text

@@ -8,7 +8,7 @@ import click
 import torch
 from tqdm import tqdm
 
-from timebill_ros.core.calibration import Calibration, load_or_calibrate
+from timebill_ros.core.calibration import Calibration, load_or_calibrate, machine_id
 from timebill_ros.core.engine import Engine, EngineConfig
 from timebill_ros.core.model import load_model
 from timebill_ros.core.predictor import FixedLengthPredictor, PredictorSpec, load_classifier
@@ -76,7 +76,8 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
         if (path / "training.json").is_file():  # how training went: a flat validation MAE = nothing learnt
             table[name]["training"] = json.loads((path / "training.json").read_text())
     answers = {**rlp.reference_answer_tokens(tok, "train", per_task), **test_answers}
-    report = {"target": engine.loaded.name, "max_new_tokens": max_new_tokens,
+    # The machine that made the distilled answers (greedy lengths matched across CPU kinds so far).
+    report = {"target": engine.loaded.name, "machine": machine_id(), "max_new_tokens": max_new_tokens,
               "train_examples": len(data["train"]), "test_examples": len(data["test"]),
               "target_lengths": rlp.target_lengths(data["test"], answers, max_new_tokens), "predictors": table,
               "references": rlp.reference_predictors(

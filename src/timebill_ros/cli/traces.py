@@ -75,6 +75,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     AGREE: result bags of the same goals replayed through timebill_node, checked against the traces."""
     from tqdm import tqdm
 
+    from timebill_ros.core.calibration import machine_id
     from timebill_ros.core.planner import PAPER_K
     from timebill_ros.eval import tasks, traces, workload
 
@@ -105,15 +106,18 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
                                     min_kept=engine.press.window, predictor_k=predictor_k)
     table = traces.evaluate(outcomes)
     engine.close()
-    data = {"model": params.model_path, "predictor": params.predictor_path, "per_task": per_task,
+    data = {"model": params.model_path, "predictor": params.predictor_path, "machine": machine_id(),
+            "per_task": per_task,
             "prompt_tokens": list(prompt_tokens) if prompt_tokens else "test split",
             "timebill_k": predictor_k or PAPER_K,
             "alpha_grid": list(alphas), "levels": levels, "table": table,
             "claims": {policy: traces.claims(table, policy) for policy in table},
             "decode_share_of_vanilla": traces.decode_share(prompts, levels),
+            "mechanism": traces.mechanism(prompts, predictor_k or PAPER_K),
             "measure_minutes": (time.monotonic() - started) / 60}
     if agree:
-        data["node_agreement"] = {**traces.agreement(outcomes, node_records(agree)),
+        records = node_records(agree)
+        data["node_agreement"] = {**traces.agreement(outcomes, records), **traces.node_pace(prompts, records),
                                   "bags": [str(b) for b in agree]}
     (out / "traces_eval.json").write_text(json.dumps(data, indent=2))
     return data

@@ -284,6 +284,8 @@ def quality_table(load: Callable[[str], dict], source: str = "quality.json", tar
 RLP_NAMES = {"buckets16": "SLM, 16-token buckets (TimeBill)", "buckets32": "SLM, 32-token buckets",
              "buckets64": "SLM, 64-token buckets", "regression": "SLM regression",
              "proxy5": "ProxyModel-style, 5 classes (small encoder)", "s3_10": "S3-style, 10 classes (small encoder)"}
+RLP_SHORT = {"regression": "regression", "proxy5": "ProxyModel-5", "s3_10": "S3-10", "buckets32": "buckets32",
+             "buckets64": "buckets64"}
 REFERENCE_NAMES = {"task_mean": "reference: the task's mean length (knows the task)",
                    "task_and_length": "reference: linear fit on task + prompt length (knows the task)",
                    "task_and_answer": "oracle: linear fit on task + the reference answer's length (knows the answer)",
@@ -610,6 +612,10 @@ def headline_table(load: Callable[[str], dict]) -> str:
                      cov["machine"]))
     if tl := optional("timing_under_load.json"):
         rows.append(timing_headline(tl))
+    if rlp3 := optional("rlp_smollm2_tasks_v3.json"):
+        rows.append(predictor_headline(rlp3))
+    if tr := optional("traces_eval.json"):
+        rows.append(comparison_headline(tr))
     if st := optional("structured.json"):
         rows.append(("structured answers: valid / mask over a decode step at 512 tokens",
                      f"{st['valid_pct']:.0f} % / {st['mask_share_of_step_at_512_pct']:.1f} %", "100 % / < 10 %",
@@ -634,6 +640,34 @@ def headline_table(load: Callable[[str], dict]) -> str:
     lines = ["| what | measured | target | machine |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | `{d}` |" for a, b, c, d in rows]
     return "\n".join(lines) + "\n"
+
+
+def predictor_headline(r: dict) -> tuple[str, str, str, str]:
+    """Table 1's headline (issue 29): the shipped 16-bucket predictor's R^2 and rank correlation
+    against the best baseline and the ceiling of reading the instruction's count."""
+    ours = r["predictors"]["buckets16"]["full_input"]
+    others = {n: row["full_input"]["R2"] for n, row in r["predictors"].items() if n != "buckets16"}
+    best = max(others, key=others.get) if others else None
+    parts = [f"best baseline {RLP_SHORT.get(best, best)} {others[best]:.2f}" if best else "no baseline measured"]
+    if ceiling := r.get("references", {}).get("task_and_asked"):
+        parts.append(f"instruction ceiling {ceiling['R2']:.2f}")
+    return (f"length predictor on the v3 target ({r['test_examples']} test prompts): R^2, Kendall tau",
+            f"{ours['R2']:.2f} ({'; '.join(parts)}), {ours['kendall_tau']:.2f}", ">= 0.72, ahead of baselines",
+            r.get("machine", "-"))
+
+
+def comparison_headline(r: dict, policy: str = "kill") -> tuple[str, str, str, str]:
+    """The paper's comparison (issue 29) from traces, as its three claims and the node check."""
+    c = r["claims"][policy]
+    ahead = c["ahead_of_every_fixed_alpha"]
+    gap = max(c["within_0.05_of_true_length"]["true_length_minus_timebill"].values())
+    done = max(abs(g) for g in c["completion_within_5_pts_of_fixed_0.95"]["timebill_minus_fixed_0.95_pts"].values())
+    agree = r.get("node_agreement", {}).get("agree_pct")
+    return (f"comparison under {policy.replace('_', '-').title()} (`{r['model']}`, {r['per_task']} prompts a task): "
+            "levels TimeBill >= every fixed alpha / gap to true length / completion vs fixed 0.95 / node agrees",
+            f"{len(ahead['levels_held'])} of {len(ahead['per_level'])} / {gap:.2f} / {done:.0f} pts / "
+            + (f"{agree:.1f} %" if agree is not None else "not checked"), ">= 4 of 5 / <= 0.05 / <= 5 pts / >= 95 %",
+            r.get("machine", "-"))
 
 
 def traces_table(load: Callable[[str], dict], policy: str = "kill") -> str:
@@ -666,7 +700,30 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill") -> str:
         text += (f"\n- the node and the traces agree on complete / incomplete for {agree['agree_pct']:.1f} % of "
                  f"{agree['goals']} goals replayed through bags (target >= 95 %); traces complete where the node "
                  f"was not: {agree['trace_complete_node_not']}, the reverse: {agree['node_complete_trace_not']}")
+        if agree.get("node_over_trace_prefill"):  # why they disagree mostly one way
+            text += (f"; the node ran the same prefill {agree['node_over_trace_prefill']:.2f}x and decode "
+                     f"{agree['node_over_trace_decode']:.2f}x the traces' time (medians)")
     return "\n".join(lines) + text + "\n"
+
+
+def traces_mechanism_table(load: Callable[[str], dict], shown: tuple[str, ...] = ("0", "0.5", "0.75", "0.9",
+                                                                                  "0.95")) -> str:
+    """Why the comparison comes out as it does (eval.traces.mechanism): per task and alpha,
+    without deadlines, the score, the time over vanilla's and the answers run to the cap;
+    then how well N_hat knew the length."""
+    r = load("traces_eval.json")
+    if not (mech := r.get("mechanism")):
+        return "_Not measured: this traces_eval.json predates the mechanism figures._\n"
+    lines = ["| task | " + " | ".join(f"alpha {a}" for a in shown) + " | N_hat MAE (true mean) | k x N_hat covers |",
+             "|---|" + "---|" * len(shown) + "---|---|"]
+    for task, m in mech.items():
+        cells = [f"{m['score_by_alpha'][a]:.2f} / {m['time_over_vanilla_by_alpha'][a]:.2f}x / "
+                 f"{pct(m['capped_share_by_alpha'][a], 0)}" if a in m["score_by_alpha"] else "-" for a in shown]
+        lines.append(f"| {task} | " + " | ".join(cells) + f" | {m['n_hat_mae']:.1f} ({m['true_tokens_mean']:.0f}) | "
+                     f"{pct(m['k_n_hat_covers_share'], 0)} |")
+    return ("\n".join(lines) + f"\n\nThe same {r['per_task']} prompts a task, no deadline. Cells: mean score / mean "
+            "time over vanilla's on the same prompt / answers run to the cap. k = "
+            f"{r['timebill_k']:.2f}.\n")
 
 
 def _brief(numbers: dict) -> str:
@@ -691,7 +748,8 @@ TABLES = {"headline": headline_table, "params": params_table, "online": online_t
           "rlp_smollm2_tasks": lambda load: rlp_table(load, "rlp_smollm2_tasks.json"),
           "rlp_layers": rlp_layers_table,
           "rlp_smollm2_tasks_v3": lambda load: rlp_table(load, "rlp_smollm2_tasks_v3.json"),
-          "traces": traces_table, "traces_skip_next": lambda load: traces_table(load, "skip_next"),
+          "traces": traces_table, "traces_mechanism": traces_mechanism_table,
+          "traces_skip_next": lambda load: traces_table(load, "skip_next"),
           "reliability": reliability_table, "timing_under_load": timing_under_load_table,
           "noise_floor": noise_floor_table, "tracker_replay": tracker_replay_table,
           "structured": structured_table, "node_overhead": node_overhead_table,

@@ -274,6 +274,26 @@ def agreement(outcomes: dict[str, Outcome], node_records: list[dict]) -> dict:
             "node_complete_trace_not": sum(b and not a for a, b in pairs)}
 
 
+def node_pace(prompts: list[Prompt], node_records: list[dict]) -> dict:
+    """How fast the node ran the same prompts as the traces (medians over the goals that got
+    that far): its prefill over the trace's, and its decode of N tokens over the trace's first
+    N at the same alpha. Above 1 the traces are optimistic and disagree one way: complete where
+    the node was killed."""
+    by_id = {p.example_id: p for p in prompts}
+    prefill, decode = [], []
+    for r in node_records:
+        if not (p := by_id.get(str(r.get("request_id", "")).rsplit("/", 1)[-1])):
+            continue
+        if r["decode_time"] > 0 or r["status_name"] == "SUCCEEDED":
+            prefill.append(r["prefill_time"] / p.prefill_s)
+        n, trace = r["response_tokens"], p.traces.get(r["alpha"])
+        if trace and 0 < n <= len(trace.token_s) and r["decode_time"] > 0:
+            decode.append(r["decode_time"] / trace.token_s[n - 1])
+    return {"node_over_trace_prefill": statistics.median(prefill) if prefill else None,
+            "node_over_trace_decode": statistics.median(decode) if decode else None,
+            "pace_goals": {"prefill": len(prefill), "decode": len(decode)}}
+
+
 def measure(engine, examples, *, alphas: tuple[float, ...] = ALPHA_GRID, max_new_tokens: int = 384,
             tick=lambda: None) -> list[Prompt]:
     """Run every example once per alpha on ENGINE (greedy, no deadline, its predictor beside
@@ -330,4 +350,27 @@ def decode_share(prompts: list[Prompt], levels: dict[str, dict[str, float]]) -> 
     for task in levels:
         runs = [p.trace(0.0) for p in prompts if p.task == task]
         out[task] = statistics.fmean((r.total_s - r.prefill_s) / r.total_s for r in runs if r.total_s > 0)
+    return out
+
+
+def mechanism(prompts: list[Prompt], predictor_k: float) -> dict:
+    """Per task, what eviction buys and costs, without deadlines, and how well N_hat knew the
+    length: each grid alpha's mean score (the answer's quality under eviction), mean time over
+    vanilla's, mean answer tokens and share at the cap (an evicted cache can lose the answer's
+    end); the predictor's mean absolute error and how often k x N_hat covered the
+    true length. The comparison's claims follow from these (docs/evaluation.md)."""
+    out = {}
+    for task in sorted({p.task for p in prompts}):
+        mine = [p for p in prompts if p.task == task]
+        alphas = sorted(set.intersection(*(set(p.traces) for p in mine)))
+        out[task] = {
+            "score_by_alpha": {f"{a:g}": statistics.fmean(
+                score(task, p.traces[a].text, p.reference) for p in mine) for a in alphas},
+            "time_over_vanilla_by_alpha": {f"{a:g}": statistics.fmean(
+                p.trace(a).total_s / p.trace(0.0).total_s for p in mine) for a in alphas},
+            "tokens_by_alpha": {f"{a:g}": statistics.fmean(len(p.traces[a].token_s) for p in mine) for a in alphas},
+            "capped_share_by_alpha": {f"{a:g}": statistics.fmean(p.traces[a].hit_cap for p in mine) for a in alphas},
+            "true_tokens_mean": statistics.fmean(p.true_tokens for p in mine),
+            "n_hat_mae": statistics.fmean(abs(p.n_hat - p.true_tokens) for p in mine),
+            "k_n_hat_covers_share": statistics.fmean(predictor_k * p.n_hat >= p.true_tokens for p in mine)}
     return out
