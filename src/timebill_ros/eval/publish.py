@@ -283,7 +283,8 @@ def quality_table(load: Callable[[str], dict], source: str = "quality.json", tar
 
 RLP_NAMES = {"buckets16": "SLM, 16-token buckets (TimeBill)", "buckets32": "SLM, 32-token buckets",
              "buckets64": "SLM, 64-token buckets", "regression": "SLM regression",
-             "proxy5": "ProxyModel-style, 5 classes (small encoder)", "s3_10": "S3-style, 10 classes (small encoder)"}
+             "proxy5": "ProxyModel-style, 5 classes (small encoder, from scratch)",
+             "s3_10": "S3-style, 10 classes (small encoder, from scratch)"}
 RLP_SHORT = {"regression": "regression", "proxy5": "ProxyModel-5", "s3_10": "S3-10", "buckets32": "buckets32",
              "buckets64": "buckets64"}
 REFERENCE_NAMES = {"task_mean": "reference: the task's mean length (knows the task)",
