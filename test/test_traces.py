@@ -52,6 +52,27 @@ def test_evaluate_gives_every_method_a_cell_with_standard_errors():
     assert table["kill"]["fixed_0.95"]["q10"]["completion"] >= vanilla["q10"]["completion"]
 
 
+def test_a_coarser_measured_grid_is_the_one_planned_alphas_round_up_to():
+    coarse = (0.0, 0.25, 0.5, 0.75, 0.95)
+    prompts = [Prompt(f"ex{i}", "qa", "garage", n_hat=10,
+                      traces={a: trace(a, 0.2 + 0.05 * i - 0.1 * a, prefill=1.0 + 0.1 * i) for a in coarse})
+               for i in range(4)]
+    levels = traces.budget_levels(prompts, (0.1, 0.5, 0.9))
+    ended = traces.goal_outcomes(prompts, levels, TIMING, n_max=100)
+    planned = {o.alpha for goal, o in ended.items() if "/timebill/" in goal}
+    assert planned <= set(coarse) and planned - {0.0}  # on the grid measured, and evicting somewhere
+
+
+def test_the_alpha_grid_option_rejects_a_grid_without_the_fixed_arms_alphas():
+    from click.testing import CliRunner
+
+    from timebill_ros.cli.traces import eval_traces_cmd
+
+    result = CliRunner().invoke(eval_traces_cmd, ["--alphas", "0,0.5,0.9"])
+    assert result.exit_code == 2 and "missing [0.25, 0.75, 0.95]" in result.output
+    assert "expected comma-separated" in CliRunner().invoke(eval_traces_cmd, ["--alphas", "0,x"]).output
+
+
 @pytest.mark.parametrize("policy", ["kill", "skip_next"])
 def test_a_generous_budget_completes_everything(policy):
     prompts = [Prompt("ex", "qa", "garage", n_hat=10, traces={a: trace(a, 0.2) for a in traces.ALPHA_GRID})]

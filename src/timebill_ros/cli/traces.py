@@ -37,6 +37,26 @@ def parse_prompt_tokens(ctx, param, value: str) -> tuple[int, int] | None:
     return low, high
 
 
+def parse_alphas(ctx, param, value: str) -> tuple[float, ...] | None:
+    """A click callback: the comma-separated alpha grid to measure ('' = traces.ALPHA_GRID). It
+    must hold 0 and every fixed arm's alpha: those arms run exactly there."""
+    from timebill_ros.eval import traces
+
+    if not value:
+        return None
+    try:
+        grid = tuple(sorted({float(v) for v in value.split(",")}))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated alphas (e.g. 0,0.25,0.5,0.75,0.95), "
+                                 f"got {value!r}") from None
+    if not all(0.0 <= a < 1.0 for a in grid):
+        raise click.BadParameter(f"alphas must lie in [0, 1), got {value!r}")
+    fixed = {m.fixed_alpha for m in traces.METHODS if m.fixed_alpha is not None}
+    if missing := sorted(fixed - set(grid)):
+        raise click.BadParameter(f"the grid must hold the fixed arms' alphas; missing {missing}")
+    return grid
+
+
 def node_params(params_file: str):
     """The node's parameters as PARAMS_FILE sets them (defaults for the rest)."""
     from timebill_ros.cli.calibrate import params_file_values
@@ -81,7 +101,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
 
     alphas, quantiles = alphas or traces.ALPHA_GRID, quantiles or workload.QUANTILES
     out.mkdir(parents=True, exist_ok=True)
-    saved = out / "traces.json"
+    saved, report = out / "traces.json", out / "traces_eval.json"
     params = node_params(params_file)
     longest = params.max_prompt_tokens
     if prompt_tokens and prompt_tokens[1] > longest:  # the node would refuse them; the calibration stops there
@@ -93,13 +113,17 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     examples = tasks.evaluation_examples(per_task, task_names or tasks.TASKS, prompt_tokens)
     started = time.monotonic()
     rows = json.loads(saved.read_text()) if saved.exists() else []
-    if rows and {r["example_id"] for r in rows} == {e.id for e in examples}:
-        prompts = traces.from_json(rows)
+    prompts = traces.from_json(rows) if rows else []
+    if prompts and {p.example_id for p in prompts} == {e.id for e in examples} \
+            and all(set(p.traces) == set(alphas) for p in prompts):
+        # Reused: the minutes are those of the run that measured them, not of this reading.
+        measured = json.loads(report.read_text()).get("measure_minutes") if report.exists() else None
     else:
         with tqdm(total=len(examples) * len(alphas), desc="traces", unit="run") as bar:
             prompts = traces.measure(engine, examples, alphas=alphas, max_new_tokens=params.max_new_tokens,
                                      tick=lambda: bar.update(1))
         saved.write_text(json.dumps(traces.to_json(prompts)))
+        measured = (time.monotonic() - started) / 60
     levels = traces.budget_levels(prompts, quantiles)
     predictor_k = float(getattr(engine.predictor, "pessimism_k", 0.0))
     outcomes = traces.goal_outcomes(prompts, levels, engine.timing, n_max=params.max_new_tokens,
@@ -114,12 +138,12 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "claims": {policy: traces.claims(table, policy) for policy in table},
             "decode_share_of_vanilla": traces.decode_share(prompts, levels),
             "mechanism": traces.mechanism(prompts, predictor_k or PAPER_K),
-            "measure_minutes": (time.monotonic() - started) / 60}
+            "measure_minutes": measured}
     if agree:
         records = node_records(agree)
         data["node_agreement"] = {**traces.agreement(outcomes, records), **traces.node_pace(prompts, records),
                                   "bags": [str(b) for b in agree]}
-    (out / "traces_eval.json").write_text(json.dumps(data, indent=2))
+    report.write_text(json.dumps(data, indent=2))
     return data
 
 
@@ -142,14 +166,19 @@ def node_records(paths: tuple[Path, ...]) -> list[dict]:
               help="LOW,HIGH: prompts made from the test split's sources at these lengths (eviction buys decode "
                    "time on long caches); 'test': the shipped test split's own prompts.")
 @click.option("--out", type=click.Path(file_okay=False), default="results/eval", show_default=True)
+@click.option("--alphas", default="", callback=parse_alphas,
+              help="The alpha grid to measure, comma-separated (default: eval.traces.ALPHA_GRID, ten alphas "
+                   "from 0 to 0.95); planned alphas round up to it, so a coarser grid is cheaper and "
+                   "plans more eviction.")
 @click.option("--agree", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Result bag(s) of the same goals replayed through timebill_node (bag make --prompt-tokens "
                    "with --budgets OUT/levels.json): how often node and traces agree on complete.")
 def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...],
-                    prompt_tokens: tuple[int, int] | None, out: str, agree: tuple[Path, ...]) -> None:
+                    prompt_tokens: tuple[int, int] | None, out: str, alphas: tuple[float, ...] | None,
+                    agree: tuple[Path, ...]) -> None:
     """Every method at every budget and policy, computed from one run per prompt and alpha."""
     data = run_traces(params_file, per_task, Path(out), task_names=task_names, prompt_tokens=prompt_tokens,
-                      agree=agree)
+                      alphas=alphas, agree=agree)
     (Path(out) / "levels.json").write_text(json.dumps(data["levels"], indent=2))  # for bag make --budgets
     for policy, methods in data["table"].items():
         click.echo(f"[{policy}] mean score (standard error) per level")

@@ -83,16 +83,16 @@ def grid_alpha(alpha: float, grid: tuple[float, ...] = ALPHA_GRID) -> float:
 
 def planned_alpha(method: Method, timing: TimingModel, *, prompt_tokens: int, prefill_s: float, budget: float,
                   n_hat: int, true_tokens: int, n_max: int, alpha_max: float = 0.95, min_kept: int = 0,
-                  predictor_k: float = 0.0) -> float:
+                  predictor_k: float = 0.0, grid: tuple[float, ...] = ALPHA_GRID) -> float:
     """The alpha METHOD runs at: its fixed value, or the node's plan after prefill (the measured
-    prefill as the fixed time), rounded up to the grid."""
+    prefill as the fixed time), rounded up to GRID."""
     if method.fixed_alpha is not None:
         return method.fixed_alpha
     n = true_tokens if method.true_length else n_hat
     k = method.k or predictor_k or PAPER_K
     chosen = plan(timing, n_x=prompt_tokens, n_hat=max(1, n), budget=budget, t_fixed=prefill_s, k=k,
                   alpha_max=alpha_max, n_max=n_max, min_kept=min_kept)
-    return grid_alpha(chosen.alpha)
+    return grid_alpha(chosen.alpha, grid)
 
 
 @dataclass
@@ -206,6 +206,7 @@ def goal_outcomes(prompts: list[Prompt], levels: dict[str, dict[str, float]], ti
     computed from the traces. Under Skip-Next each (method, level) is one sequence over the
     prompts in their order."""
     out: dict[str, Outcome] = {}
+    grid = tuple(sorted(prompts[0].traces))  # the alphas measured, whatever grid they came from
     for policy in policies:
         for method in methods:
             for level in next(iter(levels.values())):
@@ -215,7 +216,7 @@ def goal_outcomes(prompts: list[Prompt], levels: dict[str, dict[str, float]], ti
                     alpha = planned_alpha(method, timing, prompt_tokens=p.traces[0.0].prompt_tokens,
                                           prefill_s=p.prefill_s, budget=budget, n_hat=p.n_hat,
                                           true_tokens=p.true_tokens, n_max=n_max, min_kept=min_kept,
-                                          predictor_k=predictor_k)
+                                          predictor_k=predictor_k, grid=grid)
                     goals.append((p.trace(alpha), p.reference, budget))
                 ended = (replay_skip_next(goals) if policy == "skip_next"
                          else [outcome(t, ref, b, policy) for t, ref, b in goals])
