@@ -94,6 +94,20 @@ def test_the_evaluations_long_prompts_come_from_the_test_sources_at_the_lengths_
     assert tasks.evaluation_examples(2, ("code",), None) == tasks.first_per_task(tasks.load("test"), 2, ("code",))
 
 
+def test_a_prompt_the_caller_refuses_is_redrawn_and_a_refusal_of_all_is_an_error():
+    def even(prompt: str) -> bool:  # refuses about half of all prompts
+        return len(prompt) % 2 == 0
+
+    free = tasks.evaluation_examples(6, ("code",))
+    assert not all(even(e.prompt) for e in free)
+    sized = tasks.evaluation_examples(6, ("code",), accept=even)
+    assert len(sized) == 6 and all(even(e.prompt) for e in sized)
+    assert [e.id for e in sized] == [e.id for e in free]  # ids stay dense: the bags pair goals by them
+    assert sized == tasks.evaluation_examples(6, ("code",), accept=even)
+    with pytest.raises(ValueError, match="no code prompt of 20 drawn"):
+        tasks.evaluation_examples(1, ("code",), accept=lambda prompt: False)
+
+
 def test_metrics_follow_longbench():
     assert metrics.qa_f1("The Garage.", "garage") == 1.0
     assert metrics.qa_f1("kitchen", "garage") == 0.0

@@ -73,6 +73,20 @@ def test_the_alpha_grid_option_rejects_a_grid_without_the_fixed_arms_alphas():
     assert "expected comma-separated" in CliRunner().invoke(eval_traces_cmd, ["--alphas", "0,x"]).output
 
 
+def test_the_comparison_keeps_prompts_whose_encoded_length_is_in_range_and_the_node_takes():
+    from timebill_ros.cli.traces import sized_as_asked
+    from timebill_ros.core.model import encode_prompt, load_tokenizer
+
+    tokenizer = load_tokenizer("builtin:default")
+    short, long = "Where is the garage?", "Where is the garage? " * 40
+    n_short, n_long = (len(encode_prompt(tokenizer, p)) for p in (short, long))
+    assert sized_as_asked(tokenizer, None, 100) is None  # the shipped split: taken as it is
+    fits = sized_as_asked(tokenizer, (n_short, n_long + 10), n_long)
+    assert fits(short) and fits(long)
+    assert not sized_as_asked(tokenizer, (n_short, n_long), n_long - 1)(long)  # the node would refuse it
+    assert not sized_as_asked(tokenizer, (n_short + 1, n_long), n_long)(short)  # shorter than asked
+
+
 @pytest.mark.parametrize("policy", ["kill", "skip_next"])
 def test_a_generous_budget_completes_everything(policy):
     prompts = [Prompt("ex", "qa", "garage", n_hat=10, traces={a: trace(a, 0.2) for a in traces.ALPHA_GRID})]

@@ -11,6 +11,9 @@ from tqdm import tqdm
 
 from timebill_ros.eval import bags, report, workload
 
+# The longest a replay waits in one spin_once: results and due times end waits, not polls.
+_POLL_S = 0.5
+
 
 def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods: str, k_sweep: bool,
                   policies: list[str], params_file: str, max_new_tokens: int = 384,
@@ -20,13 +23,16 @@ def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods:
     or made from its sources at PROMPT_TOKENS (tasks.evaluation_examples). Returns (requests,
     budgets, path)."""
     from timebill_ros.cli.calibrate import CalibrationTarget
+    from timebill_ros.cli.traces import sized_as_asked
     from timebill_ros.core.calibration import Calibration
-    from timebill_ros.core.model import encode_prompt, load_model
+    from timebill_ros.core.model import encode_prompt, load_model, load_tokenizer
     from timebill_ros.eval import tasks
 
     task_names = task_names or tasks.TASKS
-    examples = tasks.evaluation_examples(per_task, task_names, prompt_tokens)
     target = CalibrationTarget.from_sources(params_file, {})
+    # The same prompts eval-traces measures (sized by the node's own token count).
+    sized = sized_as_asked(load_tokenizer(target.model_path), prompt_tokens, target.max_prompt_tokens)
+    examples = tasks.evaluation_examples(per_task, task_names, prompt_tokens, sized)
     distilled = workload.distilled_lengths(distill_folder(target) / "test.jsonl.gz")
     if budgets == "auto":
         loaded = load_model(target.model_path, threads=target.threads)
@@ -121,7 +127,9 @@ def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float
                     if skip_idle and len(results) >= sent:
                         skipped += due - time.monotonic()
                         break
-                    rclpy.spin_once(node, timeout_sec=min(0.01, max(0.0, due - time.monotonic())))
+                    # A result wakes spin_once at once, so the wait can run to the arrival: a
+                    # 10 ms poll cost ~5 % of a core beside the node, on the cores it decodes on.
+                    rclpy.spin_once(node, timeout_sec=min(_POLL_S, max(0.0, due - time.monotonic())))
                 fields = bags.as_dict(msg)
                 fields["budget"] = Duration(sec=msg.budget.sec, nanosec=msg.budget.nanosec)
                 pub.publish(Request(**fields))
@@ -129,7 +137,7 @@ def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float
                 bar.set_postfix(results=len(results))
         deadline = time.monotonic() + wait_s
         while len(results) < len(requests) and time.monotonic() < deadline:
-            rclpy.spin_once(node, timeout_sec=0.05)
+            rclpy.spin_once(node, timeout_sec=_POLL_S)
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
@@ -154,7 +162,7 @@ def _wait_until_answered(node, results: dict, sent: int, timeout: float) -> floa
 
     end = time.monotonic() + timeout
     while len(results) < sent and time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
+        rclpy.spin_once(node, timeout_sec=_POLL_S)
     return time.monotonic()
 
 

@@ -66,6 +66,18 @@ def node_params(params_file: str):
     return NodeParams(**{k: v for k, v in given.items() if k in NodeParams.__dataclass_fields__})
 
 
+def sized_as_asked(tokenizer, prompt_tokens: tuple[int, int] | None, max_prompt_tokens: int):
+    """A prompt -> bool for tasks.evaluation_examples: whether the prompt, as the node encodes
+    it, has PROMPT_TOKENS' LOW to HIGH tokens and no more than the node takes (it refuses a
+    longer one: the first run measured a 3,380-token prompt the node then rejected 20 times)."""
+    from timebill_ros.core.model import encode_prompt
+
+    if prompt_tokens is None:
+        return None
+    low, high = prompt_tokens[0], min(prompt_tokens[1], max_prompt_tokens)
+    return lambda prompt: low <= len(encode_prompt(tokenizer, prompt)) <= high
+
+
 def served_engine(params_file: str, params):
     """An engine as the node configured by PARAMS_FILE (read into PARAMS) serves."""
     from timebill_ros.cli.calibrate import CalibrationTarget
@@ -110,7 +122,9 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             f"{longest}: raise it (the calibration then covers the longer prompts) or pass "
             f"--prompt-tokens within it")
     engine = served_engine(params_file, params)
-    examples = tasks.evaluation_examples(per_task, task_names or tasks.TASKS, prompt_tokens)
+    examples = tasks.evaluation_examples(per_task, task_names or tasks.TASKS, prompt_tokens,
+                                         sized_as_asked(engine.loaded.tokenizer, prompt_tokens,
+                                                        params.max_prompt_tokens))
     started = time.monotonic()
     rows = json.loads(saved.read_text()) if saved.exists() else []
     prompts = traces.from_json(rows) if rows else []

@@ -28,7 +28,7 @@ import sysconfig
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from timebill_ros.eval.vocab import FACT_FRAME, ITEM_FRAMES, KINDS, OBJECTS, PLACES, QUESTION_FRAME
 
@@ -233,19 +233,32 @@ def target_length(rng: random.Random, task: str = "qa", length_range: tuple[int,
 
 
 def generate(split: str, n_per_task: int, seed: int = 0, length_range: tuple[int, int] | None = None,
-             task_names: tuple[str, ...] = TASKS) -> list[Example]:
-    """N_PER_TASK examples of every task for SPLIT, deterministic in (split, seed); prompts
-    sized within LENGTH_RANGE (tokens) when given, else each task's own range."""
+             task_names: tuple[str, ...] = TASKS, accept: Callable[[str], bool] | None = None) -> list[Example]:
+    """N_PER_TASK examples of every task for SPLIT, deterministic in (split, seed, ACCEPT);
+    prompts sized within LENGTH_RANGE (tokens) when given, else each task's own range.
+
+    Sizes are estimated from characters (prose lands within 0.9-1.15x of the target, code
+    0.5-2.1x): ACCEPT (a prompt -> bool, e.g. its real token count is in range) redraws a
+    prompt it refuses."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
     out = []
     for task in task_names:
         rng = random.Random(f"{split}:{task}:{seed}")
         for i in range(n_per_task):
-            target = target_length(rng, task, length_range)
-            prompt, answer = MAKERS[task](rng, split, target)
+            for _ in range(MAX_DRAWS):
+                target = target_length(rng, task, length_range)
+                prompt, answer = MAKERS[task](rng, split, target)
+                if accept is None or accept(prompt):
+                    break
+            else:
+                raise ValueError(f"no {task} prompt of {MAX_DRAWS} drawn for {split} was accepted "
+                                 f"(length range {length_range})")
             out.append(Example(f"{split}-{task}-{seed}-{i}", task, split, prompt, answer, target))
     return out
+
+
+MAX_DRAWS = 20  # prompts drawn for one example before generate gives up on ACCEPT
 
 
 def save(examples: list[Example], path: Path) -> Path:
@@ -276,9 +289,11 @@ LONG_SEED = 1  # ids <split>-<task>-1-<i>: never those of the shipped split (see
 
 
 def evaluation_examples(per_task: int, task_names: tuple[str, ...] = TASKS,
-                        prompt_tokens: tuple[int, int] | None = LONG_PROMPTS) -> list[Example]:
+                        prompt_tokens: tuple[int, int] | None = LONG_PROMPTS,
+                        accept: Callable[[str], bool] | None = None) -> list[Example]:
     """The comparison's prompts: PER_TASK of each task from the test split's sources, sized
-    within PROMPT_TOKENS; None takes the first PER_TASK of the shipped test split instead."""
+    within PROMPT_TOKENS (ACCEPT redraws those it refuses: see generate); None takes the first
+    PER_TASK of the shipped test split instead."""
     if prompt_tokens is None:
         return first_per_task(load("test"), per_task, task_names)
-    return generate("test", per_task, LONG_SEED, prompt_tokens, task_names)
+    return generate("test", per_task, LONG_SEED, prompt_tokens, task_names, accept)
