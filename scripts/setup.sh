@@ -56,7 +56,7 @@ if ! stamp_ok cmakefix "$deps"; then
 fi
 
 src=$(find package.xml setup.py setup.cfg resource src/timebill_msgs -type f | sort | xargs cat | sha256sum | cut -c1-16)
-if ! stamp_ok build "$src" || [ ! -f install/setup.bash ]; then
+if ! stamp_ok build "$src" || [ ! -f install/setup.bash ] || [ ! -x .venv/bin/timebill ]; then
   echo "[setup] colcon build (timebill_msgs, timebill_ros)"
   export AMENT_PREFIX_PATH=$VIRTUAL_ENV CMAKE_PREFIX_PATH=$VIRTUAL_ENV
   mkdir -p log
@@ -65,6 +65,7 @@ if ! stamp_ok build "$src" || [ ! -f install/setup.bash ]; then
     || { mkdir -p log; cat log/colcon-build.txt; echo "[setup] colcon build failed" >&2; exit 1; }
   # The `timebill` and `timebill_node` commands on the venv's PATH, same sources.
   pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+  [ -x .venv/bin/timebill ] || { echo "[setup] pip install -e . left no .venv/bin/timebill" >&2; exit 1; }
   stamp_set build "$src"
 fi
 echo "[setup] ready: . scripts/env.sh"
