@@ -87,6 +87,16 @@ def test_the_comparison_keeps_prompts_whose_encoded_length_is_in_range_and_the_n
     assert not sized_as_asked(tokenizer, (n_short + 1, n_long), n_long)(short)  # shorter than asked
 
 
+def test_the_machine_pace_flags_traces_measured_through_a_slow_spell():
+    def prompt(prefill):  # TIMING's fit: 1 ms a prompt token, so 1,000 tokens = 1.0 s
+        return Prompt("ex", "qa", "garage", n_hat=10, traces={0.0: trace(0.0, 0.2, prefill=prefill)})
+
+    steady = traces.machine_pace([prompt(1.0), prompt(1.2), prompt(0.9)], TIMING)
+    assert steady["steady"] and steady["prefill_over_fit_median"] == pytest.approx(1.0)
+    slow_spell = traces.machine_pace([prompt(0.7), prompt(1.0), prompt(2.0)], TIMING)
+    assert not slow_spell["steady"] and slow_spell["prefill_over_fit_max"] == pytest.approx(2.0)
+
+
 @pytest.mark.parametrize("policy", ["kill", "skip_next"])
 def test_a_generous_budget_completes_everything(policy):
     prompts = [Prompt("ex", "qa", "garage", n_hat=10, traces={a: trace(a, 0.2) for a in traces.ALPHA_GRID})]

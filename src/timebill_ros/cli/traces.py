@@ -152,6 +152,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "claims": {policy: traces.claims(table, policy) for policy in table},
             "decode_share_of_vanilla": traces.decode_share(prompts, levels),
             "mechanism": traces.mechanism(prompts, predictor_k or PAPER_K),
+            "machine_pace": traces.machine_pace(prompts, engine.timing),
             "measure_minutes": measured}
     if agree:
         records = node_records(agree)
@@ -201,6 +202,11 @@ def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...]
         for claim, row in data["claims"][policy].items():
             if isinstance(row, dict):
                 click.echo(f"  claim {claim}: {'held' if row['held'] else 'NOT held'}")
+    if not (pace := data["machine_pace"])["steady"]:
+        click.echo(f"WARNING: the machine's speed moved while the traces were measured (prefill "
+                   f"{pace['prefill_over_fit_min']:.2f}x to {pace['prefill_over_fit_max']:.2f}x the calibration's "
+                   f"fit): outcomes near a deadline follow the host's load; measure again on a quiet machine",
+                   err=True)
     if agreed := data.get("node_agreement"):
         click.echo(f"node agreement on complete / incomplete: {agreed['agree_pct']:.1f} % of {agreed['goals']} goals")
     click.echo(f"saved {out}/traces_eval.json")
