@@ -8,8 +8,9 @@
 #   3. a sample of the same goals (AGREE_PER_TASK prompts a task, a few methods, Kill) as a
 #      rosbag replayed against timebill_node: how often node and traces agree on complete.
 # PER_TASK (default 12) sets the size, TASKS the tasks, PROMPT_TOKENS the prompt lengths,
-# ALPHAS the measured grid ('' = eval-traces' ten); CAL_ARGS go to `timebill calibrate`. `make eval-bags` is the older path: every goal through
-# the node, plus the int8 model and the k sweep (scripts/eval_bags.sh).
+# ALPHAS the measured grid ('' = eval-traces' ten); CAL_ARGS go to `timebill calibrate`.
+# `make eval-bags` is the older path: every goal through the node, plus the int8 model and
+# the k sweep (scripts/eval_bags.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PER_TASK=${PER_TASK:-12}
