@@ -17,7 +17,7 @@ help:
 	@echo "make bench   - benchmarks; JSON lands in results/bench/"
 	@echo "make bench-llamacpp - build llama-cpp-python here (~5 min) and compare it on the same GGUF"
 	@echo "make eval    - the paper's comparison from measured traces, checked against the node; results/eval/"
-	@echo "make eval-quick - a smoke run: 2 prompts a task of 1,000-2,000 tokens, 6 alphas; results/eval-quick/"
+	@echo "make eval-quick - a smoke run: 2 prompts a task, 6 alphas, a short calibration; results/eval-quick/"
 	@echo "make eval-bags - the older comparison: every goal through bags and the node, int8 and the k sweep"
 	@echo "make load    - 4 clients, 200 goals in 10 s against the node (SmolLM2); results/bench/load.json"
 	@echo "make soak    - 1000 goals in a row, memory/threads/fds; results/bench/soak.json"
@@ -53,7 +53,7 @@ eval: setup
 
 eval-quick: setup
 	@$(ENV) && PER_TASK=2 AGREE_PER_TASK=1 AGREE_METHODS=timebill CAL_ARGS="--points 6 --repeats 1" \
-		ALPHAS=0,0.25,0.5,0.75,0.9,0.95 PROMPT_TOKENS=1000,2000 \
+		ALPHAS=0,0.25,0.5,0.75,0.9,0.95 \
 		OUT=results/eval-quick bash scripts/eval.sh
 
 # The older path: every goal of every method through the node, the int8 model and the k sweep.
