@@ -25,25 +25,25 @@ def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods:
     from timebill_ros.cli.calibrate import CalibrationTarget
     from timebill_ros.cli.traces import sized_as_asked
     from timebill_ros.core.calibration import Calibration
-    from timebill_ros.core.model import encode_prompt, load_model, load_tokenizer
+    from timebill_ros.core.model import encode_prompt, load_tokenizer
     from timebill_ros.eval import tasks
 
     task_names = task_names or tasks.TASKS
     target = CalibrationTarget.from_sources(params_file, {})
+    tokenizer = load_tokenizer(target.model_path)
     # The same prompts eval-traces measures (sized by the node's own token count).
-    sized = sized_as_asked(load_tokenizer(target.model_path), prompt_tokens, target.max_prompt_tokens)
+    sized = sized_as_asked(tokenizer, prompt_tokens, target.max_prompt_tokens)
     examples = tasks.evaluation_examples(per_task, task_names, prompt_tokens, sized)
     distilled = workload.distilled_lengths(distill_folder(target) / "test.jsonl.gz")
     if budgets == "auto":
-        loaded = load_model(target.model_path, threads=target.threads)
         timing = Calibration.load(target.path()).timing
         chosen = {}
         for task in task_names:
             mine = [e for e in examples if e.task == task]
-            prompt_n = [len(encode_prompt(loaded.tokenizer, e.prompt)) for e in mine]
+            prompt_n = [len(encode_prompt(tokenizer, e.prompt)) for e in mine]
             # The target's own response lengths where distilled (what vanilla really has to
             # decode), else the reference answer's length.
-            answer_n = [distilled.get(e.id, len(loaded.tokenizer(e.answer)["input_ids"]) + 1) for e in mine]
+            answer_n = [distilled.get(e.id, len(tokenizer(e.answer)["input_ids"]) + 1) for e in mine]
             chosen[task] = workload.choose_budgets(timing, prompt_n, answer_n, quantiles)
     elif budgets.endswith(".json"):  # the levels another bag was made with (--budgets-out)
         chosen = json.loads(Path(budgets).read_text())

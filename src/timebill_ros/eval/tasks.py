@@ -232,6 +232,9 @@ def target_length(rng: random.Random, task: str = "qa", length_range: tuple[int,
     return int(round(2 ** rng.uniform(math.log2(low), math.log2(high))))
 
 
+MAX_DRAWS = 20  # prompts drawn for one example before generate gives up on ACCEPT
+
+
 def generate(split: str, n_per_task: int, seed: int = 0, length_range: tuple[int, int] | None = None,
              task_names: tuple[str, ...] = TASKS, accept: Callable[[str], bool] | None = None) -> list[Example]:
     """N_PER_TASK examples of every task for SPLIT, deterministic in (split, seed, ACCEPT);
@@ -257,8 +260,6 @@ def generate(split: str, n_per_task: int, seed: int = 0, length_range: tuple[int
             out.append(Example(f"{split}-{task}-{seed}-{i}", task, split, prompt, answer, target))
     return out
 
-
-MAX_DRAWS = 20  # prompts drawn for one example before generate gives up on ACCEPT
 
 
 def save(examples: list[Example], path: Path) -> Path:
