@@ -237,3 +237,26 @@ def test_the_mechanism_says_what_eviction_cost_each_task_and_how_well_n_hat_knew
     text = traces_mechanism_table(lambda name: {"per_task": 2, "timebill_k": 2.0, "mechanism": {"qa": mech}},
                                   shown=("0", "0.9"))
     assert "| qa | 1.00 / 1.00x / 0 % | 0.00 / 1.29x / 100 % | 4.0 (10) | 50 % |" in text
+
+
+def test_traces_measured_once_are_evaluated_again_without_loading_the_model(slow_model_dir, calibration, tmp_path,
+                                                                            monkeypatch):
+    import yaml
+
+    from timebill_ros.cli import traces as cli
+
+    params = tmp_path / "node.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "model_path": str(slow_model_dir), "calibration_path": str(calibration), "predictor_path": "",
+        "threads": 1, "max_new_tokens": 6, "snapkv_window": 16}}}))
+    grid = (0.0, 0.25, 0.5, 0.75, 0.95)
+    kwargs = dict(per_task=1, out=tmp_path / "out", alphas=grid, task_names=("qa",), prompt_tokens=None)
+    first = cli.run_traces(str(params), **kwargs)
+    assert (tmp_path / "out" / "traces.json").exists() and first["alpha_grid"] == list(grid)
+
+    def no_model(*args):
+        raise AssertionError("the model was loaded to evaluate traces already measured")
+
+    monkeypatch.setattr(cli, "served_engine", no_model)
+    again = cli.run_traces(str(params), **kwargs)
+    assert again["table"] == first["table"] and again["measure_minutes"] == first["measure_minutes"]

@@ -80,15 +80,12 @@ def sized_as_asked(tokenizer, prompt_tokens: tuple[int, int] | None, max_prompt_
 
 def served_engine(params_file: str, params):
     """An engine as the node configured by PARAMS_FILE (read into PARAMS) serves."""
-    from timebill_ros.cli.calibrate import CalibrationTarget
-    from timebill_ros.core.calibration import Calibration
     from timebill_ros.core.engine import Engine
     from timebill_ros.core.kernels import apply as apply_kernels
     from timebill_ros.core.model import load_model
     from timebill_ros.core.predictor import load_predictor
 
-    target = CalibrationTarget.from_sources(params_file, {})
-    calibration = Calibration.load(target.path())
+    calibration = stored_calibration(params_file)
     loaded = load_model(params.model_path, dtype=params.dtype, threads=params.threads,
                         quantization=params.quantization, device=params.device)
     if choice := calibration.kernel_choice():
@@ -98,6 +95,22 @@ def served_engine(params_file: str, params):
     engine = Engine(loaded, timing, predictor, params.engine_config())
     engine.warm_up()
     return engine
+
+
+def stored_calibration(params_file: str):
+    """The calibration `timebill calibrate` stored for the node PARAMS_FILE configures."""
+    from timebill_ros.cli.calibrate import CalibrationTarget
+    from timebill_ros.core.calibration import Calibration
+
+    return Calibration.load(CalibrationTarget.from_sources(params_file, {}).path())
+
+
+def predictor_k(params) -> float:
+    """The pessimism k stored with the node's predictor (0: none, or a fixed prediction), read
+    from its predictor.json without loading the network."""
+    from timebill_ros.core.predictor import PredictorSpec, predictor_folder
+
+    return PredictorSpec.load(predictor_folder(params.predictor_path)).pessimism_k if params.predictor_path else 0.0
 
 
 def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[float, ...] | None = None,
@@ -121,38 +134,42 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             f"prompts of up to {prompt_tokens[1]} tokens, but {params_file} sets max_prompt_tokens "
             f"{longest}: raise it (the calibration then covers the longer prompts) or pass "
             f"--prompt-tokens within it")
-    engine = served_engine(params_file, params)
+    from timebill_ros.core.model import load_tokenizer
+
     examples = tasks.evaluation_examples(per_task, task_names or tasks.TASKS, prompt_tokens,
-                                         sized_as_asked(engine.loaded.tokenizer, prompt_tokens,
+                                         sized_as_asked(load_tokenizer(params.model_path), prompt_tokens,
                                                         params.max_prompt_tokens))
     started = time.monotonic()
     rows = json.loads(saved.read_text()) if saved.exists() else []
     prompts = traces.from_json(rows) if rows else []
     if prompts and {p.example_id for p in prompts} == {e.id for e in examples} \
             and all(set(p.traces) == set(alphas) for p in prompts):
-        # Reused: the minutes are those of the run that measured them, not of this reading.
+        # Reused without loading the model (~40 s): the minutes are those of the run that
+        # measured them, not of this reading.
         measured = json.loads(report.read_text()).get("measure_minutes") if report.exists() else None
     else:
+        engine = served_engine(params_file, params)
         with tqdm(total=len(examples) * len(alphas), desc="traces", unit="run") as bar:
             prompts = traces.measure(engine, examples, alphas=alphas, max_new_tokens=params.max_new_tokens,
                                      tick=lambda: bar.update(1))
+        engine.close()
         saved.write_text(json.dumps(traces.to_json(prompts)))
         measured = (time.monotonic() - started) / 60
+    # What planning reads is the engine's own: its calibration, its predictor's k, its SnapKV window.
+    timing, k = stored_calibration(params_file).planning_timing(), predictor_k(params)
     levels = traces.budget_levels(prompts, quantiles)
-    predictor_k = float(getattr(engine.predictor, "pessimism_k", 0.0))
-    outcomes = traces.goal_outcomes(prompts, levels, engine.timing, n_max=params.max_new_tokens,
-                                    min_kept=engine.press.window, predictor_k=predictor_k)
+    outcomes = traces.goal_outcomes(prompts, levels, timing, n_max=params.max_new_tokens,
+                                    min_kept=params.snapkv_window, predictor_k=k)
     table = traces.evaluate(outcomes)
-    engine.close()
     data = {"model": params.model_path, "predictor": params.predictor_path, "machine": machine_id(),
             "per_task": per_task,
             "prompt_tokens": list(prompt_tokens) if prompt_tokens else "test split",
-            "timebill_k": predictor_k or PAPER_K,
+            "timebill_k": k or PAPER_K,
             "alpha_grid": list(alphas), "levels": levels, "table": table,
             "claims": {policy: traces.claims(table, policy) for policy in table},
             "decode_share_of_vanilla": traces.decode_share(prompts, levels),
-            "mechanism": traces.mechanism(prompts, predictor_k or PAPER_K),
-            "machine_pace": traces.machine_pace(prompts, engine.timing),
+            "mechanism": traces.mechanism(prompts, k or PAPER_K),
+            "machine_pace": traces.machine_pace(prompts, timing),
             "measure_minutes": measured}
     if agree:
         records = node_records(agree)
