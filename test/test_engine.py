@@ -493,3 +493,21 @@ def test_the_in_goal_replan_ends_a_slowed_goal_complete(tiny):
     assert result.replans >= 1 and result.kept_prompt_tokens < 1000
     replanned = [ev for ev in events if ev.phase == "replanned"]
     assert replanned and replanned[0].alpha > 0.0  # the feedback shows it
+
+
+def test_a_prefill_far_slower_than_planned_plans_the_decode_as_slow(tiny):
+    # TIMING predicts ~12 ms for 1,000 prompt tokens; 0.3 s more is a load that began after the
+    # first plan. Decode at the planned 1.1 ms a step fits the budget at alpha 0; at the
+    # prefill's slow-down it does not, so the plan after prefill evicts.
+    def run(replan_steps):
+        e = SlowPrefillEngine(tiny, TIMING, FixedLengthPredictor(40),
+                              EngineConfig(snapkv_window=16, event_period=0.0, replan_steps=replan_steps))
+        e.slow = 0.3
+        result = e.run(Request(ids(1000), budget=0.6, max_new_tokens=40, ignore_eos=True, k=1.0), CancelToken())
+        e.close()
+        return result
+
+    paper = run(replan_steps=0)  # one plan at the planned pace: prefill's time counted, not its pace
+    assert paper.first_plan.alpha == 0.0 == paper.plan.alpha
+    paced = run(replan_steps=8)
+    assert paced.first_plan.alpha == 0.0 < paced.plan.alpha and paced.kept_prompt_tokens < 1000

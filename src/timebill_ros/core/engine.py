@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from timebill_ros.core.attention import split_chunks
+from timebill_ros.core.conformal import PACE_CHANGE
 from timebill_ros.core.eviction import SnapKV, SnapKVScorer, attention_modules, evict, evict_again, mlp_modules
 from timebill_ros.core.jobs import CancelToken, Event, OnInfeasible, Request, Result, Status, Timings
 from timebill_ros.core.kv_cache import convert_cache, new_cache
@@ -383,7 +384,9 @@ class _Job:
             self.timings.prefill = time.monotonic() - t0
         n_hat, self.timings.predict = self.wait_for_prediction(future)
         _raise_if_cancelled(self.cancel)
-        # Re-plan with what is now known: the real time spent so far replaces predictions.
+        # Re-plan with what is now known: the real time spent so far replaces predictions, and
+        # a prefill far slower than planned says the decode steps will be too.
+        self.timing = self.paced_by_prefill(self.timings.prefill)
         self.plan = self.make_plan(n_hat, self.elapsed())
         self.reject_if_replan_misses()
         self.evict(cache)
@@ -392,6 +395,20 @@ class _Job:
         if late:
             return self.finish(Status.COMPLETED_LATE, "finished after the deadline")
         return self.finish(Status.SUCCEEDED, "")
+
+    def paced_by_prefill(self, seconds: float) -> TimingModel:
+        """This job's timing with its decode steps (and eviction) slowed as much as its own
+        prefill of SECONDS ran past the planned one, when that is a change of load (more than
+        PACE_CHANGE x: a core taken by another process slowed goals 2.6-8.9x, idle noise stays
+        within 1.5x) rather than noise. A load that began after the first plan then evicts
+        enough at once, instead of after `replan_steps` slow steps; the paper's single plan
+        (replan_steps 0) keeps the planned pace."""
+        planned = self.timing.prefill(len(self.request.prompt_ids))
+        slower = seconds / planned if planned > 0.0 else 1.0
+        if not self.engine.config.replan_steps or self.request.fixed_alpha is not None or slower <= PACE_CHANGE:
+            return self.timing
+        log.info("prefill ran %.1fx its plan: decode planned %.1fx slower", slower, slower)
+        return self.timing.scaled(1.0, slower)
 
     def count_chunk(self, start: int, end: int, seconds: float) -> None:
         """A completed prefill chunk, against the unmargined fit's time for it."""
