@@ -39,3 +39,31 @@ def test_a_fresh_workspace_builds_and_installs_both_packages(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     where, seed = run.stdout.split()
     assert where.startswith(str(install)) and seed == "-1"
+
+
+def test_the_cmake_fix_names_this_venv_and_leaves_a_hard_linked_cache_file_alone(tmp_path):
+    import importlib.util
+    import sysconfig
+
+    import numpy
+
+    spec = importlib.util.spec_from_file_location("fix", REPO / "scripts" / "fix_rosidl_cmake.py")
+    fix = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fix)
+    line = '  INTERFACE_INCLUDE_DIRECTORIES "{py};{np}"\n'
+    container = line.format(py="/opt/python/cp311-cp311/include/python3.11",
+                            np="/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include")
+    other_venv = line.format(py="/usr/include/python3.11",
+                             np="/old/.venv/lib/python3.11/site-packages/numpy/_core/include")
+    ours = line.format(py=sysconfig.get_paths()["include"], np=numpy.get_include())
+    for name, text in (("a", container), ("b", other_venv)):
+        cache = tmp_path / f"cache_{name}.cmake"  # uv's cache: the venv's file is a hard link to it
+        cache.write_text(text)
+        exported = tmp_path / "venv" / "share" / name / "cmake" / f"{name}__rosidl_generator_pyExport.cmake"
+        exported.parent.mkdir(parents=True)
+        os.link(cache, exported)
+    assert fix.main(str(tmp_path / "venv")) == 2
+    for name, text in (("a", container), ("b", other_venv)):
+        exported = tmp_path / "venv" / "share" / name / "cmake" / f"{name}__rosidl_generator_pyExport.cmake"
+        assert exported.read_text() == ours and (tmp_path / f"cache_{name}.cmake").read_text() == text
+    assert fix.main(str(tmp_path / "venv")) == 0  # idempotent
