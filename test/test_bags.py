@@ -153,3 +153,30 @@ def test_a_request_replayed_again_counts_once_as_the_last_bag_has_it(tmp_path):
     data = evaluate_bags([first, again], tmp_path / "eval", ["vanilla"])
     cell = data["table"]["kill"]["vanilla"]["q50"]
     assert data["results"] == 1 and cell["completion"] == 1.0 and cell["score"] == 1.0
+
+
+def test_auto_budgets_span_each_task_s_predicted_vanilla_times_for_the_prompts_as_sized(slow_model_dir,
+                                                                                      calibration, tmp_path):
+    import yaml
+
+    from timebill_ros.cli.bag import make_workload
+    from timebill_ros.core.calibration import Calibration
+    from timebill_ros.core.model import encode_prompt, load_tokenizer
+
+    params = tmp_path / "node.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "model_path": str(slow_model_dir), "calibration_path": str(calibration), "predictor_path": "",
+        "max_prompt_tokens": 14000}}}))
+    requests, chosen, _ = make_workload(tmp_path / "work", "sqlite3", per_task=2, budgets="auto", methods="vanilla",
+                                        k_sweep=False, policies=["kill"], params_file=str(params),
+                                        task_names=("qa", "code"), prompt_tokens=(3000, 14000))
+    assert set(chosen) == {"qa", "code"} and len(requests) == 2 * 2 * len(workload.QUANTILES)
+    timing, tokenizer = Calibration.load(calibration).timing, load_tokenizer(str(slow_model_dir))
+    for task, levels in chosen.items():
+        seconds = list(levels.values())
+        assert seconds == sorted(seconds) and seconds[0] < seconds[-1]
+        mine = [r.fields for r in requests if r.fields["task"] == task]
+        prompt_n = [len(encode_prompt(tokenizer, f["prompt"])) for f in mine]
+        assert all(3000 <= n <= 14000 for n in prompt_n)  # the toy tokenizer: a token a character
+        assert min(map(timing.prefill, prompt_n)) < seconds[0] and seconds[-1] <= max(
+            timing.end_to_end(n, 0.0, 384) for n in prompt_n)
