@@ -8,7 +8,8 @@
 #   3. a sample of the same goals (AGREE_PER_TASK prompts a task, a few methods, Kill) as a
 #      rosbag replayed against timebill_node: how often node and traces agree on complete.
 # PER_TASK (default 12) sets the size, TASKS the tasks, PROMPT_TOKENS the prompt lengths,
-# ALPHAS the measured grid ('' = eval-traces' ten); CAL_ARGS go to `timebill calibrate`.
+# ALPHAS the measured grid ('' = eval-traces' ten), PREFILL_SAMPLES the prefills measured per
+# prompt; CAL_ARGS go to `timebill calibrate`.
 # `make eval-bags` is the older path: every goal through the node, plus the int8 model and
 # the k sweep (scripts/eval_bags.sh).
 set -euo pipefail
@@ -21,6 +22,9 @@ AGREE_PER_TASK=${AGREE_PER_TASK:-3}
 # vanilla plus TimeBill's planned alphas already cover alpha 0 to 0.93.
 AGREE_METHODS=${AGREE_METHODS:-vanilla,timebill}
 ALPHAS=${ALPHAS:-}
+# Prefills measured per prompt (their median is every goal's): a single one measured in a slow
+# second of the host decided 11 of the 13 goals where the node and the traces disagreed.
+PREFILL_SAMPLES=${PREFILL_SAMPLES:-3}
 EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks-v3}
 # The bucket predictor distilled from v3 (docs/models.md); "" plans TimeBill with the fixed
 # N_hat (fixed_prediction_tokens) instead.
@@ -49,7 +53,7 @@ CALIBRATED=$(date +%s)
 
 echo "== traces: $PER_TASK prompts a task ($TASKS), prompts of $PROMPT_TOKENS tokens"
 timebill eval-traces --params-file "$PARAMS" --per-task "$PER_TASK" --tasks "$TASKS" \
-  --prompt-tokens "$PROMPT_TOKENS" --alphas "$ALPHAS" --out "$OUT"
+  --prompt-tokens "$PROMPT_TOKENS" --alphas "$ALPHAS" --prefill-samples "$PREFILL_SAMPLES" --out "$OUT"
 
 echo "== node agreement: $AGREE_PER_TASK prompts a task, $AGREE_METHODS, through timebill_node"
 timebill bag make "$OUT/agree" --per-task "$AGREE_PER_TASK" --tasks "$TASKS" --prompt-tokens "$PROMPT_TOKENS" \
@@ -68,7 +72,7 @@ kill -INT $NODE; wait $NODE || true
 
 # The traces measured above (traces.json) are reused: only the agreement is added.
 timebill eval-traces --params-file "$PARAMS" --per-task "$PER_TASK" --tasks "$TASKS" \
-  --prompt-tokens "$PROMPT_TOKENS" --alphas "$ALPHAS" --out "$OUT" --agree "$OUT/agree_results"
+  --prompt-tokens "$PROMPT_TOKENS" --alphas "$ALPHAS" --prefill-samples "$PREFILL_SAMPLES" --out "$OUT" --agree "$OUT/agree_results"
 python - "$OUT/traces_eval.json" "$STARTED" "$CALIBRATED" <<'PY'
 import json, sys, time
 path, started, calibrated = sys.argv[1:]

@@ -113,13 +113,17 @@ def test_traces_measured_on_an_engine_round_trip_through_json(tiny):
     tiny_engine = Engine(tiny, TIMING, FixedLengthPredictor(7), EngineConfig(snapkv_window=16))
 
     examples = [e for e in tasks.load("test") if e.task == "qa"][:1]
-    prompts = traces.measure(tiny_engine, examples, alphas=(0.0, 0.5), max_new_tokens=6)
+    prompts = traces.measure(tiny_engine, examples, alphas=(0.0, 0.5, 0.9), max_new_tokens=6, prefill_samples=2)
     [p] = prompts
-    assert set(p.traces) == {0.0, 0.5}
+    assert set(p.traces) == {0.0, 0.5, 0.9}
     run = p.traces[0.5]
     assert 1 <= len(run.token_s) <= 6 and list(run.token_s) == sorted(run.token_s) and run.prefill_s > 0
     assert p.n_hat == 7 and traces.from_json(traces.to_json(prompts)) == prompts
-    assert p.traces[0.0].prefill_s == run.prefill_s  # one prefill, shared by every alpha's run
+    # Two real prefills (the first run's and one later); every run carries their median.
+    assert len(p.prefill_samples) == 2 and all(s > 0 for s in p.prefill_samples)
+    assert [t.prefill_s for t in p.traces.values()] == [pytest.approx(sum(p.prefill_samples) / 2)] * 3
+    assert {t.text for t in p.traces.values()} and p.traces[0.0].text == traces.measure(
+        tiny_engine, examples, alphas=(0.0,), max_new_tokens=6)[0].traces[0.0].text  # a re-prefill changes nothing
     tiny_engine.close()
 
 

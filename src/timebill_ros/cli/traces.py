@@ -115,9 +115,11 @@ def predictor_k(params) -> float:
 
 def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[float, ...] | None = None,
                alphas: tuple[float, ...] | None = None, task_names: tuple[str, ...] = (),
-               prompt_tokens: tuple[int, int] | None = None, agree: tuple[Path, ...] = ()) -> dict:
+               prompt_tokens: tuple[int, int] | None = None, agree: tuple[Path, ...] = (),
+               prefill_samples: int = 1) -> dict:
     """Measure (or reuse OUT/traces.json), evaluate, write OUT/traces_eval.json; returns it.
-    AGREE: result bags of the same goals replayed through timebill_node, checked against the traces."""
+    AGREE: result bags of the same goals replayed through timebill_node, checked against the traces;
+    PREFILL_SAMPLES: prefills measured per prompt (their median is the prompt's)."""
     from tqdm import tqdm
 
     from timebill_ros.core.calibration import machine_id
@@ -143,7 +145,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     rows = json.loads(saved.read_text()) if saved.exists() else []
     prompts = traces.from_json(rows) if rows else []
     if prompts and {p.example_id for p in prompts} == {e.id for e in examples} \
-            and all(set(p.traces) == set(alphas) for p in prompts):
+            and all(set(p.traces) == set(alphas) and len(p.prefill_samples) == prefill_samples for p in prompts):
         # Reused without loading the model (~40 s): the minutes are those of the run that
         # measured them, not of this reading.
         measured = json.loads(report.read_text()).get("measure_minutes") if report.exists() else None
@@ -151,7 +153,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
         engine = served_engine(params_file, params)
         with tqdm(total=len(examples) * len(alphas), desc="traces", unit="run") as bar:
             prompts = traces.measure(engine, examples, alphas=alphas, max_new_tokens=params.max_new_tokens,
-                                     tick=lambda: bar.update(1))
+                                     prefill_samples=prefill_samples, tick=lambda: bar.update(1))
         engine.close()
         saved.write_text(json.dumps(traces.to_json(prompts)))
         measured = (time.monotonic() - started) / 60
@@ -165,7 +167,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "per_task": per_task,
             "prompt_tokens": list(prompt_tokens) if prompt_tokens else "test split",
             "timebill_k": k or PAPER_K,
-            "alpha_grid": list(alphas), "levels": levels, "table": table,
+            "alpha_grid": list(alphas), "prefill_samples": prefill_samples, "levels": levels, "table": table,
             "claims": {policy: traces.claims(table, policy) for policy in table},
             "decode_share_of_vanilla": traces.decode_share(prompts, levels),
             "mechanism": traces.mechanism(prompts, k or PAPER_K),
@@ -202,15 +204,19 @@ def node_records(paths: tuple[Path, ...]) -> list[dict]:
               help="The alpha grid to measure, comma-separated (default: eval.traces.ALPHA_GRID, ten alphas "
                    "from 0 to 0.95); planned alphas round up to it, so a coarser grid is cheaper and "
                    "plans more eviction.")
+@click.option("--prefill-samples", type=click.IntRange(1, 10), default=3, show_default=True,
+              help="Prefills measured per prompt, spread over its alpha runs; every goal on the prompt uses "
+                   "their median (one sample taken in a slow second of the host decides every goal near a "
+                   "deadline on that prompt).")
 @click.option("--agree", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Result bag(s) of the same goals replayed through timebill_node (bag make --prompt-tokens "
                    "with --budgets OUT/levels.json): how often node and traces agree on complete.")
 def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...],
                     prompt_tokens: tuple[int, int] | None, out: str, alphas: tuple[float, ...] | None,
-                    agree: tuple[Path, ...]) -> None:
+                    agree: tuple[Path, ...], prefill_samples: int) -> None:
     """Every method at every budget and policy, computed from one run per prompt and alpha."""
     data = run_traces(params_file, per_task, Path(out), task_names=task_names, prompt_tokens=prompt_tokens,
-                      alphas=alphas, agree=agree)
+                      alphas=alphas, agree=agree, prefill_samples=prefill_samples)
     (Path(out) / "levels.json").write_text(json.dumps(data["levels"], indent=2))  # for bag make --budgets
     for policy, methods in data["table"].items():
         click.echo(f"[{policy}] mean score (standard error) per level")

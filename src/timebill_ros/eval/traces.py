@@ -165,11 +165,13 @@ class Prompt:
     reference: str
     n_hat: int
     traces: dict[float, Trace]
+    # The prefills measured (spread over the alpha runs); every trace carries their median.
+    prefill_samples: tuple[float, ...] = ()
 
     @property
     def prefill_s(self) -> float:
-        """The prompt's prefill, measured once and shared by its runs (median, for traces saved
-        before runs shared it)."""
+        """The prompt's prefill shared by its runs (the median of its measured prefills; of the
+        traces, for traces saved before runs shared it)."""
         return statistics.median(t.prefill_s for t in self.traces.values())
 
     @property
@@ -296,32 +298,39 @@ def node_pace(prompts: list[Prompt], node_records: list[dict]) -> dict:
 
 
 def measure(engine, examples, *, alphas: tuple[float, ...] = ALPHA_GRID, max_new_tokens: int = 384,
-            tick=lambda: None) -> list[Prompt]:
+            prefill_samples: int = 1, tick=lambda: None) -> list[Prompt]:
     """Run every example once per alpha on ENGINE (greedy, no deadline, its predictor beside
     prefill as in the node) and keep each run's trace; N_hat is the predictor's. The prompt is
-    prefilled once (core.engine.PrefillMemo): every alpha's run starts from a copy of that
-    prefill's cache, and its trace carries that prefill's measured time."""
+    prefilled PREFILL_SAMPLES times, spread over its alpha runs (core.engine.PrefillMemo: the
+    other runs start from a copy of the last prefill's cache), and every trace carries the
+    median of those prefills: every goal on the prompt rests on that one figure, and a single
+    sample taken in a slow second of the host decided 11 of 13 node disagreements in a run here."""
     from timebill_ros.core.engine import PrefillMemo
     from timebill_ros.core.jobs import CancelToken, Request
     from timebill_ros.core.model import encode_prompt
 
+    fresh = {round(j * len(alphas) / prefill_samples) for j in range(min(prefill_samples, len(alphas)))}
     prompts = []
-    engine.prefill_memo = PrefillMemo()
     try:
         for ex in examples:
             ids = encode_prompt(engine.loaded.tokenizer, ex.prompt)
-            runs, n_hat, prefill_s = {}, 0, None
-            for alpha in alphas:
+            runs, n_hat, samples = {}, 0, []
+            for i, alpha in enumerate(alphas):
+                if i in fresh:
+                    engine.prefill_memo = PrefillMemo()  # this run prefills for real
                 r = engine.run(Request(ids, budget=1e9, max_new_tokens=max_new_tokens, fixed_alpha=alpha),
                                CancelToken())
                 if r.status.name != "SUCCEEDED":
                     raise RuntimeError(f"{ex.id} at alpha {alpha}: {r.status.name} {r.reason}")
                 n_hat = n_hat or (r.plan.predicted_tokens if r.plan else 0)
-                prefill_s = prefill_s or r.timings.prefill  # the first run's: the others copied it
-                runs[alpha] = Trace(ex.id, ex.task, alpha, len(ids), prefill_s, r.timings.evict,
+                if i in fresh:
+                    samples.append(r.timings.prefill)
+                runs[alpha] = Trace(ex.id, ex.task, alpha, len(ids), 0.0, r.timings.evict,
                                     tuple(r.timings.token_s), r.text, hit_cap=len(r.token_ids) >= max_new_tokens)
                 tick()
-            prompts.append(Prompt(ex.id, ex.task, ex.answer, n_hat, runs))
+            shared = statistics.median(samples)
+            runs = {alpha: replace(t, prefill_s=shared) for alpha, t in runs.items()}
+            prompts.append(Prompt(ex.id, ex.task, ex.answer, n_hat, runs, tuple(samples)))
     finally:
         engine.prefill_memo = None
     return prompts
@@ -340,7 +349,8 @@ def from_json(rows: list[dict]) -> list[Prompt]:
     out = []
     for row in rows:
         runs = {float(t["alpha"]): Trace(**{**t, "token_s": tuple(t["token_s"])}) for t in row["traces"]}
-        out.append(Prompt(row["example_id"], row["task"], row["reference"], int(row["n_hat"]), runs))
+        out.append(Prompt(row["example_id"], row["task"], row["reference"], int(row["n_hat"]), runs,
+                          tuple(row.get("prefill_samples", ()))))
     return out
 
 
