@@ -123,6 +123,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     from tqdm import tqdm
 
     from timebill_ros.core.calibration import machine_id
+    from timebill_ros.core.model import load_tokenizer
     from timebill_ros.core.planner import PAPER_K
     from timebill_ros.eval import tasks, traces, workload
 
@@ -136,8 +137,6 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             f"prompts of up to {prompt_tokens[1]} tokens, but {params_file} sets max_prompt_tokens "
             f"{longest}: raise it (the calibration then covers the longer prompts) or pass "
             f"--prompt-tokens within it")
-    from timebill_ros.core.model import load_tokenizer
-
     examples = tasks.evaluation_examples(per_task, task_names or tasks.TASKS, prompt_tokens,
                                          sized_as_asked(load_tokenizer(params.model_path), prompt_tokens,
                                                         params.max_prompt_tokens))
@@ -151,10 +150,12 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
         measured = json.loads(report.read_text()).get("measure_minutes") if report.exists() else None
     else:
         engine = served_engine(params_file, params)
-        with tqdm(total=len(examples) * len(alphas), desc="traces", unit="run") as bar:
-            prompts = traces.measure(engine, examples, alphas=alphas, max_new_tokens=params.max_new_tokens,
-                                     prefill_samples=prefill_samples, tick=lambda: bar.update(1))
-        engine.close()
+        try:
+            with tqdm(total=len(examples) * len(alphas), desc="traces", unit="run") as bar:
+                prompts = traces.measure(engine, examples, alphas=alphas, max_new_tokens=params.max_new_tokens,
+                                         prefill_samples=prefill_samples, tick=lambda: bar.update(1))
+        finally:
+            engine.close()
         saved.write_text(json.dumps(traces.to_json(prompts)))
         measured = (time.monotonic() - started) / 60
     # What planning reads is the engine's own: its calibration, its predictor's k, its SnapKV window.

@@ -691,7 +691,8 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill") -> str:
     text = (f"\n\nTarget `{r['model']}`, predictor `{r['predictor']}` (k {r['timebill_k']:.2f}); {n} goals a cell "
             f"({r['per_task']} prompts a task, prompts of {span} tokens); alphas measured "
             f"{', '.join(f'{a:g}' for a in r['alpha_grid'])} (planned alphas rounded up to them); vanilla's decode "
-            f"share of its time: {share}. Cells: mean score (standard error) / completion / mean alpha.\n")
+            f"share of its time: {share}. Cells: mean score (standard error) / completion / mean alpha."
+            f"{_measured_on(r)}\n")
     claims = r.get("claims", {}).get(policy, {})
     for claim, row in claims.items():
         if isinstance(row, dict):
@@ -705,6 +706,17 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill") -> str:
             text += (f"; the node ran the same prefill {agree['node_over_trace_prefill']:.2f}x and decode "
                      f"{agree['node_over_trace_decode']:.2f}x the traces' time (medians)")
     return "\n".join(lines) + text + "\n"
+
+
+def _measured_on(r: dict) -> str:
+    """Where and how steadily the traces were measured (older files lack some of it)."""
+    text = f" Measured on `{r['machine']}`" if r.get("machine") else ""
+    if samples := r.get("prefill_samples"):
+        text += f"; each prompt's prefill the median of {samples} measured"
+    if pace := r.get("machine_pace"):
+        text += (f"; prefill ran {pace['prefill_over_fit_min']:.2f}-{pace['prefill_over_fit_max']:.2f}x the "
+                 f"calibration's fit across prompts ({'steady' if pace['steady'] else 'NOT steady: a slow spell'})")
+    return text + "." if text else ""
 
 
 def traces_mechanism_table(load: Callable[[str], dict], shown: tuple[str, ...] = ("0", "0.5", "0.75", "0.9",
