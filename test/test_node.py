@@ -165,9 +165,16 @@ def test_client_cancel_during_decode(node):
     assert run.status == GoalStatus.STATUS_CANCELED and run.result.text == ""
 
 
+def busy_goal(client):
+    """A goal that keeps the node busy for seconds on any host: a long prompt and 512 tokens
+    past any end of turn (the random test model may end "long job" after a few tokens: on a
+    fast host it was done, and the queue empty, before the goals meant to queue behind it)."""
+    return client.goal(LONG_PROMPT, budget=60.0, max_new_tokens=512, ignore_eos=True)
+
+
 def test_queue_order_queue_full_and_cancel_while_queued(node):
     proc, client = node
-    first = client.send(client.goal("long job", budget=60.0, max_new_tokens=512))
+    first = client.send(busy_goal(client))
     time.sleep(0.3)
     second = client.send(client.goal("second", budget=60.0, max_new_tokens=4))
     third = client.send(client.goal("third", budget=60.0, max_new_tokens=4))
@@ -186,7 +193,7 @@ def test_queue_order_queue_full_and_cancel_while_queued(node):
 
 def test_a_goal_whose_deadline_passes_in_the_queue_is_killed(node):
     proc, client = node
-    first = client.send(client.goal("long job", budget=60.0, max_new_tokens=512))
+    first = client.send(busy_goal(client))
     time.sleep(0.2)
     late = client.wait(client.send(client.goal("quick question", budget=0.2, max_new_tokens=4)))
     assert late.result.status == R(client).KILLED_AT_DEADLINE
