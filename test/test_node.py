@@ -96,7 +96,7 @@ def test_a_lost_goal_or_result_response_is_recovered(node):
     client.wait(lost_request, timeout=60, ask_again_every=1.0)
     assert lost_request.status == GoalStatus.STATUS_SUCCEEDED and lost_request.resent >= 1
 
-    story = client.goal("tell me a long story", budget=60.0, max_new_tokens=512)
+    story = client.goal("tell me a long story", budget=60.0, max_new_tokens=512, ignore_eos=True)
     canceled = GoalRun(story, goal_id=UUID(uuid=list(range(4, 20))))
     client.client.send_goal_async(story, feedback_callback=lambda m: canceled.feedback.append(m.feedback),
                                   goal_uuid=canceled.goal_id)  # its response is never looked at
@@ -159,7 +159,7 @@ def test_client_cancel_during_decode(node):
             run.canceled = True
             client.cancel(run)
 
-    run = client.call(client.goal("tell me a long story", budget=60.0, max_new_tokens=512),
+    run = client.call(client.goal("tell me a long story", budget=60.0, max_new_tokens=512, ignore_eos=True),
                       on_feedback=cancel_on_decode)
     assert run.result.status == R(client).CANCELED, run.result.status_reason
     assert run.status == GoalStatus.STATUS_CANCELED and run.result.text == ""
@@ -338,7 +338,8 @@ def test_a_signal_during_a_goal_aborts_it_and_exits(slow_model_dir, calibration,
                 run.signalled = True
                 proc.proc.send_signal(sig)
 
-        run = client.call(client.goal("long story", budget=60.0, max_new_tokens=512), on_feedback=signal_on_decode)
+        run = client.call(client.goal("long story", budget=60.0, max_new_tokens=512, ignore_eos=True),
+                          on_feedback=signal_on_decode)
         assert run.result.status == R(client).REJECTED and "shutting down" in run.result.status_reason
         assert proc.proc.wait(timeout=15) == 0, proc.log()
     finally:
@@ -420,7 +421,8 @@ def test_cancel_in_every_phase(node, phase):
             run.canceled = True
             client.cancel(run)
 
-    run = client.call(client.goal(LONG_PROMPT, budget=60.0, max_new_tokens=512), on_feedback=cancel_at_phase)
+    run = client.call(client.goal(LONG_PROMPT, budget=60.0, max_new_tokens=512, ignore_eos=True),
+                     on_feedback=cancel_at_phase)
     assert run.result.status == R(client).CANCELED, (phase, run.result.status_name, run.result.status_reason)
     assert run.status == GoalStatus.STATUS_CANCELED
     # ... and the server keeps serving.
@@ -731,7 +733,7 @@ def test_every_lifecycle_transition_and_goals_in_each_state(slow_model_dir, cali
         inactive = goal()
         assert _lifecycle("life_node", T.TRANSITION_ACTIVATE) == (True, "active")
         served = goal()
-        long_run = client.send(client.goal(LONG_PROMPT, budget=60.0, max_new_tokens=512))
+        long_run = client.send(busy_goal(client))
         time.sleep(0.5)  # in prefill or decode
         assert _lifecycle("life_node", T.TRANSITION_DEACTIVATE) == (True, "inactive")
         client.wait(long_run, timeout=60)
