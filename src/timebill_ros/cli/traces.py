@@ -78,8 +78,9 @@ def sized_as_asked(tokenizer, prompt_tokens: tuple[int, int] | None, max_prompt_
     return lambda prompt: low <= len(encode_prompt(tokenizer, prompt)) <= high
 
 
-def served_engine(params_file: str, params):
-    """An engine as the node configured by PARAMS_FILE (read into PARAMS) serves."""
+def served_engine(params_file: str, params, tokenizer=None):
+    """An engine as the node configured by PARAMS_FILE (read into PARAMS) serves; TOKENIZER,
+    when given, is the model's own, already loaded."""
     from timebill_ros.core.engine import Engine
     from timebill_ros.core.kernels import apply as apply_kernels
     from timebill_ros.core.model import load_model
@@ -87,7 +88,7 @@ def served_engine(params_file: str, params):
 
     calibration = stored_calibration(params_file)
     loaded = load_model(params.model_path, dtype=params.dtype, threads=params.threads,
-                        quantization=params.quantization, device=params.device)
+                        quantization=params.quantization, device=params.device, tokenizer=tokenizer)
     if choice := calibration.kernel_choice():
         apply_kernels(loaded, choice.chosen, params.quantization)
     timing = calibration.planning_timing()
@@ -137,9 +138,9 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             f"prompts of up to {prompt_tokens[1]} tokens, but {params_file} sets max_prompt_tokens "
             f"{longest}: raise it (the calibration then covers the longer prompts) or pass "
             f"--prompt-tokens within it")
+    tokenizer = load_tokenizer(params.model_path)
     examples = tasks.evaluation_examples(per_task, task_names or tasks.TASKS, prompt_tokens,
-                                         sized_as_asked(load_tokenizer(params.model_path), prompt_tokens,
-                                                        params.max_prompt_tokens))
+                                         sized_as_asked(tokenizer, prompt_tokens, params.max_prompt_tokens))
     started = time.monotonic()
     rows = json.loads(saved.read_text()) if saved.exists() else []
     prompts = traces.from_json(rows) if rows else []
@@ -149,7 +150,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
         # measured them, not of this reading.
         measured = json.loads(report.read_text()).get("measure_minutes") if report.exists() else None
     else:
-        engine = served_engine(params_file, params)
+        engine = served_engine(params_file, params, tokenizer)
         try:
             with tqdm(total=len(examples) * len(alphas), desc="traces", unit="run") as bar:
                 prompts = traces.measure(engine, examples, alphas=alphas, max_new_tokens=params.max_new_tokens,

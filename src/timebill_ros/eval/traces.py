@@ -359,8 +359,9 @@ STEADY_SPREAD = 1.5  # largest / smallest prefill-over-fit ratio of one run that
 
 def machine_pace(prompts: list[Prompt], timing: TimingModel) -> dict:
     """Each prompt's measured prefill over the calibration's fit: how steady the machine was
-    while the traces were measured. Every cell of a prompt rests on its one prefill, so a slow
-    spell of the host (a run here saw 0.62x to 2.02x) moves budgets' outcomes, not the method's."""
+    while the traces were measured. Every cell of a prompt rests on its prefill (the median of
+    its samples), so a slow spell of the host (a run here saw 0.62x to 2.02x) moves budgets'
+    outcomes, not the method's."""
     ratios = [p.prefill_s / timing.prefill(p.traces[0.0].prompt_tokens) for p in prompts]
     low, high = min(ratios), max(ratios)
     return {"prefill_over_fit_min": low, "prefill_over_fit_median": statistics.median(ratios),
