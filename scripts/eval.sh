@@ -52,8 +52,10 @@ timebill calibrate --check --params-file "$PARAMS" >/dev/null 2>&1 || timebill c
 CALIBRATED=$(date +%s)
 
 echo "== traces: $PER_TASK prompts a task ($TASKS), prompts of $PROMPT_TOKENS tokens"
-timebill eval-traces --params-file "$PARAMS" --per-task "$PER_TASK" --tasks "$TASKS" \
-  --prompt-tokens "$PROMPT_TOKENS" --alphas "$ALPHAS" --prefill-samples "$PREFILL_SAMPLES" --out "$OUT"
+# The same arguments both times: the second call reuses the traces only if they match.
+TRACES_ARGS=(--params-file "$PARAMS" --per-task "$PER_TASK" --tasks "$TASKS" --prompt-tokens "$PROMPT_TOKENS"
+  --alphas "$ALPHAS" --prefill-samples "$PREFILL_SAMPLES" --out "$OUT")
+timebill eval-traces "${TRACES_ARGS[@]}"
 
 echo "== node agreement: $AGREE_PER_TASK prompts a task, $AGREE_METHODS, through timebill_node"
 timebill bag make "$OUT/agree" --per-task "$AGREE_PER_TASK" --tasks "$TASKS" --prompt-tokens "$PROMPT_TOKENS" \
@@ -71,8 +73,7 @@ timebill bag replay "$OUT/agree" --out "$OUT/agree_results" --skip-idle \
 kill -INT $NODE; wait $NODE || true
 
 # The traces measured above (traces.json) are reused: only the agreement is added.
-timebill eval-traces --params-file "$PARAMS" --per-task "$PER_TASK" --tasks "$TASKS" \
-  --prompt-tokens "$PROMPT_TOKENS" --alphas "$ALPHAS" --prefill-samples "$PREFILL_SAMPLES" --out "$OUT" --agree "$OUT/agree_results"
+timebill eval-traces "${TRACES_ARGS[@]}" --agree "$OUT/agree_results"
 python - "$OUT/traces_eval.json" "$STARTED" "$CALIBRATED" <<'PY'
 import json, sys, time
 path, started, calibrated = sys.argv[1:]
