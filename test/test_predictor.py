@@ -115,6 +115,18 @@ def test_a_distillation_killed_mid_write_resumes_from_what_it_had(tiny, tmp_path
     assert [s.n_tokens for s in again[:4]] == [s.n_tokens for s in first]
 
 
+def test_a_cached_answer_to_a_prompt_that_changed_is_distilled_again(tiny, tmp_path):
+    engine = Engine(tiny, TimingModel(0, 0, 0, 0, 0), FixedLengthPredictor())
+    cache = tmp_path / "d.jsonl.gz"
+    first = rlp.distill(engine, [("a", "word " * 10), ("b", "word " * 20)], 12, cache)
+    changed = [("a", "word " * 10), ("b", "other " * 20 + "\n\nthe instruction again")]
+    again = rlp.distill(engine, changed, 12, cache)
+    engine.close()
+    assert again[0] == first[0]  # unchanged: kept from the cache
+    assert again[1].prompt_ids != first[1].prompt_ids  # its template changed: answered again
+    assert rlp.read_distilled(cache)["b"] == again[1]
+
+
 def test_free_form_distillation_prompts_come_from_the_splits_prose_only():
     from timebill_ros.eval import tasks
     from timebill_ros.train.predictor import predictor_prompts

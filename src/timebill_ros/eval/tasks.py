@@ -162,6 +162,22 @@ def neutral_sentences(split: str) -> tuple[str, ...]:
     return tuple(s for s in sentences(split) if not words & set(re.findall(r"[a-z]+", s.lower())))
 
 
+def restated(instruction: str, document: str) -> str:
+    """INSTRUCTION, the DOCUMENT, then INSTRUCTION again (LongBench's templates for its document
+    tasks do the same: "... Now, write a one-page summary of the report.").
+
+    Why twice: SnapKV ranks the cache by what the prompt's last 32 tokens attend to. With the
+    instruction only at the top, that window is the end of the log or report, which has no
+    reason to attend to the first sections or the items asked for, and the eviction dropped
+    them. Measured on the v3 target (4 prompts a task of 1,000-3,000 tokens, alpha 0 / 0.5 /
+    0.9): summary ROUGE-L 0.84 / 0.28 / 0.10 with the instruction at the top, 0.74 / 0.59 / 0.34
+    restated; list 0.68 / 0.52 / 0.24 against 0.67 / 0.58 / 0.45; evicted list and summary
+    answers that lost their stop and ran to the cap: 3 of 16 against 1 of 16. Code and QA
+    already end with what the answer depends on (the last lines, the question); restating
+    the code task's instruction after the code broke its continuation."""
+    return f"{instruction}\n\n{document}\n\n{instruction}"
+
+
 def list_example(rng: random.Random, split: str, target: int) -> tuple[str, str]:
     """A log mentioning items of several kinds; the answer lists one kind's items in order."""
     pool = neutral_sentences(split)
@@ -179,9 +195,8 @@ def list_example(rng: random.Random, split: str, target: int) -> tuple[str, str]
         other = rng.choice([k for k in KINDS if k != kind])
         i = rng.randrange(len(log))
         log[i] = rng.choice(ITEM_FRAMES).format(item=rng.choice(KINDS[other])) + " " + log[i]
-    prompt = (f"Read the log and list every {kind} it mentions, in order, separated by commas.\n\n"
-              + " ".join(log))
-    return prompt, ", ".join(items)
+    instruction = f"Read the log and list every {kind} it mentions, in order, separated by commas."
+    return restated(instruction, " ".join(log)), ", ".join(items)
 
 
 def summary_example(rng: random.Random, split: str, target: int) -> tuple[str, str]:
@@ -198,10 +213,10 @@ def summary_example(rng: random.Random, split: str, target: int) -> tuple[str, s
     report = "\n\n".join(f"## {title}\n" + " ".join(body) for title, body in zip(titles, bodies))
     points = "one bullet point" if n_points == 1 else f"{n_points} bullet points"
     first = "section" if n_points == 1 else f"{n_points} sections"
-    prompt = (f"Summarize the first {first} of this report in {points}, one per section: the section's "
-              f"title, a colon and its first sentence.\n\n{report}")
+    instruction = (f"Summarize the first {first} of this report in {points}, one per section: the section's "
+                   f"title, a colon and its first sentence.")
     answer = "\n".join(f"- {title}: {body[0]}" for title, body in zip(titles[:n_points], bodies))
-    return prompt, answer
+    return restated(instruction, report), answer
 
 
 _ASKED = re.compile(r"^(?:Summarize the first (?:(\d+) sections|section)|Complete the next (?:(\d+) lines|line))")

@@ -57,8 +57,11 @@ def predictor_prompts(split: str, n_per_task: int, seed: int = 0, free: int = 0)
 def distill(engine: Engine, prompts: list[tuple[str, str]], max_new_tokens: int, cache: Path,
             tick: Callable[[], None] = lambda: None) -> list[Sample]:
     """Answer every prompt with the target (greedy); cached as JSONL.gz (resumes, also after a
-    run killed mid-write)."""
-    done = read_distilled(cache)
+    run killed mid-write). A cached answer to other prompt tokens than the prompt's now (its
+    template changed) is answered again: the cache is keyed by id, and a stale length would
+    teach the predictor the old prompt's answer."""
+    encoded = {pid: prompt_ids(engine, text, max_new_tokens) for pid, text in prompts}
+    done = {pid: s for pid, s in read_distilled(cache).items() if encoded.get(pid, s.prompt_ids) == s.prompt_ids}
     todo = [(pid, text) for pid, text in prompts if pid not in done]
     for _ in range(len(prompts) - len(todo)):
         tick()
@@ -71,9 +74,8 @@ def distill(engine: Engine, prompts: list[tuple[str, str]], max_new_tokens: int,
             f.writelines(json.dumps(s.__dict__) + "\n" for s in done.values())
         tmp.replace(cache)
     with gzip.open(cache, "at") as f:
-        for pid, text in todo:
-            ids = encode_prompt(engine.loaded.tokenizer, text)
-            ids = ids[: engine.loaded.context_limit - max_new_tokens]
+        for pid, _ in todo:
+            ids = encoded[pid]
             result = engine.run(Request(ids, budget=1e9, max_new_tokens=max_new_tokens, fixed_alpha=0.0),
                                 CancelToken())
             done[pid] = Sample(pid, ids, len(result.token_ids))
@@ -81,6 +83,11 @@ def distill(engine: Engine, prompts: list[tuple[str, str]], max_new_tokens: int,
             f.flush()
             tick()
     return [done[pid] for pid, _ in prompts]
+
+
+def prompt_ids(engine: Engine, text: str, max_new_tokens: int) -> list[int]:
+    """The tokens the target answers for TEXT: its chat encoding, cut to leave room for the answer."""
+    return encode_prompt(engine.loaded.tokenizer, text)[: engine.loaded.context_limit - max_new_tokens]
 
 
 def spec_for(name: str, train: list[Sample], n_max: int, target: str) -> PredictorSpec:
