@@ -151,13 +151,17 @@ def test_a_memoized_prefill_serves_the_same_prompt_exactly_as_a_fresh_one(tiny):
 
 def test_agreement_counts_the_goals_both_ran_and_where_they_differ():
     prompts = [Prompt("ex", "qa", "garage", n_hat=10, traces={a: trace(a, 0.2) for a in traces.ALPHA_GRID})]
-    outcomes = traces.goal_outcomes(prompts, {"qa": {"tight": 1.0, "big": 100.0}}, TIMING, n_max=100,
-                                    policies=("kill",))
+    edge = prompts[0].traces[0.0].total_s * 1.02  # vanilla's work ends 2 % of the budget before it
+    outcomes = traces.goal_outcomes(prompts, {"qa": {"tight": 1.0, "big": 100.0, "edge": edge}}, TIMING,
+                                    n_max=100, policies=("kill",))
+    assert outcomes["kill/edge/vanilla/ex"].margin == pytest.approx(0.02 / 1.02)
     records = [{"request_id": "kill/big/vanilla/ex", "status_name": "SUCCEEDED"},
                {"request_id": "kill/tight/vanilla/ex", "status_name": "SUCCEEDED"},  # the traces say killed
+               {"request_id": "kill/edge/vanilla/ex", "status_name": "KILLED_AT_DEADLINE"},  # a coin flip
                {"request_id": "other", "status_name": "SUCCEEDED"}]
-    assert traces.agreement(outcomes, records) == {"goals": 2, "agree_pct": 50.0, "trace_complete_node_not": 0,
-                                                   "node_complete_trace_not": 1}
+    assert traces.agreement(outcomes, records) == {
+        "goals": 3, "agree_pct": pytest.approx(100 / 3), "trace_complete_node_not": 1, "node_complete_trace_not": 1,
+        "clear_of_deadline": {"near": 0.05, "goals": 2, "agree_pct": 50.0}}
 
 
 def test_node_pace_compares_the_node_s_prefill_and_decode_with_the_same_prompt_s_trace():
@@ -209,13 +213,16 @@ def test_the_published_table_shows_every_cell_with_its_error_the_claims_and_the_
             "claims": {policy: traces.claims(table, policy) for policy in table},
             "decode_share_of_vanilla": traces.decode_share(prompts, levels),
             "node_agreement": {"goals": 20, "agree_pct": 95.0, "trace_complete_node_not": 1,
-                               "node_complete_trace_not": 0}}
+                               "node_complete_trace_not": 0,
+                               "clear_of_deadline": {"near": 0.05, "goals": 15, "agree_pct": 100.0}}}
     text = traces_table(lambda name: data)
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + len(METHODS) and rows[0].count("(mean") == 3
     cell = table["kill"]["vanilla"]["q50"]
     assert f"{cell['score']:.3f} ({cell['score_se']:.3f})" in rows[1]
     assert "ahead of every fixed alpha: **" in text and "95.0 % of 20 goals" in text
+    assert ("on the 15 goals whose traced work ends more than 5 % of the budget from the deadline they agree on "
+            "100.0 %") in text
     from timebill_ros.eval.publish import comparison_headline
 
     held = len(data["claims"]["kill"]["ahead_of_every_fixed_alpha"]["levels_held"])

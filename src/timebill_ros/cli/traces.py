@@ -233,5 +233,8 @@ def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...]
                    f"fit): outcomes near a deadline follow the host's load; measure again on a quiet machine",
                    err=True)
     if agreed := data.get("node_agreement"):
-        click.echo(f"node agreement on complete / incomplete: {agreed['agree_pct']:.1f} % of {agreed['goals']} goals")
+        clear = agreed["clear_of_deadline"]
+        click.echo(f"node agreement on complete / incomplete: {agreed['agree_pct']:.1f} % of {agreed['goals']} goals"
+                   + (f" ({clear['agree_pct']:.1f} % of the {clear['goals']} not within {clear['near']:.0%} of their"
+                      " deadline)" if clear["goals"] else ""))
     click.echo(f"saved {out}/traces_eval.json")

@@ -705,6 +705,9 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill") -> str:
         if agree.get("node_over_trace_prefill"):  # why they disagree mostly one way
             text += (f"; the node ran the same prefill {agree['node_over_trace_prefill']:.2f}x and decode "
                      f"{agree['node_over_trace_decode']:.2f}x the traces' time (medians)")
+        if (clear := agree.get("clear_of_deadline")) and clear["goals"]:  # the rest are the host's coin flips
+            text += (f"; on the {clear['goals']} goals whose traced work ends more than {pct(clear['near'], 0)} of "
+                     f"the budget from the deadline they agree on {clear['agree_pct']:.1f} %")
     return "\n".join(lines) + text + "\n"
 
 

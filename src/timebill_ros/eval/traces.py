@@ -103,17 +103,18 @@ class Outcome:
     score: float
     alpha: float
     end_s: float  # when its work ended, from its start (0 when skipped)
+    margin: float = float("nan")  # (budget - the whole traced work's time) / budget: < 0 when late
 
 
 def outcome(trace: Trace, reference: str, budget: float, policy: str) -> Outcome:
     """A goal that starts at once: Kill ends it at the deadline (score 0), Skip-Next lets it
     finish late (kept, scored 0 as a missed deadline, as the report scores the node's)."""
-    late = trace.total_s > budget
-    if not late:
-        return Outcome("SUCCEEDED", score(trace.task, trace.text, reference), trace.alpha, trace.total_s)
+    margin = (budget - trace.total_s) / budget
+    if margin >= 0.0:
+        return Outcome("SUCCEEDED", score(trace.task, trace.text, reference), trace.alpha, trace.total_s, margin)
     if policy == "kill":
-        return Outcome("KILLED_AT_DEADLINE", 0.0, trace.alpha, budget)
-    return Outcome("COMPLETED_LATE", 0.0, trace.alpha, trace.total_s)
+        return Outcome("KILLED_AT_DEADLINE", 0.0, trace.alpha, budget, margin)
+    return Outcome("COMPLETED_LATE", 0.0, trace.alpha, trace.total_s, margin)
 
 
 def replay_skip_next(goals: list[tuple[Trace, str, float]]) -> list[Outcome]:
@@ -266,15 +267,29 @@ def claims(table: dict, policy: str = "kill", min_levels: int = 4) -> dict:
     return out
 
 
-def agreement(outcomes: dict[str, Outcome], node_records: list[dict]) -> dict:
+# A goal whose traced work ends within this share of its budget from the deadline is a coin
+# flip between two runs on this host: the same prefill repeated minutes apart differs by 8.6 %
+# on average (docs/results/noise_floor.json).
+NEAR_DEADLINE = 0.05
+
+
+def agreement(outcomes: dict[str, Outcome], node_records: list[dict], near: float = NEAR_DEADLINE) -> dict:
     """How often the node and the traces agree on complete / incomplete for the same goals
-    (NODE_RECORDS: result records with a request_id, as `timebill eval` reads them)."""
-    pairs = [(outcomes[r["request_id"]].status == "SUCCEEDED", r["status_name"] == "SUCCEEDED")
+    (NODE_RECORDS: result records with a request_id, as `timebill eval` reads them), over all
+    of them and over those whose traced work ends more than NEAR x the budget from the
+    deadline (the rest are decided by the host's noise as much as by the plan)."""
+    pairs = [(outcomes[r["request_id"]].status == "SUCCEEDED", r["status_name"] == "SUCCEEDED",
+              abs(outcomes[r["request_id"]].margin) > near)
              for r in node_records if r.get("request_id") in outcomes]
-    same = sum(a == b for a, b in pairs)
-    return {"goals": len(pairs), "agree_pct": 100.0 * same / len(pairs) if pairs else None,
-            "trace_complete_node_not": sum(a and not b for a, b in pairs),
-            "node_complete_trace_not": sum(b and not a for a, b in pairs)}
+    clear = [(a, b) for a, b, far in pairs if far]
+    return {"goals": len(pairs), "agree_pct": _agree_pct([(a, b) for a, b, _ in pairs]),
+            "trace_complete_node_not": sum(a and not b for a, b, _ in pairs),
+            "node_complete_trace_not": sum(b and not a for a, b, _ in pairs),
+            "clear_of_deadline": {"near": near, "goals": len(clear), "agree_pct": _agree_pct(clear)}}
+
+
+def _agree_pct(pairs: list[tuple[bool, bool]]) -> float | None:
+    return 100.0 * sum(a == b for a, b in pairs) / len(pairs) if pairs else None
 
 
 def node_pace(prompts: list[Prompt], node_records: list[dict]) -> dict:
