@@ -39,6 +39,7 @@ def test_success_streams_feedback_with_the_plan(node):
     assert planned.wcet > 0 and 0.0 <= planned.alpha <= 0.95
     assert 1 <= r.response_tokens <= 20 and r.prompt_tokens > 5
     assert r.predicted_response_tokens == 32 and r.feasible and r.wcet > 0
+    assert r.replans == 0  # 20 tokens in a 20 s budget: the plan after prefill stands
     assert r.total_time > 0 and r.deadline_margin < 0
 
 

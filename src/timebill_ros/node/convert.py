@@ -67,6 +67,7 @@ def result_msg(result: Result) -> TimedGenerate.Result:
         deadline_margin=result.deadline_margin,
         prefill_slowdown=result.prefill_factor,
         decode_slowdown=result.decode_factor,
+        replans=result.replans,
     )
     if result.plan is not None:
         msg.alpha = result.plan.alpha
@@ -81,7 +82,7 @@ GOAL_FIELDS = ("prompt", "budget", "max_new_tokens", "k", "alpha_max", "fixed_al
                "expected_response_tokens")
 RESULT_FIELDS = ("status", "status_name", "status_reason", "text", "queue_time", "prefill_time", "predict_time",
                  "evict_time", "decode_time", "total_time", "deadline_margin", "alpha", "predicted_response_tokens",
-                 "worst_case_response_tokens", "wcet", "feasible", "prompt_tokens", "kept_prompt_tokens",
+                 "worst_case_response_tokens", "wcet", "feasible", "replans", "prompt_tokens", "kept_prompt_tokens",
                  "response_tokens", "prefill_slowdown", "decode_slowdown")
 
 
