@@ -35,8 +35,9 @@ OUT=${OUT:-results/eval}
 mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results" "$OUT/traces.json"
 STARTED=$(date +%s)
 PARAMS="$OUT/node.yaml"
-# The traces plan as the paper does, from the stored calibration: the node is run the same
-# way (online_timing off) so that both plan the same alpha for the same goal.
+# The traces plan as the paper does, once and from the stored calibration: the node is run the
+# same way (online_timing off, no in-goal re-plan) so that both plan the same alpha for the same
+# goal (with re-plans on, a slow spell re-planned one q90 summary into a loop the traces never ran).
 python - "${BASE_PARAMS:-config/timebill.yaml}" "$PARAMS" "$EVAL_MODEL" "$EVAL_PREDICTOR" \
   "${PROMPT_TOKENS#*,}" <<'PY'
 import sys, yaml
@@ -44,7 +45,7 @@ base, out, model, predictor, longest = sys.argv[1:]
 doc = yaml.safe_load(open(base))
 params = next(iter(doc.values()))["ros__parameters"]
 # max_new_tokens 384: the cap the predictor was distilled at and the bags' requests ask for.
-params.update(model_path=model, predictor_path=predictor, online_timing=False, max_new_tokens=384,
+params.update(model_path=model, predictor_path=predictor, online_timing=False, replan_steps=0, max_new_tokens=384,
               max_prompt_tokens=max(int(params["max_prompt_tokens"]), int(longest) + 200))
 yaml.safe_dump(doc, open(out, "w"))
 PY

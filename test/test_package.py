@@ -54,6 +54,8 @@ def test_params_file_sets_every_node_parameter_and_nothing_else():
     assert params["alpha_max"] == 0.95 and params["snapkv_kernel"] == 5  # the paper's
     # k 0: the length predictor's own, the paper's 5 when it has none.
     assert params["k"] == 0.0 and defaults.limits(4096).k == 5.0 and defaults.limits(4096, 2.5).k == 2.5
+    # replan_steps 0 is the paper's single plan, as make eval's node runs it.
+    assert defaults.engine_config().replan_steps == 8 and NodeParams(replan_steps=0).engine_config().replan_steps == 0
 
 
 def test_package_manifests():

