@@ -164,6 +164,21 @@ def test_agreement_counts_the_goals_both_ran_and_where_they_differ():
         "clear_of_deadline": {"near": 0.05, "goals": 2, "agree_pct": 50.0}}
 
 
+def test_agreement_at_the_node_s_prefill_recomputes_each_goal_from_the_prefill_the_node_took():
+    prompts = [Prompt("ex", "qa", "garage", n_hat=10, traces={a: trace(a, 0.2) for a in traces.ALPHA_GRID})]
+    levels = {"qa": {"tight": 1.1, "big": 100.0}}  # the traced vanilla goal takes 1.0 + 0.2 s
+    outcomes = traces.goal_outcomes(prompts, levels, TIMING, n_max=100, policies=("kill",))
+    faster = {"request_id": "kill/tight/vanilla/ex", "status_name": "SUCCEEDED", "prefill_time": 0.85}
+    slower = {"request_id": "kill/big/timebill/ex", "status_name": "KILLED_AT_DEADLINE", "prefill_time": 1.0}
+    ignored = [{**faster, "request_id": "skip_next/tight/vanilla/ex"}, {**faster, "request_id": "kill/tight/x/ex"},
+               {**faster, "request_id": "other"}]
+    records = [faster, slower, *ignored]
+    assert traces.agreement(outcomes, records)["agree_pct"] == 0.0  # traced prefill 1.0: killed / completed
+    # With the node's 0.85 s prefill the traced vanilla goal ends at 1.05 s, within 1.1: both complete.
+    assert traces.agreement_at_node_prefill(prompts, levels, TIMING, records, n_max=100) == {
+        "goals": 2, "agree_pct": 50.0}
+
+
 def test_node_pace_compares_the_node_s_prefill_and_decode_with_the_same_prompt_s_trace():
     prompts = [Prompt("ex", "qa", "garage", n_hat=10, traces={a: trace(a, 0.2) for a in traces.ALPHA_GRID})]
     done = {"request_id": "kill/big/vanilla/ex", "status_name": "SUCCEEDED", "alpha": 0.0, "prefill_time": 1.2,
@@ -214,7 +229,8 @@ def test_the_published_table_shows_every_cell_with_its_error_the_claims_and_the_
             "decode_share_of_vanilla": traces.decode_share(prompts, levels),
             "node_agreement": {"goals": 20, "agree_pct": 95.0, "trace_complete_node_not": 1,
                                "node_complete_trace_not": 0,
-                               "clear_of_deadline": {"near": 0.05, "goals": 15, "agree_pct": 100.0}}}
+                               "clear_of_deadline": {"near": 0.05, "goals": 15, "agree_pct": 100.0},
+                               "at_node_prefill": {"goals": 20, "agree_pct": 97.5}}}
     text = traces_table(lambda name: data)
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + len(METHODS) and rows[0].count("(mean") == 3
@@ -223,6 +239,7 @@ def test_the_published_table_shows_every_cell_with_its_error_the_claims_and_the_
     assert "ahead of every fixed alpha: **" in text and "95.0 % of 20 goals" in text
     assert ("on the 15 goals whose traced work ends more than 5 % of the budget from the deadline they agree on "
             "100.0 %") in text
+    assert "recomputed from the prefill the node took, on 97.5 % of 20" in text
     from timebill_ros.eval.publish import comparison_headline
 
     held = len(data["claims"]["kill"]["ahead_of_every_fixed_alpha"]["levels_held"])

@@ -177,8 +177,10 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "measure_minutes": measured}
     if agree:
         records = node_records(agree)
+        at_node_prefill = traces.agreement_at_node_prefill(
+            prompts, levels, timing, records, n_max=params.max_new_tokens, min_kept=params.snapkv_window, predictor_k=k)
         data["node_agreement"] = {**traces.agreement(outcomes, records), **traces.node_pace(prompts, records),
-                                  "bags": [str(b) for b in agree]}
+                                  "at_node_prefill": at_node_prefill, "bags": [str(b) for b in agree]}
     report.write_text(json.dumps(data, indent=2))
     return data
 

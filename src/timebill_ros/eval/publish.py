@@ -710,6 +710,9 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill") -> str:
         if (clear := agree.get("clear_of_deadline")) and clear["goals"]:  # the rest are the host's coin flips
             text += (f"; on the {clear['goals']} goals whose traced work ends more than {pct(clear['near'], 0)} of "
                      f"the budget from the deadline they agree on {clear['agree_pct']:.1f} %")
+        if (same := agree.get("at_node_prefill")) and same["goals"]:  # the host's prefill pace taken out
+            text += (f"; with each goal's traced outcome recomputed from the prefill the node took, on "
+                     f"{same['agree_pct']:.1f} % of {same['goals']}")
     return "\n".join(lines) + text + "\n"
 
 

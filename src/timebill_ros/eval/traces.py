@@ -184,6 +184,13 @@ class Prompt:
         """The run at ALPHA with the prompt's shared prefill."""
         return replace(self.traces[alpha], prefill_s=self.prefill_s)
 
+    def planned_alpha(self, method: Method, timing: TimingModel, prefill_s: float, budget: float, *, n_max: int,
+                      min_kept: int, predictor_k: float, grid: tuple[float, ...]) -> float:
+        """The alpha METHOD runs this prompt at when its prefill took PREFILL_S (`planned_alpha`)."""
+        return planned_alpha(method, timing, prompt_tokens=self.traces[0.0].prompt_tokens, prefill_s=prefill_s,
+                             budget=budget, n_hat=self.n_hat, true_tokens=self.true_tokens, n_max=n_max,
+                             min_kept=min_kept, predictor_k=predictor_k, grid=grid)
+
 
 def budget_levels(prompts: list[Prompt], quantiles: tuple[float, ...]) -> dict[str, dict[str, float]]:
     """Per task, budget levels at quantiles of vanilla's measured time over its prompts."""
@@ -216,10 +223,8 @@ def goal_outcomes(prompts: list[Prompt], levels: dict[str, dict[str, float]], ti
                 goals = []
                 for p in prompts:
                     budget = levels[p.task][level]
-                    alpha = planned_alpha(method, timing, prompt_tokens=p.traces[0.0].prompt_tokens,
-                                          prefill_s=p.prefill_s, budget=budget, n_hat=p.n_hat,
-                                          true_tokens=p.true_tokens, n_max=n_max, min_kept=min_kept,
-                                          predictor_k=predictor_k, grid=grid)
+                    alpha = p.planned_alpha(method, timing, p.prefill_s, budget, n_max=n_max, min_kept=min_kept,
+                                            predictor_k=predictor_k, grid=grid)
                     goals.append((p.trace(alpha), p.reference, budget))
                 ended = (replay_skip_next(goals) if policy == "skip_next"
                          else [outcome(t, ref, b, policy) for t, ref, b in goals])
@@ -286,6 +291,28 @@ def agreement(outcomes: dict[str, Outcome], node_records: list[dict], near: floa
             "trace_complete_node_not": sum(a and not b for a, b, _ in pairs),
             "node_complete_trace_not": sum(b and not a for a, b, _ in pairs),
             "clear_of_deadline": {"near": near, "goals": len(clear), "agree_pct": _agree_pct(clear)}}
+
+
+def agreement_at_node_prefill(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: TimingModel,
+                              node_records: list[dict], *, n_max: int, min_kept: int = 0,
+                              predictor_k: float = 0.0) -> dict:
+    """Agreement with each Kill goal's traced outcome recomputed from the prefill the NODE
+    measured for it (the plan after prefill read from that time, the decode at the alpha it
+    gives): what is left when the host's pace during prefill, which moved most disagreements
+    (docs/evaluation.md), is the node's in both. A diagnostic beside `agreement`, not instead."""
+    by_id, methods = {p.example_id: p for p in prompts}, {m.name: m for m in METHODS}
+    grid = tuple(sorted(prompts[0].traces))
+    pairs = []
+    for r in node_records:
+        policy, level, method, example = (str(r.get("request_id", "")).split("/", 3) + ["", "", ""])[:4]
+        if policy != "kill" or not (p := by_id.get(example)) or method not in methods or level not in levels[p.task]:
+            continue
+        budget, prefill_s = levels[p.task][level], float(r["prefill_time"])
+        alpha = p.planned_alpha(methods[method], timing, prefill_s, budget, n_max=n_max, min_kept=min_kept,
+                                predictor_k=predictor_k, grid=grid)
+        traced = outcome(replace(p.traces[alpha], prefill_s=prefill_s), p.reference, budget, "kill")
+        pairs.append((traced.status == "SUCCEEDED", r["status_name"] == "SUCCEEDED"))
+    return {"goals": len(pairs), "agree_pct": _agree_pct(pairs)}
 
 
 def _agree_pct(pairs: list[tuple[bool, bool]]) -> float | None:
