@@ -171,9 +171,9 @@ def test_agreement_at_the_node_s_prefill_recomputes_each_goal_from_the_prefill_t
     faster = {"request_id": "kill/tight/vanilla/ex", "status_name": "SUCCEEDED", "prefill_time": 0.85}
     slower = {"request_id": "kill/big/timebill/ex", "status_name": "KILLED_AT_DEADLINE", "prefill_time": 1.0}
     ignored = [{**faster, "request_id": "skip_next/tight/vanilla/ex"}, {**faster, "request_id": "kill/tight/x/ex"},
-               {**faster, "request_id": "other"}]
+               {**faster, "request_id": "other"}, {**faster, "prefill_time": 0.0}]  # rejected before prefill
     records = [faster, slower, *ignored]
-    assert traces.agreement(outcomes, records)["agree_pct"] == 0.0  # traced prefill 1.0: killed / completed
+    assert traces.agreement(outcomes, records[:2])["agree_pct"] == 0.0  # traced prefill 1.0: killed / completed
     # With the node's 0.85 s prefill the traced vanilla goal ends at 1.05 s, within 1.1: both complete.
     assert traces.agreement_at_node_prefill(prompts, levels, TIMING, records, n_max=100) == {
         "goals": 2, "agree_pct": 50.0}

@@ -299,7 +299,8 @@ def agreement_at_node_prefill(prompts: list[Prompt], levels: dict[str, dict[str,
     """Agreement with each Kill goal's traced outcome recomputed from the prefill the NODE
     measured for it (the plan after prefill read from that time, the decode at the alpha it
     gives): what is left when the host's pace during prefill, which moved most disagreements
-    (docs/evaluation.md), is the node's in both. A diagnostic beside `agreement`, not instead."""
+    (docs/evaluation.md), is the node's in both. A goal killed in prefill carries the time until
+    the kill. A diagnostic beside `agreement`, not instead."""
     by_id, methods = {p.example_id: p for p in prompts}, {m.name: m for m in METHODS}
     grid = tuple(sorted(prompts[0].traces))
     pairs = []
@@ -308,6 +309,8 @@ def agreement_at_node_prefill(prompts: list[Prompt], levels: dict[str, dict[str,
         if policy != "kill" or not (p := by_id.get(example)) or method not in methods or level not in levels[p.task]:
             continue
         budget, prefill_s = levels[p.task][level], float(r["prefill_time"])
+        if prefill_s <= 0.0:  # ended before prefill (rejected): no pace of the node's to read
+            continue
         alpha = p.planned_alpha(methods[method], timing, prefill_s, budget, n_max=n_max, min_kept=min_kept,
                                 predictor_k=predictor_k, grid=grid)
         traced = outcome(replace(p.traces[alpha], prefill_s=prefill_s), p.reference, budget, "kill")
