@@ -59,6 +59,8 @@ SOURCES = {
     "rlp_layers.json": "rlp_layers.json",
     "rlp_smollm2_tasks_v3.json": "rlp_smollm2_tasks_v3.json",
     "quality_smollm2_tasks_v3.json": "quality_smollm2_tasks_v3.json",
+    "rlp_smollm2_tasks_v4.json": "rlp_smollm2_tasks_v4.json",
+    "quality_smollm2_tasks_v4.json": "quality_smollm2_tasks_v4.json",
     "eval/traces_eval.json": "traces_eval.json",
     "eval/eval.json": "eval.json",
     "eval/budget_sweep_kill.png": "budget_sweep_kill.png",
@@ -615,8 +617,8 @@ def headline_table(load: Callable[[str], dict]) -> str:
                      cov["machine"]))
     if tl := optional("timing_under_load.json"):
         rows.append(timing_headline(tl))
-    if rlp3 := optional("rlp_smollm2_tasks_v3.json"):
-        rows.append(predictor_headline(rlp3))
+    if rlp := optional("rlp_smollm2_tasks_v4.json") or optional("rlp_smollm2_tasks_v3.json"):  # the newest target
+        rows.append(predictor_headline(rlp))
     if tr := optional("traces_eval.json"):
         rows.append(comparison_headline(tr))
     if st := optional("structured.json"):
@@ -654,7 +656,9 @@ def predictor_headline(r: dict) -> tuple[str, str, str, str]:
     parts = [f"best baseline {RLP_SHORT.get(best, best)} {others[best]:.2f}" if best else "no baseline measured"]
     if ceiling := r.get("references", {}).get("task_and_asked"):
         parts.append(f"instruction ceiling {ceiling['R2']:.2f}")
-    return (f"length predictor on the v3 target ({r['test_examples']} test prompts): R^2, Kendall tau",
+    version = re.search(r"\+smollm2-tasks-(v\d+)", r["target"])  # which shipped adapter it was distilled from
+    target = version.group(1) if version else "fine-tuned"
+    return (f"length predictor on the {target} target ({r['test_examples']} test prompts): R^2, Kendall tau",
             f"{ours['R2']:.2f} ({'; '.join(parts)}), {ours['kendall_tau']:.2f}", ">= 0.72, ahead of baselines",
             r.get("machine", "-"))
 
@@ -766,10 +770,12 @@ TABLES = {"headline": headline_table, "params": params_table, "online": online_t
           "quality_smollm2": lambda load: quality_table(load, "quality_smollm2.json"),
           "quality_smollm2_tasks": lambda load: quality_table(load, "quality_smollm2_tasks.json", targets=True),
           "quality_smollm2_tasks_v3": lambda load: quality_table(load, "quality_smollm2_tasks_v3.json", targets=True),
+          "quality_smollm2_tasks_v4": lambda load: quality_table(load, "quality_smollm2_tasks_v4.json", targets=True),
           "weights": weights_table,
           "rlp_smollm2_tasks": lambda load: rlp_table(load, "rlp_smollm2_tasks.json"),
           "rlp_layers": rlp_layers_table,
           "rlp_smollm2_tasks_v3": lambda load: rlp_table(load, "rlp_smollm2_tasks_v3.json"),
+          "rlp_smollm2_tasks_v4": lambda load: rlp_table(load, "rlp_smollm2_tasks_v4.json"),
           "traces": traces_table, "traces_mechanism": traces_mechanism_table,
           "traces_skip_next": lambda load: traces_table(load, "skip_next"),
           "reliability": reliability_table, "timing_under_load": timing_under_load_table,
