@@ -210,6 +210,9 @@ def test_the_instruction_reference_reads_the_count_the_prompt_asks_for():
              "predictors": {"buckets16": row, "proxy5": {"full_input": {"R2": 0.2}},
                             "s3_10": {"full_input": {"R2": 0.3}}}}
     assert predictor_headline(table)[1] == "0.50 (best baseline S3-10 0.30; instruction ceiling 1.00), 0.60"
+    assert predictor_headline(table)[0].startswith("length predictor on the fine-tuned target")
+    named = {**table, "target": "SmolLM2-135M-Instruct.Q4_1-b179c9523d0e+smollm2-tasks-v4-0123456789ab-8e7955e0"}
+    assert predictor_headline(named)[0].startswith("length predictor on the v4 target (30 test prompts)")
 
 
 def test_target_lengths_say_whether_the_target_stops_where_its_answer_ends():

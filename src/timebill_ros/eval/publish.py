@@ -656,7 +656,7 @@ def predictor_headline(r: dict) -> tuple[str, str, str, str]:
     parts = [f"best baseline {RLP_SHORT.get(best, best)} {others[best]:.2f}" if best else "no baseline measured"]
     if ceiling := r.get("references", {}).get("task_and_asked"):
         parts.append(f"instruction ceiling {ceiling['R2']:.2f}")
-    version = re.search(r"\+smollm2-tasks-(v\d+)", r["target"])  # which shipped adapter it was distilled from
+    version = re.search(r"\+smollm2-tasks-(v\d+)", r.get("target", ""))  # which shipped adapter it was distilled from
     target = version.group(1) if version else "fine-tuned"
     return (f"length predictor on the {target} target ({r['test_examples']} test prompts): R^2, Kendall tau",
             f"{ours['R2']:.2f} ({'; '.join(parts)}), {ours['kendall_tau']:.2f}", ">= 0.72, ahead of baselines",
