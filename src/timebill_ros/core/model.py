@@ -49,7 +49,9 @@ BUILTIN_ADAPTED = {"smollm2-tasks": ("smollm2", "smollm2-tasks"),
                    # recipe v2 (issue 29): with the summary task, longer prompts, answers that stop
                    "smollm2-tasks-v2": ("smollm2", "smollm2-tasks-v2"),
                    # recipe v3: v2 trained on to prompts of 3,072 tokens, the end of turn weighted
-                   "smollm2-tasks-v3": ("smollm2", "smollm2-tasks-v3")}
+                   "smollm2-tasks-v3": ("smollm2", "smollm2-tasks-v3"),
+                   # recipe v4: v3 trained on with code's count of lines restated (tasks.restated)
+                   "smollm2-tasks-v4": ("smollm2", "smollm2-tasks-v4")}
 TOY_NAMES = ("toy", "default")
 log = logging.getLogger(__name__)
 
