@@ -116,6 +116,24 @@ def test_metrics_follow_longbench():
     assert 0 < metrics.rouge_l("hammer, drill", "hammer, saw, drill") < 1
     assert metrics.edit_similarity("return x", "return x") == 1.0
     assert metrics.edit_similarity("return y", "return x") == pytest.approx(7 / 8)
+    # Code is scored on the code: the line numbers the prompt asks in are no part of the score.
+    assert metrics.score("code", "58| return y\n59|     pass", "58| return x\n59|     pass") == pytest.approx(
+        metrics.edit_similarity("return y\n    pass", "return x\n    pass"))
+    assert metrics.score("code", "12| x = 1", "x = 1") == 1.0
+
+
+def test_code_prompts_number_their_lines_and_name_the_lines_asked_for():
+    import random
+
+    prompt, answer = tasks.code_example(random.Random(3), "test", 400)
+    asked = tasks.asked_count(prompt)
+    first = int(answer.split("|", 1)[0])
+    assert answer.count("\n") == asked - 1  # one numbered line per line asked, numbered on from the excerpt
+    assert [int(line.split("|", 1)[0]) for line in answer.splitlines()] == list(range(first, first + asked))
+    last_shown = prompt.split("\n\nComplete the next")[0].splitlines()[-1]
+    assert int(last_shown.split("|", 1)[0]) == first - 1
+    named = f"({first})" if asked == 1 else f"({first}-{first + asked - 1})"
+    assert prompt.endswith(named + " of this Python code.") and prompt.count(named) == 2  # asked before and after
 
 
 def test_eval_quality_runs_in_the_dtype_asked_for(tiny_model_dir, tmp_path):

@@ -6,7 +6,7 @@
   computed with Google's rouge-score.
 - Edit similarity: LongBench's `code_sim_score` is fuzz.ratio / 100 (normalised
   Levenshtein) on the first non-comment line; our code answers may span several lines,
-  so the whole answer is compared.
+  so the whole answer is compared, without the line numbers the prompt shows.
 """
 from __future__ import annotations
 
@@ -50,7 +50,16 @@ def edit_similarity(prediction: str, reference: str) -> float:
     return fuzz.ratio(prediction.strip("\n"), reference.strip("\n")) / 100.0
 
 
-METRIC_OF_TASK = {"qa": qa_f1, "code": edit_similarity, "list": rouge_l, "summary": rouge_l}
+_LINE_NUMBER = re.compile(r"^\d+\| ?", re.M)
+
+
+def code_similarity(prediction: str, reference: str) -> float:
+    """Edit similarity of the code itself: the "<number>| " the code task numbers its lines
+    with (tasks.code_example) is dropped from both, so a right number earns nothing."""
+    return edit_similarity(_LINE_NUMBER.sub("", prediction), _LINE_NUMBER.sub("", reference))
+
+
+METRIC_OF_TASK = {"qa": qa_f1, "code": code_similarity, "list": rouge_l, "summary": rouge_l}
 
 
 def score(task: str, prediction: str, reference: str) -> float:

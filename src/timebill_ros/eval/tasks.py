@@ -133,8 +133,20 @@ def qa_example(rng: random.Random, split: str, target: int) -> tuple[str, str]:
     return prompt, answer
 
 
+def numbered(first: int, lines: list[str]) -> str:
+    """LINES as "<number>| <line>", numbered from FIRST (the file's own line numbers)."""
+    return "\n".join(f"{first + i}| {line}".rstrip() for i, line in enumerate(lines))
+
+
 def code_example(rng: random.Random, split: str, target: int) -> tuple[str, str]:
-    """An excerpt of real Python source and its next line(s)."""
+    """An excerpt of real Python source, its lines numbered, and its next line(s), numbered on.
+
+    Why numbered: asked for "the next N lines", the v3 and v4 targets wrote about one line
+    whatever N was (length correlation 0.28-0.29 with the reference): counting its own lines
+    is a skill a 135M model with a LoRA did not learn in ~200 examples. With the lines asked
+    for named by number ("lines 58-62") and every answer line numbered, where to stop is a
+    comparison with a number the prompt repeats next to the answer. Scored without the
+    numbers (metrics.code_similarity)."""
     while True:
         path = rng.choice(code_files(split))
         lines = [ln.rstrip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
@@ -146,13 +158,13 @@ def code_example(rng: random.Random, split: str, target: int) -> tuple[str, str]
         start, size = end, 0
         while start > 0 and size < budget:
             start -= 1
-            size += len(lines[start]) + 1
+            size += len(lines[start]) + len(str(start + 1)) + 3  # the line, its number and "| "
         answer_lines = lines[end:end + n_next]
         if size >= budget * 0.5 and sum(len(a.strip()) for a in answer_lines) >= 4 and lines[end].strip():
             break
-    what = "line" if n_next == 1 else f"{n_next} lines"
-    code = "\n".join(lines[start:end])
-    return restated(f"Complete the next {what} of this Python code.", code), "\n".join(answer_lines)
+    what = f"line ({end + 1})" if n_next == 1 else f"{n_next} lines ({end + 1}-{end + n_next})"
+    instruction = f"Complete the next {what} of this Python code."
+    return restated(instruction, numbered(start + 1, lines[start:end])), numbered(end + 1, answer_lines)
 
 
 @lru_cache(maxsize=None)
