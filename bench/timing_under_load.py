@@ -17,6 +17,7 @@ total_time (both from acceptance). Prints JSON (results/bench/timing_under_load.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -185,7 +186,11 @@ def main() -> None:
                                    for phase in PHASES}}
     write("timing_under_load", {"model": args.model, "per_phase": per_phase, "forced_tokens": FORCED_TOKENS,
                                 "natural_max_tokens": NATURAL_MAX, "estimators": summary, "goals": results,
-                                "calibration_key": cal.key.filename()})
+                                "calibration_key": cal.key.filename(),
+                                # The fit itself: with it an offline replay scores every goal's
+                                # phases as the node did (another machine's fit is 2.8x off on decode).
+                                "calibration_fit": dataclasses.asdict(cal.timing),
+                                "prefill_contention": cal.prefill_contention})
 
 
 if __name__ == "__main__":
