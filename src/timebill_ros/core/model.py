@@ -51,7 +51,11 @@ BUILTIN_ADAPTED = {"smollm2-tasks": ("smollm2", "smollm2-tasks"),
                    # recipe v3: v2 trained on to prompts of 3,072 tokens, the end of turn weighted
                    "smollm2-tasks-v3": ("smollm2", "smollm2-tasks-v3"),
                    # recipe v4: v3 trained on with code's count of lines restated (tasks.restated)
-                   "smollm2-tasks-v4": ("smollm2", "smollm2-tasks-v4")}
+                   "smollm2-tasks-v4": ("smollm2", "smollm2-tasks-v4"),
+                   # recipe v5: v4 trained on code whose lines are numbered, the lines asked named
+                   "smollm2-tasks-v5": ("smollm2", "smollm2-tasks-v5"),
+                   # recipe v6: v5 with every line's end (go on or stop) weighted up
+                   "smollm2-tasks-v6": ("smollm2", "smollm2-tasks-v6")}
 TOY_NAMES = ("toy", "default")
 log = logging.getLogger(__name__)
 
