@@ -136,3 +136,15 @@ def test_the_target_loss_counts_answer_tokens_only_and_weights_the_end_of_turn(t
         plain, weighted = answer_loss(tiny.model, ids, start), answer_loss(tiny.model, ids, start, 1, 5.0)
     assert plain == pytest.approx(each.mean().item(), rel=1e-5)
     assert weighted == pytest.approx(((each[:-1].sum() + 5.0 * each[-1]) / 8.0).item(), rel=1e-5)
+    with torch.no_grad():  # the second answer token ends a line: weighted 3x besides the end
+        lines = answer_loss(tiny.model, ids, start, 1, 5.0, [1], 3.0)
+    assert lines == pytest.approx(((each[0] + 3.0 * each[1] + each[2] + 5.0 * each[3]) / 10.0).item(), rel=1e-5)
+
+
+def test_line_ends_are_the_newlines_with_a_line_after_them(tiny):
+    from timebill_ros.train.target import line_ends
+
+    tok = tiny.tokenizer
+    ids = tok("58| a = 1\n59| b = 2\n60| c", add_special_tokens=False)["input_ids"]
+    ends = line_ends(tok, ids)
+    assert len(ends) == 2 and all(tok.decode(ids[:i + 1]).endswith("\n") for i in ends)

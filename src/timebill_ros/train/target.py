@@ -33,7 +33,7 @@ LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class TargetRecipe:
     """Everything that decides the adapter's weights (saved beside them).
 
-    The defaults are recipe v5; each shipped adapter's `timebill_recipe.json` holds its own."""
+    The defaults are recipe v6; each shipped adapter's `timebill_recipe.json` holds its own."""
 
     base: str = "builtin:smollm2"
     seed: int = 0
@@ -48,9 +48,10 @@ class TargetRecipe:
     # of lines included, also after the document (`tasks.restated`), with code's share of the
     # steps raised: code still wrote ~1 line (correlation 0.28). v5 starts from v4 on code whose
     # lines are numbered and whose lines asked for are named by number (tasks.code_example),
-    # most steps on code, its prompts capped short (the stop, not the context, is to be learnt).
-    init_adapter: str = "smollm2-tasks-v4"  # a packaged adapter to start from; "" = a fresh one
-    steps: int = 400
+    # most steps on code, its prompts capped short (the stop, not the context, is to be learnt):
+    # still ~1 line (0.32). v6 starts from v5 with every line boundary's decision weighted up.
+    init_adapter: str = "smollm2-tasks-v5"  # a packaged adapter to start from; "" = a fresh one
+    steps: int = 300
     rank: int = 8  # 2.4 M trainable parameters, 4.9 MB in bfloat16
     lora_alpha: int = 16
     lr: float = 2e-4
@@ -67,10 +68,15 @@ class TargetRecipe:
     # Per task of tasks.TASKS (qa, code, list, summary): QA's loss was 0.08 at v2's end, the
     # tasks whose answer length the prompt sets get the steps (v4: most to code, whose length
     # v3 did not learn; summaries' did).
-    task_weights: tuple[float, ...] = (0.25, 3.0, 0.75, 0.5)
+    task_weights: tuple[float, ...] = (0.2, 4.0, 0.5, 0.5)
     # Weight of the end-of-turn token's loss against an answer token's: an answer's one stop
     # decision is otherwise 1/len of its loss, and v2 ran on past the lines asked for.
     end_weight: float = 5.0
+    # Weight of each newline that has another line after it: the answer's "go on" against the
+    # end of turn's "stop" at every line's end (v6: v3-v5 stopped code after ~1 line whatever
+    # was asked, e.g. "554| ... LETTER E<|im_end|>" for lines 554-556; each such decision was
+    # 1 token in ~20 of a line's loss).
+    line_weight: float = 5.0
 
 
 def sample_example(recipe: TargetRecipe, rng: random.Random) -> tasks.Example:
@@ -83,20 +89,30 @@ def sample_example(recipe: TargetRecipe, rng: random.Random) -> tasks.Example:
     return tasks.Example(f"train-{task}", task, "train", prompt, answer, target)
 
 
-def encode_example(tokenizer, example: tasks.Example, end_ids: list[int]) -> tuple[torch.Tensor, int]:
+def encode_example(tokenizer, example: tasks.Example, end_ids: list[int]) -> tuple[torch.Tensor, int, list[int]]:
     """Prompt (through the chat template, as the node serves it) + answer + end of turn;
-    returns the ids and where the answer starts."""
+    returns the ids, where the answer starts, and the answer positions that end a line with
+    another to come (`line_ends`)."""
     prompt = encode_prompt(tokenizer, example.prompt)
-    answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + end_ids
-    return torch.tensor([prompt + answer]), len(prompt)
+    answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+    return torch.tensor([prompt + answer + end_ids]), len(prompt), line_ends(tokenizer, answer)
 
 
-def answer_loss(model, ids: torch.Tensor, start: int, end_tokens: int = 0, end_weight: float = 1.0) -> torch.Tensor:
+def line_ends(tokenizer, answer_ids: list[int]) -> list[int]:
+    """Positions in ANSWER_IDS whose token ends a line (a newline): where the answer decides to
+    go on with another line; at its last line's end the end of turn decides to stop."""
+    return [i for i, t in enumerate(answer_ids) if tokenizer.decode([t]).endswith("\n")]
+
+
+def answer_loss(model, ids: torch.Tensor, start: int, end_tokens: int = 0, end_weight: float = 1.0,
+                line_ends: list[int] = (), line_weight: float = 1.0) -> torch.Tensor:
     """Cross-entropy over the answer tokens only (the prompt is given, not learned), the last
-    END_TOKENS of them (the end of turn) weighted END_WEIGHT times an answer token."""
+    END_TOKENS of them (the end of turn) weighted END_WEIGHT times an answer token and the
+    answer positions LINE_ENDS (a newline with another line to come) LINE_WEIGHT times."""
     logits = model(input_ids=ids).logits[0, start - 1:-1].float()
     losses = torch.nn.functional.cross_entropy(logits, ids[0, start:], reduction="none")
     weights = torch.ones_like(losses)
+    weights[list(line_ends)] = line_weight
     if end_tokens:
         weights[-end_tokens:] = end_weight
     return (losses * weights).sum() / weights.sum()
@@ -156,10 +172,10 @@ def train_target(recipe: TargetRecipe, workdir: Path, out_dir: Path = TARGET_ADA
             if max_minutes and time.monotonic() - started > max_minutes * 60:
                 break
             example = sample_example(recipe, rng)
-            ids, start = encode_example(tokenizer, example, end_ids)
+            ids, start, ends = encode_example(tokenizer, example, end_ids)
             for group in opt.param_groups:
                 group["lr"] = lr_at(recipe, step)
-            loss = answer_loss(model, ids, start, len(end_ids), recipe.end_weight)
+            loss = answer_loss(model, ids, start, len(end_ids), recipe.end_weight, ends, recipe.line_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
