@@ -146,7 +146,8 @@ def code_example(rng: random.Random, split: str, target: int) -> tuple[str, str]
     is a skill a 135M model with a LoRA did not learn in ~200 examples. With the lines asked
     for named by number ("lines 58-62") and every answer line numbered, where to stop is a
     comparison with a number the prompt repeats next to the answer. Scored without the
-    numbers (metrics.code_similarity)."""
+    numbers (metrics.code_similarity). The numbers alone did not do it (v5 still stopped
+    after ~1 line); weighting each line's end in the loss moved the stop (v6, docs/models.md)."""
     while True:
         path = rng.choice(code_files(split))
         lines = [ln.rstrip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]

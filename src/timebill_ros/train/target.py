@@ -33,7 +33,8 @@ LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class TargetRecipe:
     """Everything that decides the adapter's weights (saved beside them).
 
-    The defaults are recipe v6; each shipped adapter's `timebill_recipe.json` holds its own."""
+    The defaults are recipe v6; each shipped adapter's `timebill_recipe.json` holds its own (a
+    field it lacks, e.g. v5's `line_weight`, had its neutral value: 1.0, or 0 for a cap)."""
 
     base: str = "builtin:smollm2"
     seed: int = 0
