@@ -59,8 +59,6 @@ SOURCES = {
     "rlp_layers.json": "rlp_layers.json",
     "rlp_smollm2_tasks_v3.json": "rlp_smollm2_tasks_v3.json",
     "quality_smollm2_tasks_v3.json": "quality_smollm2_tasks_v3.json",
-    "rlp_smollm2_tasks_v4.json": "rlp_smollm2_tasks_v4.json",
-    "quality_smollm2_tasks_v4.json": "quality_smollm2_tasks_v4.json",
     "eval/traces_eval.json": "traces_eval.json",
     "eval/eval.json": "eval.json",
     "eval/budget_sweep_kill.png": "budget_sweep_kill.png",
@@ -617,7 +615,7 @@ def headline_table(load: Callable[[str], dict]) -> str:
                      cov["machine"]))
     if tl := optional("timing_under_load.json"):
         rows.append(timing_headline(tl))
-    if rlp := optional("rlp_smollm2_tasks_v4.json") or optional("rlp_smollm2_tasks_v3.json"):  # the newest target
+    if rlp := optional("rlp_smollm2_tasks_v3.json"):
         rows.append(predictor_headline(rlp))
     if tr := optional("traces_eval.json"):
         rows.append(comparison_headline(tr))
@@ -770,12 +768,10 @@ TABLES = {"headline": headline_table, "params": params_table, "online": online_t
           "quality_smollm2": lambda load: quality_table(load, "quality_smollm2.json"),
           "quality_smollm2_tasks": lambda load: quality_table(load, "quality_smollm2_tasks.json", targets=True),
           "quality_smollm2_tasks_v3": lambda load: quality_table(load, "quality_smollm2_tasks_v3.json", targets=True),
-          "quality_smollm2_tasks_v4": lambda load: quality_table(load, "quality_smollm2_tasks_v4.json", targets=True),
           "weights": weights_table,
           "rlp_smollm2_tasks": lambda load: rlp_table(load, "rlp_smollm2_tasks.json"),
           "rlp_layers": rlp_layers_table,
           "rlp_smollm2_tasks_v3": lambda load: rlp_table(load, "rlp_smollm2_tasks_v3.json"),
-          "rlp_smollm2_tasks_v4": lambda load: rlp_table(load, "rlp_smollm2_tasks_v4.json"),
           "traces": traces_table, "traces_mechanism": traces_mechanism_table,
           "traces_skip_next": lambda load: traces_table(load, "skip_next"),
           "reliability": reliability_table, "timing_under_load": timing_under_load_table,
