@@ -288,3 +288,11 @@ def test_traces_measured_once_are_evaluated_again_without_loading_the_model(slow
     monkeypatch.setattr(cli, "served_engine", no_model)
     again = cli.run_traces(str(params), **kwargs)
     assert again["table"] == first["table"] and again["measure_minutes"] == first["measure_minutes"]
+
+
+def test_goal_ids_round_trip_and_a_users_own_id_is_not_one():
+    from timebill_ros.eval.workload import GoalId
+
+    goal = GoalId("kill", "q50", "fixed_0.5", "test-code/3")
+    assert GoalId.parse(str(goal)) == goal and goal.block == "kill/q50/fixed_0.5"
+    assert GoalId.parse("arm-planner-17") is None and GoalId.parse(None) is None

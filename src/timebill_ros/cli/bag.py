@@ -119,8 +119,9 @@ def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float
         with tqdm(total=len(requests), desc=f"replaying {bag_in.name}", unit="request") as bar:
             for sent, (stamp, msg) in enumerate(requests):
                 due = t0 + (stamp - t0_bag) / 1e9 / rate - skipped + waited
-                if _block(msg.request_id) != block:  # a new (policy, level, method) block starts
-                    block = _block(msg.request_id)
+                goal = workload.GoalId.parse(msg.request_id)
+                if (goal.block if goal else msg.request_id) != block:  # a new (policy, level, method) block
+                    block = goal.block if goal else msg.request_id
                     late = max(0.0, _wait_until_answered(node, results, sent, wait_s) - due)
                     waited, due = waited + late, due + late
                 while time.monotonic() < due:
@@ -147,11 +148,6 @@ def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float
     summary = {"requests": len(requests), "results": len(results), "lost": len(requests) - len(results),
                "overrun_wait_s": round(waited, 1)}
     return {**summary, "idle_skipped_s": round(skipped, 1)} if skip_idle else summary
-
-
-def _block(request_id: str) -> str:
-    """The (policy, level, method) block of a "policy/level/method/example" request id."""
-    return "/".join(request_id.split("/")[:3])
 
 
 def _wait_until_answered(node, results: dict, sent: int, timeout: float) -> float:

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from timebill_ros.eval.metrics import score  # noqa: E402
+from timebill_ros.eval.workload import GoalId  # noqa: E402
 
 SUCCEEDED = 1
 MISSES = {"KILLED_AT_DEADLINE", "COMPLETED_LATE"}
@@ -21,8 +22,8 @@ MISSES = {"KILLED_AT_DEADLINE", "COMPLETED_LATE"}
 def budget_level(record: dict) -> str:
     """The budget level of a result: from its request_id ("policy/level/method/example"), else
     its budget in seconds (budgets travel as Durations: round away the nanosecond noise)."""
-    parts = str(record.get("request_id", "")).split("/")
-    return parts[1] if len(parts) >= 4 else str(round(float(record["budget"]), 3))
+    goal = GoalId.parse(record.get("request_id"))
+    return goal.level if goal else str(round(float(record["budget"]), 3))
 
 
 def level_order(cells: dict) -> list[str]:
@@ -137,7 +138,8 @@ def _ran(record: dict) -> bool:
 
 def _example(record: dict) -> str:
     """The example of a "policy/level/method/example" request id."""
-    return "/".join(str(record["request_id"]).split("/")[3:])
+    goal = GoalId.parse(record["request_id"])
+    return goal.example if goal else ""
 
 
 def plot(table: dict, out: Path, main_methods: list[str]) -> list[Path]:

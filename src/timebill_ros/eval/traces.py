@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from timebill_ros.core.planner import PAPER_K, plan
 from timebill_ros.core.timing import TimingModel
 from timebill_ros.eval.metrics import score
+from timebill_ros.eval.workload import GoalId
 
 # The alphas whose decodes are measured: the fixed baselines and enough points between them
 # for TimeBill's rounding up to cost little.
@@ -216,7 +217,7 @@ def goal_outcomes(prompts: list[Prompt], levels: dict[str, dict[str, float]], ti
     computed from the traces. Under Skip-Next each (method, level) is one sequence over the
     prompts in their order."""
     out: dict[str, Outcome] = {}
-    grid = tuple(sorted(prompts[0].traces))  # the alphas measured, whatever grid they came from
+    grid = _grid(prompts)
     for policy in policies:
         for method in methods:
             for level in next(iter(levels.values())):
@@ -229,7 +230,7 @@ def goal_outcomes(prompts: list[Prompt], levels: dict[str, dict[str, float]], ti
                 ended = (replay_skip_next(goals) if policy == "skip_next"
                          else [outcome(t, ref, b, policy) for t, ref, b in goals])
                 for p, o in zip(prompts, ended):
-                    out[f"{policy}/{level}/{method.name}/{p.example_id}"] = o
+                    out[str(GoalId(policy, level, method.name, p.example_id))] = o
     return out
 
 
@@ -237,8 +238,8 @@ def evaluate(outcomes: dict[str, Outcome]) -> dict:
     """policy -> method -> level -> Cell.summary() of goal_outcomes' OUTCOMES."""
     cells: dict = {}
     for goal, o in outcomes.items():
-        policy, level, method, _ = goal.split("/", 3)
-        cells.setdefault(policy, {}).setdefault(method, {}).setdefault(level, Cell()).outcomes.append(o)
+        g = GoalId.parse(goal)
+        cells.setdefault(g.policy, {}).setdefault(g.method, {}).setdefault(g.level, Cell()).outcomes.append(o)
     return {policy: {method: {level: cell.summary() for level, cell in by_level.items()}
                      for method, by_level in by_method.items()} for policy, by_method in cells.items()}
 
@@ -302,20 +303,25 @@ def agreement_at_node_prefill(prompts: list[Prompt], levels: dict[str, dict[str,
     (docs/evaluation.md), is the node's in both. A goal killed in prefill carries the time until
     the kill. A diagnostic beside `agreement`, not instead."""
     by_id, methods = {p.example_id: p for p in prompts}, {m.name: m for m in METHODS}
-    grid = tuple(sorted(prompts[0].traces))
-    pairs = []
+    grid, pairs = _grid(prompts), []
     for r in node_records:
-        policy, level, method, example = (str(r.get("request_id", "")).split("/", 3) + ["", "", ""])[:4]
-        if policy != "kill" or not (p := by_id.get(example)) or method not in methods or level not in levels[p.task]:
+        g = GoalId.parse(r.get("request_id"))
+        if not g or g.policy != "kill" or not (p := by_id.get(g.example)) or g.method not in methods \
+                or g.level not in levels[p.task]:
             continue
-        budget, prefill_s = levels[p.task][level], float(r["prefill_time"])
+        budget, prefill_s = levels[p.task][g.level], float(r["prefill_time"])
         if prefill_s <= 0.0:  # ended before prefill (rejected): no pace of the node's to read
             continue
-        alpha = p.planned_alpha(methods[method], timing, prefill_s, budget, n_max=n_max, min_kept=min_kept,
+        alpha = p.planned_alpha(methods[g.method], timing, prefill_s, budget, n_max=n_max, min_kept=min_kept,
                                 predictor_k=predictor_k, grid=grid)
         traced = outcome(replace(p.traces[alpha], prefill_s=prefill_s), p.reference, budget, "kill")
         pairs.append((traced.status == "SUCCEEDED", r["status_name"] == "SUCCEEDED"))
     return {"goals": len(pairs), "agree_pct": _agree_pct(pairs)}
+
+
+def _grid(prompts: list[Prompt]) -> tuple[float, ...]:
+    """The alphas the traces measured, whatever grid they came from."""
+    return tuple(sorted(prompts[0].traces))
 
 
 def _agree_pct(pairs: list[tuple[bool, bool]]) -> float | None:
@@ -330,7 +336,8 @@ def node_pace(prompts: list[Prompt], node_records: list[dict]) -> dict:
     by_id = {p.example_id: p for p in prompts}
     prefill, decode = [], []
     for r in node_records:
-        if not (p := by_id.get(str(r.get("request_id", "")).rsplit("/", 1)[-1])):
+        g = GoalId.parse(r.get("request_id"))
+        if not g or not (p := by_id.get(g.example)):
             continue
         if r["decode_time"] > 0 or r["status_name"] == "SUCCEEDED":
             prefill.append(r["prefill_time"] / p.prefill_s)

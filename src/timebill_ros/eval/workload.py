@@ -39,6 +39,31 @@ K_SWEEP = {f"timebill_k{k}": {"k": float(k)} for k in range(1, 9)}
 GAP_S = 1.0  # quiet time between blocks (the replay also waits for a block's overrun to end)
 
 
+@dataclass(frozen=True)
+class GoalId:
+    """An evaluation goal's request id, "policy/level/method/example": what the bags carry and
+    the traces key their outcomes by, so a node's result and a traced outcome meet on it."""
+
+    policy: str
+    level: str
+    method: str
+    example: str
+
+    def __str__(self) -> str:
+        return f"{self.policy}/{self.level}/{self.method}/{self.example}"
+
+    @property
+    def block(self) -> str:
+        """The (policy, level, method) block: the goals that replay as one Skip-Next sequence."""
+        return f"{self.policy}/{self.level}/{self.method}"
+
+    @classmethod
+    def parse(cls, request_id: object) -> GoalId | None:
+        """REQUEST_ID's parts, or None where it is not an evaluation goal's (a user's own id)."""
+        parts = str(request_id or "").split("/", 3)
+        return cls(*parts) if len(parts) == 4 else None
+
+
 @dataclass
 class TimedRequest:
     """A request and when it arrives (seconds from the workload's start)."""
@@ -80,7 +105,7 @@ def build(examples: list[Example], budgets: dict[str, dict[str, float]], methods
             for name, overrides in methods.items():
                 for ex in examples:
                     budget = budgets[ex.task][level]
-                    fields = {"request_id": f"{policy}/{level}/{name}/{ex.id}", "task": ex.task, "method": name,
+                    fields = {"request_id": str(GoalId(policy, level, name, ex.id)), "task": ex.task, "method": name,
                               "prompt": ex.prompt, "budget": float(budget), "max_new_tokens": max_new_tokens,
                               "k": -1.0, "alpha_max": -1.0, "fixed_alpha": -1.0, "overrun_policy": policy,
                               "on_infeasible": "best_effort", "reference": ex.answer, **overrides}
