@@ -122,18 +122,17 @@ def test_metrics_follow_longbench():
     assert metrics.score("code", "12| x = 1", "x = 1") == 1.0
 
 
-def test_code_prompts_number_their_lines_and_name_the_lines_asked_for():
+def test_code_answers_count_their_lines_down_to_one_as_the_prompt_asks():
     import random
 
-    prompt, answer = tasks.code_example(random.Random(3), "test", 400)
-    asked = tasks.asked_count(prompt)
-    first = int(answer.split("|", 1)[0])
-    assert answer.count("\n") == asked - 1  # one numbered line per line asked, numbered on from the excerpt
-    assert [int(line.split("|", 1)[0]) for line in answer.splitlines()] == list(range(first, first + asked))
-    last_shown = prompt.split("\n\nComplete the next")[0].splitlines()[-1]
-    assert int(last_shown.split("|", 1)[0]) == first - 1
-    named = f"({first})" if asked == 1 else f"({first}-{first + asked - 1})"
-    assert prompt.endswith(named + " of this Python code.") and prompt.count(named) == 2  # asked before and after
+    for seed in range(6):
+        prompt, answer = tasks.code_example(random.Random(seed), "test", 400)
+        asked = tasks.asked_count(prompt)
+        labels = [int(line.split("|", 1)[0]) for line in answer.split("\n")]
+        assert labels == list(range(asked, 0, -1))  # one line per line asked, the last one labelled 1
+        instruction = tasks.code_instruction(asked)
+        assert prompt.startswith(instruction) and prompt.endswith(instruction)  # asked before and after
+        assert f"{asked}| <line>" in instruction
 
 
 def test_eval_quality_runs_in_the_dtype_asked_for(tiny_model_dir, tmp_path):

@@ -133,21 +133,29 @@ def qa_example(rng: random.Random, split: str, target: int) -> tuple[str, str]:
     return prompt, answer
 
 
-def numbered(first: int, lines: list[str]) -> str:
-    """LINES as "<number>| <line>", numbered from FIRST (the file's own line numbers)."""
-    return "\n".join(f"{first + i}| {line}".rstrip() for i, line in enumerate(lines))
+def counted_down(lines: list[str]) -> str:
+    """LINES as "<lines left>| <line>", counting down to 1: "3| a", "2| b", "1| c"."""
+    return "\n".join(f"{len(lines) - i}| {line}".rstrip() for i, line in enumerate(lines))
+
+
+def code_instruction(n_next: int) -> str:
+    """What a code prompt asks for, before and after the excerpt (asked_count reads it)."""
+    if n_next == 1:
+        return 'Complete the next line of this Python code. Write it as "1| <line>".'
+    return (f"Complete the next {n_next} lines of this Python code. Label them {n_next} down to 1, "
+            f'from "{n_next}| <line>" to "1| <line>".')
 
 
 def code_example(rng: random.Random, split: str, target: int) -> tuple[str, str]:
-    """An excerpt of real Python source, its lines numbered, and its next line(s), numbered on.
+    """An excerpt of real Python source and its next line(s), each labelled with the lines left.
 
-    Why numbered: asked for "the next N lines", the v3 and v4 targets wrote about one line
-    whatever N was (length correlation 0.28-0.29 with the reference): counting its own lines
-    is a skill a 135M model with a LoRA did not learn in ~200 examples. With the lines asked
-    for named by number ("lines 58-62") and every answer line numbered, where to stop is a
-    comparison with a number the prompt repeats next to the answer. Scored without the
-    numbers (metrics.code_similarity). The numbers alone did not do it (v5 still stopped
-    after ~1 line); weighting each line's end in the loss moved the stop (v6, docs/models.md)."""
+    Why the countdown: asked for "the next N lines", targets v3 and v4 wrote about one line
+    whatever N was (length correlation 0.28-0.29 with the reference). v5 and v6 saw the file's
+    line numbers and were asked for "lines 58-62": stopping was then a comparison of the number
+    just written with one in the instruction, and they did not learn it either (v5 stopped after
+    ~1 line, v6 wherever, 0.19). Counting down, the first label copies N from the instruction,
+    each next one is one less, and the stop always comes after the line labelled 1: a constant,
+    not a comparison. Scored without the labels (metrics.code_similarity)."""
     while True:
         path = rng.choice(code_files(split))
         lines = [ln.rstrip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
@@ -159,13 +167,11 @@ def code_example(rng: random.Random, split: str, target: int) -> tuple[str, str]
         start, size = end, 0
         while start > 0 and size < budget:
             start -= 1
-            size += len(lines[start]) + len(str(start + 1)) + 3  # the line, its number and "| "
+            size += len(lines[start]) + 1
         answer_lines = lines[end:end + n_next]
         if size >= budget * 0.5 and sum(len(a.strip()) for a in answer_lines) >= 4 and lines[end].strip():
             break
-    what = f"line ({end + 1})" if n_next == 1 else f"{n_next} lines ({end + 1}-{end + n_next})"
-    instruction = f"Complete the next {what} of this Python code."
-    return restated(instruction, numbered(start + 1, lines[start:end])), numbered(end + 1, answer_lines)
+    return restated(code_instruction(n_next), "\n".join(lines[start:end])), counted_down(answer_lines)
 
 
 @lru_cache(maxsize=None)
