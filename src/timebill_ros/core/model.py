@@ -55,7 +55,9 @@ BUILTIN_ADAPTED = {"smollm2-tasks": ("smollm2", "smollm2-tasks"),
                    # recipe v5: v4 trained on code whose lines are numbered, the lines asked named
                    "smollm2-tasks-v5": ("smollm2", "smollm2-tasks-v5"),
                    # recipe v6: v5 with every line's end (go on or stop) weighted up
-                   "smollm2-tasks-v6": ("smollm2", "smollm2-tasks-v6")}
+                   "smollm2-tasks-v6": ("smollm2", "smollm2-tasks-v6"),
+                   # recipe v7: v6 trained on code answers labelled with the lines left, down to 1
+                   "smollm2-tasks-v7": ("smollm2", "smollm2-tasks-v7")}
 TOY_NAMES = ("toy", "default")
 log = logging.getLogger(__name__)
 
