@@ -57,7 +57,9 @@ BUILTIN_ADAPTED = {"smollm2-tasks": ("smollm2", "smollm2-tasks"),
                    # recipe v6: v5 with every line's end (go on or stop) weighted up
                    "smollm2-tasks-v6": ("smollm2", "smollm2-tasks-v6"),
                    # recipe v7: v6 trained on code answers labelled with the lines left, down to 1
-                   "smollm2-tasks-v7": ("smollm2", "smollm2-tasks-v7")}
+                   "smollm2-tasks-v7": ("smollm2", "smollm2-tasks-v7"),
+                   # recipe v8: v7 trained on with fewer one-line code asks, line ends weighted
+                   "smollm2-tasks-v8": ("smollm2", "smollm2-tasks-v8")}
 TOY_NAMES = ("toy", "default")
 log = logging.getLogger(__name__)
 

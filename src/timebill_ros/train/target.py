@@ -33,8 +33,8 @@ LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class TargetRecipe:
     """Everything that decides the adapter's weights (saved beside them).
 
-    The defaults are recipe v6; each shipped adapter's `timebill_recipe.json` holds its own (a
-    field it lacks, e.g. v5's `line_weight`, had its neutral value: 1.0, or 0 for a cap)."""
+    The defaults are recipe v8; each shipped adapter's `timebill_recipe.json` holds its own (a
+    field it lacks, e.g. v5's `line_weight`, had its neutral value: 1.0, 0 for a cap, () for a list)."""
 
     base: str = "builtin:smollm2"
     seed: int = 0
@@ -50,8 +50,12 @@ class TargetRecipe:
     # steps raised: code still wrote ~1 line (correlation 0.28). v5 starts from v4 on code whose
     # lines are numbered and whose lines asked for are named by number (tasks.code_example),
     # most steps on code, its prompts capped short (the stop, not the context, is to be learnt):
-    # still ~1 line (0.32). v6 starts from v5 with every line boundary's decision weighted up.
-    init_adapter: str = "smollm2-tasks-v5"  # a packaged adapter to start from; "" = a fresh one
+    # still ~1 line (0.32). v6 started from v5 with every line boundary's decision weighted up:
+    # the stop moved but landed anywhere (0.19). v7 starts from v6 on code answers labelled with
+    # the lines left ("3| ..", "2| ..", "1| .."), so the stop always follows the line labelled 1:
+    # one-line asks came right, longer ones still often stopped after their first line (0.30).
+    # v8 starts from v7 with fewer one-line asks among the code steps and line ends weighted 5x.
+    init_adapter: str = "smollm2-tasks-v7"  # a packaged adapter to start from; "" = a fresh one
     steps: int = 300
     rank: int = 8  # 2.4 M trainable parameters, 4.9 MB in bfloat16
     lora_alpha: int = 16
@@ -76,8 +80,11 @@ class TargetRecipe:
     # Weight of each newline that has another line after it: the answer's "go on" against the
     # end of turn's "stop" at every line's end (v6: v3-v5 stopped code after ~1 line whatever
     # was asked, e.g. "554| ... LETTER E<|im_end|>" for lines 554-556; each such decision was
-    # 1 token in ~20 of a line's loss).
+    # 1 token in ~20 of a line's loss). v7: 2; v8: 5 again, now that a label says where to stop.
     line_weight: float = 5.0
+    # Lines asked for by the code steps, drawn uniformly (empty = the splits' tasks.CODE_LINES,
+    # three in seven of them one line; v8: each count once, so going on is learnt as often).
+    code_lines: tuple[int, ...] = (1, 2, 3, 5, 8)
 
 
 def sample_example(recipe: TargetRecipe, rng: random.Random) -> tasks.Example:
@@ -86,7 +93,10 @@ def sample_example(recipe: TargetRecipe, rng: random.Random) -> tasks.Example:
     shortest = 9.0 if task == "summary" else 7.0  # a report of a few sections at least
     longest = dict(zip(tasks.TASKS, recipe.task_max_prompt_tokens)).get(task) or recipe.max_prompt_tokens
     target = int(round(2 ** rng.uniform(shortest, math.log2(longest))))
-    prompt, answer = tasks.MAKERS[task](rng, "train", target)
+    if task == "code" and recipe.code_lines:
+        prompt, answer = tasks.code_example(rng, "train", target, tuple(recipe.code_lines))
+    else:
+        prompt, answer = tasks.MAKERS[task](rng, "train", target)
     return tasks.Example(f"train-{task}", task, "train", prompt, answer, target)
 
 
