@@ -59,7 +59,9 @@ BUILTIN_ADAPTED = {"smollm2-tasks": ("smollm2", "smollm2-tasks"),
                    # recipe v7: v6 trained on code answers labelled with the lines left, down to 1
                    "smollm2-tasks-v7": ("smollm2", "smollm2-tasks-v7"),
                    # recipe v8: v7 trained on with fewer one-line code asks, line ends weighted
-                   "smollm2-tasks-v8": ("smollm2", "smollm2-tasks-v8")}
+                   "smollm2-tasks-v8": ("smollm2", "smollm2-tasks-v8"),
+                   # recipe v9: v8 trained on with the stop weighted above the line ends
+                   "smollm2-tasks-v9": ("smollm2", "smollm2-tasks-v9")}
 TOY_NAMES = ("toy", "default")
 log = logging.getLogger(__name__)
 

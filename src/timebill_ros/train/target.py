@@ -33,7 +33,7 @@ LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class TargetRecipe:
     """Everything that decides the adapter's weights (saved beside them).
 
-    The defaults are recipe v8; each shipped adapter's `timebill_recipe.json` holds its own (a
+    The defaults are recipe v9; each shipped adapter's `timebill_recipe.json` holds its own (a
     field it lacks, e.g. v5's `line_weight`, had its neutral value: 1.0, 0 for a cap, () for a list)."""
 
     base: str = "builtin:smollm2"
@@ -54,9 +54,11 @@ class TargetRecipe:
     # the stop moved but landed anywhere (0.19). v7 starts from v6 on code answers labelled with
     # the lines left ("3| ..", "2| ..", "1| .."), so the stop always follows the line labelled 1:
     # one-line asks came right, longer ones still often stopped after their first line (0.30).
-    # v8 starts from v7 with fewer one-line asks among the code steps and line ends weighted 5x.
-    init_adapter: str = "smollm2-tasks-v7"  # a packaged adapter to start from; "" = a fresh one
-    steps: int = 300
+    # v8 starts from v7 with fewer one-line asks among the code steps and line ends weighted 5x:
+    # the countdown held (0.70), but 8-line answers went on after their line labelled 1. v9
+    # starts from v8 with the stop weighted twice the line ends.
+    init_adapter: str = "smollm2-tasks-v8"  # a packaged adapter to start from; "" = a fresh one
+    steps: int = 150
     rank: int = 8  # 2.4 M trainable parameters, 4.9 MB in bfloat16
     lora_alpha: int = 16
     lr: float = 2e-4
@@ -76,12 +78,13 @@ class TargetRecipe:
     task_weights: tuple[float, ...] = (0.2, 4.0, 0.5, 0.5)
     # Weight of the end-of-turn token's loss against an answer token's: an answer's one stop
     # decision is otherwise 1/len of its loss, and v2 ran on past the lines asked for.
-    end_weight: float = 5.0
+    end_weight: float = 10.0  # v3-v8: 5
     # Weight of each newline that has another line after it: the answer's "go on" against the
     # end of turn's "stop" at every line's end (v6: v3-v5 stopped code after ~1 line whatever
     # was asked, e.g. "554| ... LETTER E<|im_end|>" for lines 554-556; each such decision was
-    # 1 token in ~20 of a line's loss). v7: 2; v8: 5 again, now that a label says where to stop.
-    line_weight: float = 5.0
+    # 1 token in ~20 of a line's loss). v7: 2; v8: 5 again, now that a label says where to stop;
+    # v9: 3 (8-line answers, seven go-ons to one stop, learnt to go on past the last line).
+    line_weight: float = 3.0
     # Lines asked for by the code steps, drawn uniformly (empty = the splits' tasks.CODE_LINES,
     # three in seven of them one line; v8: each count once, so going on is learnt as often).
     code_lines: tuple[int, ...] = (1, 2, 3, 5, 8)
