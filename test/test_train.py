@@ -145,6 +145,20 @@ def test_line_ends_are_the_newlines_with_a_line_after_them(tiny):
     from timebill_ros.train.target import line_ends
 
     tok = tiny.tokenizer
-    ids = tok("58| a = 1\n59| b = 2\n60| c", add_special_tokens=False)["input_ids"]
+    ids = tok("3| a = 1\n2| b = 2\n1| c", add_special_tokens=False)["input_ids"]
     ends = line_ends(tok, ids)
     assert len(ends) == 2 and all(tok.decode(ids[:i + 1]).endswith("\n") for i in ends)
+
+
+def test_the_recipes_code_lines_set_what_training_asks_and_leave_the_splits_alone():
+    import random
+
+    from timebill_ros.eval import tasks
+    from timebill_ros.train.target import TargetRecipe, sample_example
+
+    recipe = TargetRecipe(task_weights=(0.0, 1.0, 0.0, 0.0), task_max_prompt_tokens=(0, 512, 0, 0), code_lines=(8,))
+    rng = random.Random(0)
+    asked = {tasks.asked_count(sample_example(recipe, rng).prompt) for _ in range(3)}
+    assert asked == {8}
+    _, answer = tasks.code_example(random.Random(0), "test", 400)  # the splits' draw: tasks.CODE_LINES
+    assert answer.split("|", 1)[0] in {str(n) for n in tasks.CODE_LINES}
