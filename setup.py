@@ -23,11 +23,8 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
     ],
     # The shipped task-suite splits and the embedded default model (weights + tokenizer).
-    package_data={PACKAGE: ["data/tasks/*", "models/default/*", "models/default/rlp/buckets16/*",
-                           "models/default/rlp/distill/*", "models/smollm2-tasks/*",
-                           "models/smollm2-tasks/rlp/buckets16/*", "models/smollm2-tasks/rlp/distill/*",
-                           "models/smollm2-tasks-v2/*", "models/smollm2-tasks-v3/*",
-                           "models/smollm2-tasks-v3/rlp/buckets16/*", "models/smollm2-tasks-v3/rlp/distill/*"]},
+    # Every shipped adapter (the v2-v8 ones are the next recipe's start), predictor and distillation.
+    package_data={PACKAGE: ["data/tasks/*", "models/*/*", "models/*/rlp/*/*"]},
     zip_safe=False,
     maintainer=MAINTAINER.text,
     maintainer_email=MAINTAINER.get("email"),

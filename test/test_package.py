@@ -107,6 +107,24 @@ def test_package_xml_declares_every_run_dependency_the_installed_code_imports():
     assert not missing, f"package.xml lacks <exec_depend> for {missing}"
 
 
+def test_package_data_ships_every_model_file_in_git():
+    """A non-editable install carries only what package_data names: every shipped model file
+    (adapters, predictors, distillations) must match one of its patterns."""
+    import glob
+    import subprocess
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    data = next(k for k in ast.walk(tree) if isinstance(k, ast.keyword) and k.arg == "package_data")
+    patterns = [ast.literal_eval(v) for v in data.value.values][0]
+    package = REPO / "src" / "timebill_ros"
+    covered = {Path(f).relative_to(package).as_posix() for pat in patterns
+               for f in glob.glob(str(package / pat)) if Path(f).is_file()}
+    tracked = subprocess.run(["git", "ls-files", "src/timebill_ros/models"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.split()
+    missing = {Path(f).relative_to("src/timebill_ros").as_posix() for f in tracked} - covered
+    assert tracked and not missing, f"setup.py's package_data misses {sorted(missing)[:5]}"
+
+
 def test_console_scripts_are_declared():
     source = (REPO / "setup.py").read_text()
     assert "timebill_node = timebill_ros.node.main:main" in source
