@@ -120,8 +120,8 @@ def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float
             for sent, (stamp, msg) in enumerate(requests):
                 due = t0 + (stamp - t0_bag) / 1e9 / rate - skipped + waited
                 goal = workload.GoalId.parse(msg.request_id)
-                if (goal.block if goal else msg.request_id) != block:  # a new (policy, level, method) block
-                    block = goal.block if goal else msg.request_id
+                if (key := goal.block if goal else msg.request_id) != block:  # a new (policy, level, method) block
+                    block = key
                     late = max(0.0, _wait_until_answered(node, results, sent, wait_s) - due)
                     waited, due = waited + late, due + late
                 while time.monotonic() < due:
