@@ -115,7 +115,7 @@ def test_package_data_ships_every_model_file_in_git():
 
     tree = ast.parse((REPO / "setup.py").read_text())
     data = next(k for k in ast.walk(tree) if isinstance(k, ast.keyword) and k.arg == "package_data")
-    patterns = [ast.literal_eval(v) for v in data.value.values][0]
+    patterns = ast.literal_eval(data.value.values[0])  # {PACKAGE: [...]}: the one package's patterns
     package = REPO / "src" / "timebill_ros"
     covered = {Path(f).relative_to(package).as_posix() for pat in patterns
                for f in glob.glob(str(package / pat)) if Path(f).is_file()}
