@@ -119,14 +119,14 @@ def line_ends(tokenizer, answer_ids: list[int]) -> list[int]:
 
 
 def answer_loss(model, ids: torch.Tensor, start: int, end_tokens: int = 0, end_weight: float = 1.0,
-                line_ends: list[int] = (), line_weight: float = 1.0) -> torch.Tensor:
+                go_ons: list[int] = (), line_weight: float = 1.0) -> torch.Tensor:
     """Cross-entropy over the answer tokens only (the prompt is given, not learned), the last
     END_TOKENS of them (the end of turn) weighted END_WEIGHT times an answer token and the
-    answer positions LINE_ENDS (a newline with another line to come) LINE_WEIGHT times."""
+    answer positions GO_ONS (a newline with another line to come, from `line_ends`) LINE_WEIGHT times."""
     logits = model(input_ids=ids).logits[0, start - 1:-1].float()
     losses = torch.nn.functional.cross_entropy(logits, ids[0, start:], reduction="none")
     weights = torch.ones_like(losses)
-    weights[list(line_ends)] = line_weight
+    weights[list(go_ons)] = line_weight
     if end_tokens:
         weights[-end_tokens:] = end_weight
     return (losses * weights).sum() / weights.sum()
