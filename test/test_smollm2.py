@@ -108,7 +108,7 @@ def test_the_tokenizer_alone_loads_only_from_a_built_folder(smollm2, tmp_path):
     assert load_model("builtin:smollm2", tokenizer=tokenizer).tokenizer is tokenizer
 
 
-@pytest.mark.parametrize("name", ["smollm2-tasks", "smollm2-tasks-v3"])
+@pytest.mark.parametrize("name", ["smollm2-tasks", "smollm2-tasks-v3", "smollm2-tasks-v9"])
 def test_the_shipped_target_and_its_predictor_load_and_agree(name):
     """builtin:NAME (the adapter merged once) answers the retrieval prompt, and the shipped
     predictor loads onto it: distilled from this very model, its N_hat in range."""

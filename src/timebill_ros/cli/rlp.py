@@ -60,6 +60,8 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
                                   lr=3e-4 if spec.kind != "classes" else 1e-3, tick=lambda: bar.update(1))
             path.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(path)
+            # peft's empty model-card template, naming this machine's paths; predictor.json is the card.
+            (path / "README.md").unlink(missing_ok=True)
             spec.save(path)
             (path / "training.json").write_text(json.dumps(history, indent=2))
             # Timed as served (a LoRA adapter merged), for the input compression rule.

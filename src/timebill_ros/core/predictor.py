@@ -229,7 +229,7 @@ def check_target(predictor: LengthPredictor, model_name: str) -> None:
 
 # builtin predictor name -> the packaged model folder whose rlp/buckets16 it is
 BUILTIN_PREDICTORS = {"default": "default", "toy": "default", "smollm2-tasks": "smollm2-tasks",
-                      "smollm2-tasks-v3": "smollm2-tasks-v3"}
+                      "smollm2-tasks-v3": "smollm2-tasks-v3", "smollm2-tasks-v9": "smollm2-tasks-v9"}
 
 
 def predictor_folder(spec: str) -> Path:
@@ -245,7 +245,7 @@ def predictor_folder(spec: str) -> Path:
 
 def load_predictor(spec: str, prefill_time: Callable[[int], float] | None, fixed_tokens: int) -> LengthPredictor:
     """`""` -> FixedLengthPredictor(fixed_tokens); `builtin:NAME` -> the shipped bucket predictor
-    of builtin model NAME (`default`/`toy`, `smollm2-tasks`, `smollm2-tasks-v3`); otherwise a predictor folder made
+    of builtin model NAME (`default`/`toy`, `smollm2-tasks`, `smollm2-tasks-v3`, `smollm2-tasks-v9`); otherwise a predictor folder made
     by `timebill train-rlp`."""
     if not spec:
         return FixedLengthPredictor(fixed_tokens)
