@@ -25,10 +25,10 @@ ALPHAS=${ALPHAS:-}
 # Prefills measured per prompt (their median is every goal's): a single one measured in a slow
 # second of the host decided 11 of the 13 goals where the node and the traces disagreed.
 PREFILL_SAMPLES=${PREFILL_SAMPLES:-3}
-EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks-v3}
-# The bucket predictor distilled from v3 (docs/models.md); "" plans TimeBill with the fixed
-# N_hat (fixed_prediction_tokens) instead.
-EVAL_PREDICTOR=${EVAL_PREDICTOR-builtin:smollm2-tasks-v3}
+EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks-v9}
+# The bucket predictor distilled from v9, the target whose answers follow the prompt
+# (docs/models.md); "" plans TimeBill with the fixed N_hat (fixed_prediction_tokens) instead.
+EVAL_PREDICTOR=${EVAL_PREDICTOR-builtin:smollm2-tasks-v9}
 CAL_ARGS=${CAL_ARGS:-}
 OUT=${OUT:-results/eval}
 # A fresh run measures afresh: traces.json holds N_hat of the predictor it was made with.

@@ -245,8 +245,8 @@ def predictor_folder(spec: str) -> Path:
 
 def load_predictor(spec: str, prefill_time: Callable[[int], float] | None, fixed_tokens: int) -> LengthPredictor:
     """`""` -> FixedLengthPredictor(fixed_tokens); `builtin:NAME` -> the shipped bucket predictor
-    of builtin model NAME (`default`/`toy`, `smollm2-tasks`, `smollm2-tasks-v3`, `smollm2-tasks-v9`); otherwise a predictor folder made
-    by `timebill train-rlp`."""
+    of builtin model NAME (`default`/`toy`, `smollm2-tasks`, `smollm2-tasks-v3`, `smollm2-tasks-v9`);
+    otherwise a predictor folder made by `timebill train-rlp`."""
     if not spec:
         return FixedLengthPredictor(fixed_tokens)
     folder = predictor_folder(spec)

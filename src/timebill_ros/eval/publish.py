@@ -58,6 +58,7 @@ SOURCES = {
     "rlp_smollm2_tasks.json": "rlp_smollm2_tasks.json",
     "rlp_layers.json": "rlp_layers.json",
     "rlp_smollm2_tasks_v3.json": "rlp_smollm2_tasks_v3.json",
+    "rlp_smollm2_tasks_v9.json": "rlp_smollm2_tasks_v9.json",
     "quality_smollm2_tasks_v3.json": "quality_smollm2_tasks_v3.json",
     "quality_smollm2_tasks_v9.json": "quality_smollm2_tasks_v9.json",
     "eval/traces_eval.json": "traces_eval.json",
@@ -616,7 +617,8 @@ def headline_table(load: Callable[[str], dict]) -> str:
                      cov["machine"]))
     if tl := optional("timing_under_load.json"):
         rows.append(timing_headline(tl))
-    if rlp := optional("rlp_smollm2_tasks_v3.json"):
+    # The newest target's Table 1 once it is published (v9, issue 29), else v3's.
+    if rlp := optional("rlp_smollm2_tasks_v9.json") or optional("rlp_smollm2_tasks_v3.json"):
         rows.append(predictor_headline(rlp))
     if tr := optional("traces_eval.json"):
         rows.append(comparison_headline(tr))
@@ -774,6 +776,7 @@ TABLES = {"headline": headline_table, "params": params_table, "online": online_t
           "rlp_smollm2_tasks": lambda load: rlp_table(load, "rlp_smollm2_tasks.json"),
           "rlp_layers": rlp_layers_table,
           "rlp_smollm2_tasks_v3": lambda load: rlp_table(load, "rlp_smollm2_tasks_v3.json"),
+          "rlp_smollm2_tasks_v9": lambda load: rlp_table(load, "rlp_smollm2_tasks_v9.json"),
           "traces": traces_table, "traces_mechanism": traces_mechanism_table,
           "traces_skip_next": lambda load: traces_table(load, "skip_next"),
           "reliability": reliability_table, "timing_under_load": timing_under_load_table,
