@@ -108,8 +108,16 @@ def test_the_tokenizer_alone_loads_only_from_a_built_folder(smollm2, tmp_path):
     assert load_model("builtin:smollm2", tokenizer=tokenizer).tokenizer is tokenizer
 
 
-@pytest.mark.parametrize("name", ["smollm2-tasks", "smollm2-tasks-v3", "smollm2-tasks-v9"])
-def test_the_shipped_target_and_its_predictor_load_and_agree(name):
+# The retrieval prompt in the task suite's QA wording: v9, fine-tuned longest on that wording,
+# answers PROMPT's free wording with an object it does not name ("shovel"; docs/models.md).
+SUITE_PROMPT = ("Read the documents and answer the question with one word.\n\nDocument 1:\n"
+                "The vase is in the closet. The shirt is in the bathroom. The valve is in the dock.\n\n"
+                "Question: Where is the vase?")
+
+
+@pytest.mark.parametrize("name,prompt", [("smollm2-tasks", PROMPT), ("smollm2-tasks-v3", PROMPT),
+                                         ("smollm2-tasks-v9", SUITE_PROMPT)])
+def test_the_shipped_target_and_its_predictor_load_and_agree(name, prompt):
     """builtin:NAME (the adapter merged once) answers the retrieval prompt, and the shipped
     predictor loads onto it: distilled from this very model, its N_hat in range."""
     from timebill_ros.core.predictor import check_target, load_predictor
@@ -117,7 +125,7 @@ def test_the_shipped_target_and_its_predictor_load_and_agree(name):
     target = load_model(f"builtin:{name}", threads=2)
     predictor = load_predictor(f"builtin:{name}", None, 64)
     check_target(predictor, target.name)  # raises when distilled from another model
-    ids = encode_prompt(target.tokenizer, PROMPT)
+    ids = encode_prompt(target.tokenizer, prompt)
     assert 1 <= predictor.predict(ids) <= predictor.spec.n_max
     e = Engine(target, FREE, predictor, EngineConfig(snapkv_window=16))
     try:
