@@ -22,6 +22,7 @@ from timebill_ros.core.conformal import PACE_CHANGE
 from timebill_ros.core.eviction import SnapKV, SnapKVScorer, attention_modules, evict, evict_again, mlp_modules
 from timebill_ros.core.jobs import CancelToken, Event, OnInfeasible, Request, Result, Status, Timings
 from timebill_ros.core.kv_cache import convert_cache, new_cache
+from timebill_ros.core.length_probe import LayerTap
 from timebill_ros.core.model import LoadedModel
 from timebill_ros.core.online import OnlineTiming, PhaseWork, TimingSnapshot
 from timebill_ros.core.planner import Plan, optimal_alpha, plan
@@ -86,6 +87,7 @@ class PrefillMemo:
     logits: torch.Tensor | None = None
     scores: dict = field(default_factory=dict)
     chunks: list[tuple[int, int, float]] = field(default_factory=list)
+    hidden: torch.Tensor | None = None  # the length probe's tapped state (Engine.tap)
     hits: int = 0
 
 
@@ -110,6 +112,9 @@ class Engine:
         self._layer_checks = [m.register_forward_pre_hook(self._check_cancel)
                               for m in attention_modules(loaded.model) + mlp_modules(loaded.model)]
         self.predictor_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="length-predictor")
+        # A predictor that reads the target's own prefill (core.length_probe) gets its layer tapped.
+        reads = getattr(predictor, "reads_layer", None)
+        self.tap = LayerTap(loaded.model, reads) if reads is not None else None
         # When set, goals are planned with its live model and feed it their measured phases;
         # otherwise they are planned with the static `timing`.
         self.online: OnlineTiming | None = None
@@ -123,6 +128,8 @@ class Engine:
     def close(self) -> None:
         """Release the hooks, the predictor thread and the online timing's load probe."""
         self.scorer.detach()
+        if self.tap is not None:
+            self.tap.detach()
         for handle in self._layer_checks:
             handle.remove()
         self.predictor_pool.shutdown(wait=False, cancel_futures=True)
@@ -163,6 +170,8 @@ class Engine:
         if memo is not None and memo.ids == tuple(ids):
             return self._from_memo(memo, on_chunk)
         cache = new_cache(self.loaded.model.config)  # grows in place: a decode step copies nothing
+        if self.tap is not None:
+            self.tap.last = None  # a prefill cut short leaves nothing to read
         self.scorer.scores.clear()
         bounds = chunk_bounds(len(ids), self.config.prefill_chunk, self.press.window)
         logits, chunks = None, []
@@ -190,6 +199,7 @@ class Engine:
         if memo is not None:  # a copy: eviction and decoding change the cache in place
             memo.ids, memo.cache, memo.logits, memo.chunks = tuple(ids), copy.deepcopy(cache), logits.clone(), chunks
             memo.scores = {layer: score.clone() for layer, score in self.scorer.scores.items()}
+            memo.hidden = self.tap.last if self.tap is not None else None
         return cache, logits
 
     def _from_memo(self, memo: PrefillMemo, on_chunk: Callable[[int, int, float], None] | None
@@ -198,6 +208,8 @@ class Engine:
         memo.hits += 1
         self.scorer.scores.clear()
         self.scorer.scores.update({layer: score.clone() for layer, score in memo.scores.items()})
+        if self.tap is not None:
+            self.tap.last = memo.hidden
         for chunk in memo.chunks:
             if on_chunk is not None:
                 on_chunk(*chunk)
@@ -342,6 +354,20 @@ class _Job:
             self.cancel.cancel(Status.INFEASIBLE, infeasible_reason(self.plan))
         return n_hat, t_predict
 
+    def read_prefill(self, n_hat: int) -> int:
+        """N_hat after prefill: a predictor that reads the target's prefill (core.length_probe)
+        replaces its prior with what the tapped layer says; a caller's own estimate stays, and a
+        probe failure keeps the prior, never fails the job."""
+        tap = self.engine.tap
+        if tap is None or self.request.expected_tokens > 0:
+            return n_hat
+        try:
+            return max(1, int(self.engine.predictor.predict_from_hidden(tap.last)))
+        except Exception as exc:  # noqa: BLE001 - any predictor bug must leave the goal running
+            log.warning("length probe failed (%s: %s); planning with its prior N_hat = %d",
+                        type(exc).__name__, exc, n_hat)
+            return n_hat
+
     def reject_if_prefill_alone_misses(self) -> None:
         """on_infeasible=reject: when the predicted prefill alone (the least any answer costs)
         cannot fit the budget, stop before anything runs."""
@@ -384,6 +410,7 @@ class _Job:
             self.timings.prefill = time.monotonic() - t0
         n_hat, self.timings.predict = self.wait_for_prediction(future)
         _raise_if_cancelled(self.cancel)
+        n_hat = self.read_prefill(n_hat)
         # Re-plan with what is now known: the real time spent so far replaces predictions, and
         # a prefill far slower than planned says the decode steps will be too.
         self.timing = self.paced_by_prefill(self.timings.prefill)

@@ -49,7 +49,7 @@ class FixedLengthPredictor:
 class PredictorSpec:
     """How a trained predictor's output becomes N_hat, and how its input is compressed."""
 
-    kind: str  # "buckets" | "regression" | "classes"
+    kind: str  # "buckets" | "regression" | "classes" | "probe" (core.length_probe)
     n_max: int  # the largest response length it was trained for
     bucket_width: int = 16  # kind == buckets
     # kind == buckets: how N_hat is read from the bucket probabilities. "argmax": the upper edge
@@ -74,6 +74,10 @@ class PredictorSpec:
     # pessimism_k); the node plans with it unless a goal or the k parameter says otherwise.
     # 0: not chosen (predictors trained before it existed): the paper's 5.
     pessimism_k: float = 0.0
+    # kind == probe (core.length_probe): the decoder layer of the target it reads after prefill,
+    # and its N_hat before prefill (the first plan), the training lengths' mean.
+    probe_layer: int = 0
+    prior_tokens: int = 64
 
     def __post_init__(self) -> None:
         if self.readout not in ("argmax", "expectation"):
@@ -84,7 +88,7 @@ class PredictorSpec:
         """Outputs of the head."""
         if self.kind == "buckets":
             return math.ceil(self.n_max / self.bucket_width)
-        return len(self.class_values) if self.kind == "classes" else 1
+        return len(self.class_values) if self.kind == "classes" else 1  # regression, probe: one output
 
     def label(self, n_tokens: int) -> int | float:
         """Training label of a response of N tokens."""
@@ -227,9 +231,12 @@ def check_target(predictor: LengthPredictor, model_name: str) -> None:
             "predictor_path to \"\" for a fixed prediction")
 
 
-# builtin predictor name -> the packaged model folder whose rlp/buckets16 it is
-BUILTIN_PREDICTORS = {"default": "default", "toy": "default", "smollm2-tasks": "smollm2-tasks",
-                      "smollm2-tasks-v3": "smollm2-tasks-v3", "smollm2-tasks-v9": "smollm2-tasks-v9"}
+# builtin predictor name -> (the packaged model folder, the predictor in its rlp/)
+BUILTIN_PREDICTORS = {"default": ("default", "buckets16"), "toy": ("default", "buckets16"),
+                      "smollm2-tasks": ("smollm2-tasks", "buckets16"),
+                      "smollm2-tasks-v3": ("smollm2-tasks-v3", "buckets16"),
+                      "smollm2-tasks-v9": ("smollm2-tasks-v9", "buckets16"),
+                      "smollm2-tasks-v9-probe": ("smollm2-tasks-v9", "probe")}
 
 
 def predictor_folder(spec: str) -> Path:
@@ -240,13 +247,15 @@ def predictor_folder(spec: str) -> Path:
     if name not in BUILTIN_PREDICTORS:
         raise PredictorLoadError(f"unknown builtin predictor '{spec}'; known: "
                                  + ", ".join(f"builtin:{n}" for n in BUILTIN_PREDICTORS))
-    return Path(__file__).resolve().parent.parent / "models" / BUILTIN_PREDICTORS[name] / "rlp" / "buckets16"
+    model, predictor = BUILTIN_PREDICTORS[name]
+    return Path(__file__).resolve().parent.parent / "models" / model / "rlp" / predictor
 
 
 def load_predictor(spec: str, prefill_time: Callable[[int], float] | None, fixed_tokens: int) -> LengthPredictor:
     """`""` -> FixedLengthPredictor(fixed_tokens); `builtin:NAME` -> the shipped bucket predictor
-    of builtin model NAME (`default`/`toy`, `smollm2-tasks`, `smollm2-tasks-v3`, `smollm2-tasks-v9`);
-    otherwise a predictor folder made by `timebill train-rlp`."""
+    of builtin model NAME (`default`/`toy`, `smollm2-tasks`, `smollm2-tasks-v3`, `smollm2-tasks-v9`),
+    or v9's hidden-state probe (`smollm2-tasks-v9-probe`, core.length_probe); otherwise a predictor
+    folder made by `timebill train-rlp`."""
     if not spec:
         return FixedLengthPredictor(fixed_tokens)
     folder = predictor_folder(spec)
@@ -256,6 +265,10 @@ def load_predictor(spec: str, prefill_time: Callable[[int], float] | None, fixed
             "`timebill train-rlp --target <model>`, or set predictor_path to \"\" for a fixed prediction"
         )
     try:
+        if PredictorSpec.load(folder).kind == "probe":
+            from timebill_ros.core.length_probe import HiddenStateProbe
+
+            return HiddenStateProbe(folder)
         return ModelLengthPredictor(folder, prefill_time)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PredictorLoadError(f"could not load the length predictor at '{folder}': {exc}") from exc

@@ -68,8 +68,9 @@ class NodeParams:
                   "(chosen on its validation split), the paper's 5 when it has none", low=0.0, high=1000.0,
                   runtime=True)
     alpha_max: float = _p(0.95, "largest KV-cache eviction ratio (paper: 0.95)", low=0.0, high=0.999, runtime=True)
-    predictor_path: str = _p("", "'' = fixed N_hat (fixed_prediction_tokens); builtin:smollm2-tasks[-v3|-v9], "
-                             "builtin:default (distilled from those models only), or a `timebill train-rlp` folder")
+    predictor_path: str = _p("", "'' = fixed N_hat (fixed_prediction_tokens); "
+                             "builtin:smollm2-tasks[-v3|-v9|-v9-probe], builtin:default (distilled from those "
+                             "models only), or a `timebill train-rlp` folder")
     fixed_prediction_tokens: int = _p(64, "N_hat without a trained predictor, and when the predictor fails on a "
                                       "prompt (logged; the goal goes on)", low=1, high=BIG)
     snapkv_window: int = _p(32, "SnapKV observation window (always kept)", low=1, high=4096)
