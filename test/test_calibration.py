@@ -82,6 +82,9 @@ def test_cli_calibrate_and_check(tiny_model_dir, tmp_path):
     other = runner.invoke(cli, ["calibrate", "--check", "--model", str(tiny_model_dir), "--out", str(out),
                                 "--prefill-chunk", "256"])
     assert other.exit_code == 1 and "not 256" in other.output
+    beside = runner.invoke(cli, ["calibrate", "--check", "--model", str(tiny_model_dir), "--out", str(out),
+                                 "--predictor", "builtin:default"])
+    assert beside.exit_code == 1 and "beside predictor_path ''" in beside.output
 
 
 def test_planning_timing_bounds_every_profiled_sample(calibration_file):

@@ -72,8 +72,8 @@ class CalibrationTarget:
 
 
 def check_calibration(target: CalibrationTarget) -> int:
-    """0 when a readable calibration exists for TARGET and timed its prefill_chunk, else 1
-    (with the reason on stderr)."""
+    """0 when a readable calibration exists for TARGET, timed its prefill_chunk and measured
+    prefill beside its length predictor, else 1 (with the reason on stderr)."""
     try:
         cal = Calibration.load(target.path())
     except CalibrationError as exc:
@@ -81,6 +81,12 @@ def check_calibration(target: CalibrationTarget) -> int:
         return 1
     if mismatch := cal.chunk_mismatch(target.prefill_chunk):
         click.echo(f"{target.path()} does not fit: {mismatch}", err=True)
+        return 1
+    # The plan's prefill carries the predictor's contention (a thread beside prefill, or none
+    # for a probe that reads the prefill): measured beside another predictor, it is wrong.
+    if (measured := cal.settings.get("predictor_path", "")) != target.predictor_path:
+        click.echo(f"{target.path()} does not fit: prefill was measured beside predictor_path '{measured}', "
+                   f"not '{target.predictor_path}'", err=True)
         return 1
     click.echo(str(target.path()))
     return 0
