@@ -182,3 +182,24 @@ def test_the_default_step_gives_back_the_ggufs_q4_1_weights(smollm2):
     finally:
         int4.close()
     assert loaded.dtype == "float32+auto-decode" and "closet" in result.text.lower()
+
+
+def test_the_v9_probe_reads_a_short_and_a_long_answer_from_the_target_s_prefill():
+    """builtin:smollm2-tasks-v9-probe on v9 itself: after prefill, a one-word question and a
+    summary asked in many bullet points (a shipped test prompt) read far apart."""
+    from timebill_ros.core.predictor import check_target, load_predictor
+    from timebill_ros.eval import tasks
+
+    target = load_model("builtin:smollm2-tasks-v9", threads=2)
+    probe = load_predictor("builtin:smollm2-tasks-v9-probe", None, 64)
+    check_target(probe, target.name)
+    long_ask = next(e for e in tasks.load("test") if e.task == "summary" and tasks.asked_count(e.prompt) >= 10)
+    e = Engine(target, FREE, probe, EngineConfig(snapkv_window=16))
+    try:
+        read = {}
+        for name, prompt in (("qa", SUITE_PROMPT), ("summary", long_ask.prompt)):
+            e.prefill(encode_prompt(target.tokenizer, prompt))
+            read[name] = probe.predict_from_hidden(e.tap.last)
+    finally:
+        e.close()
+    assert read["qa"] <= 16 and read["summary"] >= 100, read

@@ -49,6 +49,9 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
     table = {}
     for name in names:
         path = folder / name
+        if name == "probe":  # reads the target's own prefill (core.length_probe): no network to train
+            table[name] = probe_row(engine, path, data, retrain, max_new_tokens)
+            continue
         spec = rlp.spec_for(name, data["train"], max_new_tokens, engine.loaded.name)
         if lora_rank and spec.kind != "classes":  # ship an adapter, rebuilt on the target at load
             spec.backbone, spec.backbone_layers = model_path, layers
@@ -95,6 +98,27 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
     engine.close()
     torch.set_num_threads(threads)
     return report
+
+
+def probe_row(engine: Engine, path: Path, data: dict, retrain: bool, max_new_tokens: int) -> dict:
+    """Fit the hidden-state probe (unless one is saved at PATH and not RETRAIN) and evaluate it
+    on the test split: Table 1's row, its input the whole prompt (nothing is compressed)."""
+    from timebill_ros.core.length_probe import HiddenStateProbe
+    from timebill_ros.train import length_probe
+
+    target = engine.loaded.name
+    total = sum(len(data[s]) for s in ("train", "validation", "test"))
+    with tqdm(total=total, desc="probe: target prefills (cached)", unit="prompt") as bar:
+        if retrain or not (path / "predictor.json").exists():
+            record = length_probe.train(engine, data, path, target, max_new_tokens, tick=lambda: bar.update(1))
+            (path / "training.json").write_text(json.dumps(record, indent=2))
+        else:
+            bar.update(len(data["train"]) + len(data["validation"]))
+        probe = HiddenStateProbe(path)
+        truth, pred = length_probe.evaluate(engine, probe, data["test"], target, tick=lambda: bar.update(1))
+    row = {**rlp.length_metrics(truth, pred, max_new_tokens), "n": len(truth), "truncated_share": 0.0}
+    return {"full_input": row, "compressed_input": row, "pessimism_k": probe.pessimism_k,
+            "training": json.loads((path / "training.json").read_text())}
 
 
 def echo_target_lengths(rows: dict[str, dict]) -> None:
