@@ -26,9 +26,10 @@ ALPHAS=${ALPHAS:-}
 # second of the host decided 11 of the 13 goals where the node and the traces disagreed.
 PREFILL_SAMPLES=${PREFILL_SAMPLES:-3}
 EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks-v9}
-# The bucket predictor distilled from v9, the target whose answers follow the prompt
-# (docs/models.md); "" plans TimeBill with the fixed N_hat (fixed_prediction_tokens) instead.
-EVAL_PREDICTOR=${EVAL_PREDICTOR-builtin:smollm2-tasks-v9}
+# The length probe on v9's own prefill (core.length_probe; ahead of the SLM on Table 1
+# on v9, docs/models.md); builtin:smollm2-tasks-v9 is the paper's
+# SLM beside prefill, "" plans TimeBill with the fixed N_hat (fixed_prediction_tokens).
+EVAL_PREDICTOR=${EVAL_PREDICTOR-builtin:smollm2-tasks-v9-probe}
 CAL_ARGS=${CAL_ARGS:-}
 OUT=${OUT:-results/eval}
 # A fresh run measures afresh: traces.json holds N_hat of the predictor it was made with.

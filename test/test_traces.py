@@ -52,6 +52,22 @@ def test_evaluate_gives_every_method_a_cell_with_standard_errors():
     assert table["kill"]["fixed_0.95"]["q10"]["completion"] >= vanilla["q10"]["completion"]
 
 
+def test_the_split_by_task_averages_each_task_s_goals_and_names_its_best_fixed_alpha():
+    from timebill_ros.eval.publish import traces_by_task_table
+
+    def prompt(i, task, text):
+        return Prompt(f"ex{i}", task, "garage", n_hat=10,
+                      traces={a: trace(a, 0.2, text=text, task=task) for a in traces.ALPHA_GRID})
+
+    prompts = [prompt(0, "qa", "garage"), prompt(1, "qa", "garage"), prompt(2, "list", "wrong")]
+    levels = {"qa": {"q50": 100.0}, "list": {"q50": 100.0}}  # generous: every goal completes
+    split = traces.by_task(traces.goal_outcomes(prompts, levels, TIMING, n_max=100), prompts)
+    assert split["qa"]["timebill"]["q50"] == 1.0 and split["list"]["vanilla"]["q50"] == 0.0
+    assert "skip_next" not in str(split) and set(split) == {"list", "qa"}
+    text = traces_by_task_table(lambda name: {"per_task": 2, "by_task": split})
+    assert "| qa | 1.00 / 1.00 / 1.00 (vanilla) |" in text
+
+
 def test_a_coarser_measured_grid_is_the_one_planned_alphas_round_up_to():
     coarse = (0.0, 0.25, 0.5, 0.75, 0.95)
     prompts = [Prompt(f"ex{i}", "qa", "garage", n_hat=10,

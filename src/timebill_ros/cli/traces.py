@@ -173,6 +173,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "claims": {policy: traces.claims(table, policy) for policy in table},
             "decode_share_of_vanilla": traces.decode_share(prompts, levels),
             "mechanism": traces.mechanism(prompts, k or PAPER_K),
+            "by_task": traces.by_task(outcomes, prompts),
             "machine_pace": traces.machine_pace(prompts, timing),
             "measure_minutes": measured}
     if agree:

@@ -288,9 +288,11 @@ def quality_table(load: Callable[[str], dict], source: str = "quality.json", tar
 RLP_NAMES = {"buckets16": "SLM, 16-token buckets (TimeBill)", "buckets32": "SLM, 32-token buckets",
              "buckets64": "SLM, 64-token buckets", "regression": "SLM regression",
              "proxy5": "ProxyModel-style, 5 classes (small encoder, from scratch)",
-             "s3_10": "S3-style, 10 classes (small encoder, from scratch)"}
+             "s3_10": "S3-style, 10 classes (small encoder, from scratch)",
+             "probe": "probe on the target's own prefill (ridge on one layer's state; reads the whole prompt)"}
+OUR_SHORT = {"probe": "prefill probe", "buckets16": "SLM"}
 RLP_SHORT = {"regression": "regression", "proxy5": "ProxyModel-5", "s3_10": "S3-10", "buckets32": "buckets32",
-             "buckets64": "buckets64"}
+             "buckets64": "buckets64", "probe": "probe"}
 REFERENCE_NAMES = {"task_mean": "reference: the task's mean length (knows the task)",
                    "task_and_length": "reference: linear fit on task + prompt length (knows the task)",
                    "task_and_answer": "oracle: linear fit on task + the reference answer's length (knows the answer)",
@@ -331,7 +333,7 @@ def rlp_table(load: Callable[[str], dict], source: str = "rlp.json") -> str:
                                          else " |" if capped else ""))
     text = f"\n\n{r['test_examples']} test prompts, target `{r['target']}`."
     histories = {RLP_NAMES.get(n, n): row["training"]["val_mae_by_epoch"] for n, row in r["predictors"].items()
-                 if row.get("training")}
+                 if row.get("training", {}).get("val_mae_by_epoch")}
     if histories:
         text += " Validation MAE by training epoch: " + "; ".join(
             f"{n} {' -> '.join(f'{m:.1f}' for m in h)}" for n, h in histories.items()) + "."
@@ -649,19 +651,23 @@ def headline_table(load: Callable[[str], dict]) -> str:
 
 
 def predictor_headline(r: dict) -> tuple[str, str, str, str]:
-    """Table 1's headline (issue 29): the shipped 16-bucket predictor's R^2 and rank correlation
-    against the best baseline and the ceiling of reading the instruction's count."""
-    ours = r["predictors"]["buckets16"]["full_input"]
-    others = {n: row["full_input"]["R2"] for n, row in r["predictors"].items() if n != "buckets16"}
+    """Table 1's headline (issue 29): our predictors' R^2 and rank correlation (the probe on
+    the target's prefill where measured, then the 16-bucket SLM) against the best baseline and
+    the ceiling of reading the instruction's count."""
+    rows = r["predictors"]
+    ours = [(name, rows[name]["full_input"]) for name in ("probe", "buckets16") if name in rows]
+    others = {n: row["full_input"]["R2"] for n, row in rows.items() if n not in dict(ours)}
     best = max(others, key=others.get) if others else None
     parts = [f"best baseline {RLP_SHORT.get(best, best)} {others[best]:.2f}" if best else "no baseline measured"]
     if ceiling := r.get("references", {}).get("task_and_asked"):
         parts.append(f"instruction ceiling {ceiling['R2']:.2f}")
     version = re.search(r"\+smollm2-tasks-(v\d+)", r.get("target", ""))  # which shipped adapter it was distilled from
     target = version.group(1) if version else "fine-tuned"
-    return (f"length predictor on the {target} target ({r['test_examples']} test prompts): R^2, Kendall tau",
-            f"{ours['R2']:.2f} ({'; '.join(parts)}), {ours['kendall_tau']:.2f}", ">= 0.72, ahead of baselines",
-            r.get("machine", "-"))
+    names = " / ".join(OUR_SHORT[name] for name, _ in ours)
+    r2 = " / ".join(f"{f['R2']:.2f}" for _, f in ours)
+    tau = " / ".join(f"{f['kendall_tau']:.2f}" for _, f in ours)
+    return (f"length predictor on the {target} target ({r['test_examples']} test prompts): R^2, Kendall tau ({names})",
+            f"{r2} ({'; '.join(parts)}), {tau}", ">= 0.72, ahead of baselines", r.get("machine", "-"))
 
 
 def comparison_headline(r: dict, policy: str = "kill") -> tuple[str, str, str, str]:
@@ -752,6 +758,26 @@ def traces_mechanism_table(load: Callable[[str], dict], shown: tuple[str, ...] =
             f"{r['timebill_k']:.2f}.\n")
 
 
+def traces_by_task_table(load: Callable[[str], dict]) -> str:
+    """The Kill table's scores split by task (eval.traces.by_task): TimeBill, the true-length
+    arm and the best fixed alpha (vanilla included) of that task at each level."""
+    r = load("traces_eval.json")
+    if not (tasks := r.get("by_task")):
+        return "_Not measured: this traces_eval.json predates the per-task split._\n"
+    levels = list(next(iter(tasks.values()))["timebill"])
+    lines = ["| task | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
+    for task, methods in tasks.items():
+        cells = []
+        for level in levels:
+            best = max((m for m in methods if m not in ("timebill", "timebill_true_length")),
+                       key=lambda m: methods[m][level])
+            cells.append(f"{methods['timebill'][level]:.2f} / {methods['timebill_true_length'][level]:.2f} / "
+                         f"{methods[best][level]:.2f} ({best.replace('fixed_', '')})")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return ("\n".join(lines) + f"\n\nUnder Kill, {r['per_task']} prompts a task. Cells: mean score of TimeBill / "
+            "the true-length arm / the best fixed alpha of that task and level (which).\n")
+
+
 def _brief(numbers: dict) -> str:
     """A claim's numbers on one line, floats to 3 digits."""
     def fmt(v):
@@ -777,7 +803,7 @@ TABLES = {"headline": headline_table, "params": params_table, "online": online_t
           "rlp_layers": rlp_layers_table,
           "rlp_smollm2_tasks_v3": lambda load: rlp_table(load, "rlp_smollm2_tasks_v3.json"),
           "rlp_smollm2_tasks_v9": lambda load: rlp_table(load, "rlp_smollm2_tasks_v9.json"),
-          "traces": traces_table, "traces_mechanism": traces_mechanism_table,
+          "traces": traces_table, "traces_mechanism": traces_mechanism_table, "traces_by_task": traces_by_task_table,
           "traces_skip_next": lambda load: traces_table(load, "skip_next"),
           "reliability": reliability_table, "timing_under_load": timing_under_load_table,
           "noise_floor": noise_floor_table, "tracker_replay": tracker_replay_table,

@@ -247,6 +247,19 @@ def evaluate(outcomes: dict[str, Outcome]) -> dict:
 FIXED = ("vanilla", "fixed_0.25", "fixed_0.5", "fixed_0.75", "fixed_0.95")
 
 
+def by_task(outcomes: dict[str, Outcome], prompts: list[Prompt], policy: str = "kill") -> dict:
+    """task -> method -> level -> mean score under POLICY: the pooled table split by task, to
+    see where TimeBill gains or loses against the true-length arm and the fixed alphas."""
+    task_of = {p.example_id: p.task for p in prompts}
+    scores: dict = {}
+    for goal, o in outcomes.items():
+        g = GoalId.parse(goal)
+        if g.policy == policy:
+            scores.setdefault(task_of[g.example], {}).setdefault(g.method, {}).setdefault(g.level, []).append(o.score)
+    return {task: {method: {level: statistics.fmean(v) for level, v in levels.items()}
+                   for method, levels in methods.items()} for task, methods in sorted(scores.items())}
+
+
 def claims(table: dict, policy: str = "kill", min_levels: int = 4) -> dict:
     """The comparison's claims (issue 29) on TABLE's POLICY, each held or not with its numbers:
     TimeBill scores at least every fixed alpha's (vanilla included) at MIN_LEVELS levels or
