@@ -292,7 +292,7 @@ RLP_NAMES = {"buckets16": "SLM, 16-token buckets (TimeBill)", "buckets32": "SLM,
              "probe": "probe on the target's own prefill (ridge on one layer's state; reads the whole prompt)"}
 OUR_SHORT = {"probe": "prefill probe", "buckets16": "SLM"}
 RLP_SHORT = {"regression": "regression", "proxy5": "ProxyModel-5", "s3_10": "S3-10", "buckets32": "buckets32",
-             "buckets64": "buckets64", "probe": "probe"}
+             "buckets64": "buckets64"}
 REFERENCE_NAMES = {"task_mean": "reference: the task's mean length (knows the task)",
                    "task_and_length": "reference: linear fit on task + prompt length (knows the task)",
                    "task_and_answer": "oracle: linear fit on task + the reference answer's length (knows the answer)",
