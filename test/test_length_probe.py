@@ -67,6 +67,10 @@ def test_the_engine_plans_first_with_the_prior_then_with_what_the_probe_reads_af
         expected = probe.predict_from_hidden(engine.tap.last)
         assert first.predicted_tokens == 7
         assert result.plan.predicted_tokens == expected
+        # Armed for prefill's last chunk only: the decode steps after it left the state as read.
+        after_run = engine.tap.last
+        engine.prefill(ids(300))
+        assert torch.equal(engine.tap.last, after_run) and not engine.tap.armed
         # The state read is the prompt's last position after prefill: the same prompt again reads the same.
         again = engine.run(Request(ids(300), budget=30.0, max_new_tokens=64), CancelToken())
         assert again.plan.predicted_tokens == expected

@@ -34,16 +34,21 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 class LayerTap:
     """A forward hook on one decoder layer keeping its output at the last position of the last
-    forward through it (prefill's last chunk ends with the prompt's last token)."""
+    forward through it while `armed` (prefill's last chunk ends with the prompt's last token).
+    The engine arms its tap for that chunk only, as it arms the SnapKV scorer, so decode steps
+    that run through the layer copy nothing."""
 
-    def __init__(self, model: nn.Module, layer: int) -> None:
+    def __init__(self, model: nn.Module, layer: int, armed: bool = True) -> None:
         layers = decoder_layers(model)
         if not 0 <= layer < len(layers):
             raise ValueError(f"the length probe reads decoder layer {layer}, but the model has {len(layers)}")
         self.last: torch.Tensor | None = None
+        self.armed = armed
         self._handle = layers[layer].register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, args: tuple, output: object) -> None:
+        if not self.armed:
+            return
         hidden = output[0] if isinstance(output, tuple) else output
         self.last = hidden[0, -1].detach().float().clone()
 
