@@ -62,7 +62,7 @@ def test_the_split_by_task_averages_each_task_s_goals_and_names_its_best_fixed_a
     prompts = [prompt(0, "qa", "garage"), prompt(1, "qa", "garage"), prompt(2, "list", "wrong")]
     levels = {"qa": {"q50": 100.0}, "list": {"q50": 100.0}}  # generous: every goal completes
     split = traces.by_task(traces.goal_outcomes(prompts, levels, TIMING, n_max=100), prompts)
-    assert split["qa"]["timebill"]["q50"] == 1.0 and split["list"]["vanilla"]["q50"] == 0.0
+    assert split["qa"]["timebill"]["q50"]["score"] == 1.0 and split["list"]["vanilla"]["q50"]["score"] == 0.0
     assert "skip_next" not in str(split) and set(split) == {"list", "qa"}
     text = traces_by_task_table(lambda name: {"per_task": 2, "by_task": split})
     assert "| qa | 1.00 / 1.00 / 1.00 (vanilla) |" in text

@@ -769,10 +769,10 @@ def traces_by_task_table(load: Callable[[str], dict]) -> str:
     for task, methods in tasks.items():
         cells = []
         for level in levels:
-            best = max((m for m in methods if m not in ("timebill", "timebill_true_length")),
-                       key=lambda m: methods[m][level])
-            cells.append(f"{methods['timebill'][level]:.2f} / {methods['timebill_true_length'][level]:.2f} / "
-                         f"{methods[best][level]:.2f} ({best.replace('fixed_', '')})")
+            score = {m: cell[level]["score"] for m, cell in methods.items()}
+            best = max((m for m in score if m not in ("timebill", "timebill_true_length")), key=score.get)
+            cells.append(f"{score['timebill']:.2f} / {score['timebill_true_length']:.2f} / "
+                         f"{score[best]:.2f} ({best.replace('fixed_', '')})")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return ("\n".join(lines) + f"\n\nUnder Kill, {r['per_task']} prompts a task. Cells: mean score of TimeBill / "
             "the true-length arm / the best fixed alpha of that task and level (which).\n")

@@ -248,16 +248,13 @@ FIXED = ("vanilla", "fixed_0.25", "fixed_0.5", "fixed_0.75", "fixed_0.95")
 
 
 def by_task(outcomes: dict[str, Outcome], prompts: list[Prompt], policy: str = "kill") -> dict:
-    """task -> method -> level -> mean score under POLICY: the pooled table split by task, to
-    see where TimeBill gains or loses against the true-length arm and the fixed alphas."""
+    """task -> method -> level -> Cell.summary() under POLICY: `evaluate` on each task's goals,
+    to see where TimeBill gains or loses against the true-length arm and the fixed alphas."""
     task_of = {p.example_id: p.task for p in prompts}
-    scores: dict = {}
+    goals: dict[str, dict[str, Outcome]] = {}
     for goal, o in outcomes.items():
-        g = GoalId.parse(goal)
-        if g.policy == policy:
-            scores.setdefault(task_of[g.example], {}).setdefault(g.method, {}).setdefault(g.level, []).append(o.score)
-    return {task: {method: {level: statistics.fmean(v) for level, v in levels.items()}
-                   for method, levels in methods.items()} for task, methods in sorted(scores.items())}
+        goals.setdefault(task_of[GoalId.parse(goal).example], {})[goal] = o
+    return {task: evaluate(mine).get(policy, {}) for task, mine in sorted(goals.items())}
 
 
 def claims(table: dict, policy: str = "kill", min_levels: int = 4) -> dict:
