@@ -103,12 +103,13 @@ def train(engine: Engine, data: dict[str, list[Sample]], folder: Path, target: s
               for split, samples in data.items() if split in ("train", "validation")}
     lengths = {split: [s.n_tokens for s in data[split]] for split in states}
     fits = {layer: fit(states["train"][layer], lengths["train"]) for layer in CANDIDATE_LAYERS}
-    val_mae = {layer: float(np.mean(np.abs(np.subtract(predict(states["validation"][layer], w, b, n_max),
-                                                       lengths["validation"])))) for layer, (w, b, _) in fits.items()}
+    val_pred = {layer: predict(states["validation"][layer], w, b, n_max) for layer, (w, b, _) in fits.items()}
+    val_mae = {layer: float(np.mean(np.abs(np.subtract(pred, lengths["validation"]))))
+               for layer, pred in val_pred.items()}
     layer = min(val_mae, key=val_mae.get)
     weights, bias, penalty = fits[layer]
     spec = spec_for(layer, data["train"], n_max, target)
-    spec.pessimism_k = pessimism_k(lengths["validation"], predict(states["validation"][layer], weights, bias, n_max))
+    spec.pessimism_k = pessimism_k(lengths["validation"], val_pred[layer])
     length_probe.save(folder, spec, weights.astype(np.float32).tolist(), bias)
     return {"validation_MAE_by_layer": {str(k): v for k, v in val_mae.items()}, "layer": layer,
             "ridge_penalty": penalty}
