@@ -15,6 +15,7 @@ from timebill_ros.core.predictor import FixedLengthPredictor, PredictorSpec, loa
 from timebill_ros.core.timing import TimingModel
 from timebill_ros.node.params import NodeParams
 from timebill_ros.train import predictor as rlp
+from timebill_ros.train import save_without_card
 
 
 def target_engine(model_path: str, threads: int, max_new_tokens: int) -> tuple[Engine, Calibration]:
@@ -61,10 +62,7 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
             with tqdm(total=epochs * len(data["train"]), desc=f"training {name}", unit="example") as bar:
                 history = rlp.fit(model, spec, data["train"], data["validation"], epochs=epochs,
                                   lr=3e-4 if spec.kind != "classes" else 1e-3, tick=lambda: bar.update(1))
-            path.mkdir(parents=True, exist_ok=True)
-            model.save_pretrained(path)
-            # peft's empty model-card template, naming this machine's paths; predictor.json is the card.
-            (path / "README.md").unlink(missing_ok=True)
+            save_without_card(model, path)
             spec.save(path)
             (path / "training.json").write_text(json.dumps(history, indent=2))
             # Timed as served (a LoRA adapter merged), for the input compression rule.

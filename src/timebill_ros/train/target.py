@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from timebill_ros.core.model import PACKAGED_MODELS, encode_prompt, load_model
 from timebill_ros.eval import tasks
+from timebill_ros.train import save_without_card
 
 TARGET_ADAPTER_DIR = PACKAGED_MODELS / "smollm2-tasks"
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -242,9 +243,7 @@ def export_adapter(model, recipe: TargetRecipe, step: int, history: list[dict], 
     """The adapter (config + bfloat16 safetensors, a few MB) and its recipe, for git."""
     from safetensors.torch import load_file, save_file
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    (out_dir / "README.md").unlink(missing_ok=True)  # peft's empty card template; ours is in README.md
+    save_without_card(model, out_dir)
     config_file = out_dir / "adapter_config.json"
     config = json.loads(config_file.read_text())
     config["base_model_name_or_path"] = recipe.base  # not this machine's cache path
