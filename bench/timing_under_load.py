@@ -76,7 +76,8 @@ def one_goal(client: Client, prompt: str, budget: float, forced: bool) -> dict:
     run = client.call(client.goal(prompt, budget=budget, **fields), timeout=300)
     planned = next((f for f in run.feedback if f.phase == "planned"), None)
     r = run.result
-    return {"status": r.status_name, "reason": r.status_reason, "budget": budget, "total_s": r.total_time, "prompt_tokens": r.prompt_tokens,
+    return {"status": r.status_name, "reason": r.status_reason, "budget": budget, "total_s": r.total_time,
+            "prompt_tokens": r.prompt_tokens,
             "first_wcet_s": planned.wcet if planned else None, "first_alpha": planned.alpha if planned else None,
             "replan_wcet_s": r.wcet, "alpha": r.alpha, "response_tokens": r.response_tokens,
             # the phases' own times (with prompt, kept and response tokens and the calibration named
