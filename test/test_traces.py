@@ -312,3 +312,26 @@ def test_goal_ids_round_trip_and_a_users_own_id_is_not_one():
     goal = GoalId("kill", "q50", "fixed_0.5", "test-code/3")
     assert GoalId.parse(str(goal)) == goal and goal.block == "kill/q50/fixed_0.5"
     assert GoalId.parse("arm-planner-17") is None and GoalId.parse(None) is None
+
+
+def test_the_k_sweep_plans_timebill_with_each_k_on_the_same_traces():
+    prompts = [Prompt(f"ex{i}", "qa", "garage", n_hat=10,
+                      traces={a: trace(a, 0.2 + 0.05 * i - 0.1 * a, prefill=1.0 + 0.1 * i) for a in traces.ALPHA_GRID})
+               for i in range(6)]
+    levels = traces.budget_levels(prompts, (0.1, 0.5, 0.9))
+    outcomes = traces.goal_outcomes(prompts, levels, TIMING, n_max=100, predictor_k=2.0)
+    table = traces.evaluate(outcomes)
+    sweep = traces.k_sweep(prompts, levels, TIMING, table, n_max=100, ks=(1.0, 2.0, 8.0))
+    assert set(sweep) == {"1", "2", "8"}
+    assert sweep["2"]["cells"] == table["kill"]["timebill"]  # the node's k: the table's own TimeBill
+    for level in levels["qa"]:  # a larger k plans for a longer answer: never less eviction
+        alphas = [sweep[k]["cells"][level]["alpha_mean"] for k in ("1", "2", "8")]
+        assert alphas == sorted(alphas)
+    # The claims are judged with each k's TimeBill against the same fixed alphas.
+    claims = sweep["8"]["claims"]["ahead_of_every_fixed_alpha"]["per_level"]
+    assert all(claims[lv]["timebill"] == sweep["8"]["cells"][lv]["score"] for lv in claims)
+    from timebill_ros.eval.publish import traces_k_sweep_table
+
+    report = {"k_sweep": sweep, "per_task": 6, "timebill_k": 2.0}
+    table = traces_k_sweep_table(lambda name: report)
+    assert "| 2 (the node's) |" in table and table.count("\n| ") == 3  # a row per k

@@ -778,6 +778,28 @@ def traces_by_task_table(load: Callable[[str], dict]) -> str:
             "the true-length arm / the best fixed alpha of that task and level (which).\n")
 
 
+def traces_k_sweep_table(load: Callable[[str], dict]) -> str:
+    """TimeBill under Kill planned with each pessimism k on the same traces (eval.traces.k_sweep):
+    its score per level and the three claims with it in TimeBill's place."""
+    r = load("traces_eval.json")
+    if not (sweep := r.get("k_sweep")):
+        return "_Not measured: this traces_eval.json predates the k sweep._\n"
+    levels = list(next(iter(sweep.values()))["cells"])
+    lines = ["| k | " + " | ".join(levels) + " | levels ahead of every fixed alpha | largest gap to true length "
+             "| completion vs fixed 0.95 (level furthest) |", "|---|" + "---|" * (len(levels) + 3)]
+    for k, row in sweep.items():
+        c = row["claims"]
+        gaps = c["within_0.05_of_true_length"]["true_length_minus_timebill"].values()
+        completion = c["completion_within_5_pts_of_fixed_0.95"]["timebill_minus_fixed_0.95_pts"].values()
+        mark = " (the node's)" if abs(float(k) - r["timebill_k"]) < 1e-9 else ""
+        lines.append(f"| {k}{mark} | " + " | ".join(f"{row['cells'][lv]['score']:.3f}" for lv in levels)
+                     + f" | {len(c['ahead_of_every_fixed_alpha']['levels_held'])} of {len(levels)} "
+                     f"| {max(gaps):.3f} | {max(completion, key=abs):+.0f} pts |")
+    return ("\n".join(lines) + f"\n\nUnder Kill, {r['per_task']} prompts a task, mean score per level; the "
+            f"node plans with k = {r['timebill_k']:g}, set on the validation split. Swept on the test prompts "
+            "themselves: it shows what that k costs here, and chooses nothing.\n")
+
+
 def _brief(numbers: dict) -> str:
     """A claim's numbers on one line, floats to 3 digits."""
     def fmt(v):
@@ -804,6 +826,7 @@ TABLES = {"headline": headline_table, "params": params_table, "online": online_t
           "rlp_smollm2_tasks_v3": lambda load: rlp_table(load, "rlp_smollm2_tasks_v3.json"),
           "rlp_smollm2_tasks_v9": lambda load: rlp_table(load, "rlp_smollm2_tasks_v9.json"),
           "traces": traces_table, "traces_mechanism": traces_mechanism_table, "traces_by_task": traces_by_task_table,
+          "traces_k_sweep": traces_k_sweep_table,
           "traces_skip_next": lambda load: traces_table(load, "skip_next"),
           "reliability": reliability_table, "timing_under_load": timing_under_load_table,
           "noise_floor": noise_floor_table, "tracker_replay": tracker_replay_table,

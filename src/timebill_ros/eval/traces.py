@@ -283,6 +283,27 @@ def claims(table: dict, policy: str = "kill", min_levels: int = 4) -> dict:
     return out
 
 
+# The pessimism factors the sweep plans TimeBill with (besides the predictor's own k).
+SWEEP_K = (1.0, 1.25, 1.5, 2.0, 3.0)
+
+
+def k_sweep(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: TimingModel, table: dict, *,
+            n_max: int, min_kept: int = 0, ks: tuple[float, ...] = SWEEP_K, policy: str = "kill") -> dict:
+    """TimeBill under POLICY planned with each pessimism k in KS, from the same traces: per k,
+    its cells (level -> Cell.summary()) and the claims with it in TimeBill's place in TABLE
+    (`evaluate`'s, for the fixed alphas and the true-length arm). The k the node uses is set on
+    validation (issue 29); this shows what that choice costs on these prompts, it chooses nothing."""
+    out = {}
+    for k in ks:
+        name = f"timebill_k{k:g}"
+        outcomes = goal_outcomes(prompts, levels, timing, n_max=n_max, min_kept=min_kept,
+                                 methods=(Method(name, k=k),), policies=(policy,))
+        cells = evaluate(outcomes)[policy][name]
+        swapped = {policy: {**table[policy], "timebill": cells}}
+        out[f"{k:g}"] = {"cells": cells, "claims": claims(swapped, policy)}
+    return out
+
+
 # A goal whose traced work ends within this share of its budget from the deadline is a coin
 # flip between two runs on this host: the same prefill repeated minutes apart differs by 8.6 %
 # on average (docs/results/noise_floor.json).
