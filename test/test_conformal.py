@@ -282,7 +282,7 @@ def test_a_goal_through_a_change_of_load_is_not_scored_in_either_regime():
     for ratio in 3.0 * np.exp(rng.normal(0.0, 0.05, 30)):  # loaded, planned in the slow regime
         goal(bound, ratio)
     goal(bound, 1.0)  # the load ends during a goal planned at the loaded pace: not scored either
-    assert bound.shifted == 2
+    assert bound.shifted == 2 and bound.tally() == (*bound.misses(), 2)
     assert goal(bound, 1.0) is False  # back in the idle regime: its bound as before the load
     assert bound.quantile() == pytest.approx(idle_q, rel=0.02)
 
@@ -295,11 +295,11 @@ def test_a_phase_through_a_change_of_load_is_judged_but_leaves_q_alone():
     assert conformal.observe("decode", 5.0, 1.0, point=1.0) is True
     assert conformal.observe("prefill", 3.0, 1.0, complete=False, point=1.0) is True
     assert conformal.quantile("decode", 1.0) == conformal.quantile("prefill", 1.0) == 1.3
-    assert conformal.shifted == 2 and conformal.misses("decode") == (0, 0)
+    assert conformal.shifted == 2 and conformal.misses("decode") == (0, 0) and conformal.tally() == (0, 0, 2)
     assert conformal.point("decode") == 5.0  # the pace follows the load all the same
     # Back at the idle pace (a complete phase 5x faster than planned): not scored either.
     assert conformal.observe("decode", 1.0, 1.0, point=5.0) is False
     assert conformal.shifted == 3
     # Within PACE_CHANGE it is noise: a miss moves q.
     assert conformal.observe("decode", 1.6, 1.0, point=1.0) is True
-    assert conformal.quantile("decode", 1.0) > 1.3
+    assert conformal.quantile("decode", 1.0) > 1.3 and conformal.tally() == (1, 1, 3)

@@ -369,7 +369,8 @@ def test_diagnostics_report_health(node, rclpy_context):
     assert (status.level, status.message) == (DiagnosticStatus.OK, "serving") or (
         status.level == DiagnosticStatus.WARN and status.message.startswith("timing drift: ")), status.message
     assert {"queue_depth", "deadline_misses", "killed", "last_alpha", "last_wcet_s", "calibration_age_s",
-            "model", "device", "online_timing", "prefill_slowdown", "decode_slowdown", "slowdown_goals"} <= set(values)
+            "model", "device", "online_timing", "prefill_slowdown", "decode_slowdown", "slowdown_goals",
+            "timing_bound_misses"} <= set(values)
     assert float(values["prefill_slowdown"]) > 0 and values["online_timing"] == "True"
     assert int(values["killed"]) >= 0 and values["device"] == "cpu"
 

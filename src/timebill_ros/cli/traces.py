@@ -175,7 +175,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "mechanism": traces.mechanism(prompts, k or PAPER_K),
             "by_task": traces.by_task(outcomes, prompts),
             "k_sweep": traces.k_sweep(prompts, levels, timing, table, n_max=params.max_new_tokens,
-                                      min_kept=params.snapkv_window),
+                                      min_kept=params.snapkv_window, ks=tuple(sorted({*traces.SWEEP_K, k or PAPER_K}))),
             "machine_pace": traces.machine_pace(prompts, timing),
             "measure_minutes": measured}
     if agree:

@@ -232,6 +232,11 @@ class ConformalTiming:
             trackers = list(self.trackers[phase].values())
         return sum(t.misses for t in trackers), sum(t.updates for t in trackers)
 
+    def tally(self) -> tuple[int, int, int]:
+        """(misses, scored, through a change of load) over both phases: what /diagnostics reports."""
+        (pm, pn), (dm, dn) = self.misses("prefill"), self.misses("decode")
+        return pm + dm, pn + dn, self.shifted
+
     def reset(self) -> None:
         """Back to the starting quantile (one regime, the calibration's pace) and pace, no updates counted."""
         with self._lock:
@@ -387,6 +392,10 @@ class GoalConformal:
         with self._lock:
             trackers = list(self.trackers.values())
         return sum(t.misses for t in trackers), sum(t.updates for t in trackers)
+
+    def tally(self) -> tuple[int, int, int]:
+        """(misses, scored, through a change of load) of the goal's bound: what /diagnostics reports."""
+        return (*self.misses(), self.shifted)
 
     def reset(self) -> None:
         """Back to the starting bound (the largest phase's start) and pace, no updates counted."""

@@ -283,7 +283,7 @@ def claims(table: dict, policy: str = "kill", min_levels: int = 4) -> dict:
     return out
 
 
-# The pessimism factors the sweep plans TimeBill with (besides the predictor's own k).
+# The pessimism factors the k sweep replans TimeBill with (the node's own k is added to them).
 SWEEP_K = (1.0, 1.25, 1.5, 2.0, 3.0)
 
 

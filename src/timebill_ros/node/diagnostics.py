@@ -35,6 +35,9 @@ def health_status(node) -> DiagnosticStatus:
                        "prefill_bound_factor": f"{online.bound_factor('prefill'):.3f}",
                        "decode_bound_factor": f"{online.bound_factor('decode'):.3f}",
                        "slowdown_goals": min(online.observations(p) for p in ("prefill", "decode"))})
+        if online.conformal is not None:  # how the stated miss rate is doing
+            misses, scored, shifted = online.conformal.tally()
+            values["timing_bound_misses"] = f"{misses} of {scored} scored ({shifted} through a change of load)"
         if online.load is not None:  # other processes' CPU use: a leading sign of slower goals
             values["other_processes_cpu_cores"] = f"{online.load.recent(1.0):.2f}"
     refusal = node.refusal()
