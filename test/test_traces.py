@@ -276,11 +276,14 @@ def test_the_mechanism_says_what_eviction_cost_each_task_and_how_well_n_hat_knew
     assert mech["score_by_alpha"] == {"0": 1.0, "0.9": 0.0}
     assert mech["tokens_by_alpha"] == {"0": 10, "0.9": 20} and mech["capped_share_by_alpha"]["0.9"] == 1.0
     assert mech["time_over_vanilla_by_alpha"]["0.9"] == pytest.approx((1.0 + 0.01 + 0.8) / 1.4)
+    # The time split in its causes: the step is as fast as vanilla's, the answer twice as long.
+    assert mech["step_over_vanilla_by_alpha"]["0.9"] == pytest.approx(1.0)
+    assert mech["length_over_vanilla_by_alpha"]["0.9"] == 2.0
     assert mech["n_hat_mae"] == 4.0 and mech["true_tokens_mean"] == 10
     assert mech["k_n_hat_covers_share"] == 0.5  # 2 x 4 misses 10 tokens, 2 x 12 covers them
     text = traces_mechanism_table(lambda name: {"per_task": 2, "timebill_k": 2.0, "mechanism": {"qa": mech}},
                                   shown=("0", "0.9"))
-    assert "| qa | 1.00 / 1.00x / 0 % | 0.00 / 1.29x / 100 % | 4.0 (10) | 50 % |" in text
+    assert "| qa | 1.00 / 1.00x (1.00x, 1.00x) / 0 % | 0.00 / 1.29x (1.00x, 2.00x) / 100 % | 4.0 (10) | 50 % |" in text
 
 
 def test_traces_measured_once_are_evaluated_again_without_loading_the_model(slow_model_dir, calibration, tmp_path,

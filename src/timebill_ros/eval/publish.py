@@ -741,21 +741,30 @@ def _measured_on(r: dict) -> str:
 def traces_mechanism_table(load: Callable[[str], dict], shown: tuple[str, ...] = ("0", "0.5", "0.75", "0.9",
                                                                                   "0.95")) -> str:
     """Why the comparison comes out as it does (eval.traces.mechanism): per task and alpha,
-    without deadlines, the score, the time over vanilla's and the answers run to the cap;
-    then how well N_hat knew the length."""
+    without deadlines, the score, the time over vanilla's (and its decode step's and answer
+    length's, when measured) and the answers run to the cap; then how well N_hat knew the length."""
     r = load("traces_eval.json")
     if not (mech := r.get("mechanism")):
         return "_Not measured: this traces_eval.json predates the mechanism figures._\n"
     lines = ["| task | " + " | ".join(f"alpha {a}" for a in shown) + " | N_hat MAE (true mean) | k x N_hat covers |",
              "|---|" + "---|" * len(shown) + "---|---|"]
     for task, m in mech.items():
-        cells = [f"{m['score_by_alpha'][a]:.2f} / {m['time_over_vanilla_by_alpha'][a]:.2f}x / "
+        cells = [f"{m['score_by_alpha'][a]:.2f} / {m['time_over_vanilla_by_alpha'][a]:.2f}x{_split(m, a)} / "
                  f"{pct(m['capped_share_by_alpha'][a], 0)}" if a in m["score_by_alpha"] else "-" for a in shown]
         lines.append(f"| {task} | " + " | ".join(cells) + f" | {m['n_hat_mae']:.1f} ({m['true_tokens_mean']:.0f}) | "
                      f"{pct(m['k_n_hat_covers_share'], 0)} |")
     return ("\n".join(lines) + f"\n\nThe same {r['per_task']} prompts a task, no deadline. Cells: mean score / mean "
-            "time over vanilla's on the same prompt / answers run to the cap. k = "
+            "time over vanilla's on the same prompt (in brackets, medians over the prompts: the decode step's "
+            "over vanilla's, the answer's length over vanilla's) / answers run to the cap. k = "
             f"{r['timebill_k']:.2f}.\n")
+
+
+def _split(mech: dict, alpha: str) -> str:
+    """The "(step x, length x)" split of ALPHA's time over vanilla's, when the mechanism measured it."""
+    step, length = (mech.get(f"{what}_over_vanilla_by_alpha", {}).get(alpha) for what in ("step", "length"))
+    if step is None or length is None:
+        return ""
+    return f" ({step:.2f}x, {length:.2f}x)"
 
 
 def traces_by_task_table(load: Callable[[str], dict]) -> str:

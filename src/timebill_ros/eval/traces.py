@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from timebill_ros.core.planner import PAPER_K, plan
@@ -461,12 +462,26 @@ def decode_share(prompts: list[Prompt], levels: dict[str, dict[str, float]]) -> 
     return out
 
 
+def _step_s(trace: Trace) -> float | None:
+    """A trace's mean decode step after its first token (None under two tokens)."""
+    steps = trace.token_s
+    return (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) >= 2 else None
+
+
+def _median_ratio(prompts: list[Prompt], alpha: float, of: Callable[[Trace], float | None]) -> float | None:
+    """Median over PROMPTS of OF(the trace at ALPHA) / OF(vanilla's), where both are defined."""
+    ratios = [a / v for p in prompts if (v := of(p.trace(0.0))) and (a := of(p.traces[alpha])) is not None]
+    return statistics.median(ratios) if ratios else None
+
+
 def mechanism(prompts: list[Prompt], predictor_k: float) -> dict:
     """Per task, what eviction buys and costs, without deadlines, and how well N_hat knew the
     length: each grid alpha's mean score (the answer's quality under eviction), mean time over
-    vanilla's, mean answer tokens and share at the cap (an evicted cache can lose the answer's
-    end); the predictor's mean absolute error and how often k x N_hat covered the
-    true length. The comparison's claims follow from these (docs/evaluation.md)."""
+    vanilla's, and that time split in its two causes, the median decode step and the median
+    answer length over vanilla's on the same prompt (eviction speeds the step, and it can also
+    end an answer early or make it loop); mean answer tokens and share at the cap; the
+    predictor's mean absolute error and how often k x N_hat covered the true length. The
+    comparison's claims follow from these (docs/evaluation.md)."""
     out = {}
     for task in sorted({p.task for p in prompts}):
         mine = [p for p in prompts if p.task == task]
@@ -476,6 +491,9 @@ def mechanism(prompts: list[Prompt], predictor_k: float) -> dict:
                 score(task, p.traces[a].text, p.reference) for p in mine) for a in alphas},
             "time_over_vanilla_by_alpha": {f"{a:g}": statistics.fmean(
                 p.trace(a).total_s / p.trace(0.0).total_s for p in mine) for a in alphas},
+            "step_over_vanilla_by_alpha": {f"{a:g}": _median_ratio(mine, a, _step_s) for a in alphas},
+            "length_over_vanilla_by_alpha": {f"{a:g}": _median_ratio(mine, a, lambda t: len(t.token_s) or None)
+                                             for a in alphas},
             "tokens_by_alpha": {f"{a:g}": statistics.fmean(len(p.traces[a].token_s) for p in mine) for a in alphas},
             "capped_share_by_alpha": {f"{a:g}": statistics.fmean(p.traces[a].hit_cap for p in mine) for a in alphas},
             "true_tokens_mean": statistics.fmean(p.true_tokens for p in mine),
