@@ -126,6 +126,8 @@ def main() -> None:
     p.add_argument("--per-phase", type=int, default=50, help="goals per phase (each sent to every node)")
     p.add_argument("--estimators", default="conformal,window",
                    help="timing_estimator of each node, comma-separated (conformal, conformal_goal, window)")
+    p.add_argument("--name", default="timing_under_load",
+                   help="results/bench/NAME.json (e.g. timing_under_load_repeat: a second run beside the first)")
     args = p.parse_args()
     per_phase = 6 if args.quick else args.per_phase
     estimators = tuple(args.estimators.split(","))
@@ -185,13 +187,13 @@ def main() -> None:
                         "phases": {phase: {**summarize(results[est][phase]),
                                            "goals_to_adapt": goals_to_adapt(results[est][phase])}
                                    for phase in PHASES}}
-    write("timing_under_load", {"model": args.model, "per_phase": per_phase, "forced_tokens": FORCED_TOKENS,
-                                "natural_max_tokens": NATURAL_MAX, "estimators": summary, "goals": results,
-                                "calibration_key": cal.key.filename(),
-                                # The fit itself: with it an offline replay scores every goal's
-                                # phases as the node did (another machine's fit is 2.8x off on decode).
-                                "calibration_fit": dataclasses.asdict(cal.timing),
-                                "prefill_contention": cal.prefill_contention})
+    write(args.name, {"model": args.model, "per_phase": per_phase, "forced_tokens": FORCED_TOKENS,
+                      "natural_max_tokens": NATURAL_MAX, "estimators": summary, "goals": results,
+                      "calibration_key": cal.key.filename(),
+                      # The fit itself: with it an offline replay scores every goal's
+                      # phases as the node did (another machine's fit is 2.8x off on decode).
+                      "calibration_fit": dataclasses.asdict(cal.timing),
+                      "prefill_contention": cal.prefill_contention})
 
 
 if __name__ == "__main__":

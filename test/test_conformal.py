@@ -1,5 +1,7 @@
 """The conformal time bound (core.conformal): its long-run miss rate under drift, and what
 killed goals tell it."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -303,3 +305,20 @@ def test_a_phase_through_a_change_of_load_is_judged_but_leaves_q_alone():
     # Within PACE_CHANGE it is noise: a miss moves q.
     assert conformal.observe("decode", 1.6, 1.0, point=1.0) is True
     assert conformal.quantile("decode", 1.0) > 1.3 and conformal.tally() == (1, 1, 3)
+
+
+def test_the_published_floor_is_a_fixed_bound_at_the_phase_s_own_99_percent_quantile():
+    from timebill_ros.eval.publish import oracle_slack_pct
+
+    fit = TimingModel(a=0.0, b=1e-3, c=0.0, p=0.0, q=0.01)  # 1 s for 1,000 tokens, 10 ms a step
+
+    def goal(ratio):  # a forced goal of 1,000 tokens and 11 tokens (1 s + 0.1 s) that took RATIO x its fit
+        return {"arm": "forced", "first_wcet_s": 9.9, "first_alpha": 0.0, "prompt_tokens": 1000, "total_s": 1.1 * ratio}
+
+    ratios = [1.0 + 0.01 * i for i in range(101)]  # 1.00 .. 2.00: the 99 % quantile is 1.99
+    t = {"calibration_fit": dataclasses.asdict(fit), "prefill_contention": 1.0, "forced_tokens": 11,
+         "goals": {"conformal": {"idle": [goal(r) for r in ratios] + [{"arm": "natural", "first_wcet_s": 1.0}]}}}
+    expected = 100 * np.mean([1 - r / 1.99 for r in ratios if r <= 1.99])
+    assert oracle_slack_pct(t, "conformal", "idle") == pytest.approx(expected)
+    del t["calibration_fit"]
+    assert oracle_slack_pct(t, "conformal", "idle") is None  # an older JSON: n/a
