@@ -114,7 +114,7 @@ class Engine:
         self.predictor_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="length-predictor")
         # A predictor that reads the target's own prefill (core.length_probe) gets its layer tapped.
         reads = getattr(predictor, "reads_layer", None)
-        self.tap = LayerTap(loaded.model, reads, armed=False) if reads is not None else None
+        self.tap = LayerTap(loaded.model, reads, armed=lambda: self.scorer.armed) if reads is not None else None
         # When set, goals are planned with its live model and feed it their measured phases;
         # otherwise they are planned with the static `timing`.
         self.online: OnlineTiming | None = None
@@ -179,9 +179,7 @@ class Engine:
         try:
             for i, (start, end) in enumerate(bounds):
                 _raise_if_cancelled(cancel)
-                self.scorer.armed = i == len(bounds) - 1
-                if self.tap is not None:
-                    self.tap.armed = self.scorer.armed
+                self.scorer.armed = i == len(bounds) - 1  # and the length probe's tap with it
                 t0 = time.monotonic()
                 # A chunk after cached ones: attention without a mask, the cancel token checked
                 # between its two halves as well as before every attention block and MLP.
@@ -197,8 +195,6 @@ class Engine:
                     on_chunk(*chunks[-1])
         finally:
             self.scorer.armed = False
-            if self.tap is not None:
-                self.tap.armed = False
             self._prefill_cancel = None
         if memo is not None:  # a copy: eviction and decoding change the cache in place
             memo.ids, memo.cache, memo.logits, memo.chunks = tuple(ids), copy.deepcopy(cache), logits.clone(), chunks

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,16 +36,22 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 class LayerTap:
     """A forward hook on one decoder layer keeping its output at the last position of the last
     forward through it while `armed` (prefill's last chunk ends with the prompt's last token).
-    The engine arms its tap for that chunk only, as it arms the SnapKV scorer, so decode steps
-    that run through the layer copy nothing."""
+    ARMED (default: always) is asked at each forward: the engine passes its SnapKV scorer's
+    state, so the tap reads prefill's last chunk only, as the scorer does, and decode steps that
+    run through the layer copy nothing."""
 
-    def __init__(self, model: nn.Module, layer: int, armed: bool = True) -> None:
+    def __init__(self, model: nn.Module, layer: int, armed: Callable[[], bool] = lambda: True) -> None:
         layers = decoder_layers(model)
         if not 0 <= layer < len(layers):
             raise ValueError(f"the length probe reads decoder layer {layer}, but the model has {len(layers)}")
         self.last: torch.Tensor | None = None
-        self.armed = armed
+        self._armed = armed
         self._handle = layers[layer].register_forward_hook(self._hook)
+
+    @property
+    def armed(self) -> bool:
+        """Does the next forward through the layer get read?"""
+        return self._armed()
 
     def _hook(self, module: nn.Module, args: tuple, output: object) -> None:
         if not self.armed:
