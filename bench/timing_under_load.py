@@ -58,7 +58,7 @@ def budget_for(cal, n: int, tokens: int, alpha: float, factors: tuple[float, flo
         t = cal.planning_timing()
     else:  # the unmargined fit with the predictor's contention, as core.online plans from it
         t = cal.timing.scaled(max(1.0, cal.prefill_contention) * factors[0], factors[1])
-    return t.prefill(n) + t.evict(n, alpha) + t.decode(n, alpha, tokens)
+    return t.goal_time(n, alpha, tokens)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,8 @@ def test_exact_values():
     assert MODEL.decode(100, 0.5, 3) == pytest.approx((4e-6 * 50 + 0.02) + (4e-6 * 51 + 0.02))
     assert MODEL.decode(100, 0.5, 1) == 0.0
     assert MODEL.end_to_end(100, 0.0, 2) == pytest.approx(MODEL.prefill(100) + MODEL.decode_step(100))
+    assert MODEL.goal_time(100, 0.5, 3) == pytest.approx(MODEL.prefill(100) + MODEL.evict(100, 0.5)
+                                                        + MODEL.decode(100, 0.5, 3))
 
 
 def test_least_squares_recovers_known_coefficients():

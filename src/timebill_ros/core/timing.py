@@ -54,6 +54,10 @@ class TimingModel:
         """Predicted prefill + decode time."""
         return self.prefill(n_x) + self.decode(n_x, alpha, n_tokens)
 
+    def goal_time(self, n_x: float, alpha: float, n_tokens: int) -> float:
+        """Predicted prefill + eviction phase + decode: a whole goal as the plan's WCET counts it."""
+        return self.prefill(n_x) + self.evict(n_x, alpha) + self.decode(n_x, alpha, n_tokens)
+
     def to_dict(self) -> dict[str, float]:
         """Plain dict for JSON."""
         return asdict(self)

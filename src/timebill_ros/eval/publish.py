@@ -472,13 +472,11 @@ def oracle_slack_pct(t: dict, estimator: str, phase: str, cover: float = 0.99) -
 
     if "calibration_fit" not in t:
         return None
-    fit, contention = TimingModel(**t["calibration_fit"]), max(1.0, t.get("prefill_contention", 1.0))
+    fit = TimingModel(**t["calibration_fit"]).scaled(max(1.0, t.get("prefill_contention", 1.0)), 1.0)
     goals = [g for g in t["goals"][estimator][phase] if g["arm"] == "forced" and g["first_wcet_s"]]
     if not goals:
         return None
-    ratios = sorted(g["total_s"] / (contention * fit.prefill(g["prompt_tokens"])
-                                    + fit.evict(g["prompt_tokens"], g["first_alpha"])
-                                    + fit.decode(g["prompt_tokens"], g["first_alpha"], t["forced_tokens"]))
+    ratios = sorted(g["total_s"] / fit.goal_time(g["prompt_tokens"], g["first_alpha"], t["forced_tokens"])
                     for g in goals)
     bound = statistics.quantiles(ratios, n=100, method="inclusive")[round(100 * cover) - 1] if len(ratios) > 1 \
         else ratios[0]
