@@ -34,12 +34,13 @@ class _ScoredBound:
     updates: int
     misses: int
 
-    def update(self, score: float, complete: bool = True) -> bool | None:
+    def update(self, score: float, complete: bool = True, learn: bool = True) -> bool | None:
         """Feed one goal's SCORE (a lower bound when not COMPLETE); True for a miss, False for
-        a covered goal, None when a lower bound says nothing."""
+        a covered goal, None when a lower bound says nothing. Not LEARN (the goal ran through a
+        change of load, `pace_changed`): judged only, the bound and its counts stay."""
         miss = self.judge(score, complete)
-        if miss is None:
-            return None
+        if miss is None or not learn:
+            return miss
         self._step(score, miss)
         self.updates += 1
         self.misses += int(miss)
@@ -217,12 +218,9 @@ class ConformalTiming:
             return None
         ratio = measured / predicted
         with self._lock:
-            tracker = self._tracker(phase, point)
-            if pace_changed(ratio / point, complete):
-                self.shifted += 1
-                miss = tracker.judge(ratio / point, complete)
-            else:
-                miss = tracker.update(ratio / point, complete)
+            changed = pace_changed(ratio / point, complete)
+            self.shifted += changed
+            miss = self._tracker(phase, point).update(ratio / point, complete, learn=not changed)
             self._paces.add(phase, ratio, complete)
         return miss
 
@@ -368,11 +366,9 @@ class GoalConformal:
             else:
                 fit = prefill.whole * points["prefill"]
                 score, complete, scored = prefill.spent / fit if fit else 0.0, False, prefill.whole >= min_seconds
-            if scored and self._pace_changed(timed, points):
-                self.shifted += 1
-                miss = tracker.judge(score, complete)
-            else:
-                miss = tracker.update(score, complete) if scored else None
+            changed = scored and self._pace_changed(timed, points)
+            self.shifted += changed
+            miss = tracker.update(score, complete, learn=not changed) if scored else None
             for phase, (seconds, phase_fit, phase_complete) in timed.items():
                 self._paces.add(phase, seconds / phase_fit, phase_complete)
         return miss
