@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TIMEBILL_HOME ?= $(CURDIR)/.timebill
 ENV := source scripts/env.sh
 
-.PHONY: help setup demo test bench bench-llamacpp eval eval-quick eval-bags load soak faults first-goal timing results clean
+.PHONY: help setup demo test bench bench-llamacpp eval eval-long eval-quick eval-bags load soak faults first-goal timing results clean
 help:
 	@echo "make setup   - venv, pinned dependencies, colcon build (idempotent)"
 	@echo "make demo    - start the node, send one goal with feedback, stop"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench   - benchmarks; JSON lands in results/bench/"
 	@echo "make bench-llamacpp - build llama-cpp-python here (~5 min) and compare it on the same GGUF"
 	@echo "make eval    - the paper's comparison from measured traces, checked against the node; results/eval/"
+	@echo "make eval-long - the same on prompts asking for long answers (no QA); results/eval-long/"
 	@echo "make eval-quick - a smoke run: 2 prompts a task, 6 alphas, a short calibration; results/eval-quick/"
 	@echo "make eval-bags - the older comparison: every goal through bags and the node, int8 and the k sweep"
 	@echo "make load    - 4 clients, 200 goals in 10 s against the node (SmolLM2); results/bench/load.json"
@@ -55,6 +56,10 @@ eval-quick: setup
 	@$(ENV) && PER_TASK=2 AGREE_PER_TASK=1 AGREE_METHODS=timebill CAL_ARGS="--points 6 --repeats 1" \
 		ALPHAS=0,0.25,0.5,0.75,0.9,0.95 PREFILL_SAMPLES=1 \
 		OUT=results/eval-quick bash scripts/eval.sh
+
+# The same with prompts that ask for long answers (decode most of a goal; no QA): results/eval-long/.
+eval-long: setup
+	@$(ENV) && ANSWERS=long TASKS=code,list,summary OUT=results/eval-long bash scripts/eval.sh
 
 # The older path: every goal of every method through the node, the int8 model and the k sweep.
 eval-bags: setup

@@ -7,7 +7,8 @@
 #      level under Kill and Skip-Next follows from those runs (docs/evaluation.md);
 #   3. a sample of the same goals (AGREE_PER_TASK prompts a task, a few methods, Kill) as a
 #      rosbag replayed against timebill_node: how often node and traces agree on complete.
-# PER_TASK (default 12) sets the size, TASKS the tasks, PROMPT_TOKENS the prompt lengths,
+# PER_TASK (default 12) sets the size, TASKS the tasks, PROMPT_TOKENS the prompt lengths, ANSWERS
+# "long" asks only for long answers (make eval-long; eval.tasks.LONG_ANSWERS, no QA),
 # ALPHAS the measured grid ('' = eval-traces' ten), PREFILL_SAMPLES the prefills measured per
 # prompt; CAL_ARGS go to `timebill calibrate`.
 # `make eval-bags` is the older path: every goal through the node, plus the int8 model and
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 PER_TASK=${PER_TASK:-12}
 TASKS=${TASKS:-qa,code,list,summary}
 PROMPT_TOKENS=${PROMPT_TOKENS:-1000,3000}
+ANSWERS=${ANSWERS:-any}
 AGREE_PER_TASK=${AGREE_PER_TASK:-3}
 # Two methods, not four: the replay is real time (240 goals took 25 of 68 minutes), and
 # vanilla plus TimeBill's planned alphas already cover alpha 0 to 0.93.
@@ -56,12 +58,13 @@ CALIBRATED=$(date +%s)
 echo "== traces: $PER_TASK prompts a task ($TASKS), prompts of $PROMPT_TOKENS tokens"
 # The same arguments both times: the second call reuses the traces only if they match.
 TRACES_ARGS=(--params-file "$PARAMS" --per-task "$PER_TASK" --tasks "$TASKS" --prompt-tokens "$PROMPT_TOKENS"
-  --alphas "$ALPHAS" --prefill-samples "$PREFILL_SAMPLES" --out "$OUT")
+  --alphas "$ALPHAS" --prefill-samples "$PREFILL_SAMPLES" --answers "$ANSWERS" --out "$OUT")
 timebill eval-traces "${TRACES_ARGS[@]}"
 
 echo "== node agreement: $AGREE_PER_TASK prompts a task, $AGREE_METHODS, through timebill_node"
 timebill bag make "$OUT/agree" --per-task "$AGREE_PER_TASK" --tasks "$TASKS" --prompt-tokens "$PROMPT_TOKENS" \
-  --budgets "$OUT/levels.json" --methods "$AGREE_METHODS" --no-k-sweep --policies kill --params-file "$PARAMS"
+  --budgets "$OUT/levels.json" --methods "$AGREE_METHODS" --no-k-sweep --policies kill --params-file "$PARAMS" \
+  --answers "$ANSWERS"
 LOG="$OUT/node-agree.log"
 timebill_node --ros-args --params-file "$PARAMS" >"$LOG" 2>&1 &
 NODE=$!

@@ -149,3 +149,18 @@ def test_eval_quality_runs_in_the_dtype_asked_for(tiny_model_dir, tmp_path):
     # the node's quantization by default
     assert data["dtype"] == "bfloat16+auto-decode" and data["examples"] == len(tasks.TASKS)
     assert set(data["scores"]) == set(tasks.TASKS) and all(len(row) == 3 for row in data["scores"].values())
+
+
+def test_long_answers_ask_only_for_the_upper_counts_and_leave_the_default_draws_alone():
+    long = tasks.generate("test", 6, 2, (1000, 3000), ("code", "list", "summary"), answers="long")
+    asked = {t: [tasks.asked_count(e.prompt) or len(e.answer.split(", ")) for e in long if e.task == t]
+             for t in ("code", "list", "summary")}
+    assert set(asked["code"]) <= {5, 8} and all(6 <= n <= 12 for n in asked["summary"])
+    assert all(n >= 20 for n in asked["list"])  # 20-60 items (fewer only if the log were shorter)
+    # The default draws are the shipped ones: asking for "any" is the old call.
+    assert [e.prompt for e in tasks.generate("test", 2, 1, (1000, 3000))] == \
+        [e.prompt for e in tasks.generate("test", 2, 1, (1000, 3000), answers="any")]
+    with pytest.raises(ValueError, match="no long answers"):
+        tasks.generate("test", 1, 2, (1000, 3000), ("qa", "code"), answers="long")
+    with pytest.raises(ValueError, match="unknown answers"):
+        tasks.evaluation_examples(1, ("code",), answers="longer")

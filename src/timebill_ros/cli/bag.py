@@ -18,10 +18,10 @@ _POLL_S = 0.5
 def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods: str, k_sweep: bool,
                   policies: list[str], params_file: str, max_new_tokens: int = 384,
                   quantiles: tuple[float, ...] = workload.QUANTILES, task_names: tuple[str, ...] | None = None,
-                  prompt_tokens: tuple[int, int] | None = None):
+                  prompt_tokens: tuple[int, int] | None = None, answers: str = "any"):
     """Requests for every (policy, budget, method), written as a bag: prompts of the test split,
-    or made from its sources at PROMPT_TOKENS (tasks.evaluation_examples). Returns (requests,
-    budgets, path)."""
+    or made from its sources at PROMPT_TOKENS with ANSWERS (tasks.evaluation_examples). Returns
+    (requests, budgets, path)."""
     from timebill_ros.cli.calibrate import CalibrationTarget
     from timebill_ros.cli.traces import sized_as_asked
     from timebill_ros.core.calibration import Calibration
@@ -33,7 +33,10 @@ def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods:
     tokenizer = load_tokenizer(target.model_path)
     # The same prompts eval-traces measures (sized by the node's own token count).
     sized = sized_as_asked(tokenizer, prompt_tokens, target.max_prompt_tokens)
-    examples = tasks.evaluation_examples(per_task, task_names, prompt_tokens, sized)
+    try:
+        examples = tasks.evaluation_examples(per_task, task_names, prompt_tokens, sized, answers)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     distilled = workload.distilled_lengths(distill_folder(target) / "test.jsonl.gz")
     if budgets == "auto":
         timing = Calibration.load(target.path()).timing

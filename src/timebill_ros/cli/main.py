@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from timebill_ros.cli.traces import eval_traces_cmd, parse_prompt_tokens, parse_tasks
+from timebill_ros.cli.traces import ANSWERS_OPTION, eval_traces_cmd, parse_prompt_tokens, parse_tasks
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -346,16 +346,17 @@ def bag() -> None:
 @click.option("--prompt-tokens", default="test", show_default=True, callback=parse_prompt_tokens,
               help="'test': the shipped test split's prompts; LOW,HIGH: the prompts `timebill eval-traces "
                    "--prompt-tokens LOW,HIGH` measures (the same goals, to check the traces against the node).")
+@ANSWERS_OPTION
 def bag_make(out: str, storage: str, per_task: int, budgets: str, methods: str, k_sweep: bool, policies: str,
              params_file: str, budgets_out: str, levels: str, task_names: tuple[str, ...],
-             prompt_tokens: tuple[int, int] | None) -> None:
+             prompt_tokens: tuple[int, int] | None, answers: str) -> None:
     """Write a workload bag of requests from the task suite's test split."""
     from timebill_ros.cli.bag import make_workload
 
     requests, chosen, path = make_workload(Path(out), storage, per_task, budgets, methods, k_sweep,
                                            policies.split(","), params_file,
                                            quantiles=tuple(float(q) for q in levels.split(",")),
-                                           task_names=task_names, prompt_tokens=prompt_tokens)
+                                           task_names=task_names, prompt_tokens=prompt_tokens, answers=answers)
     if budgets_out:
         Path(budgets_out).write_text(json.dumps(chosen))
     click.echo(f"{len(requests)} requests, budgets (task -> level -> s) {chosen}, {requests[-1].at:.0f}s of "

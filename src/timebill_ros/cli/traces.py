@@ -57,6 +57,13 @@ def parse_alphas(ctx, param, value: str) -> tuple[float, ...] | None:
     return grid
 
 
+# Shared by eval-traces and bag make: both must draw the same prompts for the node check.
+ANSWERS_OPTION = click.option(
+    "--answers", type=click.Choice(["any", "long"]), default="any", show_default=True,
+    help="'long': prompts that ask for the upper part of each task's answer lengths (code 5-8 lines, lists of "
+         "20-60 items, summaries of 6-12 points; no QA), so decode is most of a goal (eval.tasks.LONG_ANSWERS).")
+
+
 def node_params(params_file: str):
     """The node's parameters as PARAMS_FILE sets them (defaults for the rest)."""
     from timebill_ros.cli.calibrate import params_file_values
@@ -117,8 +124,9 @@ def predictor_k(params) -> float:
 def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[float, ...] | None = None,
                alphas: tuple[float, ...] | None = None, task_names: tuple[str, ...] = (),
                prompt_tokens: tuple[int, int] | None = None, agree: tuple[Path, ...] = (),
-               prefill_samples: int = 1) -> dict:
+               prefill_samples: int = 1, answers: str = "any") -> dict:
     """Measure (or reuse OUT/traces.json), evaluate, write OUT/traces_eval.json; returns it.
+    ANSWERS "long": prompts asking for the long answers of eval.tasks.LONG_ANSWERS.
     AGREE: result bags of the same goals replayed through timebill_node, checked against the traces;
     PREFILL_SAMPLES: prefills measured per prompt (their median is the prompt's)."""
     from tqdm import tqdm
@@ -139,8 +147,12 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             f"{longest}: raise it (the calibration then covers the longer prompts) or pass "
             f"--prompt-tokens within it")
     tokenizer = load_tokenizer(params.model_path)
-    examples = tasks.evaluation_examples(per_task, task_names or tasks.TASKS, prompt_tokens,
-                                         sized_as_asked(tokenizer, prompt_tokens, params.max_prompt_tokens))
+    try:
+        examples = tasks.evaluation_examples(per_task, task_names or tasks.TASKS, prompt_tokens,
+                                             sized_as_asked(tokenizer, prompt_tokens, params.max_prompt_tokens),
+                                             answers)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
     started = time.monotonic()
     rows = json.loads(saved.read_text()) if saved.exists() else []
     prompts = traces.from_json(rows) if rows else []
@@ -166,7 +178,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
                                     min_kept=params.snapkv_window, predictor_k=k)
     table = traces.evaluate(outcomes)
     data = {"model": params.model_path, "predictor": params.predictor_path, "machine": machine_id(),
-            "per_task": per_task,
+            "per_task": per_task, "answers": answers,
             "prompt_tokens": list(prompt_tokens) if prompt_tokens else "test split",
             "timebill_k": k or PAPER_K,
             "alpha_grid": list(alphas), "prefill_samples": prefill_samples, "levels": levels, "table": table,
@@ -218,12 +230,13 @@ def node_records(paths: tuple[Path, ...]) -> list[dict]:
 @click.option("--agree", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Result bag(s) of the same goals replayed through timebill_node (bag make --prompt-tokens "
                    "with --budgets OUT/levels.json): how often node and traces agree on complete.")
+@ANSWERS_OPTION
 def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...],
                     prompt_tokens: tuple[int, int] | None, out: str, alphas: tuple[float, ...] | None,
-                    agree: tuple[Path, ...], prefill_samples: int) -> None:
+                    agree: tuple[Path, ...], prefill_samples: int, answers: str) -> None:
     """Every method at every budget and policy, computed from one run per prompt and alpha."""
     data = run_traces(params_file, per_task, Path(out), task_names=task_names, prompt_tokens=prompt_tokens,
-                      alphas=alphas, agree=agree, prefill_samples=prefill_samples)
+                      alphas=alphas, agree=agree, prefill_samples=prefill_samples, answers=answers)
     (Path(out) / "levels.json").write_text(json.dumps(data["levels"], indent=2))  # for bag make --budgets
     for policy, methods in data["table"].items():
         click.echo(f"[{policy}] mean score (standard error) per level")
