@@ -1,4 +1,6 @@
 """The comparison computed from traces (eval.traces): grid rounding, Kill and Skip-Next, plans."""
+from dataclasses import replace
+
 import pytest
 
 from timebill_ros.core.timing import TimingModel
@@ -338,3 +340,54 @@ def test_the_k_sweep_plans_timebill_with_each_k_on_the_same_traces():
     report = {"k_sweep": sweep, "per_task": 6, "timebill_k": 2.0}
     table = traces_k_sweep_table(lambda name: report)
     assert "| 2 (the node's) |" in table and table.count("\n| ") == 3  # a row per k
+
+
+def test_the_hindsight_ceiling_takes_each_prompt_s_best_alpha_that_fits_and_no_method_beats_it():
+    from timebill_ros.eval.publish import traces_table
+
+    def prompt(i):
+        # Vanilla answers right but slowly; eviction is faster and, above 0.5, wrong.
+        runs = {a: trace(a, 0.4 - 0.3 * a + 0.02 * i, text="garage" if a <= 0.5 else "wrong")
+                for a in traces.ALPHA_GRID}
+        return Prompt(f"ex{i}", "qa", "garage", n_hat=10, traces=runs)
+
+    prompts = [prompt(i) for i in range(4)]
+    levels = {"qa": {"q10": 1.26, "q50": 1.30, "q90": 10.0}}
+    ceiling = traces.hindsight(prompts, levels)
+    # q10: 1.26 s fits alpha 0.5 (1 + 0.005 + 0.25 + 0.02 i) for the first prompt only, alpha 0.95's wrong
+    # answer for the rest: the ceiling counts the first and says every prompt had some alpha that fit.
+    assert ceiling["q10"]["score"] == 0.25 and ceiling["q10"]["completion"] == 1.0
+    assert ceiling["q90"]["score"] == 1.0 and ceiling["q90"]["alpha_mean"] == 0.0  # ties go to less eviction
+    table = traces.evaluate(traces.goal_outcomes(prompts, levels, TIMING, n_max=100, policies=("kill",)))
+    for method, cells in table["kill"].items():
+        assert all(cells[lv]["score"] <= ceiling[lv]["score"] + 1e-12 for lv in cells), method
+    data = {"model": "m", "predictor": "p", "timebill_k": 5.0, "per_task": 4, "prompt_tokens": [1000, 3000],
+            "alpha_grid": list(traces.ALPHA_GRID), "levels": levels, "table": table,
+            "claims": {"kill": traces.claims(table)}, "decode_share_of_vanilla": traces.decode_share(prompts, levels),
+            "hindsight_kill": ceiling}
+    text = traces_table(lambda name: data)
+    assert "| *hindsight: each prompt's best alpha (ceiling)* | 0.250 (0.250) / 100 % / " in text
+    best = max(table["kill"][m]["q10"]["score"] for m in traces.FIXED)
+    assert f"(hindsight minus the best fixed alpha): q10 {0.25 - best:+.3f}" in text
+
+
+def test_plan_losses_sort_each_goal_against_the_least_eviction_that_would_have_finished():
+    from timebill_ros.eval.publish import traces_plan_loss_table
+
+    # Every alpha answers right; vanilla takes 1.4 s, alpha 0.95 1.12 s (1 s prefill).
+    prompts = [Prompt("ex0", "qa", "garage", n_hat=10, traces={a: trace(a, 0.4 - 0.3 * a) for a in traces.ALPHA_GRID})]
+    generous, impossible = {"qa": {"q50": 100.0}}, {"qa": {"q50": 0.5}}
+    losses = traces.plan_losses(prompts, generous, TIMING, n_max=100)
+    assert set(losses) == {"timebill", "timebill_true_length"}
+    assert losses["timebill"]["as little as needed"] == {"goals": 1, "score_lost": 0.0}
+    assert traces.plan_losses(prompts, impossible, TIMING, n_max=100)["timebill"]["no alpha fits"]["goals"] == 1
+    # A budget vanilla meets with 0.05 s to spare: an N_hat of 200 (k 1) plans eviction it did not need,
+    # which here costs no score; an N_hat of 1 plans none.
+    tight = {"qa": {"q50": 1.45}}
+    over = traces.plan_losses([replace(prompts[0], n_hat=200)], tight, TIMING, n_max=300, predictor_k=1.0)
+    assert over["timebill"]["more than needed"] == {"goals": 1, "score_lost": 0.0}
+    under = traces.plan_losses([replace(prompts[0], n_hat=1)], {"qa": {"q50": 1.2}}, TIMING, n_max=300,
+                               predictor_k=1.0)
+    assert under["timebill"]["killed, another alpha fits"] == {"goals": 1, "score_lost": 1.0}
+    text = traces_plan_loss_table(lambda name: {"plan_losses_kill": under})
+    assert "| timebill | 0 / +0.000 | 0 / +0.000 | 0 / +0.000 | 1 / +1.000 | +1.000 |" in text

@@ -63,6 +63,7 @@ SOURCES = {
     "quality_smollm2_tasks_v3.json": "quality_smollm2_tasks_v3.json",
     "quality_smollm2_tasks_v9.json": "quality_smollm2_tasks_v9.json",
     "eval/traces_eval.json": "traces_eval.json",
+    "eval-long/traces_eval.json": "traces_eval_long.json",
     "eval/eval.json": "eval.json",
     "eval/budget_sweep_kill.png": "budget_sweep_kill.png",
     "eval/budget_sweep_skip_next.png": "budget_sweep_skip_next.png",
@@ -711,10 +712,11 @@ def comparison_headline(r: dict, policy: str = "kill") -> tuple[str, str, str, s
             r.get("machine", "-"))
 
 
-def traces_table(load: Callable[[str], dict], policy: str = "kill") -> str:
-    """The comparison from measured traces (timebill eval-traces): score (standard error) /
-    completion per method and level, then the claims and the node-agreement check."""
-    r = load("traces_eval.json")
+def traces_table(load: Callable[[str], dict], policy: str = "kill", source: str = "traces_eval.json") -> str:
+    """The comparison from measured traces (timebill eval-traces, SOURCE): score (standard error)
+    / completion per method and level (under Kill, then the hindsight ceiling), then the claims,
+    what adapting alpha could buy and the node-agreement check."""
+    r = load(source)
     methods = r["table"][policy]
     levels = list(next(iter(methods.values())))
     seconds = {lv: statistics.fmean(r["levels"][t][lv] for t in r["levels"]) for lv in levels}
@@ -725,6 +727,11 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill") -> str:
         lines.append(f"| {name} | " + " | ".join(
             f"{c['score']:.3f} ({c['score_se']:.3f}) / {pct(c['completion'], 0)} / "
             + ("-" if c["alpha_mean"] is None else f"{c['alpha_mean']:.2f}") for c in cells.values()) + " |")
+    ceiling = r.get("hindsight_kill") if policy == "kill" else None
+    if ceiling:
+        lines.append("| *hindsight: each prompt's best alpha (ceiling)* | " + " | ".join(
+            f"{c['score']:.3f} ({c['score_se']:.3f}) / {pct(c['completion'], 0)} / {c['alpha_mean']:.2f}"
+            for c in ceiling.values()) + " |")
     n = next(iter(next(iter(methods.values())).values()))["n"]
     share = ", ".join(f"{t} {pct(v, 0)}" for t, v in r["decode_share_of_vanilla"].items())
     span = "-".join(map(str, r["prompt_tokens"])) if isinstance(r["prompt_tokens"], list) else r["prompt_tokens"]
@@ -738,6 +745,10 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill") -> str:
         if isinstance(row, dict):
             numbers = {k: v for k, v in row.items() if k != "held"}
             text += f"\n- {claim.replace('_', ' ')}: **{'held' if row['held'] else 'not held'}** ({_brief(numbers)})"
+    if ceiling and (ahead := claims.get("ahead_of_every_fixed_alpha")):
+        headroom = {lv: ceiling[lv]["score"] - row["best_fixed_score"] for lv, row in ahead["per_level"].items()}
+        text += ("\n- what choosing alpha per prompt could buy at all (hindsight minus the best fixed alpha): "
+                 + ", ".join(f"{lv} {v:+.3f}" for lv, v in headroom.items()))
     if agree := r.get("node_agreement"):
         text += (f"\n- the node and the traces agree on complete / incomplete for {agree['agree_pct']:.1f} % of "
                  f"{agree['goals']} goals replayed through bags (target >= 95 %); traces complete where the node "
@@ -765,12 +776,12 @@ def _measured_on(r: dict) -> str:
     return text + "." if text else ""
 
 
-def traces_mechanism_table(load: Callable[[str], dict], shown: tuple[str, ...] = ("0", "0.5", "0.75", "0.9",
-                                                                                  "0.95")) -> str:
+def traces_mechanism_table(load: Callable[[str], dict], shown: tuple[str, ...] = ("0", "0.5", "0.75", "0.9", "0.95"),
+                           source: str = "traces_eval.json") -> str:
     """Why the comparison comes out as it does (eval.traces.mechanism): per task and alpha,
     without deadlines, the score, the time over vanilla's (and its decode step's and answer
     length's, when measured) and the answers run to the cap; then how well N_hat knew the length."""
-    r = load("traces_eval.json")
+    r = load(source)
     if not (mech := r.get("mechanism")):
         return "_Not measured: this traces_eval.json predates the mechanism figures._\n"
     lines = ["| task | " + " | ".join(f"alpha {a}" for a in shown) + " | N_hat MAE (true mean) | k x N_hat covers |",
@@ -814,10 +825,10 @@ def traces_by_task_table(load: Callable[[str], dict]) -> str:
             "the true-length arm / the best fixed alpha of that task and level (which).\n")
 
 
-def traces_k_sweep_table(load: Callable[[str], dict]) -> str:
+def traces_k_sweep_table(load: Callable[[str], dict], source: str = "traces_eval.json") -> str:
     """TimeBill under Kill planned with each pessimism k on the same traces (eval.traces.k_sweep):
     its score per level and the three claims with it in TimeBill's place."""
-    r = load("traces_eval.json")
+    r = load(source)
     if not (sweep := r.get("k_sweep")):
         return "_Not measured: this traces_eval.json predates the k sweep._\n"
     levels = list(next(iter(sweep.values()))["cells"])
@@ -834,6 +845,22 @@ def traces_k_sweep_table(load: Callable[[str], dict]) -> str:
     return ("\n".join(lines) + f"\n\nUnder Kill, {r['per_task']} prompts a task, mean score per level; the "
             f"node plans with k = {r['timebill_k']:g}, set on the validation split. Swept on the test prompts "
             "themselves: it shows what that k costs here, and chooses nothing.\n")
+
+
+def traces_plan_loss_table(load: Callable[[str], dict], source: str = "traces_eval.json") -> str:
+    """Where the plans lose score under Kill (eval.traces.plan_losses): each goal's planned alpha
+    against the least eviction that would have finished it."""
+    r = load(source)
+    if not (losses := r.get("plan_losses_kill")):
+        return "_Not measured: this traces_eval.json predates the plan losses._\n"
+    kinds = list(next(iter(losses.values())))
+    lines = ["| method | " + " | ".join(kinds) + " | shortfall |", "|---|" + "---|" * (len(kinds) + 1)]
+    for method, row in losses.items():
+        lines.append(f"| {method} | " + " | ".join(f"{row[k]['goals']} / {row[k]['score_lost']:+.3f}" for k in kinds)
+                     + f" | {sum(v['score_lost'] for v in row.values()):+.3f} |")
+    return ("\n".join(lines) + "\n\nUnder Kill, every level's goals. Cells: goals / score lost per goal of all, "
+            "against each goal run at the smallest measured alpha whose traced work fits its budget (known after "
+            "the fact); shortfall: their sum, the mean score that arm leads the method by.\n")
 
 
 def _brief(numbers: dict) -> str:
@@ -863,6 +890,11 @@ TABLES = {"headline": headline_table, "params": params_table, "online": online_t
           "rlp_smollm2_tasks_v9": lambda load: rlp_table(load, "rlp_smollm2_tasks_v9.json"),
           "traces": traces_table, "traces_mechanism": traces_mechanism_table, "traces_by_task": traces_by_task_table,
           "traces_k_sweep": traces_k_sweep_table,
+          "traces_plan_loss": traces_plan_loss_table,
+          "traces_long_plan_loss": lambda load: traces_plan_loss_table(load, source="traces_eval_long.json"),
+          "traces_long": lambda load: traces_table(load, source="traces_eval_long.json"),
+          "traces_long_mechanism": lambda load: traces_mechanism_table(load, source="traces_eval_long.json"),
+          "traces_long_k_sweep": lambda load: traces_k_sweep_table(load, source="traces_eval_long.json"),
           "traces_skip_next": lambda load: traces_table(load, "skip_next"),
           "reliability": reliability_table, "timing_under_load": timing_under_load_table,
           "timing_under_load_repeat": lambda load: timing_under_load_table(load, "timing_under_load_repeat.json"),
