@@ -57,7 +57,7 @@ eval-quick: setup
 		ALPHAS=0,0.25,0.5,0.75,0.9,0.95 PREFILL_SAMPLES=1 \
 		OUT=results/eval-quick bash scripts/eval.sh
 
-# The same with prompts that ask for long answers (decode most of a goal; no QA): results/eval-long/.
+# The same with prompts that ask for long answers (decode a larger share of a goal; no QA): results/eval-long/.
 eval-long: setup
 	@$(ENV) && ANSWERS=long TASKS=code,list,summary OUT=results/eval-long bash scripts/eval.sh
 

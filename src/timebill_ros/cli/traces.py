@@ -61,7 +61,8 @@ def parse_alphas(ctx, param, value: str) -> tuple[float, ...] | None:
 ANSWERS_OPTION = click.option(
     "--answers", type=click.Choice(["any", "long"]), default="any", show_default=True,
     help="'long': prompts that ask for the upper part of each task's answer lengths (code 5-8 lines, lists of "
-         "20-60 items, summaries of 6-12 points; no QA), so decode is most of a goal (eval.tasks.LONG_ANSWERS).")
+         "20-60 items, summaries of 6-12 points; no QA), so decode is a larger share of a goal "
+         "(eval.tasks.LONG_ANSWERS).")
 
 
 def node_params(params_file: str):
