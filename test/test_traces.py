@@ -377,17 +377,20 @@ def test_plan_losses_sort_each_goal_against_the_least_eviction_that_would_have_f
     # Every alpha answers right; vanilla takes 1.4 s, alpha 0.95 1.12 s (1 s prefill).
     prompts = [Prompt("ex0", "qa", "garage", n_hat=10, traces={a: trace(a, 0.4 - 0.3 * a) for a in traces.ALPHA_GRID})]
     generous, impossible = {"qa": {"q50": 100.0}}, {"qa": {"q50": 0.5}}
-    losses = traces.plan_losses(prompts, generous, TIMING, n_max=100)
+    def losses_of(prompts, levels, n_max=100, **kw):
+        return traces.plan_losses(prompts, levels, traces.goal_outcomes(prompts, levels, TIMING, n_max=n_max,
+                                                                          policies=("kill",), **kw))
+
+    losses = losses_of(prompts, generous)
     assert set(losses) == {"timebill", "timebill_true_length"}
     assert losses["timebill"]["as little as needed"] == {"goals": 1, "score_lost": 0.0}
-    assert traces.plan_losses(prompts, impossible, TIMING, n_max=100)["timebill"]["no alpha fits"]["goals"] == 1
+    assert losses_of(prompts, impossible)["timebill"]["no alpha fits"]["goals"] == 1
     # A budget vanilla meets with 0.05 s to spare: an N_hat of 200 (k 1) plans eviction it did not need,
     # which here costs no score; an N_hat of 1 plans none.
     tight = {"qa": {"q50": 1.45}}
-    over = traces.plan_losses([replace(prompts[0], n_hat=200)], tight, TIMING, n_max=300, predictor_k=1.0)
+    over = losses_of([replace(prompts[0], n_hat=200)], tight, n_max=300, predictor_k=1.0)
     assert over["timebill"]["more than needed"] == {"goals": 1, "score_lost": 0.0}
-    under = traces.plan_losses([replace(prompts[0], n_hat=1)], {"qa": {"q50": 1.2}}, TIMING, n_max=300,
-                               predictor_k=1.0)
+    under = losses_of([replace(prompts[0], n_hat=1)], {"qa": {"q50": 1.2}}, n_max=300, predictor_k=1.0)
     assert under["timebill"]["killed, another alpha fits"] == {"goals": 1, "score_lost": 1.0}
     text = traces_plan_loss_table(lambda name: {"plan_losses_kill": under})
     assert "| timebill | 0 / +0.000 | 0 / +0.000 | 0 / +0.000 | 1 / +1.000 | +1.000 |" in text

@@ -186,6 +186,10 @@ class Prompt:
         """The run at ALPHA with the prompt's shared prefill."""
         return replace(self.traces[alpha], prefill_s=self.prefill_s)
 
+    def fitting_alphas(self, budget: float) -> list[float]:
+        """The measured alphas, least eviction first, whose traced work fits BUDGET."""
+        return [a for a in sorted(self.traces) if self.trace(a).total_s <= budget]
+
     def planned_alpha(self, method: Method, timing: TimingModel, prefill_s: float, budget: float, *, n_max: int,
                       min_kept: int, predictor_k: float, grid: tuple[float, ...]) -> float:
         """The alpha METHOD runs this prompt at when its prefill took PREFILL_S (`planned_alpha`)."""
@@ -286,19 +290,21 @@ def claims(table: dict, policy: str = "kill", min_levels: int = 4) -> dict:
 
 def hindsight(prompts: list[Prompt], levels: dict[str, dict[str, float]]) -> dict:
     """level -> the ceiling of any per-prompt choice of alpha under Kill: each prompt at the
-    measured alpha that scores best among those whose traced work fits the budget (0 where none
-    fits), known after the fact. What adapting alpha can buy at all is this minus the best fixed
-    alpha; what the true-length arm leaves of it is the plan's (WCET margins, the grid); TimeBill
-    leaves the predictor's error on top. Summary as Cell.summary() (alpha_mean: the alphas chosen)."""
+    measured alpha that scores best among those whose traced work fits the budget (the least
+    eviction on a tie; 0 where none fits), known after the fact. What adapting alpha can buy at
+    all is this minus the best fixed alpha; what the true-length arm leaves of it is the plan's
+    (WCET margins, the grid); TimeBill leaves the predictor's error on top. Summary as
+    Cell.summary() (alpha_mean: the alphas chosen)."""
     out = {}
     for level in next(iter(levels.values())):
         cell = Cell()
         for p in prompts:
             budget = levels[p.task][level]
-            fits = [(score(p.task, p.trace(a).text, p.reference), -a) for a in p.traces if p.trace(a).total_s <= budget]
-            best, neg_alpha = max(fits, default=(0.0, -max(p.traces)))
-            cell.outcomes.append(Outcome("SUCCEEDED" if fits else "KILLED_AT_DEADLINE", best, -neg_alpha,
-                                         budget if not fits else p.trace(-neg_alpha).total_s))
+            if fits := p.fitting_alphas(budget):  # max keeps the first, least-evicting, of equal scores
+                best = max(fits, key=lambda a: score(p.task, p.traces[a].text, p.reference))
+                cell.outcomes.append(outcome(p.trace(best), p.reference, budget, "kill"))
+            else:
+                cell.outcomes.append(Outcome("KILLED_AT_DEADLINE", 0.0, max(p.traces), budget))
         out[level] = cell.summary()
     return out
 
@@ -307,33 +313,30 @@ def hindsight(prompts: list[Prompt], levels: dict[str, dict[str, float]]) -> dic
 LOSS_KINDS = ("no alpha fits", "as little as needed", "more than needed", "killed, another alpha fits")
 
 
-def plan_losses(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: TimingModel, *, n_max: int,
-                min_kept: int = 0, predictor_k: float = 0.0,
-                methods: tuple[Method, ...] = (METHODS[-2], METHODS[-1])) -> dict:
+def plan_losses(prompts: list[Prompt], levels: dict[str, dict[str, float]], outcomes: dict[str, Outcome],
+                methods: tuple[str, ...] = ("timebill", "timebill_true_length")) -> dict:
     """method -> kind -> goals and score lost, under Kill over every level: each goal's planned
-    alpha against the smallest measured alpha whose traced work fits its budget (known after the
-    fact). Evicting more than that costs score where quality falls with alpha; planning too
-    little is a kill. score_lost is per goal of all, so a method's kinds add up to its mean
-    shortfall against that least-eviction arm."""
-    grid, out = _grid(prompts), {}
+    alpha (its Kill outcome in OUTCOMES, as goal_outcomes computed them) against the smallest
+    measured alpha whose traced work fits its budget (known after the fact). Evicting more than
+    that costs score where quality falls with alpha; planning too little is a kill. score_lost is
+    per goal of all, so a method's kinds add up to its mean shortfall against that least-eviction arm."""
+    out = {}
     for method in methods:
         tally = {kind: {"goals": 0, "score_lost": 0.0} for kind in LOSS_KINDS}
         goals = 0
         for level in next(iter(levels.values())):
             for p in prompts:
-                budget = levels[p.task][level]
-                fits = [a for a in grid if p.trace(a).total_s <= budget]
-                alpha = p.planned_alpha(method, timing, p.prefill_s, budget, n_max=n_max, min_kept=min_kept,
-                                        predictor_k=predictor_k, grid=grid)
-                done = p.trace(alpha).total_s <= budget
-                kind = LOSS_KINDS[0 if not fits else 3 if not done else 2 if alpha > fits[0] else 1]
-                least = score(p.task, p.trace(fits[0]).text, p.reference) if fits else 0.0
+                fits = p.fitting_alphas(levels[p.task][level])
+                ended = outcomes[str(GoalId("kill", level, method, p.example_id))]
+                done = ended.status == "SUCCEEDED"
+                kind = LOSS_KINDS[0 if not fits else 3 if not done else 2 if ended.alpha > fits[0] else 1]
+                least = score(p.task, p.traces[fits[0]].text, p.reference) if fits else 0.0
                 tally[kind]["goals"] += 1
-                tally[kind]["score_lost"] += least - (score(p.task, p.trace(alpha).text, p.reference) if done else 0.0)
+                tally[kind]["score_lost"] += least - ended.score
                 goals += 1
         for row in tally.values():
             row["score_lost"] /= goals
-        out[method.name] = tally
+        out[method] = tally
     return out
 
 
