@@ -23,7 +23,7 @@ def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods:
     or made from its sources at PROMPT_TOKENS with ANSWERS (tasks.evaluation_examples). Returns
     (requests, budgets, path)."""
     from timebill_ros.cli.calibrate import CalibrationTarget
-    from timebill_ros.cli.traces import sized_as_asked
+    from timebill_ros.cli.traces import comparison_examples
     from timebill_ros.core.calibration import Calibration
     from timebill_ros.core.model import encode_prompt, load_tokenizer
     from timebill_ros.eval import tasks
@@ -32,11 +32,7 @@ def make_workload(out: Path, storage: str, per_task: int, budgets: str, methods:
     target = CalibrationTarget.from_sources(params_file, {})
     tokenizer = load_tokenizer(target.model_path)
     # The same prompts eval-traces measures (sized by the node's own token count).
-    sized = sized_as_asked(tokenizer, prompt_tokens, target.max_prompt_tokens)
-    try:
-        examples = tasks.evaluation_examples(per_task, task_names, prompt_tokens, sized, answers)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    examples = comparison_examples(tokenizer, per_task, task_names, prompt_tokens, target.max_prompt_tokens, answers)
     distilled = workload.distilled_lengths(distill_folder(target) / "test.jsonl.gz")
     if budgets == "auto":
         timing = Calibration.load(target.path()).timing

@@ -86,6 +86,20 @@ def sized_as_asked(tokenizer, prompt_tokens: tuple[int, int] | None, max_prompt_
     return lambda prompt: low <= len(encode_prompt(tokenizer, prompt)) <= high
 
 
+def comparison_examples(tokenizer, per_task: int, task_names: tuple[str, ...],
+                        prompt_tokens: tuple[int, int] | None, max_prompt_tokens: int, answers: str = "any"):
+    """The comparison's prompts (tasks.evaluation_examples) sized as the node encodes them
+    (`sized_as_asked`): eval-traces measures them and bag make sends the same goals to the node.
+    A request the suite cannot make (long answers for QA) is a usage error, with its reason."""
+    from timebill_ros.eval import tasks
+
+    try:
+        return tasks.evaluation_examples(per_task, task_names, prompt_tokens,
+                                         sized_as_asked(tokenizer, prompt_tokens, max_prompt_tokens), answers)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def served_engine(params_file: str, params, tokenizer=None):
     """An engine as the node configured by PARAMS_FILE (read into PARAMS) serves; TOKENIZER,
     when given, is the model's own, already loaded."""
@@ -148,12 +162,8 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             f"{longest}: raise it (the calibration then covers the longer prompts) or pass "
             f"--prompt-tokens within it")
     tokenizer = load_tokenizer(params.model_path)
-    try:
-        examples = tasks.evaluation_examples(per_task, task_names or tasks.TASKS, prompt_tokens,
-                                             sized_as_asked(tokenizer, prompt_tokens, params.max_prompt_tokens),
-                                             answers)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
+    examples = comparison_examples(tokenizer, per_task, task_names or tasks.TASKS, prompt_tokens,
+                                   params.max_prompt_tokens, answers)
     started = time.monotonic()
     rows = json.loads(saved.read_text()) if saved.exists() else []
     prompts = traces.from_json(rows) if rows else []
