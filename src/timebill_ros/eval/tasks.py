@@ -230,11 +230,13 @@ def list_example(rng: random.Random, split: str, target: int,
     return restated(instruction, " ".join(log)), ", ".join(items)
 
 
+SUMMARY_POINTS = tuple(range(1, 13))  # bullet points asked for
+
+
 def summary_example(rng: random.Random, split: str, target: int,
-                    point_counts: tuple[int, ...] = ()) -> tuple[str, str]:
+                    point_counts: tuple[int, ...] = SUMMARY_POINTS) -> tuple[str, str]:
     """A report of titled sections; the answer summarizes its first N in N bullet points,
-    each "- <title>: <the section's first sentence>" (N drawn from POINT_COUNTS, default SUMMARY_POINTS)."""
-    point_counts = point_counts or SUMMARY_POINTS
+    each "- <title>: <the section's first sentence>" (N drawn from POINT_COUNTS)."""
     pool = sentences(split)
     budget = max(400, int(target * CHARS_PER_TOKEN) - 250)
     n_sections = rng.randint(SUMMARY_POINTS[-1], SUMMARY_POINTS[-1] + 8)
@@ -266,7 +268,6 @@ def asked_count(prompt: str) -> int:
     return int(match.group(1) or match.group(2) or 1)
 
 
-SUMMARY_POINTS = tuple(range(1, 13))  # bullet points asked for
 SECTION_WORDS = ("checks", "notes", "status", "review", "plan", "log", "findings", "update")
 MAKERS = {"qa": qa_example, "code": code_example, "list": list_example, "summary": summary_example}
 # Prompt tokens per task (log-uniform): LongBench's summaries read long documents.
