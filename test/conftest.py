@@ -2,8 +2,10 @@
 (for the integration tests) a real timebill_node subprocess on a private DDS domain."""
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,6 +25,9 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 199)))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TIMEBILL_HOME"] = tempfile.mkdtemp(prefix="timebill-test-home-")
+# It holds the real model materialized from its GGUF (~2 GB): left behind, every run of the
+# suite cost the disk that much (104 of them filled 55 GB of /tmp here).
+atexit.register(shutil.rmtree, os.environ["TIMEBILL_HOME"], ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 
