@@ -38,33 +38,40 @@ def cache_path(target: str, split: str) -> Path:
 def hidden_states(engine: Engine, samples: list[Sample], cache: Path, layers: tuple[int, ...] | None = None,
                   tick: Callable[[], None] = lambda: None) -> dict[int, np.ndarray]:
     """LAYERS' (default CANDIDATE_LAYERS) outputs at each sample's last prompt position after the
-    target's prefill: layer -> [samples, hidden] (read from CACHE when it holds exactly these samples)."""
+    target's prefill: layer -> [samples, hidden]. Rows CACHE holds (by sample id, with every
+    layer asked) are read from it; only the others are prefilled, then added to it, so a split
+    that grows by a few prompts costs those prompts' prefills, not the whole split's again."""
     layers = layers or CANDIDATE_LAYERS
-    ids = [s.id for s in samples]
-    if cache.is_file():
-        saved = np.load(cache)
-        row = {str(i): n for n, i in enumerate(saved["ids"])}
-        if all(i in row for i in ids) and all(f"l{layer}" in saved for layer in layers):
-            for _ in samples:
-                tick()
-            picked = [row[i] for i in ids]
-            return {layer: saved[f"l{layer}"][picked] for layer in layers}
-    taps = {layer: LayerTap(engine.loaded.model, layer) for layer in layers}
-    rows: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
-    try:
-        with torch.inference_mode():
-            for s in samples:
-                engine.prefill(s.prompt_ids)
-                for layer, tap in taps.items():
-                    rows[layer].append(tap.last.numpy())
-                tick()
-    finally:
-        for tap in taps.values():
-            tap.detach()
-    states = {layer: np.stack(r) for layer, r in rows.items()}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, ids=np.array(ids), **{f"l{layer}": x for layer, x in states.items()})
-    return states
+    rows = cached_rows(cache, layers)
+    missing = [s for s in samples if s.id not in rows]
+    for _ in range(len(samples) - len(missing)):
+        tick()
+    if missing:
+        taps = {layer: LayerTap(engine.loaded.model, layer) for layer in layers}
+        try:
+            with torch.inference_mode():
+                for s in missing:
+                    engine.prefill(s.prompt_ids)
+                    rows[s.id] = {layer: tap.last.numpy() for layer, tap in taps.items()}
+                    tick()
+        finally:
+            for tap in taps.values():
+                tap.detach()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        ids = list(rows)
+        np.savez(cache, ids=np.array(ids), **{f"l{layer}": np.stack([rows[i][layer] for i in ids]) for layer in layers})
+    return {layer: np.stack([rows[s.id][layer] for s in samples]) for layer in layers}
+
+
+def cached_rows(cache: Path, layers: tuple[int, ...]) -> dict[str, dict[int, np.ndarray]]:
+    """The states CACHE holds, sample id -> layer -> state; none when it lacks one of LAYERS."""
+    if not cache.is_file():
+        return {}
+    saved = np.load(cache)
+    if not all(f"l{layer}" in saved for layer in layers):
+        return {}
+    states = {layer: saved[f"l{layer}"] for layer in layers}
+    return {str(i): {layer: x[n] for layer, x in states.items()} for n, i in enumerate(saved["ids"])}
 
 
 def fit(x: np.ndarray, lengths: list[int]) -> tuple[np.ndarray, float, float]:
