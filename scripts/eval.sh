@@ -34,7 +34,7 @@ EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks-v9}
 EVAL_PREDICTOR=${EVAL_PREDICTOR-builtin:smollm2-tasks-v9-probe}
 CAL_ARGS=${CAL_ARGS:-}
 OUT=${OUT:-results/eval}
-# A fresh run measures afresh: traces.json holds N_hat of the predictor it was made with.
+# A fresh run measures afresh: the traces are this host's pace now (`timebill eval-traces` alone reuses them).
 mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results" "$OUT/traces.json"
 STARTED=$(date +%s)
 PARAMS="$OUT/node.yaml"

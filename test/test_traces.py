@@ -1,4 +1,5 @@
 """The comparison computed from traces (eval.traces): grid rounding, Kill and Skip-Next, plans."""
+import json
 from dataclasses import replace
 
 import pytest
@@ -309,6 +310,37 @@ def test_traces_measured_once_are_evaluated_again_without_loading_the_model(slow
     monkeypatch.setattr(cli, "served_engine", no_model)
     again = cli.run_traces(str(params), **kwargs)
     assert again["table"] == first["table"] and again["measure_minutes"] == first["measure_minutes"]
+
+
+def test_traces_made_with_another_predictor_get_its_n_hat_over_the_same_decodes(slow_model_dir, calibration,
+                                                                                tmp_path, monkeypatch):
+    import yaml
+
+    from timebill_ros.cli import traces as cli
+
+    def params_with(fixed_tokens: int) -> str:
+        path = tmp_path / f"node{fixed_tokens}.yaml"
+        path.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+            "model_path": str(slow_model_dir), "calibration_path": str(calibration), "predictor_path": "",
+            "fixed_prediction_tokens": fixed_tokens, "threads": 1, "max_new_tokens": 6, "snapkv_window": 16}}}))
+        return str(path)
+
+    kwargs = dict(per_task=1, out=tmp_path / "out", alphas=(0.0, 0.25, 0.5, 0.75, 0.95), task_names=("qa", "code"),
+                  prompt_tokens=None)
+    first = cli.run_traces(params_with(7), **kwargs)
+    measured = json.loads((tmp_path / "out" / "traces.json").read_text())
+    again = cli.run_traces(params_with(20), **kwargs)
+    reread = json.loads((tmp_path / "out" / "traces.json").read_text())
+    assert [p["n_hat"] for p in measured] == [7, 7] and [p["n_hat"] for p in reread] == [20, 20]
+    assert [p["traces"] for p in reread] == [p["traces"] for p in measured]  # no decode ran again
+    assert again["predictor_digest"] == "fixed:20" != first["predictor_digest"]
+    assert again["measure_minutes"] == first["measure_minutes"]
+
+    def no_model(*args):
+        raise AssertionError("the model was loaded although the traces' N_hat is this predictor's")
+
+    monkeypatch.setattr(cli, "served_engine", no_model)
+    assert cli.run_traces(params_with(20), **kwargs)["table"] == again["table"]
 
 
 def test_goal_ids_round_trip_and_a_users_own_id_is_not_one():

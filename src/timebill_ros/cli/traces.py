@@ -136,6 +136,48 @@ def predictor_k(params) -> float:
     return PredictorSpec.load(predictor_folder(params.predictor_path)).pessimism_k if params.predictor_path else 0.0
 
 
+def traced_prompts(params_file: str, params, tokenizer, examples, out: Path, *, alphas: tuple[float, ...],
+                   prefill_samples: int, n_hat_from: str) -> tuple[list, float | None]:
+    """(the EXAMPLES' traces, the minutes measuring them took): OUT/traces.json when it holds
+    exactly these prompts, alphas and prefill samples (with N_hat read again when another
+    predictor than N_HAT_FROM read it), else measured now on the engine PARAMS_FILE serves."""
+    from tqdm import tqdm
+
+    from timebill_ros.eval import traces
+
+    saved, report = out / "traces.json", out / "traces_eval.json"
+    started = time.monotonic()
+    prompts = traces.from_json(json.loads(saved.read_text())) if saved.exists() else []
+    if prompts and {p.example_id for p in prompts} == {e.id for e in examples} \
+            and all(set(p.traces) == set(alphas) and len(p.prefill_samples) == prefill_samples for p in prompts):
+        # Reused without loading the model (~40 s): the minutes are those of the run that
+        # measured them, not of this reading.
+        measured = json.loads(report.read_text()).get("measure_minutes") if report.exists() else None
+        if all(p.n_hat_from == n_hat_from for p in prompts):
+            return prompts, measured
+        # Another predictor read N_hat: its own N_hat, over the same decodes.
+        click.echo(f"{saved}: N_hat was read by another predictor than {params.predictor_path or 'the fixed one'}; "
+                   "reading it again (one prefill a prompt)")
+        engine = served_engine(params_file, params, tokenizer)
+        try:
+            with tqdm(total=len(prompts), desc="N_hat", unit="prompt") as bar:
+                prompts = traces.reread_n_hat(engine, examples, prompts, n_hat_from, tick=lambda: bar.update(1))
+        finally:
+            engine.close()
+    else:
+        engine = served_engine(params_file, params, tokenizer)
+        try:
+            with tqdm(total=len(examples) * len(alphas), desc="traces", unit="run") as bar:
+                prompts = traces.measure(engine, examples, alphas=alphas, max_new_tokens=params.max_new_tokens,
+                                         prefill_samples=prefill_samples, n_hat_from=n_hat_from,
+                                         tick=lambda: bar.update(1))
+        finally:
+            engine.close()
+        measured = (time.monotonic() - started) / 60
+    saved.write_text(json.dumps(traces.to_json(prompts)))
+    return prompts, measured
+
+
 def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[float, ...] | None = None,
                alphas: tuple[float, ...] | None = None, task_names: tuple[str, ...] = (),
                prompt_tokens: tuple[int, int] | None = None, agree: tuple[Path, ...] = (),
@@ -144,16 +186,16 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     ANSWERS "long": prompts asking for the long answers of eval.tasks.LONG_ANSWERS.
     AGREE: result bags of the same goals replayed through timebill_node, checked against the traces;
     PREFILL_SAMPLES: prefills measured per prompt (their median is the prompt's)."""
-    from tqdm import tqdm
 
     from timebill_ros.core.calibration import machine_id
     from timebill_ros.core.model import load_tokenizer
     from timebill_ros.core.planner import PAPER_K
+    from timebill_ros.core.predictor import predictor_digest
     from timebill_ros.eval import tasks, traces, workload
 
     alphas, quantiles = alphas or traces.ALPHA_GRID, quantiles or workload.QUANTILES
     out.mkdir(parents=True, exist_ok=True)
-    saved, report = out / "traces.json", out / "traces_eval.json"
+    report = out / "traces_eval.json"
     params = node_params(params_file)
     longest = params.max_prompt_tokens
     if prompt_tokens and prompt_tokens[1] > longest:  # the node would refuse them; the calibration stops there
@@ -164,31 +206,17 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     tokenizer = load_tokenizer(params.model_path)
     examples = comparison_examples(tokenizer, per_task, task_names or tasks.TASKS, prompt_tokens,
                                    params.max_prompt_tokens, answers)
-    started = time.monotonic()
-    rows = json.loads(saved.read_text()) if saved.exists() else []
-    prompts = traces.from_json(rows) if rows else []
-    if prompts and {p.example_id for p in prompts} == {e.id for e in examples} \
-            and all(set(p.traces) == set(alphas) and len(p.prefill_samples) == prefill_samples for p in prompts):
-        # Reused without loading the model (~40 s): the minutes are those of the run that
-        # measured them, not of this reading.
-        measured = json.loads(report.read_text()).get("measure_minutes") if report.exists() else None
-    else:
-        engine = served_engine(params_file, params, tokenizer)
-        try:
-            with tqdm(total=len(examples) * len(alphas), desc="traces", unit="run") as bar:
-                prompts = traces.measure(engine, examples, alphas=alphas, max_new_tokens=params.max_new_tokens,
-                                         prefill_samples=prefill_samples, tick=lambda: bar.update(1))
-        finally:
-            engine.close()
-        saved.write_text(json.dumps(traces.to_json(prompts)))
-        measured = (time.monotonic() - started) / 60
+    n_hat_from = predictor_digest(params.predictor_path, params.fixed_prediction_tokens)
+    prompts, measured = traced_prompts(params_file, params, tokenizer, examples, out, alphas=alphas,
+                                       prefill_samples=prefill_samples, n_hat_from=n_hat_from)
     # What planning reads is the engine's own: its calibration, its predictor's k, its SnapKV window.
     timing, k = stored_calibration(params_file).planning_timing(), predictor_k(params)
     levels = traces.budget_levels(prompts, quantiles)
     outcomes = traces.goal_outcomes(prompts, levels, timing, n_max=params.max_new_tokens,
                                     min_kept=params.snapkv_window, predictor_k=k)
     table = traces.evaluate(outcomes)
-    data = {"model": params.model_path, "predictor": params.predictor_path, "machine": machine_id(),
+    data = {"model": params.model_path, "predictor": params.predictor_path, "predictor_digest": n_hat_from,
+            "machine": machine_id(),
             "per_task": per_task, "answers": answers,
             "prompt_tokens": list(prompt_tokens) if prompt_tokens else "test split",
             "timebill_k": k or PAPER_K,

@@ -14,6 +14,7 @@ ProxyModel/S3-style classifiers share it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -249,6 +250,18 @@ def predictor_folder(spec: str) -> Path:
                                  + ", ".join(f"builtin:{n}" for n in BUILTIN_PREDICTORS))
     model, predictor = BUILTIN_PREDICTORS[name]
     return Path(__file__).resolve().parent.parent / "models" / model / "rlp" / predictor
+
+
+def predictor_digest(spec: str, fixed_tokens: int = 0) -> str:
+    """What a predictor_path's N_hat comes from, as a short digest of its folder's files (names and
+    bytes; a retrained predictor under the same builtin name gets another), or "fixed:N" for the
+    fixed prediction: results computed from N_hat say which predictor read it."""
+    if not spec:
+        return f"fixed:{fixed_tokens}"
+    folder, digest = predictor_folder(spec), hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def load_predictor(spec: str, prefill_time: Callable[[int], float] | None, fixed_tokens: int) -> LengthPredictor:

@@ -170,6 +170,8 @@ class Prompt:
     traces: dict[float, Trace]
     # The prefills measured (spread over the alpha runs); every trace carries their median.
     prefill_samples: tuple[float, ...] = ()
+    # Which predictor read N_HAT (core.predictor.predictor_digest): "" in traces saved before it was kept.
+    n_hat_from: str = ""
 
     @property
     def prefill_s(self) -> float:
@@ -438,13 +440,14 @@ def node_pace(prompts: list[Prompt], node_records: list[dict]) -> dict:
 
 
 def measure(engine, examples, *, alphas: tuple[float, ...] = ALPHA_GRID, max_new_tokens: int = 384,
-            prefill_samples: int = 1, tick=lambda: None) -> list[Prompt]:
+            prefill_samples: int = 1, n_hat_from: str = "", tick=lambda: None) -> list[Prompt]:
     """Run every example once per alpha on ENGINE (greedy, no deadline, its predictor beside
     prefill as in the node) and keep each run's trace; N_hat is the predictor's. The prompt is
     prefilled PREFILL_SAMPLES times, spread over its alpha runs (core.engine.PrefillMemo: the
     other runs start from a copy of the last prefill's cache), and every trace carries the
     median of those prefills: every goal on the prompt rests on that one figure, and a single
-    sample taken in a slow second of the host decided 11 of 13 node disagreements in a run here."""
+    sample taken in a slow second of the host decided 11 of 13 node disagreements in a run here.
+    N_HAT_FROM names the engine's predictor (core.predictor.predictor_digest)."""
     from timebill_ros.core.engine import PrefillMemo
     from timebill_ros.core.jobs import CancelToken, Request
     from timebill_ros.core.model import encode_prompt
@@ -470,10 +473,29 @@ def measure(engine, examples, *, alphas: tuple[float, ...] = ALPHA_GRID, max_new
                 tick()
             shared = statistics.median(samples)
             runs = {alpha: replace(t, prefill_s=shared) for alpha, t in runs.items()}
-            prompts.append(Prompt(ex.id, ex.task, ex.answer, n_hat, runs, tuple(samples)))
+            prompts.append(Prompt(ex.id, ex.task, ex.answer, n_hat, runs, tuple(samples), n_hat_from))
     finally:
         engine.prefill_memo = None
     return prompts
+
+
+def reread_n_hat(engine, examples, prompts: list[Prompt], n_hat_from: str, tick=lambda: None) -> list[Prompt]:
+    """PROMPTS with N_hat read again by ENGINE's predictor (named N_HAT_FROM), their traces kept:
+    N_hat does not change what a run at a given alpha does, only which alpha a plan picks, so a
+    new predictor needs one short run a prompt (its prefill, one token), not the decodes again."""
+    from timebill_ros.core.jobs import CancelToken, Request
+    from timebill_ros.core.model import encode_prompt
+
+    by_id = {ex.id: ex for ex in examples}
+    out = []
+    for p in prompts:
+        ids = encode_prompt(engine.loaded.tokenizer, by_id[p.example_id].prompt)
+        r = engine.run(Request(ids, budget=1e9, max_new_tokens=1, fixed_alpha=0.0), CancelToken())
+        if r.status.name != "SUCCEEDED" or not r.plan:
+            raise RuntimeError(f"{p.example_id}: no N_hat ({r.status.name} {r.reason})")
+        out.append(replace(p, n_hat=r.plan.predicted_tokens, n_hat_from=n_hat_from))
+        tick()
+    return out
 
 
 def to_json(prompts: list[Prompt]) -> list[dict]:
@@ -490,7 +512,7 @@ def from_json(rows: list[dict]) -> list[Prompt]:
     for row in rows:
         runs = {float(t["alpha"]): Trace(**{**t, "token_s": tuple(t["token_s"])}) for t in row["traces"]}
         out.append(Prompt(row["example_id"], row["task"], row["reference"], int(row["n_hat"]), runs,
-                          tuple(row.get("prefill_samples", ()))))
+                          tuple(row.get("prefill_samples", ())), row.get("n_hat_from", "")))
     return out
 
 
