@@ -248,3 +248,21 @@ def test_the_node_plans_with_the_predictor_s_k_unless_told_otherwise():
     assert NodeParams().limits(4096, predictor_k=2.3).k == 2.3
     assert NodeParams().limits(4096).k == PAPER_K  # a predictor without its own k
     assert NodeParams(k=4.0).limits(4096, predictor_k=2.3).k == 4.0
+
+
+def test_long_distillation_prompts_are_the_comparisons_regime_from_the_splits_own_sources():
+    from timebill_ros.eval import tasks
+    from timebill_ros.train.predictor import asked_counts, long_examples, predictor_prompts
+
+    base = dict(predictor_prompts("validation", 2))
+    grown = dict(predictor_prompts("validation", 2, long=2))
+    added = {pid: text for pid, text in grown.items() if pid not in base}
+    assert base.items() <= grown.items() and len(added) == 2 * len(tasks.TASKS) + 2 * len(tasks.LONG_ANSWERS)
+    examples = long_examples("validation", 2)
+    assert {e.id for e in examples} == set(added) and {e.split for e in examples} == {"validation"}
+    assert all(tasks.LONG_PROMPTS[0] <= e.target_tokens <= tasks.LONG_PROMPTS[1] for e in examples)
+    asked = asked_counts("validation", 0, long=2)
+    long_summaries = [asked[e.id] for e in examples if e.id.startswith("validation-summary-2-")]
+    assert long_summaries and min(long_summaries) >= min(tasks.LONG_ANSWERS["summary"]["point_counts"])
+    with pytest.raises(ValueError, match="shipped"):
+        long_examples("test", 1)

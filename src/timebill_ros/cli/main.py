@@ -265,6 +265,9 @@ def eval_quality(model_path: str, split: str, limit: int, alphas: str, threads: 
 @click.option("--per-task", type=int, default=120, show_default=True,
               help="Train prompts per task (the shipped distillation has 120).")
 @click.option("--free", type=int, default=30, show_default=True, help="Extra free-form train prompts (shipped: 30).")
+@click.option("--long-per-task", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Train prompts a task of 1,000-3,000 tokens as make eval draws them, as many asking for long "
+                   "answers as make eval-long does; half as many of each join validation (v9's probe: 20).")
 @click.option("--epochs", type=int, default=12, show_default=True,
               help="At most; training stops after 3 epochs without a better validation MAE.")
 @click.option("--layers", type=int, default=2, show_default=True, help="Target layers the SLM backbone keeps.")
@@ -275,7 +278,8 @@ def eval_quality(model_path: str, split: str, limit: int, alphas: str, threads: 
               help="> 0: train the SLM predictors as LoRA adapters (shippable for a large target); 0: fully.")
 @click.option("--results", type=click.Path(), default="results/rlp.json", show_default=True)
 def train_rlp(model_path: str, out: str, predictors: str, per_task: int, free: int, epochs: int, layers: int,
-              max_new_tokens: int, threads: int, retrain: bool, results: str, lora_rank: int) -> None:
+              max_new_tokens: int, threads: int, retrain: bool, results: str, lora_rank: int,
+              long_per_task: int) -> None:
     """Distil the target's response lengths, train the predictors, print the MAE/RMSE/R^2 table.
 
     With shipped predictors and distillation data this only re-evaluates (fast); --retrain trains anew.
@@ -283,7 +287,7 @@ def train_rlp(model_path: str, out: str, predictors: str, per_task: int, free: i
     from timebill_ros.cli.rlp import run_train_rlp
 
     run_train_rlp(model_path, out, predictors.split(","), per_task, free, epochs, layers, max_new_tokens, threads,
-                  retrain, results, lora_rank)
+                  retrain, results, lora_rank, long_per_task)
 
 
 @cli.command("rlp-layers")

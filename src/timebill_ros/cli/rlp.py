@@ -29,15 +29,17 @@ def target_engine(model_path: str, threads: int, max_new_tokens: int) -> tuple[E
 
 def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, free: int, epochs: int,
                   layers: int, max_new_tokens: int, threads: int, retrain: bool, results: str,
-                  lora_rank: int = 0) -> dict:
-    """Distil (cached), train what is missing (or everything with RETRAIN), evaluate; write JSON."""
+                  lora_rank: int = 0, long_per_task: int = 0) -> dict:
+    """Distil (cached), train what is missing (or everything with RETRAIN), evaluate; write JSON.
+    LONG_PER_TASK: prompts a task of the comparison's regime (train.predictor.long_examples) added
+    to the train split, half as many to validation (where k is chosen); the test split stays the shipped one."""
     engine, cal = target_engine(model_path, threads, max_new_tokens)
     target_dir, tok = engine.loaded.path, engine.loaded.tokenizer
     folder = Path(out) if out else target_dir / "rlp"
     # Test first: its answers alone say whether the target's lengths are learnable (target_lengths).
     sets = {"test": rlp.predictor_prompts("test", 0),
-            "validation": rlp.predictor_prompts("validation", 20),
-            "train": rlp.predictor_prompts("train", per_task, free=free)}
+            "validation": rlp.predictor_prompts("validation", 20, long=long_per_task // 2),
+            "train": rlp.predictor_prompts("train", per_task, free=free, long=long_per_task)}
     test_answers = rlp.reference_answer_tokens(tok, "test", 0)
     data = {}
     for split, prompts in sets.items():
@@ -78,14 +80,15 @@ def run_train_rlp(model_path: str, out: str, names: list[str], per_task: int, fr
         table[name] = {"full_input": full, "compressed_input": hidden, "pessimism_k": spec.pessimism_k}
         if (path / "training.json").is_file():  # how training went: a flat validation MAE = nothing learnt
             table[name]["training"] = json.loads((path / "training.json").read_text())
-    answers = {**rlp.reference_answer_tokens(tok, "train", per_task), **test_answers}
+    answers = {**rlp.reference_answer_tokens(tok, "train", per_task, long=long_per_task), **test_answers}
     # The machine that made the distilled answers (greedy lengths matched across CPU kinds so far).
     report = {"target": engine.loaded.name, "machine": machine_id(), "max_new_tokens": max_new_tokens,
-              "train_examples": len(data["train"]), "test_examples": len(data["test"]),
+              "train_examples": len(data["train"]), "long_per_task": long_per_task,
+              "validation_examples": len(data["validation"]), "test_examples": len(data["test"]),
               "target_lengths": rlp.target_lengths(data["test"], answers, max_new_tokens), "predictors": table,
               "references": rlp.reference_predictors(
                   data["train"], data["test"], max_new_tokens, answers,
-                  {**rlp.asked_counts("train", per_task), **rlp.asked_counts("test", 0)})}
+                  {**rlp.asked_counts("train", per_task, long=long_per_task), **rlp.asked_counts("test", 0)})}
     Path(results).parent.mkdir(parents=True, exist_ok=True)
     Path(results).write_text(json.dumps(report, indent=2))
     click.echo(f"{'predictor':<12}{'MAE':>8}{'RMSE':>8}{'R2':>8}   compressed: {'MAE':>7}{'R2':>7} truncated")

@@ -38,9 +38,11 @@ from timebill_ros.train.distilled import Sample, read_distilled
 PREDICTORS = ("buckets16", "buckets32", "buckets64", "regression", "proxy5", "s3_10")
 
 
-def predictor_prompts(split: str, n_per_task: int, seed: int = 0, free: int = 0) -> list[tuple[str, str]]:
-    """Task-suite prompts of SPLIT, plus FREE free-form prompts built from docstring prose."""
-    prompts = [(e.id, e.prompt) for e in _suite(split, n_per_task, seed)]
+def predictor_prompts(split: str, n_per_task: int, seed: int = 0, free: int = 0,
+                      long: int = 0) -> list[tuple[str, str]]:
+    """Task-suite prompts of SPLIT, LONG more a task in the evaluation's regime (`_suite`),
+    plus FREE free-form prompts built from docstring prose."""
+    prompts = [(e.id, e.prompt) for e in _suite(split, n_per_task, seed, long)]
     rng = random.Random(f"free:{split}:{seed}")
     # From the split's prose itself, not from the default model's training chats: those change
     # with its recipe, and the distillation prompts must not (they did: the shipped free-form
@@ -268,21 +270,38 @@ def reference_predictors(train: list[Sample], test: list[Sample], n_max: int,
     return {name: {**length_metrics(truth, pred, n_max), "n": len(test)} for name, pred in preds.items()}
 
 
-def asked_counts(split: str, n_per_task: int, seed: int = 0) -> dict[str, int]:
+def asked_counts(split: str, n_per_task: int, seed: int = 0, long: int = 0) -> dict[str, int]:
     """`tasks.asked_count` of each task-suite prompt, by prompt id (for `reference_predictors`)."""
-    return {e.id: tasks.asked_count(e.prompt) for e in _suite(split, n_per_task, seed)}
+    return {e.id: tasks.asked_count(e.prompt) for e in _suite(split, n_per_task, seed, long)}
 
 
-def reference_answer_tokens(tokenizer, split: str, n_per_task: int, seed: int = 0) -> dict[str, int]:
+def reference_answer_tokens(tokenizer, split: str, n_per_task: int, seed: int = 0, long: int = 0) -> dict[str, int]:
     """The token count of each task-suite prompt's reference answer (+1 for the end of turn),
     by prompt id, for the oracle reference of `reference_predictors`."""
     return {e.id: len(tokenizer(e.answer, add_special_tokens=False)["input_ids"]) + 1
-            for e in _suite(split, n_per_task, seed)}
+            for e in _suite(split, n_per_task, seed, long)}
 
 
-def _suite(split: str, n_per_task: int, seed: int) -> list[tasks.Example]:
-    """The task-suite examples behind `predictor_prompts` (the shipped test split, or generated)."""
-    return tasks.load("test") if split == "test" else tasks.generate(split, n_per_task, seed)
+def _suite(split: str, n_per_task: int, seed: int, long: int = 0) -> list[tasks.Example]:
+    """The task-suite examples behind `predictor_prompts`: the shipped test split, or N_PER_TASK
+    generated ones of each task's own sizes (prompts of 128-2,048 tokens, summaries 1,000-3,000)
+    and LONG more of each in the comparison's regime (`long_examples`)."""
+    if split == "test":
+        return tasks.load("test")
+    return tasks.generate(split, n_per_task, seed) + (long_examples(split, long) if long else [])
+
+
+def long_examples(split: str, per_task: int) -> list[tasks.Example]:
+    """PER_TASK prompts of every task of 1,000-3,000 tokens as `make eval` draws them, and
+    PER_TASK more asking for long answers as `make eval-long` does, from SPLIT's own sources.
+    A predictor fit on prompts of mostly ~600 tokens under-read the evaluation's long lists
+    (the probe on v9 read lists of 47-384 tokens as 18-69; docs/evaluation.md). Their seeds are
+    the comparison's (ids <split>-<task>-1-<i> and -2-<i>), their split never the test split."""
+    if split == "test":
+        raise ValueError("the test split is the shipped one; long prompts train and validate only")
+    return (tasks.generate(split, per_task, tasks.LONG_SEED, tasks.LONG_PROMPTS)
+            + tasks.generate(split, per_task, tasks.LONG_ANSWER_SEED, tasks.LONG_PROMPTS,
+                             tuple(tasks.LONG_ANSWERS), answers="long"))
 
 
 def target_lengths(samples: list[Sample], answer_tokens: dict[str, int], n_max: int) -> dict[str, dict]:
