@@ -87,7 +87,8 @@ def sized_as_asked(tokenizer, prompt_tokens: tuple[int, int] | None, max_prompt_
 
 
 def comparison_examples(tokenizer, per_task: int, task_names: tuple[str, ...],
-                        prompt_tokens: tuple[int, int] | None, max_prompt_tokens: int, answers: str = "any"):
+                        prompt_tokens: tuple[int, int] | None, max_prompt_tokens: int, answers: str = "any",
+                        split: str = "test"):
     """The comparison's prompts (tasks.evaluation_examples) sized as the node encodes them
     (`sized_as_asked`): eval-traces measures them and bag make sends the same goals to the node.
     A request the suite cannot make (long answers for QA) is a usage error, with its reason."""
@@ -95,7 +96,7 @@ def comparison_examples(tokenizer, per_task: int, task_names: tuple[str, ...],
 
     try:
         return tasks.evaluation_examples(per_task, task_names, prompt_tokens,
-                                         sized_as_asked(tokenizer, prompt_tokens, max_prompt_tokens), answers)
+                                         sized_as_asked(tokenizer, prompt_tokens, max_prompt_tokens), answers, split)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -181,9 +182,10 @@ def traced_prompts(params_file: str, params, tokenizer, examples, out: Path, *, 
 def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[float, ...] | None = None,
                alphas: tuple[float, ...] | None = None, task_names: tuple[str, ...] = (),
                prompt_tokens: tuple[int, int] | None = None, agree: tuple[Path, ...] = (),
-               prefill_samples: int = 1, answers: str = "any") -> dict:
+               prefill_samples: int = 1, answers: str = "any", split: str = "test") -> dict:
     """Measure (or reuse OUT/traces.json), evaluate, write OUT/traces_eval.json; returns it.
-    ANSWERS "long": prompts asking for the long answers of eval.tasks.LONG_ANSWERS.
+    ANSWERS "long": prompts asking for the long answers of eval.tasks.LONG_ANSWERS; SPLIT: whose
+    sources the prompts come from (validation: to choose a setting such as k without the test prompts).
     AGREE: result bags of the same goals replayed through timebill_node, checked against the traces;
     PREFILL_SAMPLES: prefills measured per prompt (their median is the prompt's)."""
 
@@ -205,7 +207,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             f"--prompt-tokens within it")
     tokenizer = load_tokenizer(params.model_path)
     examples = comparison_examples(tokenizer, per_task, task_names or tasks.TASKS, prompt_tokens,
-                                   params.max_prompt_tokens, answers)
+                                   params.max_prompt_tokens, answers, split)
     n_hat_from = predictor_digest(params.predictor_path, params.fixed_prediction_tokens)
     prompts, measured = traced_prompts(params_file, params, tokenizer, examples, out, alphas=alphas,
                                        prefill_samples=prefill_samples, n_hat_from=n_hat_from)
@@ -217,7 +219,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     table = traces.evaluate(outcomes)
     data = {"model": params.model_path, "predictor": params.predictor_path, "predictor_digest": n_hat_from,
             "machine": machine_id(),
-            "per_task": per_task, "answers": answers,
+            "per_task": per_task, "answers": answers, "split": split,
             "prompt_tokens": list(prompt_tokens) if prompt_tokens else "test split",
             "timebill_k": k or PAPER_K,
             "alpha_grid": list(alphas), "prefill_samples": prefill_samples, "levels": levels, "table": table,
@@ -253,12 +255,12 @@ def node_records(paths: tuple[Path, ...]) -> list[dict]:
 @click.command("eval-traces")
 @click.option("--params-file", type=click.Path(exists=True), default="config/timebill.yaml", show_default=True,
               help="The node's parameters: the model, weights, kernels and predictor to measure.")
-@click.option("--per-task", type=int, default=12, show_default=True, help="Test prompts per task.")
+@click.option("--per-task", type=int, default=12, show_default=True, help="Prompts per task.")
 @click.option("--tasks", "task_names", default="", callback=parse_tasks,
               help="Comma-separated tasks of the suite (default: all).")
 @click.option("--prompt-tokens", default="1000,3000", show_default=True, callback=parse_prompt_tokens,
-              help="LOW,HIGH: prompts made from the test split's sources at these lengths (eviction buys decode "
-                   "time on long caches); 'test': the shipped test split's own prompts.")
+              help="LOW,HIGH: prompts made from the split's sources at these lengths (eviction buys decode "
+                   "time on long caches); 'test': the shipped split's own prompts.")
 @click.option("--out", type=click.Path(file_okay=False), default="results/eval", show_default=True)
 @click.option("--alphas", default="", callback=parse_alphas,
               help="The alpha grid to measure, comma-separated (default: eval.traces.ALPHA_GRID, ten alphas "
@@ -272,12 +274,16 @@ def node_records(paths: tuple[Path, ...]) -> list[dict]:
               help="Result bag(s) of the same goals replayed through timebill_node (bag make --prompt-tokens "
                    "with --budgets OUT/levels.json): how often node and traces agree on complete.")
 @ANSWERS_OPTION
+@click.option("--split", type=click.Choice(("test", "validation")), default="test", show_default=True,
+              help="Whose sources the prompts come from: validation to choose a setting (k) on, test to report.")
 def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...],
                     prompt_tokens: tuple[int, int] | None, out: str, alphas: tuple[float, ...] | None,
-                    agree: tuple[Path, ...], prefill_samples: int, answers: str) -> None:
+                    agree: tuple[Path, ...], prefill_samples: int, answers: str, split: str) -> None:
     """Every method at every budget and policy, computed from one run per prompt and alpha."""
+    if agree and split != "test":
+        raise click.UsageError("--agree checks the test prompts bag make sends; it takes --split test")
     data = run_traces(params_file, per_task, Path(out), task_names=task_names, prompt_tokens=prompt_tokens,
-                      alphas=alphas, agree=agree, prefill_samples=prefill_samples, answers=answers)
+                      alphas=alphas, agree=agree, prefill_samples=prefill_samples, answers=answers, split=split)
     (Path(out) / "levels.json").write_text(json.dumps(data["levels"], indent=2))  # for bag make --budgets
     for policy, methods in data["table"].items():
         click.echo(f"[{policy}] mean score (standard error) per level")

@@ -359,13 +359,15 @@ LONG_ANSWER_SEED = 2  # ids <split>-<task>-2-<i>: the long-answer prompts, apart
 
 def evaluation_examples(per_task: int, task_names: tuple[str, ...] = TASKS,
                         prompt_tokens: tuple[int, int] | None = LONG_PROMPTS,
-                        accept: Callable[[str], bool] | None = None, answers: str = "any") -> list[Example]:
-    """The comparison's prompts: PER_TASK of each task from the test split's sources, sized
-    within PROMPT_TOKENS (ACCEPT redraws those it refuses: see generate), with ANSWERS "any" or
-    "long" (generate); None takes the first PER_TASK of the shipped test split instead."""
+                        accept: Callable[[str], bool] | None = None, answers: str = "any",
+                        split: str = "test") -> list[Example]:
+    """The comparison's prompts: PER_TASK of each task from SPLIT's sources (the validation
+    split's to tune a setting on, the test split's to report), sized within PROMPT_TOKENS
+    (ACCEPT redraws those it refuses: see generate), with ANSWERS "any" or "long" (generate);
+    None takes the first PER_TASK of the shipped SPLIT instead."""
     if prompt_tokens is None:
         if answers != "any":
-            raise ValueError("the shipped test split has answers of every length; long answers need prompt_tokens")
-        return first_per_task(load("test"), per_task, task_names)
+            raise ValueError("the shipped splits have answers of every length; long answers need prompt_tokens")
+        return first_per_task(load(split), per_task, task_names)
     seed = LONG_ANSWER_SEED if answers == "long" else LONG_SEED
-    return generate("test", per_task, seed, prompt_tokens, task_names, accept, answers)
+    return generate(split, per_task, seed, prompt_tokens, task_names, accept, answers)
