@@ -426,3 +426,17 @@ def test_plan_losses_sort_each_goal_against_the_least_eviction_that_would_have_f
     assert under["timebill"]["killed, another alpha fits"] == {"goals": 1, "score_lost": 1.0}
     text = traces_plan_loss_table(lambda name: {"plan_losses_kill": under})
     assert "| timebill | 0 / +0.000 | 0 / +0.000 | 0 / +0.000 | 1 / +1.000 | +1.000 |" in text
+
+
+def test_traces_plan_with_the_nodes_k_parameter_over_its_predictors_as_the_node_does():
+    from dataclasses import replace as with_
+
+    from timebill_ros.cli.traces import planning_k
+    from timebill_ros.core.predictor import PredictorSpec, predictor_folder
+    from timebill_ros.node.params import NodeParams
+
+    probe = with_(NodeParams(), predictor_path="builtin:smollm2-tasks-v9-probe")
+    stored = PredictorSpec.load(predictor_folder(probe.predictor_path)).pessimism_k
+    assert planning_k(probe) == stored > 1.0
+    assert planning_k(with_(probe, k=stored + 1.0)) == stored + 1.0
+    assert planning_k(with_(NodeParams(), predictor_path="")) == 0.0  # the planner's PAPER_K then

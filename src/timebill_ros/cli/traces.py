@@ -129,11 +129,14 @@ def stored_calibration(params_file: str):
     return Calibration.load(CalibrationTarget.from_sources(params_file, {}).path())
 
 
-def predictor_k(params) -> float:
-    """The pessimism k stored with the node's predictor (0: none, or a fixed prediction), read
-    from its predictor.json without loading the network."""
+def planning_k(params) -> float:
+    """The pessimism k the node PARAMS configure plans with: its k parameter when set, else the
+    one stored with its predictor (0: none, or a fixed prediction; the planner then takes the
+    paper's), read from its predictor.json without loading the network."""
     from timebill_ros.core.predictor import PredictorSpec, predictor_folder
 
+    if params.k:
+        return params.k
     return PredictorSpec.load(predictor_folder(params.predictor_path)).pessimism_k if params.predictor_path else 0.0
 
 
@@ -211,8 +214,8 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     n_hat_from = predictor_digest(params.predictor_path, params.fixed_prediction_tokens)
     prompts, measured = traced_prompts(params_file, params, tokenizer, examples, out, alphas=alphas,
                                        prefill_samples=prefill_samples, n_hat_from=n_hat_from)
-    # What planning reads is the engine's own: its calibration, its predictor's k, its SnapKV window.
-    timing, k = stored_calibration(params_file).planning_timing(), predictor_k(params)
+    # What planning reads is the node's own: its calibration, its k (or its predictor's), its SnapKV window.
+    timing, k = stored_calibration(params_file).planning_timing(), planning_k(params)
     levels = traces.budget_levels(prompts, quantiles)
     outcomes = traces.goal_outcomes(prompts, levels, timing, n_max=params.max_new_tokens,
                                     min_kept=params.snapkv_window, predictor_k=k)
