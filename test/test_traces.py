@@ -440,3 +440,13 @@ def test_traces_plan_with_the_nodes_k_parameter_over_its_predictors_as_the_node_
     assert planning_k(probe) == stored > 1.0
     assert planning_k(with_(probe, k=stored + 1.0)) == stored + 1.0
     assert planning_k(with_(NodeParams(), predictor_path="")) == 0.0  # the planner's PAPER_K then
+
+
+def test_best_k_takes_the_highest_mean_score_over_the_levels_and_the_larger_k_on_a_tie():
+    def row(*scores):
+        return {"cells": {f"q{i}": {"score": s} for i, s in enumerate(scores)}}
+
+    sweep = {"1": row(0.2, 0.5), "1.5": row(0.3, 0.3), "2": row(0.1, 0.6), "3": row(0.0, 0.1)}
+    best = traces.best_k(sweep)
+    assert best["k"] == 2.0 and best["mean_score"]["1"] == pytest.approx(0.35)  # 1 and 2 tie at 0.35
+    assert traces.best_k({"1": row(0.4, 0.4), "2": row(0.1, 0.6)})["k"] == 1.0

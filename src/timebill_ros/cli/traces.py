@@ -232,8 +232,10 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "by_task": traces.by_task(outcomes, prompts),
             "hindsight_kill": traces.hindsight(prompts, levels),
             "plan_losses_kill": traces.plan_losses(prompts, levels, outcomes),
-            "k_sweep": traces.k_sweep(prompts, levels, timing, table, n_max=params.max_new_tokens,
-                                      min_kept=params.snapkv_window, ks=tuple(sorted({*traces.SWEEP_K, k or PAPER_K}))),
+            "k_sweep": (sweep := traces.k_sweep(prompts, levels, timing, table, n_max=params.max_new_tokens,
+                                                min_kept=params.snapkv_window,
+                                                ks=tuple(sorted({*traces.SWEEP_K, k or PAPER_K})))),
+            "best_k": traces.best_k(sweep),
             "machine_pace": traces.machine_pace(prompts, timing),
             "measure_minutes": measured}
     if agree:
@@ -295,6 +297,9 @@ def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...]
         for claim, row in data["claims"][policy].items():
             if isinstance(row, dict):
                 click.echo(f"  claim {claim}: {'held' if row['held'] else 'NOT held'}")
+    best = data["best_k"]
+    click.echo(f"k with the best mean Kill score over the levels on these {data['split']} prompts: {best['k']:g} ("
+               + ", ".join(f"k {key} {mean:.3f}" for key, mean in best["mean_score"].items()) + ")")
     if not (pace := data["machine_pace"])["steady"]:
         click.echo(f"WARNING: the machine's speed moved while the traces were measured (prefill "
                    f"{pace['prefill_over_fit_min']:.2f}x to {pace['prefill_over_fit_max']:.2f}x the calibration's "

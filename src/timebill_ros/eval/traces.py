@@ -363,6 +363,16 @@ def k_sweep(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: 
     return out
 
 
+def best_k(sweep: dict) -> dict:
+    """The k of SWEEP (`k_sweep`'s) with the highest mean score over its levels (the larger k on
+    a tie: fewer kills), and every k's mean. Measured on the validation split's prompts it is the
+    k to plan the test prompts with, chosen for what this target loses to eviction and to a
+    kill; the 90 % cover of `train.predictor.pessimism_k` looks at the lengths alone."""
+    means = {key: statistics.fmean(cell["score"] for cell in row["cells"].values()) for key, row in sweep.items()}
+    chosen = max(means, key=lambda key: (round(means[key], 9), float(key)))
+    return {"k": float(chosen), "mean_score": means}
+
+
 # A goal whose traced work ends within this share of its budget from the deadline is a coin
 # flip between two runs on this host: the same prefill repeated minutes apart differs by 8.6 %
 # on average (docs/results/noise_floor.json).
