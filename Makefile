@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TIMEBILL_HOME ?= $(CURDIR)/.timebill
 ENV := source scripts/env.sh
 
-.PHONY: help setup demo test bench bench-llamacpp eval eval-long eval-quick eval-bags load soak faults first-goal timing results clean
+.PHONY: help setup demo test bench bench-llamacpp eval eval-long eval-validation eval-quick eval-bags load soak faults first-goal timing results clean
 help:
 	@echo "make setup   - venv, pinned dependencies, colcon build (idempotent)"
 	@echo "make demo    - start the node, send one goal with feedback, stop"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench-llamacpp - build llama-cpp-python here (~5 min) and compare it on the same GGUF"
 	@echo "make eval    - the paper's comparison from measured traces, checked against the node; results/eval/"
 	@echo "make eval-long - the same on prompts asking for long answers (no QA); results/eval-long/"
+	@echo "make eval-validation - the traces on validation prompts: the k that scores best; results/eval-validation/"
 	@echo "make eval-quick - a smoke run: 2 prompts a task, 6 alphas, a short calibration; results/eval-quick/"
 	@echo "make eval-bags - the older comparison: every goal through bags and the node, int8 and the k sweep"
 	@echo "make load    - 4 clients, 200 goals in 10 s against the node (SmolLM2); results/bench/load.json"
@@ -60,6 +61,11 @@ eval-quick: setup
 # The same with prompts that ask for long answers (decode a larger share of a goal; no QA): results/eval-long/.
 eval-long: setup
 	@$(ENV) && ANSWERS=long TASKS=code,list,summary OUT=results/eval-long bash scripts/eval.sh
+
+# The traces on the validation split's prompts, no node check: best_k in its JSON is the k to
+# plan the test prompts with (EVAL_K=<it> make eval); results/eval-validation/.
+eval-validation: setup
+	@$(ENV) && SPLIT=validation OUT=results/eval-validation bash scripts/eval.sh
 
 # The older path: every goal of every method through the node, the int8 model and the k sweep.
 eval-bags: setup

@@ -10,7 +10,9 @@
 # PER_TASK (default 12) sets the size, TASKS the tasks, PROMPT_TOKENS the prompt lengths, ANSWERS
 # "long" asks only for long answers (make eval-long; eval.tasks.LONG_ANSWERS, no QA),
 # ALPHAS the measured grid ('' = eval-traces' ten), PREFILL_SAMPLES the prefills measured per
-# prompt; CAL_ARGS go to `timebill calibrate`.
+# prompt; CAL_ARGS go to `timebill calibrate`; EVAL_K the node's k (0: its predictor's own; make
+# eval-validation names the one that scores best on the validation split's prompts); SPLIT
+# "validation" measures the traces on the validation split's prompts and stops there (no node check).
 # `make eval-bags` is the older path: every goal through the node, plus the int8 model and
 # the k sweep (scripts/eval_bags.sh).
 set -euo pipefail
@@ -33,6 +35,8 @@ EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks-v9}
 # SLM beside prefill, "" plans TimeBill with the fixed N_hat (fixed_prediction_tokens).
 EVAL_PREDICTOR=${EVAL_PREDICTOR-builtin:smollm2-tasks-v9-probe}
 CAL_ARGS=${CAL_ARGS:-}
+EVAL_K=${EVAL_K:-0}
+SPLIT=${SPLIT:-test}
 OUT=${OUT:-results/eval}
 # A fresh run measures afresh: the traces are this host's pace now (`timebill eval-traces` alone reuses them).
 mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results" "$OUT/traces.json"
@@ -42,14 +46,14 @@ PARAMS="$OUT/node.yaml"
 # same way (online_timing off, no in-goal re-plan) so that both plan the same alpha for the same
 # goal (with re-plans on, a slow spell re-planned one q90 summary into a loop the traces never ran).
 python - "${BASE_PARAMS:-config/timebill.yaml}" "$PARAMS" "$EVAL_MODEL" "$EVAL_PREDICTOR" \
-  "${PROMPT_TOKENS#*,}" <<'PY'
+  "${PROMPT_TOKENS#*,}" "$EVAL_K" <<'PY'
 import sys, yaml
-base, out, model, predictor, longest = sys.argv[1:]
+base, out, model, predictor, longest, k = sys.argv[1:]
 doc = yaml.safe_load(open(base))
 params = next(iter(doc.values()))["ros__parameters"]
 # max_new_tokens 384: the cap the predictor was distilled at and the bags' requests ask for.
 params.update(model_path=model, predictor_path=predictor, online_timing=False, replan_steps=0, max_new_tokens=384,
-              max_prompt_tokens=max(int(params["max_prompt_tokens"]), int(longest) + 200))
+              k=float(k), max_prompt_tokens=max(int(params["max_prompt_tokens"]), int(longest) + 200))
 yaml.safe_dump(doc, open(out, "w"))
 PY
 timebill calibrate --check --params-file "$PARAMS" >/dev/null 2>&1 || timebill calibrate --params-file "$PARAMS" $CAL_ARGS
@@ -59,6 +63,11 @@ echo "== traces: $PER_TASK prompts a task ($TASKS), prompts of $PROMPT_TOKENS to
 # The same arguments both times: the second call reuses the traces only if they match.
 TRACES_ARGS=(--params-file "$PARAMS" --per-task "$PER_TASK" --tasks "$TASKS" --prompt-tokens "$PROMPT_TOKENS"
   --alphas "$ALPHAS" --prefill-samples "$PREFILL_SAMPLES" --answers "$ANSWERS" --out "$OUT")
+if [ "$SPLIT" != test ]; then  # choosing a setting: the traces and their k sweep, no node check
+  timebill eval-traces "${TRACES_ARGS[@]}" --split "$SPLIT"
+  echo "make eval ($SPLIT): $(( ($(date +%s) - STARTED) / 60 )) min; results in $OUT/traces_eval.json"
+  exit 0
+fi
 timebill eval-traces "${TRACES_ARGS[@]}"
 
 echo "== node agreement: $AGREE_PER_TASK prompts a task, $AGREE_METHODS, through timebill_node"
