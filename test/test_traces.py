@@ -372,6 +372,10 @@ def test_the_k_sweep_plans_timebill_with_each_k_on_the_same_traces():
     report = {"k_sweep": sweep, "per_task": 6, "timebill_k": 2.0}
     table = traces_k_sweep_table(lambda name: report)
     assert "| 2 (the node's) |" in table and table.count("\n| ") == 3  # a row per k
+    # The k the validation prompts' own run scores best with is marked on the test prompts' sweep.
+    validation = {**report, "split": "validation", "best_k": traces.best_k(sweep)}
+    table = traces_k_sweep_table(lambda name: validation if "validation" in name else report)
+    assert f"| {validation['best_k']['k']:g} (" in table and "best on validation" in table
 
 
 def test_the_hindsight_ceiling_takes_each_prompt_s_best_alpha_that_fits_and_no_method_beats_it():

@@ -64,6 +64,7 @@ SOURCES = {
     "quality_smollm2_tasks_v9.json": "quality_smollm2_tasks_v9.json",
     "eval/traces_eval.json": "traces_eval.json",
     "eval-long/traces_eval.json": "traces_eval_long.json",
+    "eval-validation/traces_eval.json": "traces_eval_validation.json",
     "eval/eval.json": "eval.json",
     "eval/budget_sweep_kill.png": "budget_sweep_kill.png",
     "eval/budget_sweep_skip_next.png": "budget_sweep_skip_next.png",
@@ -825,12 +826,15 @@ def traces_by_task_table(load: Callable[[str], dict]) -> str:
             "the true-length arm / the best fixed alpha of that task and level (which).\n")
 
 
-def traces_k_sweep_table(load: Callable[[str], dict], source: str = "traces_eval.json") -> str:
+def traces_k_sweep_table(load: Callable[[str], dict], source: str = "traces_eval.json",
+                         validation: str | None = "traces_eval_validation.json") -> str:
     """TimeBill under Kill planned with each pessimism k on the same traces (eval.traces.k_sweep):
-    its score per level and the three claims with it in TimeBill's place."""
+    its score per level and the three claims with it in TimeBill's place; the node's k and the k
+    VALIDATION's run (eval-traces --split validation) scores best with are marked."""
     r = load(source)
     if not (sweep := r.get("k_sweep")):
         return "_Not measured: this traces_eval.json predates the k sweep._\n"
+    chosen = validation_k(load, validation) if validation and validation != source else None
     levels = list(next(iter(sweep.values()))["cells"])
     lines = ["| k | " + " | ".join(levels) + " | levels ahead of every fixed alpha | largest gap to true length "
              "| completion vs fixed 0.95 (level furthest) |", "|---|" + "---|" * (len(levels) + 3)]
@@ -838,13 +842,29 @@ def traces_k_sweep_table(load: Callable[[str], dict], source: str = "traces_eval
         c = row["claims"]
         gaps = c["within_0.05_of_true_length"]["true_length_minus_timebill"].values()
         completion = c["completion_within_5_pts_of_fixed_0.95"]["timebill_minus_fixed_0.95_pts"].values()
-        mark = " (the node's)" if abs(float(k) - r["timebill_k"]) < 1e-9 else ""
-        lines.append(f"| {k}{mark} | " + " | ".join(f"{row['cells'][lv]['score']:.3f}" for lv in levels)
+        marks = [m for m, hit in (("the node's", abs(float(k) - r["timebill_k"]) < 1e-9),
+                                  ("best on validation", chosen is not None and abs(float(k) - chosen) < 1e-9)) if hit]
+        lines.append(f"| {k}{' (' + ', '.join(marks) + ')' if marks else ''} | "
+                     + " | ".join(f"{row['cells'][lv]['score']:.3f}" for lv in levels)
                      + f" | {len(c['ahead_of_every_fixed_alpha']['levels_held'])} of {len(levels)} "
                      f"| {max(gaps):.3f} | {max(completion, key=abs):+.0f} pts |")
+    where = (f"the {r.get('split', 'test')} prompts themselves: it shows what each k does here, and chooses nothing"
+             if r.get("split", "test") == "test" else "the validation prompts: the k to plan the test prompts with is "
+             f"the best mean over the levels, {r['best_k']['k']:g}")
+    note = ("" if chosen is None else f" Best on validation: the k with the best mean score over the levels on the "
+            f"validation split's own traces ({validation}), {chosen:g}: chosen for what this target loses to eviction "
+            "and to kills, where the node's looks at the lengths alone.")
     return ("\n".join(lines) + f"\n\nUnder Kill, {r['per_task']} prompts a task, mean score per level; the "
-            f"node plans with k = {r['timebill_k']:g}, set on the validation split. Swept on the test prompts "
-            "themselves: it shows what that k costs here, and chooses nothing.\n")
+            f"node plans with k = {r['timebill_k']:g}, its predictor's (90 % of the validation answers within k x "
+            f"N_hat). Swept on {where}.{note}\n")
+
+
+def validation_k(load: Callable[[str], dict], validation: str) -> float | None:
+    """The k VALIDATION's traces score best with (eval.traces.best_k); None where not measured."""
+    try:
+        return load(validation).get("best_k", {}).get("k")
+    except FileNotFoundError:
+        return None
 
 
 def traces_plan_loss_table(load: Callable[[str], dict], source: str = "traces_eval.json") -> str:
@@ -894,7 +914,9 @@ TABLES = {"headline": headline_table, "params": params_table, "online": online_t
           "traces_long_plan_loss": lambda load: traces_plan_loss_table(load, source="traces_eval_long.json"),
           "traces_long": lambda load: traces_table(load, source="traces_eval_long.json"),
           "traces_long_mechanism": lambda load: traces_mechanism_table(load, source="traces_eval_long.json"),
-          "traces_long_k_sweep": lambda load: traces_k_sweep_table(load, source="traces_eval_long.json"),
+          "traces_long_k_sweep": lambda load: traces_k_sweep_table(load, source="traces_eval_long.json",
+                                                                   validation=None),
+          "traces_validation_k_sweep": lambda load: traces_k_sweep_table(load, source="traces_eval_validation.json"),
           "traces_skip_next": lambda load: traces_table(load, "skip_next"),
           "reliability": reliability_table, "timing_under_load": timing_under_load_table,
           "timing_under_load_repeat": lambda load: timing_under_load_table(load, "timing_under_load_repeat.json"),
