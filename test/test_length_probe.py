@@ -119,4 +119,16 @@ def test_train_picks_the_layer_with_the_lowest_validation_error_and_caches_the_s
     monkeypatch.setattr(engine, "prefill", lambda *a, **k: calls.append(a))
     train_probe.hidden_states(engine, data["train"], tmp_path / "cache" / "train.npz", layers=(0, 1))
     assert calls == []  # read from the cache
+    # A split grown by one prompt, and one prompt whose tokens changed: only those two are prefilled.
+    changed = Sample(samples[0].id, ids(len(samples[0].prompt_ids) + 1), 5)
+    grown = [changed, *data["train"][1:], samples[25]]
+    prefilled = []
+
+    def prefill(prompt, *args, **kwargs):
+        prefilled.append(prompt)
+        return Engine.prefill(engine, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "prefill", prefill)
+    states = train_probe.hidden_states(engine, grown, tmp_path / "cache" / "train.npz", layers=(0, 1))
+    assert prefilled == [changed.prompt_ids, samples[25].prompt_ids] and states[0].shape[0] == len(grown)
     engine.close()

@@ -9,6 +9,7 @@ layer's fit, does not prefill again).
 """
 from __future__ import annotations
 
+import hashlib
 import statistics
 from pathlib import Path
 from typing import Callable
@@ -38,12 +39,13 @@ def cache_path(target: str, split: str) -> Path:
 def hidden_states(engine: Engine, samples: list[Sample], cache: Path, layers: tuple[int, ...] | None = None,
                   tick: Callable[[], None] = lambda: None) -> dict[int, np.ndarray]:
     """LAYERS' (default CANDIDATE_LAYERS) outputs at each sample's last prompt position after the
-    target's prefill: layer -> [samples, hidden]. Rows CACHE holds (by sample id, with every
-    layer asked) are read from it; only the others are prefilled, then added to it, so a split
-    that grows by a few prompts costs those prompts' prefills, not the whole split's again."""
+    target's prefill: layer -> [samples, hidden]. Rows CACHE holds for the same id and prompt
+    tokens (with every layer asked) are read from it; only the others are prefilled, then added
+    to it, so a split that grows by a few prompts costs those prompts' prefills, not the whole
+    split's again, and a prompt whose template changed is read again (its distilled length is)."""
     layers = layers or CANDIDATE_LAYERS
     rows = cached_rows(cache, layers)
-    missing = [s for s in samples if s.id not in rows]
+    missing = [s for s in samples if row_key(s) not in rows]
     for _ in range(len(samples) - len(missing)):
         tick()
     if missing:
@@ -52,26 +54,34 @@ def hidden_states(engine: Engine, samples: list[Sample], cache: Path, layers: tu
             with torch.inference_mode():
                 for s in missing:
                     engine.prefill(s.prompt_ids)
-                    rows[s.id] = {layer: tap.last.numpy() for layer, tap in taps.items()}
+                    rows[row_key(s)] = {layer: tap.last.numpy() for layer, tap in taps.items()}
                     tick()
         finally:
             for tap in taps.values():
                 tap.detach()
         cache.parent.mkdir(parents=True, exist_ok=True)
-        ids = list(rows)
-        np.savez(cache, ids=np.array(ids), **{f"l{layer}": np.stack([rows[i][layer] for i in ids]) for layer in layers})
-    return {layer: np.stack([rows[s.id][layer] for s in samples]) for layer in layers}
+        keys = list(rows)
+        np.savez(cache, ids=np.array([i for i, _ in keys]), prompts=np.array([d for _, d in keys]),
+                 **{f"l{layer}": np.stack([rows[k][layer] for k in keys]) for layer in layers})
+    return {layer: np.stack([rows[row_key(s)][layer] for s in samples]) for layer in layers}
 
 
-def cached_rows(cache: Path, layers: tuple[int, ...]) -> dict[str, dict[int, np.ndarray]]:
-    """The states CACHE holds, sample id -> layer -> state; none when it lacks one of LAYERS."""
+def row_key(sample: Sample) -> tuple[str, str]:
+    """A cached state's key: the sample's id and a digest of its prompt tokens."""
+    return sample.id, hashlib.sha256(np.asarray(sample.prompt_ids, np.int64).tobytes()).hexdigest()[:16]
+
+
+def cached_rows(cache: Path, layers: tuple[int, ...]) -> dict[tuple[str, str], dict[int, np.ndarray]]:
+    """The states CACHE holds, row_key -> layer -> state; none when it lacks one of LAYERS or
+    predates the prompt digests (its rows cannot be matched to their prompts)."""
     if not cache.is_file():
         return {}
     saved = np.load(cache)
-    if not all(f"l{layer}" in saved for layer in layers):
+    if "prompts" not in saved or not all(f"l{layer}" in saved for layer in layers):
         return {}
     states = {layer: saved[f"l{layer}"] for layer in layers}
-    return {str(i): {layer: x[n] for layer, x in states.items()} for n, i in enumerate(saved["ids"])}
+    return {(str(i), str(d)): {layer: x[n] for layer, x in states.items()}
+            for n, (i, d) in enumerate(zip(saved["ids"], saved["prompts"]))}
 
 
 def fit(x: np.ndarray, lengths: list[int]) -> tuple[np.ndarray, float, float]:
