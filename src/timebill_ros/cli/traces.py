@@ -221,9 +221,8 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
                                     min_kept=params.snapkv_window, predictor_k=k)
     table = traces.evaluate(outcomes)
     data = {"model": params.model_path, "predictor": params.predictor_path, "predictor_digest": n_hat_from,
-            "machine": machine_id(),
-            "per_task": per_task, "answers": answers, "split": split,
-            "prompt_tokens": list(prompt_tokens) if prompt_tokens else "test split",
+            "machine": machine_id(), "per_task": per_task, "answers": answers, "split": split,
+            "prompt_tokens": list(prompt_tokens) if prompt_tokens else f"{split} split",
             "timebill_k": k or PAPER_K,
             "alpha_grid": list(alphas), "prefill_samples": prefill_samples, "levels": levels, "table": table,
             "claims": {policy: traces.claims(table, policy) for policy in table},
