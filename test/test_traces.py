@@ -376,6 +376,8 @@ def test_the_k_sweep_plans_timebill_with_each_k_on_the_same_traces():
     validation = {**report, "split": "validation", "best_k": traces.best_k(sweep)}
     table = traces_k_sweep_table(lambda name: validation if "validation" in name else report)
     assert f"| {validation['best_k']['k']:g} (" in table and "best on validation" in table
+    assert "its predictor's" in table
+    assert "the node's k parameter" in traces_k_sweep_table(lambda name: {**report, "timebill_k_from": "parameter"})
 
 
 def test_the_hindsight_ceiling_takes_each_prompt_s_best_alpha_that_fits_and_no_method_beats_it():

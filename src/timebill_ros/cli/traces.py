@@ -223,7 +223,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     data = {"model": params.model_path, "predictor": params.predictor_path, "predictor_digest": n_hat_from,
             "machine": machine_id(), "per_task": per_task, "answers": answers, "split": split,
             "prompt_tokens": list(prompt_tokens) if prompt_tokens else f"{split} split",
-            "timebill_k": k or PAPER_K,
+            "timebill_k": k or PAPER_K, "timebill_k_from": "parameter" if params.k else "predictor",
             "alpha_grid": list(alphas), "prefill_samples": prefill_samples, "levels": levels, "table": table,
             "claims": {policy: traces.claims(table, policy) for policy in table},
             "decode_share_of_vanilla": traces.decode_share(prompts, levels),

@@ -855,8 +855,14 @@ def traces_k_sweep_table(load: Callable[[str], dict], source: str = "traces_eval
             f"validation split's own traces ({validation}), {chosen:g}: chosen for what this target loses to eviction "
             "and to kills, where the node's looks at the lengths alone.")
     return ("\n".join(lines) + f"\n\nUnder Kill, {r['per_task']} prompts a task, mean score per level; the "
-            f"node plans with k = {r['timebill_k']:g}, its predictor's (90 % of the validation answers within k x "
-            f"N_hat). Swept on {where}.{note}\n")
+            f"node plans with k = {r['timebill_k']:g}, {k_origin(r)}. Swept on {where}.{note}\n")
+
+
+def k_origin(report: dict) -> str:
+    """Where a traces report's k came from: the node's k parameter, or its predictor's rule."""
+    if report.get("timebill_k_from") == "parameter":
+        return "set by the node's k parameter"
+    return "its predictor's (90 % of the validation answers within k x N_hat)"
 
 
 def validation_k(load: Callable[[str], dict], validation: str) -> float | None:
