@@ -399,7 +399,7 @@ def test_bad_configuration_fails_fast_with_a_clear_message(slow_model_dir, calib
     ("online_window", 1, "parameter online_window must be in [2, 1000]"),
     ("device", "tpu", "parameter device must be cpu, cuda, cuda:N or auto"),
     ("online_timing", "yes", "parameter online_timing must be true or false"),
-    ("k", 0.5, "parameter k must be 0 (the length predictor's own) or in [1, 1000]"),
+    ("k", 0.05, "parameter k must be 0 (the length predictor's own) or in [0.1, 1000]"),
 ])
 def test_a_bad_parameter_is_refused_before_the_model_loads(rclpy_context, param, value, words):
     """The same check as the process cases above (prefill_chunk: exit code 2, one line), in

@@ -48,7 +48,7 @@ def test_overrides_are_taken():
         ({"max_new_tokens": 65}, "max_new_tokens"),
         ({"overrun_policy": "explode"}, "overrun_policy"),
         ({"on_infeasible": "maybe"}, "on_infeasible"),
-        ({"k": 0.5}, "k must be in"),
+        ({"k": 0.05}, r"k must be in \[0\.1, "),
         ({"k": math.nan}, "k must be finite"),
         ({"alpha_max": 1.0}, "alpha_max"),
         ({"fixed_alpha": 1.5}, "fixed_alpha"),

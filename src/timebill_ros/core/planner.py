@@ -17,6 +17,10 @@ from dataclasses import asdict, dataclass
 from timebill_ros.core.timing import TimingModel
 
 PAPER_K = 5.0  # the paper's pessimistic factor: the default where the length predictor brings none of its own
+# The smallest k a goal or the node may set. Below 1 plans for less than N_hat: under Kill a
+# steep loss of score to eviction can make that the better bet (the k v9 scores best with on
+# validation is 0.9, docs/evaluation.md); below K_MIN nearly every plan would be for one token.
+K_MIN = 0.1
 
 
 @dataclass(frozen=True)

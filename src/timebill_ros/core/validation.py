@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from timebill_ros.core.jobs import OnInfeasible, OverrunPolicy, Request, Sampling
+from timebill_ros.core.planner import K_MIN
 
 ROLES = ("system", "user", "assistant")
 MAX_PROMPT_CHARS = 1_000_000  # refuse to even tokenize beyond this (about 250k tokens)
@@ -137,7 +138,7 @@ def build_request(
     if goal.max_new_tokens > limits.max_new_tokens:
         raise InvalidGoal(f"max_new_tokens {goal.max_new_tokens} is over the node's limit of {limits.max_new_tokens}")
     max_new = goal.max_new_tokens or limits.default_max_new_tokens
-    k = _override(goal.k, limits.k, "k", 1.0, 1000.0, False)
+    k = _override(goal.k, limits.k, "k", K_MIN, 1000.0, False)
     alpha_max = _override(goal.alpha_max, limits.alpha_max, "alpha_max", 0.0, 1.0, True)
     fixed = _override(goal.fixed_alpha, -1.0, "fixed_alpha", 0.0, 1.0, True)
     policy = _choice(goal.overrun_policy, limits.overrun_policy, OverrunPolicy, "overrun_policy")

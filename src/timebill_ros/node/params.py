@@ -8,7 +8,7 @@ from timebill_ros.core.device import DEVICE_SPEC
 from timebill_ros.core.engine import EngineConfig
 from timebill_ros.core.jobs import OnInfeasible, OverrunPolicy
 from timebill_ros.core.model import QUANTIZATIONS
-from timebill_ros.core.planner import PAPER_K
+from timebill_ros.core.planner import K_MIN, PAPER_K
 from timebill_ros.core.validation import Limits
 
 if TYPE_CHECKING:  # the CLI reads these defaults without a ROS environment
@@ -65,7 +65,8 @@ class NodeParams:
     max_new_tokens: int = _p(512, "the most response tokens a goal may ask for", low=1, high=BIG)
     default_max_new_tokens: int = _p(128, "response tokens when a goal asks 0", low=1, high=BIG, runtime=True)
     k: float = _p(0.0, "pessimistic factor: N_W = min(k * N_hat, max_new_tokens); 0 = the length predictor's own "
-                  "(chosen on its validation split), the paper's 5 when it has none", low=0.0, high=1000.0,
+                  "(chosen on its validation split), the paper's 5 when it has none; below 1 (to 0.1) plans for "
+                  "less than N_hat", low=0.0, high=1000.0,
                   runtime=True)
     alpha_max: float = _p(0.95, "largest KV-cache eviction ratio (paper: 0.95)", low=0.0, high=0.999, runtime=True)
     predictor_path: str = _p("", "'' = fixed N_hat (fixed_prediction_tokens); "
@@ -119,8 +120,9 @@ class NodeParams:
             if meta["choices"] and value not in meta["choices"]:
                 options = ", ".join(repr(c) for c in meta["choices"])
                 raise InvalidParameter(f"parameter {f.name} must be one of {options}, got {value!r}")
-        if 0.0 < self.k < 1.0:
-            raise InvalidParameter(f"parameter k must be 0 (the length predictor's own) or in [1, 1000], got {self.k}")
+        if 0.0 < self.k < K_MIN:
+            raise InvalidParameter(f"parameter k must be 0 (the length predictor's own) or in [{K_MIN:g}, 1000], "
+                                   f"got {self.k}")
         if not DEVICE_SPEC.match(self.device):
             raise InvalidParameter(f"parameter device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         try:
