@@ -62,8 +62,8 @@ eval-quick: setup
 eval-long: setup
 	@$(ENV) && ANSWERS=long TASKS=code,list,summary OUT=results/eval-long bash scripts/eval.sh
 
-# The traces on the validation split's prompts, no node check: best_k in its JSON is the k to
-# plan the test prompts with (EVAL_K=<it> make eval); results/eval-validation/.
+# The traces on the validation split's prompts, no node check: best_k in its JSON is the k
+# make eval (and eval-long, eval-quick) then plans the test prompts with; results/eval-validation/.
 eval-validation: setup
 	@$(ENV) && SPLIT=validation OUT=results/eval-validation bash scripts/eval.sh
 

@@ -10,9 +10,12 @@
 # PER_TASK (default 12) sets the size, TASKS the tasks, PROMPT_TOKENS the prompt lengths, ANSWERS
 # "long" asks only for long answers (make eval-long; eval.tasks.LONG_ANSWERS, no QA),
 # ALPHAS the measured grid ('' = eval-traces' ten), PREFILL_SAMPLES the prefills measured per
-# prompt; CAL_ARGS go to `timebill calibrate`; EVAL_K the node's k (0: its predictor's own; make
-# eval-validation names the one that scores best on the validation split's prompts); SPLIT
-# "validation" measures the traces on the validation split's prompts and stops there (no node check).
+# prompt; CAL_ARGS go to `timebill calibrate`; EVAL_K the node's k: by default on the test split
+# "validation", the k that scored best on the validation split's prompts for this very target and
+# predictor (make eval-validation; this machine's results/eval-validation, else the published
+# docs/results one; the predictor's own when neither was made for it), 0 for the predictor's own
+# (90 % of validation answers within k x N_hat), or a number; SPLIT "validation" measures the
+# traces on the validation split's prompts and stops there (no node check).
 # `make eval-bags` is the older path: every goal through the node, plus the int8 model and
 # the k sweep (scripts/eval_bags.sh).
 set -euo pipefail
@@ -35,8 +38,9 @@ EVAL_MODEL=${EVAL_MODEL:-builtin:smollm2-tasks-v9}
 # SLM beside prefill, "" plans TimeBill with the fixed N_hat (fixed_prediction_tokens).
 EVAL_PREDICTOR=${EVAL_PREDICTOR-builtin:smollm2-tasks-v9-probe}
 CAL_ARGS=${CAL_ARGS:-}
-EVAL_K=${EVAL_K:-0}
 SPLIT=${SPLIT:-test}
+# Choosing k on validation plans there with the predictor's own; the test split then uses that choice.
+if [ "$SPLIT" = test ]; then EVAL_K=${EVAL_K:-validation}; else EVAL_K=${EVAL_K:-0}; fi
 OUT=${OUT:-results/eval}
 # A fresh run measures afresh: the traces are this host's pace now (`timebill eval-traces` alone reuses them).
 mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results" "$OUT/traces.json"
@@ -52,6 +56,12 @@ base, out, model, predictor, longest, k = sys.argv[1:]
 doc = yaml.safe_load(open(base))
 params = next(iter(doc.values()))["ros__parameters"]
 # max_new_tokens 384: the cap the predictor was distilled at and the bags' requests ask for.
+if k == "validation":
+    from timebill_ros.cli.traces import validation_k
+    chosen = validation_k(model, predictor, int(params["fixed_prediction_tokens"]))
+    print(f"== k {chosen[0]:g}: the best on the validation split's prompts ({chosen[1]})" if chosen else
+          "== k: no validation run for this target and predictor (make eval-validation); the predictor's own")
+    k = chosen[0] if chosen else 0.0
 params.update(model_path=model, predictor_path=predictor, online_timing=False, replan_steps=0, max_new_tokens=384,
               k=float(k), max_prompt_tokens=max(int(params["max_prompt_tokens"]), int(longest) + 200))
 yaml.safe_dump(doc, open(out, "w"))

@@ -456,3 +456,34 @@ def test_best_k_takes_the_highest_mean_score_over_the_levels_and_the_larger_k_on
     best = traces.best_k(sweep)
     assert best["k"] == 2.0 and best["mean_score"]["1"] == pytest.approx(0.35)  # 1 and 2 tie at 0.35
     assert traces.best_k({"1": row(0.4, 0.4), "2": row(0.1, 0.6)})["k"] == 1.0
+
+
+def test_make_eval_plans_with_the_k_validation_chose_for_this_very_target_and_predictor(tmp_path, monkeypatch):
+    from dataclasses import replace as with_
+
+    from timebill_ros.cli.traces import k_from, validation_k
+    from timebill_ros.core.predictor import predictor_digest
+    from timebill_ros.eval.publish import k_origin
+    from timebill_ros.node.params import NodeParams
+
+    node = with_(NodeParams(), model_path="builtin:smollm2-tasks-v9", predictor_path="builtin:smollm2-tasks-v9-probe")
+    digest = predictor_digest(node.predictor_path)
+    made = {"split": "validation", "model": node.model_path, "predictor_digest": digest, "best_k": {"k": 0.7}}
+
+    def report(name, **changes):
+        path = tmp_path / name
+        path.write_text(json.dumps({**made, **changes}))
+        return path
+
+    mine, published = report("mine.json"), report("published.json", best_k={"k": 0.9})
+    assert validation_k(node.model_path, node.predictor_path, 0, (mine, published)) == (0.7, mine)
+    # A choice made for a retrained predictor, another target or on the test prompts is not this one's.
+    for stale in (report("old.json", predictor_digest="0" * 12), report("other.json", model="builtin:toy"),
+                  report("test.json", split="test")):
+        assert validation_k(node.model_path, node.predictor_path, 0, (stale, published)) == (0.9, published)
+    assert validation_k(node.model_path, node.predictor_path, 0, (tmp_path / "absent.json",)) is None
+    # Where a report says its k came from, and how the published pages name it.
+    monkeypatch.setattr("timebill_ros.cli.traces.VALIDATION_REPORTS", (mine,))
+    assert k_from(node) == "predictor"
+    assert k_from(with_(node, k=0.7)) == "validation" and k_from(with_(node, k=1.0)) == "parameter"
+    assert "best on the validation" in k_origin({"timebill_k_from": "validation"})

@@ -736,7 +736,8 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill", source: str 
     n = next(iter(next(iter(methods.values())).values()))["n"]
     share = ", ".join(f"{t} {pct(v, 0)}" for t, v in r["decode_share_of_vanilla"].items())
     span = "-".join(map(str, r["prompt_tokens"])) if isinstance(r["prompt_tokens"], list) else r["prompt_tokens"]
-    text = (f"\n\nTarget `{r['model']}`, predictor `{r['predictor']}` (k {r['timebill_k']:.2f}); {n} goals a cell "
+    k = f"k {r['timebill_k']:.2f}" + (", chosen on validation" if r.get("timebill_k_from") == "validation" else "")
+    text = (f"\n\nTarget `{r['model']}`, predictor `{r['predictor']}` ({k}); {n} goals a cell "
             f"({r['per_task']} prompts a task, prompts of {span} tokens); alphas measured "
             f"{', '.join(f'{a:g}' for a in r['alpha_grid'])} (planned alphas rounded up to them); vanilla's decode "
             f"share of its time: {share}. Cells: mean score (standard error) / completion / mean alpha."
@@ -859,7 +860,10 @@ def traces_k_sweep_table(load: Callable[[str], dict], source: str = "traces_eval
 
 
 def k_origin(report: dict) -> str:
-    """Where a traces report's k came from: the node's k parameter, or its predictor's rule."""
+    """Where a traces report's k came from: the node's k parameter (the validation split's choice,
+    or another), or its predictor's rule."""
+    if report.get("timebill_k_from") == "validation":
+        return "set by the node's k parameter to the k that scored best on the validation split's prompts"
     if report.get("timebill_k_from") == "parameter":
         return "set by the node's k parameter"
     return "its predictor's (90 % of the validation answers within k x N_hat)"
