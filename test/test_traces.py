@@ -487,3 +487,20 @@ def test_make_eval_plans_with_the_k_validation_chose_for_this_very_target_and_pr
     assert k_from(node) == "predictor"
     assert k_from(with_(node, k=0.7)) == "validation" and k_from(with_(node, k=1.0)) == "parameter"
     assert "best on the validation" in k_origin({"timebill_k_from": "validation"})
+
+
+def test_paired_gaps_take_timebill_minus_the_level_s_best_fixed_alpha_goal_by_goal():
+    from timebill_ros.eval.workload import GoalId
+
+    def outcomes(method, scores):
+        return {str(GoalId("kill", "q50", method, f"ex{i}")): traces.Outcome("SUCCEEDED", s, 0.0, 1.0)
+                for i, s in enumerate(scores)}
+
+    # Prompts differ in difficulty (0.9 / 0.1 / 0.5); TimeBill trails vanilla by 0.1 on each.
+    goals = {**outcomes("vanilla", [0.9, 0.1, 0.5]), **outcomes("fixed_0.5", [0.5, 0.1, 0.2]),
+             **outcomes("timebill", [0.8, 0.0, 0.4])}
+    table = traces.evaluate(goals)
+    gap = traces.paired_gaps(goals, table)["q50"]
+    assert gap["best_fixed"] == "vanilla" and gap["difference"] == pytest.approx(-0.1)
+    assert gap["paired_se"] == pytest.approx(0.0, abs=1e-12)  # the same 0.1 on every prompt: no doubt left
+    assert table["kill"]["timebill"]["q50"]["score_se"] > 0.2  # where each arm's own error sees the prompts' spread

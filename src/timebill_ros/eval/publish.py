@@ -706,7 +706,9 @@ def comparison_headline(r: dict, policy: str = "kill") -> tuple[str, str, str, s
     gap = max(c["within_0.05_of_true_length"]["true_length_minus_timebill"].values())
     done = max(abs(g) for g in c["completion_within_5_pts_of_fixed_0.95"]["timebill_minus_fixed_0.95_pts"].values())
     agree = r.get("node_agreement", {}).get("agree_pct")
-    return (f"comparison under {policy.replace('_', '-').title()} (`{r['model']}`, {r['per_task']} prompts a task): "
+    k = f"k {r['timebill_k']:g}" + (" chosen on validation" if r.get("timebill_k_from") == "validation" else "")
+    return (f"comparison under {policy.replace('_', '-').title()} (`{r['model']}`, {r['per_task']} prompts a task, "
+            f"{k}): "
             "levels TimeBill >= every fixed alpha / gap to true length / completion vs fixed 0.95 / node agrees",
             f"{len(ahead['levels_held'])} of {len(ahead['per_level'])} / {gap:.2f} / {done:.0f} pts / "
             + (f"{agree:.1f} %" if agree is not None else "not checked"), ">= 4 of 5 / <= 0.05 / <= 5 pts / >= 95 %",
@@ -747,6 +749,10 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill", source: str 
         if isinstance(row, dict):
             numbers = {k: v for k, v in row.items() if k != "held"}
             text += f"\n- {claim.replace('_', ' ')}: **{'held' if row['held'] else 'not held'}** ({_brief(numbers)})"
+    if policy == "kill" and (paired := r.get("paired_gaps_kill")):
+        text += ("\n- TimeBill minus the level's best fixed alpha, goal by goal on the same prompts (paired standard "
+                 "error): " + ", ".join(f"{lv} {g['difference']:+.3f} ({g['paired_se']:.3f})"
+                                        for lv, g in paired.items()))
     if ceiling and (ahead := claims.get("ahead_of_every_fixed_alpha")):
         headroom = {lv: ceiling[lv]["score"] - row["best_fixed_score"] for lv, row in ahead["per_level"].items()}
         text += ("\n- what choosing alpha per prompt could buy at all (hindsight minus the best fixed alpha): "

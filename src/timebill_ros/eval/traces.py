@@ -290,6 +290,26 @@ def claims(table: dict, policy: str = "kill", min_levels: int = 4) -> dict:
     return out
 
 
+def paired_gaps(outcomes: dict[str, Outcome], table: dict, policy: str = "kill") -> dict:
+    """level -> TimeBill's score minus the best fixed alpha's of that level (as `claims` picks
+    it), with the standard error of that difference taken goal by goal on the same prompts:
+    both arms meet the same prompts, so a paired error leaves out how hard each prompt is,
+    which an arm's own standard error carries."""
+    methods = table[policy]
+    scores: dict[tuple[str, str], dict[str, float]] = {}
+    for goal, o in outcomes.items():
+        g = GoalId.parse(goal)
+        if g.policy == policy:
+            scores.setdefault((g.method, g.level), {})[g.example] = o.score
+    out = {}
+    for level in methods["timebill"]:
+        best = max((m for m in FIXED if m in methods), key=lambda m: methods[m][level]["score"])
+        tb, fixed = scores[("timebill", level)], scores[(best, level)]
+        diffs = [tb[e] - fixed[e] for e in tb]
+        out[level] = {"best_fixed": best, "difference": statistics.fmean(diffs), "paired_se": standard_error(diffs)}
+    return out
+
+
 def hindsight(prompts: list[Prompt], levels: dict[str, dict[str, float]]) -> dict:
     """level -> the ceiling of any per-prompt choice of alpha under Kill: each prompt at the
     measured alpha that scores best among those whose traced work fits the budget (the least
