@@ -65,9 +65,8 @@ class NodeParams:
     max_new_tokens: int = _p(512, "the most response tokens a goal may ask for", low=1, high=BIG)
     default_max_new_tokens: int = _p(128, "response tokens when a goal asks 0", low=1, high=BIG, runtime=True)
     k: float = _p(0.0, "pessimistic factor: N_W = min(k * N_hat, max_new_tokens); 0 = the length predictor's own "
-                  "(chosen on its validation split), the paper's 5 when it has none; below 1 (to 0.1) plans for "
-                  "less than N_hat", low=0.0, high=1000.0,
-                  runtime=True)
+                  "(chosen on its validation split), the paper's 5 when it has none; 0.1-1 plans below N_hat",
+                  low=0.0, high=1000.0, runtime=True)
     alpha_max: float = _p(0.95, "largest KV-cache eviction ratio (paper: 0.95)", low=0.0, high=0.999, runtime=True)
     predictor_path: str = _p("", "'' = fixed N_hat (fixed_prediction_tokens); "
                              "builtin:smollm2-tasks[-v3|-v9|-v9-probe], builtin:default (distilled from those "
