@@ -114,6 +114,13 @@ def test_the_machine_pace_flags_traces_measured_through_a_slow_spell():
     assert steady["steady"] and steady["prefill_over_fit_median"] == pytest.approx(1.0)
     slow_spell = traces.machine_pace([prompt(0.7), prompt(1.0), prompt(2.0)], TIMING)
     assert not slow_spell["steady"] and slow_spell["prefill_over_fit_max"] == pytest.approx(2.0)
+    # Decodes against what the plan's model gives them: 10 tokens are 9 steps of 11 ms at 1,000
+    # cached entries (+ 10 us a decoded one), 99.4 ms; the first token comes out of prefill.
+    planned = TIMING.decode(1000, 0.0, 10)
+    fast, slow = (Prompt("ex", "qa", "garage", n_hat=10, traces={0.0: trace(0.0, seconds)}) for seconds in (0.05, 0.2))
+    pace = traces.machine_pace([fast, fast, slow], TIMING)
+    assert pace["decode_over_plan_median"] == pytest.approx(0.045 / planned)  # 9 of the 10 tokens' 50 ms
+    assert pace["decode_over_plan_max"] == pytest.approx(0.18 / planned) and pace["decode_over_plan_share"] == 1 / 3
 
 
 @pytest.mark.parametrize("policy", ["kill", "skip_next"])

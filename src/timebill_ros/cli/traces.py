@@ -336,8 +336,8 @@ def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...]
                + ", ".join(f"k {key} {mean:.3f}" for key, mean in best["mean_score"].items()) + ")")
     if not (pace := data["machine_pace"])["steady"]:
         click.echo(f"WARNING: the machine's speed moved while the traces were measured (prefill "
-                   f"{pace['prefill_over_fit_min']:.2f}x to {pace['prefill_over_fit_max']:.2f}x the calibration's "
-                   f"fit): outcomes near a deadline follow the host's load; measure again on a quiet machine",
+                   f"{pace['prefill_over_fit_min']:.2f}x to {pace['prefill_over_fit_max']:.2f}x the plan's time "
+                   f"model): outcomes near a deadline follow the host's load; measure again on a quiet machine",
                    err=True)
     if agreed := data.get("node_agreement"):
         clear = agreed["clear_of_deadline"]

@@ -780,7 +780,11 @@ def _measured_on(r: dict) -> str:
         text += f"; each prompt's prefill the median of {samples} measured"
     if pace := r.get("machine_pace"):
         text += (f"; prefill ran {pace['prefill_over_fit_min']:.2f}-{pace['prefill_over_fit_max']:.2f}x the "
-                 f"calibration's fit across prompts ({'steady' if pace['steady'] else 'NOT steady: a slow spell'})")
+                 f"plan's time model across prompts ({'steady' if pace['steady'] else 'NOT steady: a slow spell'})")
+        if "decode_over_plan_median" in pace:  # how often a plan to the deadline's edge is late
+            text += (f", a decode of {pace['decode_min_tokens']} tokens or more {pace['decode_over_plan_median']:.2f}x "
+                     f"(median; 90th percentile {pace['decode_over_plan_p90']:.2f}x, most "
+                     f"{pace['decode_over_plan_max']:.2f}x; {pct(pace['decode_over_plan_share'], 0)} over 1)")
     return text + "." if text else ""
 
 

@@ -264,6 +264,11 @@ def by_task(outcomes: dict[str, Outcome], prompts: list[Prompt], policy: str = "
     return {task: evaluate(mine).get(policy, {}) for task, mine in sorted(goals.items())}
 
 
+def best_fixed(methods: dict, level: str) -> str:
+    """The fixed alpha (vanilla included) with the highest score at LEVEL among METHODS' cells."""
+    return max((m for m in FIXED if m in methods), key=lambda m: methods[m][level]["score"])
+
+
 def claims(table: dict, policy: str = "kill", min_levels: int = 4) -> dict:
     """The comparison's claims (issue 29) on TABLE's POLICY, each held or not with its numbers:
     TimeBill scores at least every fixed alpha's (vanilla included) at MIN_LEVELS levels or
@@ -272,7 +277,7 @@ def claims(table: dict, policy: str = "kill", min_levels: int = 4) -> dict:
     methods = table[policy]
     levels = list(methods["timebill"])
     tb = methods["timebill"]
-    best = {lv: max((m for m in FIXED if m in methods), key=lambda m: methods[m][lv]["score"]) for lv in levels}
+    best = {lv: best_fixed(methods, lv) for lv in levels}
     ahead = [lv for lv in levels if tb[lv]["score"] >= methods[best[lv]][lv]["score"] - 1e-9]
     out = {"policy": policy,
            "ahead_of_every_fixed_alpha": {
@@ -291,10 +296,9 @@ def claims(table: dict, policy: str = "kill", min_levels: int = 4) -> dict:
 
 
 def paired_gaps(outcomes: dict[str, Outcome], table: dict, policy: str = "kill") -> dict:
-    """level -> TimeBill's score minus the best fixed alpha's of that level (as `claims` picks
-    it), with the standard error of that difference taken goal by goal on the same prompts:
-    both arms meet the same prompts, so a paired error leaves out how hard each prompt is,
-    which an arm's own standard error carries."""
+    """level -> TimeBill's score minus the best fixed alpha's of that level (`best_fixed`), with
+    the standard error of that difference taken goal by goal: both arms meet the same prompts,
+    so a paired error leaves out how hard each prompt is, which an arm's own error carries."""
     methods = table[policy]
     scores: dict[tuple[str, str], dict[str, float]] = {}
     for goal, o in outcomes.items():
@@ -303,7 +307,7 @@ def paired_gaps(outcomes: dict[str, Outcome], table: dict, policy: str = "kill")
             scores.setdefault((g.method, g.level), {})[g.example] = o.score
     out = {}
     for level in methods["timebill"]:
-        best = max((m for m in FIXED if m in methods), key=lambda m: methods[m][level]["score"])
+        best = best_fixed(methods, level)
         tb, fixed = scores[("timebill", level)], scores[(best, level)]
         diffs = [tb[e] - fixed[e] for e in tb]
         out[level] = {"best_fixed": best, "difference": statistics.fmean(diffs), "paired_se": standard_error(diffs)}
@@ -363,8 +367,8 @@ def plan_losses(prompts: list[Prompt], levels: dict[str, dict[str, float]], outc
 
 
 # The pessimism factors the k sweep replans TimeBill with (the node's own k is added to them).
-# Below 1 too: the plan's time model already bounds every calibration sample (decode +15 % on
-# v9) and planned alphas round up to the grid, so k x N_hat under the length can still finish,
+# Below 1 too: the plan's time model already bounds every calibration sample (its worst
+# overrun) and planned alphas round up to the grid, so k x N_hat under the length can still finish,
 # and on v9 the validation sweep's best sat at its lowest point, 1, when the sweep began there.
 SWEEP_K = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0)
 
@@ -552,15 +556,29 @@ def from_json(rows: list[dict]) -> list[Prompt]:
 STEADY_SPREAD = 1.5  # largest / smallest prefill-over-fit ratio of one run that still counts as steady
 
 
+# Decodes shorter than this are a few steps of jitter; plans that matter decode longer.
+PACE_MIN_TOKENS = 8
+
+
 def machine_pace(prompts: list[Prompt], timing: TimingModel) -> dict:
-    """Each prompt's measured prefill over the calibration's fit: how steady the machine was
-    while the traces were measured. Every cell of a prompt rests on its prefill (the median of
-    its samples), so a slow spell of the host (a run here saw 0.62x to 2.02x) moves budgets'
-    outcomes, not the method's."""
+    """Each prompt's measured prefill over TIMING (the plan's: the calibration's fit with its
+    margins): how steady the machine was while the traces were measured. Every cell of a
+    prompt rests on its prefill (the median of its samples), so a slow spell of the host (a run
+    here saw 0.62x to 2.02x) moves budgets' outcomes, not the method's. Then every traced decode
+    of PACE_MIN_TOKENS or more over what TIMING plans for it: the share over 1 is how often a
+    plan made right at the deadline, with the true length, would have been killed."""
     ratios = [p.prefill_s / timing.prefill(p.traces[0.0].prompt_tokens) for p in prompts]
     low, high = min(ratios), max(ratios)
-    return {"prefill_over_fit_min": low, "prefill_over_fit_median": statistics.median(ratios),
+    decodes = sorted((t.token_s[-1] - t.token_s[0]) / timing.decode(t.prompt_tokens, alpha, len(t.token_s))
+                     for p in prompts for alpha, t in p.traces.items() if len(t.token_s) >= PACE_MIN_TOKENS)
+    pace = {"prefill_over_fit_min": low, "prefill_over_fit_median": statistics.median(ratios),
             "prefill_over_fit_max": high, "steady": high / low <= STEADY_SPREAD}
+    if decodes:
+        pace.update(decode_over_plan_median=statistics.median(decodes), decode_over_plan_p90=_quantile(decodes, 0.9),
+                    decode_over_plan_max=decodes[-1],
+                    decode_over_plan_share=sum(r > 1.0 for r in decodes) / len(decodes),
+                    decodes=len(decodes), decode_min_tokens=PACE_MIN_TOKENS)
+    return pace
 
 
 def decode_share(prompts: list[Prompt], levels: dict[str, dict[str, float]]) -> dict[str, float]:
