@@ -58,7 +58,8 @@ params = next(iter(doc.values()))["ros__parameters"]
 # max_new_tokens 384: the cap the predictor was distilled at and the bags' requests ask for.
 if k == "validation":
     from timebill_ros.cli.traces import validation_k
-    chosen = validation_k(model, predictor, int(params["fixed_prediction_tokens"]))
+    from timebill_ros.core.predictor import predictor_digest
+    chosen = validation_k(model, predictor_digest(predictor, int(params["fixed_prediction_tokens"])))
     print(f"== k {chosen[0]:g}: the best on the validation split's prompts ({chosen[1]})" if chosen else
           "== k: no validation run for this target and predictor (make eval-validation); the predictor's own")
     k = chosen[0] if chosen else 0.0

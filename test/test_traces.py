@@ -483,16 +483,16 @@ def test_make_eval_plans_with_the_k_validation_chose_for_this_very_target_and_pr
         return path
 
     mine, published = report("mine.json"), report("published.json", best_k={"k": 0.9})
-    assert validation_k(node.model_path, node.predictor_path, 0, (mine, published)) == (0.7, mine)
+    assert validation_k(node.model_path, digest, (mine, published)) == (0.7, mine)
     # A choice made for a retrained predictor, another target or on the test prompts is not this one's.
     for stale in (report("old.json", predictor_digest="0" * 12), report("other.json", model="builtin:toy"),
                   report("test.json", split="test")):
-        assert validation_k(node.model_path, node.predictor_path, 0, (stale, published)) == (0.9, published)
-    assert validation_k(node.model_path, node.predictor_path, 0, (tmp_path / "absent.json",)) is None
+        assert validation_k(node.model_path, digest, (stale, published)) == (0.9, published)
+    assert validation_k(node.model_path, digest, (tmp_path / "absent.json",)) is None
     # Where a report says its k came from, and how the published pages name it.
     monkeypatch.setattr("timebill_ros.cli.traces.VALIDATION_REPORTS", (mine,))
-    assert k_from(node) == "predictor"
-    assert k_from(with_(node, k=0.7)) == "validation" and k_from(with_(node, k=1.0)) == "parameter"
+    assert k_from(node, digest) == "predictor"
+    assert k_from(with_(node, k=0.7), digest) == "validation" and k_from(with_(node, k=1.0), digest) == "parameter"
     assert "best on the validation" in k_origin({"timebill_k_from": "validation"})
 
 

@@ -140,13 +140,13 @@ def planning_k(params) -> float:
     return PredictorSpec.load(predictor_folder(params.predictor_path)).pessimism_k if params.predictor_path else 0.0
 
 
-def k_from(params) -> str:
+def k_from(params, digest: str) -> str:
     """Where the k the node PARAMS plan with comes from: "validation" (its k parameter is the one
-    the validation split's traces chose for this target and predictor, `validation_k`),
-    "parameter" (another k parameter) or "predictor" (none set: the predictor's own)."""
+    the validation split's traces chose for this target and its predictor of DIGEST,
+    `validation_k`), "parameter" (another k parameter) or "predictor" (none set: the predictor's own)."""
     if not params.k:
         return "predictor"
-    chosen = validation_k(params.model_path, params.predictor_path, params.fixed_prediction_tokens)
+    chosen = validation_k(params.model_path, digest)
     return "validation" if chosen and abs(chosen[0] - params.k) < 1e-9 else "parameter"
 
 
@@ -155,22 +155,17 @@ VALIDATION_REPORTS = (Path("results/eval-validation/traces_eval.json"),
                       Path("docs/results/traces_eval_validation.json"))
 
 
-def validation_k(model: str, predictor: str, fixed_tokens: int,
+def validation_k(model: str, digest: str,
                  reports: tuple[Path, ...] | None = None) -> tuple[float, Path] | None:
     """(the k the validation split's traces score best with, the report it comes from): the
     first of REPORTS (eval-traces --split validation; VALIDATION_REPORTS, from the working
-    directory, by default) made for this MODEL with this very predictor (its digest: a
-    retrained predictor needs its own choice); None when none is."""
-    from timebill_ros.core.predictor import predictor_digest
+    directory, by default) made for this MODEL with the predictor of DIGEST
+    (`eval.traces.validation_choice`); None when none is."""
+    from timebill_ros.eval.traces import validation_choice
 
-    digest = predictor_digest(predictor, fixed_tokens)
     for path in VALIDATION_REPORTS if reports is None else reports:
-        if not path.is_file():
-            continue
-        report = json.loads(path.read_text())
-        if (report.get("split") == "validation" and report.get("model") == model
-                and report.get("predictor_digest") == digest and report.get("best_k")):
-            return float(report["best_k"]["k"]), path
+        if path.is_file() and (k := validation_choice(json.loads(path.read_text()), model, digest)) is not None:
+            return k, path
     return None
 
 
@@ -257,7 +252,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     data = {"model": params.model_path, "predictor": params.predictor_path, "predictor_digest": n_hat_from,
             "machine": machine_id(), "per_task": per_task, "answers": answers, "split": split,
             "prompt_tokens": list(prompt_tokens) if prompt_tokens else f"{split} split",
-            "timebill_k": k or PAPER_K, "timebill_k_from": k_from(params),
+            "timebill_k": k or PAPER_K, "timebill_k_from": k_from(params, n_hat_from),
             "alpha_grid": list(alphas), "prefill_samples": prefill_samples, "levels": levels, "table": table,
             "claims": {policy: traces.claims(table, policy) for policy in table},
             "decode_share_of_vanilla": traces.decode_share(prompts, levels),

@@ -19,6 +19,7 @@ from typing import Callable
 from timebill_ros.eval import tasks
 from timebill_ros.eval.metrics import score
 from timebill_ros.eval.publish_sweep import eval_claims, eval_table, pct
+from timebill_ros.eval.traces import best_fixed, validation_choice
 
 # Published with one entry per machine id: a run on another CPU adds to the figures instead of
 # replacing them (docs/results/<name> = {"benchmark", "by_machine": {machine id: run}}).
@@ -829,7 +830,7 @@ def traces_by_task_table(load: Callable[[str], dict]) -> str:
         cells = []
         for level in levels:
             score = {m: cell[level]["score"] for m, cell in methods.items()}
-            best = max((m for m in score if m not in ("timebill", "timebill_true_length")), key=score.get)
+            best = best_fixed(methods, level)
             cells.append(f"{score['timebill']:.2f} / {score['timebill_true_length']:.2f} / "
                          f"{score[best]:.2f} ({best.replace('fixed_', '')})")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
@@ -845,7 +846,7 @@ def traces_k_sweep_table(load: Callable[[str], dict], source: str = "traces_eval
     r = load(source)
     if not (sweep := r.get("k_sweep")):
         return "_Not measured: this traces_eval.json predates the k sweep._\n"
-    chosen = validation_k(load, validation) if validation and validation != source else None
+    chosen = validation_k(load, validation, r) if validation and validation != source else None
     levels = list(next(iter(sweep.values()))["cells"])
     lines = ["| k | " + " | ".join(levels) + " | levels ahead of every fixed alpha | largest gap to true length "
              "| completion vs fixed 0.95 (level furthest) |", "|---|" + "---|" * (len(levels) + 3)]
@@ -859,7 +860,7 @@ def traces_k_sweep_table(load: Callable[[str], dict], source: str = "traces_eval
                      + " | ".join(f"{row['cells'][lv]['score']:.3f}" for lv in levels)
                      + f" | {len(c['ahead_of_every_fixed_alpha']['levels_held'])} of {len(levels)} "
                      f"| {max(gaps):.3f} | {max(completion, key=abs):+.0f} pts |")
-    where = (f"the {r.get('split', 'test')} prompts themselves: it shows what each k does here, and chooses nothing"
+    where = ("the test prompts themselves: it shows what each k does here, and chooses nothing"
              if r.get("split", "test") == "test" else "the validation prompts: the k to plan the test prompts with is "
              f"the best mean over the levels, {r['best_k']['k']:g}")
     note = ("" if chosen is None else f" Best on validation: the k with the best mean score over the levels on the "
@@ -879,10 +880,12 @@ def k_origin(report: dict) -> str:
     return "its predictor's (90 % of the validation answers within k x N_hat)"
 
 
-def validation_k(load: Callable[[str], dict], validation: str) -> float | None:
-    """The k VALIDATION's traces score best with (eval.traces.best_k); None where not measured."""
+def validation_k(load: Callable[[str], dict], validation: str, report: dict) -> float | None:
+    """The k VALIDATION's traces score best with (eval.traces.best_k) when they were made for
+    REPORT's target and predictor (`eval.traces.validation_choice`, as `make eval` takes it);
+    None where not measured or made for another."""
     try:
-        return load(validation).get("best_k", {}).get("k")
+        return validation_choice(load(validation), report.get("model"), report.get("predictor_digest"))
     except FileNotFoundError:
         return None
 

@@ -390,6 +390,16 @@ def k_sweep(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: 
     return out
 
 
+def validation_choice(report: dict, model: str | None, digest: str | None) -> float | None:
+    """The k a traces REPORT chose on the validation split (`best_k`) when it was made for MODEL
+    with the predictor of DIGEST (core.predictor.predictor_digest: a retrained predictor needs
+    its own choice); None for any other report."""
+    if (report.get("split") == "validation" and report.get("model") == model
+            and report.get("predictor_digest") == digest and report.get("best_k")):
+        return float(report["best_k"]["k"])
+    return None
+
+
 def best_k(sweep: dict) -> dict:
     """The k of SWEEP (`k_sweep`'s) with the highest mean score over its levels (the larger k on
     a tie: fewer kills), and every k's mean. Measured on the validation split's prompts it is the
