@@ -284,6 +284,7 @@ def test_infeasible_reject_stops_before_eviction_and_decode(engine):
     result = engine.run(req, CancelToken(), events.append)
     assert result.status is Status.INFEASIBLE
     assert "cannot be guaranteed" in result.reason and not result.first_plan.feasible
+    assert f"the {result.first_plan.worst_case_tokens} tokens planned (N_W = k x N_hat" in result.reason
     assert "evicted" not in [e.phase for e in events] and result.timings.decode == 0.0
     assert result.token_ids == []
 

@@ -386,7 +386,7 @@ class _Job:
             return
         spent = self.elapsed()
         raise Stopped(Status.INFEASIBLE, f"after prefill: needs {p.wcet - spent:.3f}s more at alpha={p.alpha:.2f} "
-                      f"for a worst case of {p.worst_case_tokens} tokens, has {p.budget - spent:.3f}s; "
+                      f"for {_planned_tokens(p)}, has {p.budget - spent:.3f}s; "
                       "raise the budget, lower max_new_tokens or k")
 
     def wait_for_prediction(self, future: Future) -> tuple[int, float]:
@@ -573,5 +573,10 @@ def infeasible_reason(p: Plan) -> str:
     """Why a plan cannot meet its budget, in words a user can act on."""
     return (
         f"budget {p.budget:.3f}s cannot be guaranteed: WCET {p.wcet:.3f}s even at alpha={p.alpha:.2f} "
-        f"for a worst case of {p.worst_case_tokens} tokens; raise the budget, lower max_new_tokens or k"
+        f"for {_planned_tokens(p)}; raise the budget, lower max_new_tokens or k"
     )
+
+
+def _planned_tokens(p: Plan) -> str:
+    """N_W in words, not called a worst case: with k < 1 (a goal or the node) it is below N_hat."""
+    return f"the {p.worst_case_tokens} tokens planned (N_W = k x N_hat, at most max_new_tokens)"
