@@ -6,7 +6,8 @@
 #   2. every test prompt once per alpha of the grid: every method's outcome at every budget
 #      level under Kill and Skip-Next follows from those runs (docs/evaluation.md);
 #   3. a sample of the same goals (AGREE_PER_TASK prompts a task, a few methods, Kill) as a
-#      rosbag replayed against timebill_node: how often node and traces agree on complete.
+#      rosbag replayed against timebill_node: how often node and traces agree on complete;
+#      AGREE_REPEATS=2 (the default) replays it once more: how often the node agrees with itself.
 # PER_TASK (default 12) sets the size, TASKS the tasks, PROMPT_TOKENS the prompt lengths, ANSWERS
 # "long" asks only for long answers (make eval-long; eval.tasks.LONG_ANSWERS, no QA),
 # ALPHAS the measured grid ('' = eval-traces' ten), PREFILL_SAMPLES the prefills measured per
@@ -28,6 +29,9 @@ AGREE_PER_TASK=${AGREE_PER_TASK:-3}
 # Two methods, not four: the replay is real time (240 goals took 25 of 68 minutes), and
 # vanilla plus TimeBill's planned alphas already cover alpha 0 to 0.93.
 AGREE_METHODS=${AGREE_METHODS:-vanilla,timebill}
+# A second replay of the same goals says what the host's noise alone flips: the ceiling of the
+# agreement above (TimeBill plans to the edge of the budget). 1 skips it; more count as 2.
+AGREE_REPEATS=${AGREE_REPEATS:-2}
 ALPHAS=${ALPHAS:-}
 # Prefills measured per prompt (their median is every goal's): a single one measured in a slow
 # second of the host decided 11 of the 13 goals where the node and the traces disagreed.
@@ -43,7 +47,7 @@ SPLIT=${SPLIT:-test}
 if [ "$SPLIT" = test ]; then EVAL_K=${EVAL_K:-validation}; else EVAL_K=${EVAL_K:-0}; fi
 OUT=${OUT:-results/eval}
 # A fresh run measures afresh: the traces are this host's pace now (`timebill eval-traces` alone reuses them).
-mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results" "$OUT/traces.json"
+mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results" "$OUT/agree_results_again" "$OUT/traces.json"
 STARTED=$(date +%s)
 PARAMS="$OUT/node.yaml"
 # The traces plan as the paper does, once and from the stored calibration: the node is run the
@@ -93,12 +97,19 @@ until grep -q "start-up took" "$LOG"; do
   kill -0 $NODE 2>/dev/null || { echo "timebill_node exited; see $LOG"; exit 1; }
   sleep 0.5
 done
-timebill bag replay "$OUT/agree" --out "$OUT/agree_results" --skip-idle \
-  || { kill -INT $NODE; wait $NODE || true; echo "replay failed; see $LOG"; exit 1; }
+replay() {  # the agree bag through the running node into $1
+  timebill bag replay "$OUT/agree" --out "$1" --skip-idle \
+    || { kill -INT $NODE; wait $NODE || true; echo "replay failed; see $LOG"; exit 1; }
+}
+replay "$OUT/agree_results"
+AGREE_ARGS=(--agree "$OUT/agree_results")
+if [ "$AGREE_REPEATS" -ge 2 ]; then
+  replay "$OUT/agree_results_again" && AGREE_ARGS+=(--agree-again "$OUT/agree_results_again")
+fi
 kill -INT $NODE; wait $NODE || true
 
 # The traces measured above (traces.json) are reused: only the agreement is added.
-timebill eval-traces "${TRACES_ARGS[@]}" --agree "$OUT/agree_results"
+timebill eval-traces "${TRACES_ARGS[@]}" "${AGREE_ARGS[@]}"
 python - "$OUT/traces_eval.json" "$STARTED" "$CALIBRATED" <<'PY'
 import json, sys, time
 path, started, calibrated = sys.argv[1:]

@@ -90,6 +90,8 @@ def test_the_alpha_grid_option_rejects_a_grid_without_the_fixed_arms_alphas():
     result = CliRunner().invoke(eval_traces_cmd, ["--alphas", "0,0.5,0.9"])
     assert result.exit_code == 2 and "missing [0.25, 0.75, 0.95]" in result.output
     assert "expected comma-separated" in CliRunner().invoke(eval_traces_cmd, ["--alphas", "0,x"]).output
+    alone = CliRunner().invoke(eval_traces_cmd, ["--agree-again", "."])  # a second replay needs the first
+    assert alone.exit_code == 2 and "give --agree too" in alone.output
 
 
 def test_the_comparison_keeps_prompts_whose_encoded_length_is_in_range_and_the_node_takes():
@@ -190,6 +192,16 @@ def test_agreement_counts_the_goals_both_ran_and_where_they_differ():
         "clear_of_deadline": {"near": 0.05, "goals": 2, "agree_pct": 50.0}}
 
 
+def test_the_node_s_agreement_with_itself_pairs_two_replays_of_the_same_goals():
+    first = [{"request_id": "kill/q10/vanilla/ex", "status_name": "SUCCEEDED"},
+             {"request_id": "kill/q50/timebill/ex", "status_name": "KILLED_AT_DEADLINE"},
+             {"request_id": "kill/q90/timebill/ex", "status_name": "SUCCEEDED"}]
+    again = [{**first[0]}, {**first[1], "status_name": "SUCCEEDED"},  # flipped by the host
+             {"request_id": "kill/q90/vanilla/ex", "status_name": "SUCCEEDED"}]  # not in the first run: left out
+    assert traces.self_agreement(first, again) == {"goals": 2, "agree_pct": 50.0}
+    assert traces.self_agreement(first, []) == {"goals": 0, "agree_pct": None}
+
+
 def test_agreement_at_the_node_s_prefill_recomputes_each_goal_from_the_prefill_the_node_took():
     prompts = [Prompt("ex", "qa", "garage", n_hat=10, traces={a: trace(a, 0.2) for a in traces.ALPHA_GRID})]
     levels = {"qa": {"tight": 1.1, "big": 100.0}}  # the traced vanilla goal takes 1.0 + 0.2 s
@@ -256,7 +268,8 @@ def test_the_published_table_shows_every_cell_with_its_error_the_claims_and_the_
             "node_agreement": {"goals": 20, "agree_pct": 95.0, "trace_complete_node_not": 1,
                                "node_complete_trace_not": 0,
                                "clear_of_deadline": {"near": 0.05, "goals": 15, "agree_pct": 100.0},
-                               "at_node_prefill": {"goals": 20, "agree_pct": 97.5}}}
+                               "at_node_prefill": {"goals": 20, "agree_pct": 97.5},
+                               "node_with_itself": {"goals": 20, "agree_pct": 90.0, "again_with_traces_pct": 85.0}}}
     text = traces_table(lambda name: data)
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + len(METHODS) and rows[0].count("(mean") == 3
@@ -266,6 +279,7 @@ def test_the_published_table_shows_every_cell_with_its_error_the_claims_and_the_
     assert ("on the 15 goals whose traced work ends more than 5 % of the budget from the deadline they agree on "
             "100.0 %") in text
     assert "recomputed from the prefill the node took, on 97.5 % of 20" in text
+    assert "the node agrees with itself on 90.0 % of 20" in text and "with the traces on 85.0 %" in text
     from timebill_ros.eval.publish import comparison_headline
 
     held = len(data["claims"]["kill"]["ahead_of_every_fixed_alpha"]["levels_held"])

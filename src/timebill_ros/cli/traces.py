@@ -214,11 +214,13 @@ def traced_prompts(params_file: str, params, tokenizer, examples, out: Path, *, 
 def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[float, ...] | None = None,
                alphas: tuple[float, ...] | None = None, task_names: tuple[str, ...] = (),
                prompt_tokens: tuple[int, int] | None = None, agree: tuple[Path, ...] = (),
-               prefill_samples: int = 1, answers: str = "any", split: str = "test") -> dict:
+               agree_again: tuple[Path, ...] = (), prefill_samples: int = 1, answers: str = "any",
+               split: str = "test") -> dict:
     """Measure (or reuse OUT/traces.json), evaluate, write OUT/traces_eval.json; returns it.
     ANSWERS "long": prompts asking for the long answers of eval.tasks.LONG_ANSWERS; SPLIT: whose
     sources the prompts come from (validation: to choose a setting such as k without the test prompts).
     AGREE: result bags of the same goals replayed through timebill_node, checked against the traces;
+    AGREE_AGAIN: the same bag replayed once more, checked against AGREE (the node against itself);
     PREFILL_SAMPLES: prefills measured per prompt (their median is the prompt's)."""
 
     from timebill_ros.core.calibration import machine_id
@@ -273,6 +275,11 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             prompts, levels, timing, records, n_max=params.max_new_tokens, min_kept=params.snapkv_window, predictor_k=k)
         data["node_agreement"] = {**traces.agreement(outcomes, records), **traces.node_pace(prompts, records),
                                   "at_node_prefill": at_node_prefill, "bags": [str(b) for b in agree]}
+        if agree_again:
+            again = node_records(agree_again)
+            data["node_agreement"]["node_with_itself"] = {
+                **traces.self_agreement(records, again), "again_with_traces_pct": traces.agreement(
+                    outcomes, again)["agree_pct"], "bags": [str(b) for b in agree_again]}
     report.write_text(json.dumps(data, indent=2))
     return data
 
@@ -307,17 +314,24 @@ def node_records(paths: tuple[Path, ...]) -> list[dict]:
 @click.option("--agree", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Result bag(s) of the same goals replayed through timebill_node (bag make --prompt-tokens "
                    "with --budgets OUT/levels.json): how often node and traces agree on complete.")
+@click.option("--agree-again", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="The same goals' bag replayed through the node a second time: how often the node agrees "
+                   "with itself, the most the traces can agree with it on this host.")
 @ANSWERS_OPTION
 @click.option("--split", type=click.Choice(("test", "validation")), default="test", show_default=True,
               help="Whose sources the prompts come from: validation to choose a setting (k) on, test to report.")
 def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...],
                     prompt_tokens: tuple[int, int] | None, out: str, alphas: tuple[float, ...] | None,
-                    agree: tuple[Path, ...], prefill_samples: int, answers: str, split: str) -> None:
+                    agree: tuple[Path, ...], agree_again: tuple[Path, ...], prefill_samples: int, answers: str,
+                    split: str) -> None:
     """Every method at every budget and policy, computed from one run per prompt and alpha."""
     if agree and split != "test":
         raise click.UsageError("--agree checks the test prompts bag make sends; it takes --split test")
+    if agree_again and not agree:
+        raise click.UsageError("--agree-again compares a second replay with the first: give --agree too")
     data = run_traces(params_file, per_task, Path(out), task_names=task_names, prompt_tokens=prompt_tokens,
-                      alphas=alphas, agree=agree, prefill_samples=prefill_samples, answers=answers, split=split)
+                      alphas=alphas, agree=agree, agree_again=agree_again, prefill_samples=prefill_samples,
+                      answers=answers, split=split)
     (Path(out) / "levels.json").write_text(json.dumps(data["levels"], indent=2))  # for bag make --budgets
     for policy, methods in data["table"].items():
         click.echo(f"[{policy}] mean score (standard error) per level")
@@ -339,4 +353,7 @@ def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...]
         click.echo(f"node agreement on complete / incomplete: {agreed['agree_pct']:.1f} % of {agreed['goals']} goals"
                    + (f" ({clear['agree_pct']:.1f} % of the {clear['goals']} not within {clear['near']:.0%} of their"
                       " deadline)" if clear["goals"] else ""))
+        if itself := agreed.get("node_with_itself"):
+            click.echo(f"the node replayed again agrees with itself on {itself['agree_pct']:.1f} % of "
+                       f"{itself['goals']} goals (and with the traces on {itself['again_with_traces_pct']:.1f} %)")
     click.echo(f"saved {out}/traces_eval.json")

@@ -431,6 +431,16 @@ def agreement(outcomes: dict[str, Outcome], node_records: list[dict], near: floa
             "clear_of_deadline": {"near": near, "goals": len(clear), "agree_pct": _agree_pct(clear)}}
 
 
+def self_agreement(first: list[dict], again: list[dict]) -> dict:
+    """How often the node agrees with itself: the same goals (request ids) replayed twice through
+    it, complete / incomplete compared. The host's run-to-run noise flips goals planned near
+    their deadline whatever the traces do, so this is the most any trace-vs-node agreement can
+    reach on the host (TimeBill plans to the edge of the budget by design)."""
+    runs = {r["request_id"]: r["status_name"] == "SUCCEEDED" for r in first if r.get("request_id")}
+    pairs = [(runs[r["request_id"]], r["status_name"] == "SUCCEEDED") for r in again if r.get("request_id") in runs]
+    return {"goals": len(pairs), "agree_pct": _agree_pct(pairs)}
+
+
 def agreement_at_node_prefill(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: TimingModel,
                               node_records: list[dict], *, n_max: int, min_kept: int = 0,
                               predictor_k: float = 0.0) -> dict:
