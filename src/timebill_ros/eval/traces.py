@@ -188,6 +188,10 @@ class Prompt:
         """The run at ALPHA with the prompt's shared prefill."""
         return replace(self.traces[alpha], prefill_s=self.prefill_s)
 
+    def score_at(self, alpha: float) -> float:
+        """The quality of the answer measured at ALPHA against the reference, deadlines aside."""
+        return score(self.task, self.traces[alpha].text, self.reference)
+
     def fitting_alphas(self, budget: float) -> list[float]:
         """The measured alphas, least eviction first, whose traced work fits BUDGET."""
         return [a for a in sorted(self.traces) if self.trace(a).total_s <= budget]
@@ -327,7 +331,7 @@ def hindsight(prompts: list[Prompt], levels: dict[str, dict[str, float]]) -> dic
         for p in prompts:
             budget = levels[p.task][level]
             if fits := p.fitting_alphas(budget):  # max keeps the first, least-evicting, of equal scores
-                best = max(fits, key=lambda a: score(p.task, p.traces[a].text, p.reference))
+                best = max(fits, key=p.score_at)
                 cell.outcomes.append(outcome(p.trace(best), p.reference, budget, "kill"))
             else:
                 cell.outcomes.append(Outcome("KILLED_AT_DEADLINE", 0.0, max(p.traces), budget))
@@ -356,7 +360,7 @@ def plan_losses(prompts: list[Prompt], levels: dict[str, dict[str, float]], outc
                 ended = outcomes[str(GoalId("kill", level, method, p.example_id))]
                 done = ended.status == "SUCCEEDED"
                 kind = LOSS_KINDS[0 if not fits else 3 if not done else 2 if ended.alpha > fits[0] else 1]
-                least = score(p.task, p.traces[fits[0]].text, p.reference) if fits else 0.0
+                least = p.score_at(fits[0]) if fits else 0.0
                 tally[kind]["goals"] += 1
                 tally[kind]["score_lost"] += least - ended.score
                 goals += 1
@@ -636,8 +640,7 @@ def mechanism(prompts: list[Prompt], predictor_k: float) -> dict:
         mine = [p for p in prompts if p.task == task]
         alphas = sorted(set.intersection(*(set(p.traces) for p in mine)))
         out[task] = {
-            "score_by_alpha": {f"{a:g}": statistics.fmean(
-                score(task, p.traces[a].text, p.reference) for p in mine) for a in alphas},
+            "score_by_alpha": {f"{a:g}": statistics.fmean(p.score_at(a) for p in mine) for a in alphas},
             "time_over_vanilla_by_alpha": {f"{a:g}": statistics.fmean(
                 p.trace(a).total_s / p.trace(0.0).total_s for p in mine) for a in alphas},
             "step_over_vanilla_by_alpha": {f"{a:g}": _median_ratio(mine, a, _step_s) for a in alphas},
