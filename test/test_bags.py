@@ -128,6 +128,10 @@ def test_make_replay_eval_against_the_real_node(slow_model_dir, calibration, tmp
         assert summary.pop("idle_skipped_s") > 0 and summary.pop("overrun_wait_s") >= 0
         goals = 2 * 2 * len(tasks.TASKS)  # budgets x methods x one prompt per task
         assert summary == {"requests": goals, "results": goals, "lost": 0}
+        # The results say which node answered and what it planned with (eval-traces --agree checks it).
+        node = json.loads(bags.custom_data(tmp_path / "res")[bags.NODE_KEY])
+        assert node["node"].endswith("/timebill_node") and node["model_path"] == str(slow_model_dir)
+        assert (node["predictor_path"], node["predictor_digest"], node["k"]) == ("", "fixed:32", 0.0)
         evaluated = subprocess.run(["timebill", "eval", str(tmp_path / "res"), "--out", str(tmp_path / "eval")],
                                    capture_output=True, text=True, timeout=300)
         assert evaluated.returncode == 0, evaluated.stderr

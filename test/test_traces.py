@@ -1,6 +1,8 @@
 """The comparison computed from traces (eval.traces): grid rounding, Kill and Skip-Next, plans."""
 import json
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -200,6 +202,29 @@ def test_the_node_s_agreement_with_itself_pairs_two_replays_of_the_same_goals():
              {"request_id": "kill/q90/vanilla/ex", "status_name": "SUCCEEDED"}]  # not in the first run: left out
     assert traces.self_agreement(first, again) == {"goals": 2, "agree_pct": 50.0}
     assert traces.self_agreement(first, []) == {"goals": 0, "agree_pct": None}
+
+
+def test_the_agreement_refuses_results_a_node_planned_with_another_target_predictor_or_k(tmp_path):
+    import click
+
+    from timebill_ros.cli.traces import check_answered_by
+    from timebill_ros.eval import bags
+    from timebill_ros.node.params import NodeParams
+
+    params = NodeParams(model_path="builtin:smollm2", predictor_path="builtin:p", k=0.9)
+    same = {"model_path": "builtin:smollm2", "predictor_path": "builtin:p", "k": 0.9, "predictor_digest": "abc"}
+
+    def answered(name: str, node: dict | None) -> Path:
+        custom = {bags.NODE_KEY: json.dumps(node)} if node is not None else None
+        return bags.write_bag(tmp_path / name, bags.RESULT_TOPIC, bags.RESULT_TYPE, [], "sqlite3", custom)
+
+    # The same planning; a node whose predictor is on another machine; a bag from before nodes were recorded.
+    check_answered_by((answered("same", same), answered("away", {**same, "predictor_digest": None}),
+                       answered("older", None)), params, "abc")
+    for change, said in (({"k": 1.5}, "k 1.5 (traces: 0.9)"), ({"predictor_digest": "def"}, "digest def"),
+                         ({"model_path": "x"}, "model_path 'x'")):
+        with pytest.raises(click.ClickException, match=re.escape(said)):
+            check_answered_by((answered(said, {**same, **change}),), params, "abc")
 
 
 def test_agreement_at_the_node_s_prefill_recomputes_each_goal_from_the_prefill_the_node_took():

@@ -113,6 +113,7 @@ def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float
                              lambda m: results.setdefault(m.request_id, (time.time_ns(), m)), qos)
     try:
         _wait_for_node(node, pub)
+        answered_by = _node_planning(node)
         t0_bag, t0, block = requests[0][0], time.monotonic(), None
         skipped = waited = 0.0  # idle time cut (skip_idle); time blocks waited for an overrun to end
         with tqdm(total=len(requests), desc=f"replaying {bag_in.name}", unit="request") as bar:
@@ -143,7 +144,8 @@ def replay(bag_in: Path, bag_out: Path, rate: float, storage: str, wait_s: float
         rclpy.try_shutdown()
     records = [(stamp, {f: getattr(m, f) for f in m.get_fields_and_field_types()}) for stamp, m in
                sorted(results.values(), key=lambda x: x[0])]
-    bags.write_bag(bag_out, bags.RESULT_TOPIC, bags.RESULT_TYPE, records, storage)
+    bags.write_bag(bag_out, bags.RESULT_TOPIC, bags.RESULT_TYPE, records, storage,
+                   custom={bags.NODE_KEY: json.dumps(answered_by)})
     summary = {"requests": len(requests), "results": len(results), "lost": len(requests) - len(results),
                "overrun_wait_s": round(waited, 1)}
     return {**summary, "idle_skipped_s": round(skipped, 1)} if skip_idle else summary
@@ -159,6 +161,58 @@ def _wait_until_answered(node, results: dict, sent: int, timeout: float) -> floa
     while len(results) < sent and time.monotonic() < end:
         rclpy.spin_once(node, timeout_sec=_POLL_S)
     return time.monotonic()
+
+
+# What decides a goal's plan besides the request: recorded with the results, so that a check
+# against traces (eval-traces --agree) can refuse results planned by another model or predictor.
+PLANNING_PARAMS = ("model_path", "predictor_path", "fixed_prediction_tokens", "k", "snapkv_window",
+                   "max_new_tokens", "online_timing", "replan_steps")
+
+
+def _node_planning(node, timeout: float = 10.0) -> dict:
+    """The planning parameters of the node publishing the results, read through its parameter
+    services, with its predictor's digest as found here ({} when the node does not answer)."""
+    import rclpy
+    from rclpy.parameter import parameter_value_to_python
+    from rclpy.parameter_client import AsyncParameterClient
+
+    for name in _result_publishers(node, timeout):
+        client = AsyncParameterClient(node, name)
+        if not client.wait_for_services(timeout_sec=timeout):
+            continue
+        future = client.get_parameters(list(PLANNING_PARAMS))
+        rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
+        if not future.done() or future.result() is None:
+            continue
+        values = dict(zip(PLANNING_PARAMS, map(parameter_value_to_python, future.result().values)))
+        return {"node": name, **values, "predictor_digest": _local_digest(values)}
+    return {}
+
+
+def _result_publishers(node, timeout: float) -> list[str]:
+    """The full names of the nodes publishing the results. Discovery reports a topic's endpoints
+    before their node's name (`_NODE_NAME_UNKNOWN_` until then): wait for the names."""
+    import rclpy
+
+    end = time.monotonic() + timeout
+    while True:
+        infos = node.get_publishers_info_by_topic(bags.RESULT_TOPIC)
+        if (infos and all(i.node_name != "_NODE_NAME_UNKNOWN_" for i in infos)) or time.monotonic() > end:
+            return [f"{i.node_namespace.rstrip('/')}/{i.node_name}" for i in infos
+                    if i.node_name != "_NODE_NAME_UNKNOWN_"]
+        rclpy.spin_once(node, timeout_sec=0.1)
+
+
+def _local_digest(values: dict) -> str | None:
+    """The digest of the node's predictor as this machine has it (None when it has not: the
+    node may run elsewhere)."""
+    from timebill_ros.core.predictor import PredictorLoadError, predictor_digest, predictor_folder
+
+    spec, fixed = values.get("predictor_path") or "", int(values.get("fixed_prediction_tokens") or 0)
+    try:
+        return predictor_digest(spec, fixed) if not spec or predictor_folder(spec).is_dir() else None
+    except PredictorLoadError:
+        return None
 
 
 def _wait_for_node(node, pub, timeout: float = 60.0) -> None:

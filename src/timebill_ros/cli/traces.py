@@ -270,6 +270,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "machine_pace": traces.machine_pace(prompts, timing),
             "measure_minutes": measured}
     if agree:
+        check_answered_by(agree + agree_again, params, n_hat_from)
         records = node_records(agree)
         at_node_prefill = traces.agreement_at_node_prefill(
             prompts, levels, timing, records, n_max=params.max_new_tokens, min_kept=params.snapkv_window, predictor_k=k)
@@ -282,6 +283,31 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
                     outcomes, again)["agree_pct"], "bags": [str(b) for b in agree_again]}
     report.write_text(json.dumps(data, indent=2))
     return data
+
+
+def check_answered_by(paths: tuple[Path, ...], params, digest: str) -> None:
+    """Refuse result bags (PATHS) whose node planned with another target, predictor or k than
+    PARAMS and the predictor of DIGEST: agreement with traces planned otherwise says nothing.
+    Bags replayed before the node was recorded (cli.bag._node_planning) pass with a warning."""
+    import math
+
+    from timebill_ros.eval import bags
+
+    for path in paths:
+        node = json.loads(bags.custom_data(path).get(bags.NODE_KEY) or "{}")
+        if not node:
+            click.echo(f"WARNING: {path} does not say which node answered it: its planning is not checked", err=True)
+            continue
+        differ = [f"{key} {node.get(key)!r} (traces: {want!r})"
+                  for key, want in (("model_path", params.model_path), ("predictor_path", params.predictor_path))
+                  if node.get(key) != want]
+        if not math.isclose(float(node.get("k", -1.0)), params.k):
+            differ.append(f"k {node.get('k')!r} (traces: {params.k!r})")
+        if node.get("predictor_digest") not in (None, digest):  # None: the node's predictor is not on this machine
+            differ.append(f"predictor digest {node['predictor_digest']} (traces: {digest})")
+        if differ:
+            raise click.ClickException(f"{path} was answered by a node that planned with another " + ", ".join(differ)
+                                       + ": replay the bag against a node started with the traces' params file")
 
 
 def node_records(paths: tuple[Path, ...]) -> list[dict]:

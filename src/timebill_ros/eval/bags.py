@@ -38,13 +38,21 @@ def typestore():
     return store
 
 
-def write_bag(path: Path, topic: str, msgtype: str, records: Iterable[tuple[int, dict]], storage: str = "mcap") -> Path:
-    """Write (timestamp_ns, fields) records as MSGTYPE on TOPIC; PATH must not exist yet."""
+# The custom-data key (rosbag2 metadata) under which a result bag names the node that answered it.
+NODE_KEY = "timebill.node"
+
+
+def write_bag(path: Path, topic: str, msgtype: str, records: Iterable[tuple[int, dict]], storage: str = "mcap",
+              custom: dict[str, str] | None = None) -> Path:
+    """Write (timestamp_ns, fields) records as MSGTYPE on TOPIC; PATH must not exist yet. CUSTOM
+    goes into the bag's metadata.yaml (custom_data: `ros2 bag info` and any rosbag2 reader keep it)."""
     store = typestore()
     cls = store.types[msgtype]
     duration = store.types["builtin_interfaces/msg/Duration"]
     defaults = msg_defaults(msgtype)  # parsed once, not per record
     with Writer(path, version=9, storage_plugin=STORAGES[storage]) as writer:
+        for key, value in (custom or {}).items():
+            writer.set_custom_data(key, value)
         conn = writer.add_connection(topic, msgtype, typestore=store)
         for stamp, values in records:
             values = dict(values)
@@ -82,6 +90,14 @@ def read_bag(paths: list[Path], topic: str) -> Iterator[tuple[int, object]]:
 def as_dict(msg: object) -> dict:
     """A rosbags message as plain fields (nested messages kept as objects)."""
     return {f.name: getattr(msg, f.name) for f in dc_fields(msg)}
+
+
+def custom_data(path: Path) -> dict[str, str]:
+    """The custom_data of a rosbag2 bag's metadata.yaml ({} for bags written without it)."""
+    import yaml
+
+    meta = yaml.safe_load((Path(path) / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    return dict(meta.get("custom_data") or {})
 
 
 def result_records(paths: list[Path]) -> list[dict]:
