@@ -773,8 +773,8 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill", source: str 
                      f"{same['agree_pct']:.1f} % of {same['goals']}")
         if itself := agree.get("node_with_itself"):  # what the host's noise alone flips: the ceiling
             text += (f"; the same goals replayed through the node again: the node agrees with itself on "
-                     f"{itself['agree_pct']:.1f} % of {itself['goals']} (the most any prediction of its outcome can "
-                     f"reach on this host), and that second run with the traces on "
+                     f"{itself['agree_pct']:.1f} % of {itself['goals']} (about the most any prediction of its "
+                     f"outcome can reach on this host), and that second run with the traces on "
                      f"{itself['again_with_traces_pct']:.1f} %")
     return "\n".join(lines) + text + "\n"
 

@@ -438,8 +438,9 @@ def agreement(outcomes: dict[str, Outcome], node_records: list[dict], near: floa
 def self_agreement(first: list[dict], again: list[dict]) -> dict:
     """How often the node agrees with itself: the same goals (request ids) replayed twice through
     it, complete / incomplete compared. The host's run-to-run noise flips goals planned near
-    their deadline whatever the traces do, so this is the most any trace-vs-node agreement can
-    reach on the host (TimeBill plans to the edge of the budget by design)."""
+    their deadline whatever the traces do, so this is about the most any trace-vs-node agreement
+    can reach on the host (TimeBill plans to the edge of the budget by design): a sample, not a
+    bound; a trace-vs-node figure above it is luck of the same size."""
     runs = {r["request_id"]: r["status_name"] == "SUCCEEDED" for r in first if r.get("request_id")}
     pairs = [(runs[r["request_id"]], r["status_name"] == "SUCCEEDED") for r in again if r.get("request_id") in runs]
     return {"goals": len(pairs), "agree_pct": _agree_pct(pairs)}
