@@ -29,8 +29,8 @@ AGREE_PER_TASK=${AGREE_PER_TASK:-3}
 # Two methods, not four: the replay is real time (240 goals took 25 of 68 minutes), and
 # vanilla plus TimeBill's planned alphas already cover alpha 0 to 0.93.
 AGREE_METHODS=${AGREE_METHODS:-vanilla,timebill}
-# A second replay of the same goals says what the host's noise alone flips: the ceiling of the
-# agreement above (TimeBill plans to the edge of the budget). 1 skips it; more count as 2.
+# A second replay of the same goals says what the host's noise alone flips: about the most the
+# agreement above can reach (TimeBill plans to the edge of the budget). 1 skips it; more count as 2.
 AGREE_REPEATS=${AGREE_REPEATS:-2}
 ALPHAS=${ALPHAS:-}
 # Prefills measured per prompt (their median is every goal's): a single one measured in a slow

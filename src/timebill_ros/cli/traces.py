@@ -342,7 +342,7 @@ def node_records(paths: tuple[Path, ...]) -> list[dict]:
                    "with --budgets OUT/levels.json): how often node and traces agree on complete.")
 @click.option("--agree-again", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="The same goals' bag replayed through the node a second time: how often the node agrees "
-                   "with itself, the most the traces can agree with it on this host.")
+                   "with itself, about the most the traces can agree with it on this host.")
 @ANSWERS_OPTION
 @click.option("--split", type=click.Choice(("test", "validation")), default="test", show_default=True,
               help="Whose sources the prompts come from: validation to choose a setting (k) on, test to report.")

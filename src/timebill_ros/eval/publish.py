@@ -771,7 +771,7 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill", source: str 
         if (same := agree.get("at_node_prefill")) and same["goals"]:  # the host's prefill pace taken out
             text += (f"; with each goal's traced outcome recomputed from the prefill the node took, on "
                      f"{same['agree_pct']:.1f} % of {same['goals']}")
-        if itself := agree.get("node_with_itself"):  # what the host's noise alone flips: the ceiling
+        if itself := agree.get("node_with_itself"):  # what the host's noise alone flips
             text += (f"; the same goals replayed through the node again: the node agrees with itself on "
                      f"{itself['agree_pct']:.1f} % of {itself['goals']} (about the most any prediction of its "
                      f"outcome can reach on this host), and that second run with the traces on "
