@@ -125,6 +125,12 @@ def test_the_machine_pace_flags_traces_measured_through_a_slow_spell():
     pace = traces.machine_pace([fast, fast, slow], TIMING)
     assert pace["decode_over_plan_median"] == pytest.approx(0.045 / planned)  # 9 of the 10 tokens' 50 ms
     assert pace["decode_over_plan_max"] == pytest.approx(0.18 / planned) and pace["decode_over_plan_share"] == 1 / 3
+    assert "decode_over_calibration" not in pace  # only against a fit given
+    # Against the calibration's fit without margins (the plan's here is 1.25x it): the host's own pace.
+    fit = TIMING.scaled(0.8, 0.8)
+    pace = traces.machine_pace([fast, fast, slow], TIMING, fit)
+    assert pace["decode_over_calibration"] == pytest.approx(0.045 / fit.decode(1000, 0.0, 10))
+    assert pace["prefill_over_calibration"] == pytest.approx(1.0 / 0.8)
 
 
 @pytest.mark.parametrize("policy", ["kill", "skip_next"])
@@ -550,3 +556,38 @@ def test_paired_gaps_take_timebill_minus_the_level_s_best_fixed_alpha_goal_by_go
     assert gap["best_fixed"] == "vanilla" and gap["difference"] == pytest.approx(-0.1)
     assert gap["paired_se"] == pytest.approx(0.0, abs=1e-12)  # the same 0.1 on every prompt: no doubt left
     assert table["kill"]["timebill"]["q50"]["score_se"] > 0.2  # where each arm's own error sees the prompts' spread
+    assert gap["decided"] and gap["goals_to_decide"] == 3  # no spread: the 3 goals decide it
+
+
+def test_a_paired_gap_is_decided_at_two_standard_errors_and_says_how_many_goals_the_rest_would_need():
+    assert traces.goals_to_decide(0.03, 0.03, 48) == 4 * 48  # one SE from 0: four times the goals for two
+    assert traces.goals_to_decide(0.1, 0.01, 48) == 48  # already decided: never fewer than measured
+    assert traces.goals_to_decide(0.0, 0.01, 48) is None
+    from timebill_ros.eval.publish import _decided
+
+    paired = {"q10": {"difference": -0.1, "paired_se": 0.02, "decided": True, "goals_to_decide": 48},
+              "q50": {"difference": 0.01, "paired_se": 0.02, "decided": False, "goals_to_decide": 768}}
+    assert _decided(paired) == ("; decided (two paired standard errors from 0) at q10; goals a level the rest "
+                                "would need at this spread: q50 ~768")
+    assert _decided({"q10": {"difference": 0.0, "paired_se": 0.0}}) == ""  # files from before it
+
+
+def test_replanning_at_the_traces_own_pace_plans_less_eviction_when_the_host_ran_faster_than_calibrated():
+    prompts = [Prompt(f"ex{i}", "qa", "garage", n_hat=10,
+                      traces={a: trace(a, 0.2 + 0.05 * i - 0.1 * a, prefill=1.0 + 0.1 * i) for a in traces.ALPHA_GRID})
+               for i in range(6)]
+    levels = traces.budget_levels(prompts, (0.1, 0.5, 0.9))
+    table = traces.evaluate(traces.goal_outcomes(prompts, levels, TIMING, n_max=100, predictor_k=2.0))
+    assert traces.at_traced_pace(prompts, levels, TIMING, table, {}, k=2.0, n_max=100) is None  # no fit: no pace
+    same = traces.at_traced_pace(prompts, levels, TIMING, table, {"decode_over_calibration": 1.0}, k=2.0, n_max=100)
+    assert same["cells"] == table["kill"]["timebill"]  # at the calibrated pace: the table's own TimeBill
+    faster = traces.at_traced_pace(prompts, levels, TIMING, table, {"decode_over_calibration": 0.5}, k=2.0, n_max=100)
+    assert faster["decode_factor"] == 0.5
+    assert all(faster["cells"][lv]["alpha_mean"] <= same["cells"][lv]["alpha_mean"] for lv in levels["qa"])
+    assert sum(faster["cells"][lv]["alpha_mean"] for lv in levels["qa"]) < sum(
+        same["cells"][lv]["alpha_mean"] for lv in levels["qa"])
+    from timebill_ros.eval.publish import _at_pace
+
+    assert _at_pace({"at_traced_pace_kill": faster}).startswith(
+        " Replanned as if calibrated at the pace the traces ran (the plan's decode x0.50")
+    assert _at_pace({}) == ""

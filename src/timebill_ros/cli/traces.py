@@ -246,7 +246,8 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     prompts, measured = traced_prompts(params_file, params, tokenizer, examples, out, alphas=alphas,
                                        prefill_samples=prefill_samples, n_hat_from=n_hat_from)
     # What planning reads is the node's own: its calibration, its k (or its predictor's), its SnapKV window.
-    timing, k = stored_calibration(params_file).planning_timing(), planning_k(params)
+    calibration, k = stored_calibration(params_file), planning_k(params)
+    timing = calibration.planning_timing()
     levels = traces.budget_levels(prompts, quantiles)
     outcomes = traces.goal_outcomes(prompts, levels, timing, n_max=params.max_new_tokens,
                                     min_kept=params.snapkv_window, predictor_k=k)
@@ -267,7 +268,9 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
                                                 min_kept=params.snapkv_window,
                                                 ks=tuple(sorted({*traces.SWEEP_K, k or PAPER_K})))),
             "best_k": traces.best_k(sweep),
-            "machine_pace": traces.machine_pace(prompts, timing),
+            "machine_pace": (pace := traces.machine_pace(prompts, timing, calibration.fitted_timing())),
+            "at_traced_pace_kill": traces.at_traced_pace(prompts, levels, timing, table, pace, k=k or PAPER_K,
+                                                         n_max=params.max_new_tokens, min_kept=params.snapkv_window),
             "measure_minutes": measured}
     if agree:
         check_answered_by(agree + agree_again, params, n_hat_from)

@@ -216,6 +216,11 @@ class Calibration:
         return self.timing.scaled((1.0 + self.prefill_margin) * contention, 1.0 + self.decode_margin,
                                   self.prefill_margin_s * contention, self.decode_margin_s)
 
+    def fitted_timing(self) -> TimingModel:
+        """The fit with prefill raised by the predictor's contention, no margins: the machine's
+        pace as calibrated (what a served goal's phases are measured against)."""
+        return self.timing.scaled(max(1.0, self.prefill_contention), 1.0)
+
     def age_seconds(self) -> float:
         """Seconds since this calibration was made."""
         try:

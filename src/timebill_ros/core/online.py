@@ -182,7 +182,7 @@ def online_timing_from(calibration, *, window: int, enabled: bool, estimator: st
     windowed conformal quantile of the goal's whole time (core.conformal.GoalConformal);
     "window" with the second-largest ratio of the last WINDOW goals plus the calibration's margins."""
     contention = max(1.0, calibration.prefill_contention)
-    base = calibration.timing.scaled(contention, 1.0)
+    base = calibration.fitted_timing()
     margins = Margins(calibration.prefill_margin, calibration.prefill_margin_s * contention,
                       calibration.decode_margin, calibration.decode_margin_s)
     band = (max(calibration.prefill_margin, calibration.prefill_mape / 100.0),

@@ -753,7 +753,7 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill", source: str 
     if policy == "kill" and (paired := r.get("paired_gaps_kill")):
         text += ("\n- TimeBill minus the level's best fixed alpha, goal by goal on the same prompts (paired standard "
                  "error): " + ", ".join(f"{lv} {g['difference']:+.3f} ({g['paired_se']:.3f})"
-                                        for lv, g in paired.items()))
+                                        for lv, g in paired.items()) + _decided(paired))
     if ceiling and (ahead := claims.get("ahead_of_every_fixed_alpha")):
         headroom = {lv: ceiling[lv]["score"] - row["best_fixed_score"] for lv, row in ahead["per_level"].items()}
         text += ("\n- what choosing alpha per prompt could buy at all (hindsight minus the best fixed alpha): "
@@ -779,6 +779,18 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill", source: str 
     return "\n".join(lines) + text + "\n"
 
 
+def _decided(paired: dict) -> str:
+    """Which paired differences lie two standard errors from 0, and how many goals a level the
+    others would need at their spread (eval.traces.goals_to_decide); "" for files before it."""
+    rows = {lv: g for lv, g in paired.items() if "decided" in g}
+    if not rows:
+        return ""
+    decided = [lv for lv, g in rows.items() if g["decided"]]
+    need = [f"{lv} ~{g['goals_to_decide']:,}" for lv, g in rows.items() if not g["decided"] and g["goals_to_decide"]]
+    return (f"; decided (two paired standard errors from 0) at {', '.join(decided) or 'no level'}"
+            + (f"; goals a level the rest would need at this spread: {', '.join(need)}" if need else ""))
+
+
 def _measured_on(r: dict) -> str:
     """Where and how steadily the traces were measured (older files lack some of it)."""
     text = f" Measured on `{r['machine']}`" if r.get("machine") else ""
@@ -791,6 +803,10 @@ def _measured_on(r: dict) -> str:
             text += (f", a decode of {pace['decode_min_tokens']} tokens or more {pace['decode_over_plan_median']:.2f}x "
                      f"(median; 90th percentile {pace['decode_over_plan_p90']:.2f}x, most "
                      f"{pace['decode_over_plan_max']:.2f}x; {pct(pace['decode_over_plan_share'], 0)} over 1)")
+        if "decode_over_calibration" in pace:  # the margins apart from the host's pace
+            text += (f"; against the calibration's fit without its margins, prefill ran "
+                     f"{pace['prefill_over_calibration']:.2f}x and decode {pace['decode_over_calibration']:.2f}x "
+                     f"(medians: the host's pace against its calibration's)")
     return text + "." if text else ""
 
 
@@ -908,7 +924,21 @@ def traces_plan_loss_table(load: Callable[[str], dict], source: str = "traces_ev
                      + f" | {sum(v['score_lost'] for v in row.values()):+.3f} |")
     return ("\n".join(lines) + "\n\nUnder Kill, every level's goals. Cells: goals / score lost per goal of all, "
             "against each goal run at the smallest measured alpha whose traced work fits its budget (known after "
-            "the fact); shortfall: their sum, the mean score that arm leads the method by.\n")
+            "the fact); shortfall: their sum, the mean score that arm leads the method by." + _at_pace(r) + "\n")
+
+
+def _at_pace(r: dict) -> str:
+    """One sentence on TimeBill replanned as if calibrated at the traces' own pace
+    (eval.traces.at_traced_pace); "" for files before it."""
+    if not (row := r.get("at_traced_pace_kill")):
+        return ""
+    c = row["claims"]
+    ahead, completion = c["ahead_of_every_fixed_alpha"], c["completion_within_5_pts_of_fixed_0.95"]
+    worst = min(completion["timebill_minus_fixed_0.95_pts"].items(), key=lambda kv: kv[1])
+    return (f" Replanned as if calibrated at the pace the traces ran (the plan's decode x{row['decode_factor']:.2f},"
+            f" margins kept), TimeBill scores " + " / ".join(f"{cell['score']:.3f}" for cell in row["cells"].values())
+            + f", ahead of every fixed alpha at {len(ahead['levels_held'])} of {len(ahead['per_level'])} levels, "
+            f"completion vs fixed 0.95 {worst[1]:+.0f} pts at its furthest ({worst[0]}).")
 
 
 def _brief(numbers: dict) -> str:

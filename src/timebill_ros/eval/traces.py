@@ -314,8 +314,24 @@ def paired_gaps(outcomes: dict[str, Outcome], table: dict, policy: str = "kill")
         best = best_fixed(methods, level)
         tb, fixed = scores[("timebill", level)], scores[(best, level)]
         diffs = [tb[e] - fixed[e] for e in tb]
-        out[level] = {"best_fixed": best, "difference": statistics.fmean(diffs), "paired_se": standard_error(diffs)}
+        mean, se = statistics.fmean(diffs), standard_error(diffs)
+        out[level] = {"best_fixed": best, "difference": mean, "paired_se": se,
+                      "decided": abs(mean) >= DECIDED_SE * se and mean != 0.0,
+                      "goals_to_decide": goals_to_decide(mean, se, len(diffs))}
     return out
+
+
+# A paired difference counts as decided at this many standard errors (about 95 % two-sided).
+DECIDED_SE = 2.0
+
+
+def goals_to_decide(difference: float, se: float, goals: int) -> int | None:
+    """About how many goals a level would need for DIFFERENCE to lie DECIDED_SE paired standard
+    errors from 0, if the goals' spread stayed what GOALS of them showed (SE shrinks as 1/sqrt(n));
+    None when nothing differs."""
+    if difference == 0.0:
+        return None
+    return max(goals, math.ceil(goals * (DECIDED_SE * se / abs(difference)) ** 2))
 
 
 def hindsight(prompts: list[Prompt], levels: dict[str, dict[str, float]]) -> dict:
@@ -383,15 +399,32 @@ def k_sweep(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: 
     its cells (level -> Cell.summary()) and the claims with it in TimeBill's place in TABLE
     (`evaluate`'s, for the fixed alphas and the true-length arm). The k the node uses is set on
     validation (issue 29); this shows what that choice costs on these prompts, it chooses nothing."""
-    out = {}
-    for k in ks:
-        name = f"timebill_k{k:g}"
-        outcomes = goal_outcomes(prompts, levels, timing, n_max=n_max, min_kept=min_kept,
-                                 methods=(Method(name, k=k),), policies=(policy,))
-        cells = evaluate(outcomes)[policy][name]
-        swapped = {policy: {**table[policy], "timebill": cells}}
-        out[f"{k:g}"] = {"cells": cells, "claims": claims(swapped, policy)}
-    return out
+    return {f"{k:g}": replanned(prompts, levels, timing, table, k=k, n_max=n_max, min_kept=min_kept, policy=policy)
+            for k in ks}
+
+
+def replanned(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: TimingModel, table: dict, *,
+              k: float, n_max: int, min_kept: int = 0, policy: str = "kill") -> dict:
+    """TimeBill under POLICY planned with TIMING and pessimism K from the same traces: its cells
+    (level -> Cell.summary()) and the claims with it in TimeBill's place in TABLE."""
+    name = f"timebill_k{k:g}"
+    outcomes = goal_outcomes(prompts, levels, timing, n_max=n_max, min_kept=min_kept,
+                             methods=(Method(name, k=k),), policies=(policy,))
+    cells = evaluate(outcomes)[policy][name]
+    return {"cells": cells, "claims": claims({policy: {**table[policy], "timebill": cells}}, policy)}
+
+
+def at_traced_pace(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: TimingModel, table: dict,
+                   pace: dict, *, k: float, n_max: int, min_kept: int = 0) -> dict | None:
+    """TimeBill under Kill replanned as if its calibration had been made at the pace the traces
+    ran: the plan's decode (and eviction) scaled by the traced decodes' median over the
+    calibration's fit (PACE, `machine_pace` with a fit), margins kept. Prefill needs no scaling:
+    a plan takes the prefill measured. Whether a host faster than calibrated (a loose plan)
+    is what keeps TimeBill from a claim. None without that pace."""
+    if not (factor := pace.get("decode_over_calibration")):
+        return None
+    return {"decode_factor": factor,
+            **replanned(prompts, levels, timing.scaled(1.0, factor), table, k=k, n_max=n_max, min_kept=min_kept)}
 
 
 def validation_choice(report: dict, model: str | None, digest: str | None) -> float | None:
@@ -585,17 +618,20 @@ STEADY_SPREAD = 1.5  # largest / smallest prefill-over-fit ratio of one run that
 PACE_MIN_TOKENS = 8
 
 
-def machine_pace(prompts: list[Prompt], timing: TimingModel) -> dict:
+def machine_pace(prompts: list[Prompt], timing: TimingModel, fit: TimingModel | None = None) -> dict:
     """Each prompt's measured prefill over TIMING (the plan's: the calibration's fit with its
     margins): how steady the machine was while the traces were measured. Every cell of a
     prompt rests on its prefill (the median of its samples), so a slow spell of the host (a run
     here saw 0.62x to 2.02x) moves budgets' outcomes, not the method's. Then every traced decode
     of PACE_MIN_TOKENS or more over what TIMING plans for it: the share over 1 is how often a
-    plan made right at the deadline, with the true length, would have been killed."""
+    plan made right at the deadline, with the true length, would have been killed.
+
+    With FIT (the calibration's fit without margins, `Calibration.fitted_timing`), the medians
+    of both over it too: the pace the host ran at against its calibration's. Apart, the two say
+    whether a loose plan comes from the margins or from a host that ran faster than calibrated."""
     ratios = [p.prefill_s / timing.prefill(p.traces[0.0].prompt_tokens) for p in prompts]
     low, high = min(ratios), max(ratios)
-    decodes = sorted((t.token_s[-1] - t.token_s[0]) / timing.decode(t.prompt_tokens, alpha, len(t.token_s))
-                     for p in prompts for alpha, t in p.traces.items() if len(t.token_s) >= PACE_MIN_TOKENS)
+    decodes = sorted(_decode_over(t, timing) for t in _paced_decodes(prompts))
     pace = {"prefill_over_fit_min": low, "prefill_over_fit_median": statistics.median(ratios),
             "prefill_over_fit_max": high, "steady": high / low <= STEADY_SPREAD}
     if decodes:
@@ -603,7 +639,22 @@ def machine_pace(prompts: list[Prompt], timing: TimingModel) -> dict:
                     decode_over_plan_max=decodes[-1],
                     decode_over_plan_share=sum(r > 1.0 for r in decodes) / len(decodes),
                     decodes=len(decodes), decode_min_tokens=PACE_MIN_TOKENS)
+    if fit is not None:
+        pace["prefill_over_calibration"] = statistics.median(
+            p.prefill_s / fit.prefill(p.traces[0.0].prompt_tokens) for p in prompts)
+        if decodes:
+            pace["decode_over_calibration"] = statistics.median(_decode_over(t, fit) for t in _paced_decodes(prompts))
     return pace
+
+
+def _paced_decodes(prompts: list[Prompt]) -> list[Trace]:
+    """Every trace long enough for its decode to show the host's pace (PACE_MIN_TOKENS)."""
+    return [t for p in prompts for t in p.traces.values() if len(t.token_s) >= PACE_MIN_TOKENS]
+
+
+def _decode_over(trace: Trace, timing: TimingModel) -> float:
+    """TRACE's decode after its first token over what TIMING gives the same steps."""
+    return (trace.token_s[-1] - trace.token_s[0]) / timing.decode(trace.prompt_tokens, trace.alpha, len(trace.token_s))
 
 
 def decode_share(prompts: list[Prompt], levels: dict[str, dict[str, float]]) -> dict[str, float]:
