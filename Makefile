@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TIMEBILL_HOME ?= $(CURDIR)/.timebill
 ENV := source scripts/env.sh
 
-.PHONY: help setup demo test bench bench-llamacpp eval eval-long eval-validation eval-quick eval-bags load soak faults first-goal timing results clean
+.PHONY: help setup demo test bench bench-llamacpp eval eval-long eval-large eval-validation eval-quick eval-bags load soak faults first-goal timing results clean
 help:
 	@echo "make setup   - venv, pinned dependencies, colcon build (idempotent)"
 	@echo "make demo    - start the node, send one goal with feedback, stop"
@@ -19,6 +19,7 @@ help:
 	@echo "make eval    - the paper's comparison from measured traces, checked against the node; results/eval/"
 	@echo "make eval-long - the same on prompts asking for long answers (no QA); results/eval-long/"
 	@echo "make eval-validation - the traces on validation prompts: the k that scores best; results/eval-validation/"
+	@echo "make eval-large - make eval with twice the prompts (24 a task), to decide more levels; results/eval-large/"
 	@echo "make eval-quick - a smoke run: 2 prompts a task, 6 alphas, a short calibration; results/eval-quick/"
 	@echo "make eval-bags - the older comparison: every goal through bags and the node, int8 and the k sweep"
 	@echo "make load    - 4 clients, 200 goals in 10 s against the node (SmolLM2); results/bench/load.json"
@@ -61,6 +62,12 @@ eval-quick: setup
 # The same with prompts that ask for long answers (decode a larger share of a goal; no QA): results/eval-long/.
 eval-long: setup
 	@$(ENV) && ANSWERS=long TASKS=code,list,summary OUT=results/eval-long bash scripts/eval.sh
+
+# The main comparison with twice the prompts (24 a task: make eval's 12 and 12 more) and one node
+# replay, where 48 goals a level decide no difference at two paired standard errors; ~45 min
+# with the calibration stored, over make eval's 60 from a fresh clone. results/eval-large/.
+eval-large: setup
+	@$(ENV) && PER_TASK=24 AGREE_REPEATS=1 OUT=results/eval-large bash scripts/eval.sh
 
 # The traces on the validation split's prompts, no node check: best_k in its JSON is the k
 # make eval (and eval-long, eval-quick) then plans the test prompts with; results/eval-validation/.
