@@ -419,8 +419,8 @@ def at_traced_pace(prompts: list[Prompt], levels: dict[str, dict[str, float]], t
     """TimeBill under Kill replanned as if its calibration had been made at the pace the traces
     ran: the plan's decode (and eviction) scaled by the traced decodes' median over the
     calibration's fit (PACE, `machine_pace` with a fit), margins kept. Prefill needs no scaling:
-    a plan takes the prefill measured. Whether a host faster than calibrated (a loose plan)
-    is what keeps TimeBill from a claim. None without that pace."""
+    a plan takes the prefill measured. It says whether a host faster than calibrated (a loose
+    plan) is what keeps TimeBill from a claim. None without that pace."""
     if not (factor := pace.get("decode_over_calibration")):
         return None
     return {"decode_factor": factor,
