@@ -618,7 +618,7 @@ def params_table(load: Callable[[str], dict] | None = None) -> str:
         default = f"`{f.default}`" if f.default != "" else '""'
         if isinstance(f.default, bool):
             default = f"`{str(f.default).lower()}`"
-        changes = "yes (`ros2 param set`)" if meta["runtime"] else "read-only"
+        changes = "yes" if meta["runtime"] else "read-only"  # the note under the table names the command
         lines.append(f"| `{f.name}` | {default} | {allowed} | {changes} | {meta['description'].replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
@@ -653,8 +653,10 @@ def headline_table(load: Callable[[str], dict]) -> str:
     # The newest target's Table 1 once it is published (v9, issue 29), else v3's.
     if rlp := optional("rlp_smollm2_tasks_v9.json") or optional("rlp_smollm2_tasks_v3.json"):
         rows.append(predictor_headline(rlp))
-    if tr := optional("traces_eval.json"):
-        rows.append(comparison_headline(tr))
+    # make eval's run, then make eval-large's (twice the prompts) where it was published.
+    for name in ("traces_eval.json", "traces_eval_large.json"):
+        if tr := optional(name):
+            rows.append(comparison_headline(tr))
     if st := optional("structured.json"):
         rows.append(("structured answers: valid / mask over a decode step at 512 tokens",
                      f"{st['valid_pct']:.0f} % / {st['mask_share_of_step_at_512_pct']:.1f} %", "100 % / < 10 %",
