@@ -591,3 +591,35 @@ def test_replanning_at_the_traces_own_pace_plans_less_eviction_when_the_host_ran
     assert _at_pace({"at_traced_pace_kill": faster}).startswith(
         " Replanned as if calibrated at the pace the traces ran (the plan's decode x0.50")
     assert _at_pace({}) == ""
+
+
+def test_the_work_a_killed_goal_did_is_what_its_online_timing_observes():
+    run = trace(0.0, 1.0, tokens=10, prefill=1.0)  # tokens at 1.1, 1.2, ... 2.0 s from the start
+    prefill, decode = traces.phase_work(run, TIMING, budget=1.55)
+    assert prefill.complete and prefill.measured == 1.0 and prefill.predicted == pytest.approx(1.0)
+    # Steps 2-5 ended by the deadline (the first token comes out of prefill): 4 steps, 0.4 s.
+    assert decode.measured == pytest.approx(0.4) and decode.predicted == pytest.approx(TIMING.decode(1000, 0.0, 5))
+    in_prefill, none = traces.phase_work(run, TIMING, budget=0.5)
+    assert not in_prefill.complete and in_prefill.spent == 0.5 and none.measured == 0.0
+
+
+def test_online_timing_plans_less_eviction_once_goals_show_a_host_faster_than_calibrated():
+    from timebill_ros.core.online import Margins, OnlineTiming
+
+    # Decodes at about half the fit's time: the static plan evicts for what never comes.
+    prompts = [Prompt(f"ex{i}", "qa", "garage", n_hat=40,
+                      traces={a: trace(a, 0.2 - 0.1 * a, tokens=40, prefill=1.0 + 0.01 * i) for a in traces.ALPHA_GRID})
+               for i in range(8)]
+    levels = traces.budget_levels(prompts, (0.1, 0.5, 0.9))
+    table = traces.evaluate(traces.goal_outcomes(prompts, levels, TIMING, n_max=100, predictor_k=1.0))
+    online = traces.with_online_timing(prompts, levels, lambda: OnlineTiming(TIMING, Margins(), window=2), table,
+                                       k=1.0, n_max=100)
+    static = table["kill"]["timebill"]
+    assert all(online["cells"][lv]["alpha_mean"] <= static[lv]["alpha_mean"] for lv in static)
+    assert sum(c["alpha_mean"] for c in online["cells"].values()) < sum(c["alpha_mean"] for c in static.values())
+    assert online["claims"]["ahead_of_every_fixed_alpha"]["per_level"]["q50"]["timebill"] == online["cells"]["q50"][
+        "score"]
+    # Off, it plans with the prior: the static plan's own cells.
+    prior = traces.with_online_timing(prompts, levels, lambda: OnlineTiming(TIMING, Margins(), window=2, enabled=False),
+                                      table, k=1.0, n_max=100)
+    assert prior["cells"] == static

@@ -225,6 +225,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
 
     from timebill_ros.core.calibration import machine_id
     from timebill_ros.core.model import load_tokenizer
+    from timebill_ros.core.online import online_timing_from
     from timebill_ros.core.planner import PAPER_K
     from timebill_ros.core.predictor import predictor_digest
     from timebill_ros.eval import tasks, traces, workload
@@ -271,6 +272,12 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "machine_pace": (pace := traces.machine_pace(prompts, timing, calibration.fitted_timing())),
             "at_traced_pace_kill": traces.at_traced_pace(prompts, levels, timing, table, pace, k=k or PAPER_K,
                                                          n_max=params.max_new_tokens, min_kept=params.snapkv_window),
+            "online_timing_kill": {
+                "estimator": params.timing_estimator, "miss_rate": params.timing_miss_rate,
+                **traces.with_online_timing(prompts, levels, lambda: online_timing_from(
+                    calibration, window=params.online_window, enabled=True, estimator=params.timing_estimator,
+                    miss_rate=params.timing_miss_rate), table, k=k or PAPER_K, n_max=params.max_new_tokens,
+                    min_kept=params.snapkv_window)},
             "measure_minutes": measured}
     if agree:
         check_answered_by(agree + agree_again, params, n_hat_from)

@@ -931,15 +931,24 @@ def traces_plan_loss_table(load: Callable[[str], dict], source: str = "traces_ev
 
 
 def _at_pace(r: dict) -> str:
-    """One sentence on TimeBill replanned as if calibrated at the traces' own pace
-    (eval.traces.at_traced_pace); "" for files before it."""
-    if not (row := r.get("at_traced_pace_kill")):
-        return ""
+    """TimeBill replanned as if calibrated at the traces' own pace (eval.traces.at_traced_pace),
+    then with the node's online timing (eval.traces.with_online_timing); "" for files before them."""
+    text = ""
+    if row := r.get("at_traced_pace_kill"):
+        text += _replanned(f"Replanned as if calibrated at the pace the traces ran (the plan's decode "
+                           f"x{row['decode_factor']:.2f}, margins kept)", row)
+    if row := r.get("online_timing_kill"):
+        text += _replanned(f"Planned with the node's online timing ({row['estimator']}, miss rate "
+                           f"{pct(row['miss_rate'], 0)}; goal after goal through each level, no in-goal re-plan)", row)
+    return text
+
+
+def _replanned(how: str, row: dict) -> str:
+    """One sentence: HOW TimeBill was planned, its Kill scores per level and its claims (ROW)."""
     c = row["claims"]
     ahead, completion = c["ahead_of_every_fixed_alpha"], c["completion_within_5_pts_of_fixed_0.95"]
     worst = min(completion["timebill_minus_fixed_0.95_pts"].items(), key=lambda kv: kv[1])
-    return (f" Replanned as if calibrated at the pace the traces ran (the plan's decode x{row['decode_factor']:.2f},"
-            f" margins kept), TimeBill scores " + " / ".join(f"{cell['score']:.3f}" for cell in row["cells"].values())
+    return (f" {how}, TimeBill scores " + " / ".join(f"{cell['score']:.3f}" for cell in row["cells"].values())
             + f", ahead of every fixed alpha at {len(ahead['levels_held'])} of {len(ahead['per_level'])} levels, "
             f"completion vs fixed 0.95 {worst[1]:+.0f} pts at its furthest ({worst[0]}).")
 

@@ -410,8 +410,52 @@ def replanned(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing
     name = f"timebill_k{k:g}"
     outcomes = goal_outcomes(prompts, levels, timing, n_max=n_max, min_kept=min_kept,
                              methods=(Method(name, k=k),), policies=(policy,))
+    return in_timebill_s_place(outcomes, name, table, policy)
+
+
+def in_timebill_s_place(outcomes: dict[str, Outcome], name: str, table: dict, policy: str = "kill") -> dict:
+    """The cells of method NAME in OUTCOMES, and the claims with them in TimeBill's place in TABLE."""
     cells = evaluate(outcomes)[policy][name]
     return {"cells": cells, "claims": claims({policy: {**table[policy], "timebill": cells}}, policy)}
+
+
+def with_online_timing(prompts: list[Prompt], levels: dict[str, dict[str, float]], online_for: Callable[[], object],
+                       table: dict, *, k: float, n_max: int, min_kept: int = 0) -> dict:
+    """TimeBill under Kill planned as the node plans with online timing on (its default): each
+    level's goals in order through one live timing model (ONLINE_FOR() makes it afresh per level
+    from the calibration, a core.online.OnlineTiming), each planned after prefill from its
+    snapshot, then observed as the engine observes a goal: its prefill and the decode steps done
+    by the deadline against the fit without margins. The node's in-goal re-plan is not replayed
+    (the traces hold one eviction a run). Cells and claims as `replanned`."""
+    name, grid, out = "timebill_online", _grid(prompts), {}
+    for level in next(iter(levels.values())):
+        online = online_for()
+        for p in prompts:
+            budget, snapshot = levels[p.task][level], online.snapshot()
+            alpha = p.planned_alpha(Method(name, k=k), snapshot.timing, p.prefill_s, budget, n_max=n_max,
+                                    min_kept=min_kept, predictor_k=k, grid=grid)
+            trace = p.trace(alpha)
+            out[str(GoalId("kill", level, name, p.example_id))] = outcome(trace, p.reference, budget, "kill")
+            online.observe(*phase_work(trace, online.base, budget), snapshot)
+    return in_timebill_s_place(out, name, table)
+
+
+def phase_work(trace: Trace, fit: TimingModel, budget: float):
+    """(prefill, decode) core.online.PhaseWork of TRACE run to BUDGET under Kill, as the engine
+    counts them: the prefill (cut short when the deadline fell in it) and every decode step
+    that ended by the deadline, each against FIT's time for it."""
+    from timebill_ros.core.online import PhaseWork
+
+    prefill, decode = PhaseWork(), PhaseWork()
+    if trace.prefill_s > budget:  # killed in prefill: how long it ran against the whole phase's fit
+        prefill.complete, prefill.spent, prefill.whole = False, budget, fit.prefill(trace.prompt_tokens)
+        return prefill, decode
+    prefill.add(fit.prefill(trace.prompt_tokens), trace.prefill_s)
+    start = trace.prefill_s + trace.evict_s
+    done = sum(1 for t in trace.token_s[1:] if start + t <= budget)  # the first token comes from prefill
+    if done:
+        decode.add(fit.decode(trace.prompt_tokens, trace.alpha, done + 1), trace.token_s[done] - trace.token_s[0])
+    return prefill, decode
 
 
 def at_traced_pace(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: TimingModel, table: dict,
