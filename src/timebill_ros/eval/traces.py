@@ -23,6 +23,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from timebill_ros.core.online import OnlineTiming, PhaseWork
 from timebill_ros.core.planner import PAPER_K, plan
 from timebill_ros.core.timing import TimingModel
 from timebill_ros.eval.metrics import score
@@ -419,11 +420,12 @@ def in_timebill_s_place(outcomes: dict[str, Outcome], name: str, table: dict, po
     return {"cells": cells, "claims": claims({policy: {**table[policy], "timebill": cells}}, policy)}
 
 
-def with_online_timing(prompts: list[Prompt], levels: dict[str, dict[str, float]], online_for: Callable[[], object],
-                       table: dict, *, k: float, n_max: int, min_kept: int = 0) -> dict:
+def with_online_timing(prompts: list[Prompt], levels: dict[str, dict[str, float]],
+                       online_for: Callable[[], OnlineTiming], table: dict, *, k: float, n_max: int,
+                       min_kept: int = 0) -> dict:
     """TimeBill under Kill planned as the node plans with online timing on (its default): each
     level's goals in order through one live timing model (ONLINE_FOR() makes it afresh per level
-    from the calibration, a core.online.OnlineTiming), each planned after prefill from its
+    from the calibration), each planned after prefill from its
     snapshot, then observed as the engine observes a goal: its prefill and the decode steps done
     by the deadline against the fit without margins. The node's in-goal re-plan is not replayed
     (the traces hold one eviction a run). Cells and claims as `replanned`."""
@@ -440,12 +442,10 @@ def with_online_timing(prompts: list[Prompt], levels: dict[str, dict[str, float]
     return in_timebill_s_place(out, name, table)
 
 
-def phase_work(trace: Trace, fit: TimingModel, budget: float):
+def phase_work(trace: Trace, fit: TimingModel, budget: float) -> tuple[PhaseWork, PhaseWork]:
     """(prefill, decode) core.online.PhaseWork of TRACE run to BUDGET under Kill, as the engine
     counts them: the prefill (cut short when the deadline fell in it) and every decode step
     that ended by the deadline, each against FIT's time for it."""
-    from timebill_ros.core.online import PhaseWork
-
     prefill, decode = PhaseWork(), PhaseWork()
     if trace.prefill_s > budget:  # killed in prefill: how long it ran against the whole phase's fit
         prefill.complete, prefill.spent, prefill.whole = False, budget, fit.prefill(trace.prompt_tokens)
