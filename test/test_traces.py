@@ -559,6 +559,21 @@ def test_paired_gaps_take_timebill_minus_the_level_s_best_fixed_alpha_goal_by_go
     assert gap["decided"] and gap["goals_to_decide"] == 3  # no spread: the 3 goals decide it
 
 
+def test_completion_gaps_take_timebill_minus_fixed_0_95_goal_by_goal_in_points():
+    from timebill_ros.eval.workload import GoalId
+
+    def outcomes(method, statuses):
+        return {str(GoalId("kill", "q50", method, f"ex{i}")): traces.Outcome(s, 0.5, 0.0, 1.0)
+                for i, s in enumerate(statuses)}
+
+    # TimeBill is killed on one goal of four that fixed 0.95 completes: 25 points, one goal's worth.
+    goals = {**outcomes("fixed_0.95", ["SUCCEEDED"] * 4),
+             **outcomes("timebill", ["SUCCEEDED", "KILLED_AT_DEADLINE", "SUCCEEDED", "SUCCEEDED"])}
+    gap = traces.completion_gaps(goals, traces.evaluate(goals))["q50"]
+    assert gap["difference"] == pytest.approx(-25.0) and gap["paired_se"] == pytest.approx(25.0)  # stdev 50 / 2
+    assert not gap["decided"] and gap["goals_to_decide"] == 16  # one error from 0: four times the goals
+
+
 def test_a_paired_gap_is_decided_at_two_standard_errors_and_says_how_many_goals_the_rest_would_need():
     assert traces.goals_to_decide(0.03, 0.03, 48) == 4 * 48  # one SE from 0: four times the goals for two
     assert traces.goals_to_decide(0.1, 0.01, 48) == 48  # already decided: never fewer than measured

@@ -263,6 +263,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "mechanism": traces.mechanism(prompts, k or PAPER_K),
             "by_task": traces.by_task(outcomes, prompts),
             "paired_gaps_kill": traces.paired_gaps(outcomes, table),
+            "completion_gaps_kill": traces.completion_gaps(outcomes, table),
             "hindsight_kill": traces.hindsight(prompts, levels),
             "plan_losses_kill": traces.plan_losses(prompts, levels, outcomes),
             "k_sweep": (sweep := traces.k_sweep(prompts, levels, timing, table, n_max=params.max_new_tokens,

@@ -757,6 +757,10 @@ def traces_table(load: Callable[[str], dict], policy: str = "kill", source: str 
         text += ("\n- TimeBill minus the level's best fixed alpha, goal by goal on the same prompts (paired standard "
                  "error): " + ", ".join(f"{lv} {g['difference']:+.3f} ({g['paired_se']:.3f})"
                                         for lv, g in paired.items()) + _decided(paired))
+    if policy == "kill" and (done := r.get("completion_gaps_kill")):
+        text += ("\n- TimeBill's completion minus fixed 0.95's, goal by goal (paired standard error), points: "
+                 + ", ".join(f"{lv} {g['difference']:+.1f} ({g['paired_se']:.1f})" for lv, g in done.items())
+                 + _decided(done))
     if ceiling and (ahead := claims.get("ahead_of_every_fixed_alpha")):
         headroom = {lv: ceiling[lv]["score"] - row["best_fixed_score"] for lv, row in ahead["per_level"].items()}
         text += ("\n- what choosing alpha per prompt could buy at all (hindsight minus the best fixed alpha): "

@@ -305,21 +305,36 @@ def paired_gaps(outcomes: dict[str, Outcome], table: dict, policy: str = "kill")
     the standard error of that difference taken goal by goal: both arms meet the same prompts,
     so a paired error leaves out how hard each prompt is, which an arm's own error carries."""
     methods = table[policy]
-    scores: dict[tuple[str, str], dict[str, float]] = {}
+    scores = _per_goal(outcomes, policy, lambda o: o.score)
+    return {level: {"best_fixed": (best := best_fixed(methods, level)),
+                    **_paired(scores[("timebill", level)], scores[(best, level)])} for level in methods["timebill"]}
+
+
+def completion_gaps(outcomes: dict[str, Outcome], table: dict, policy: str = "kill") -> dict:
+    """level -> TimeBill's completion minus fixed 0.95's, in points, goal by goal with its paired
+    standard error (the third claim's gap, as `paired_gaps` gives the first's)."""
+    done = _per_goal(outcomes, policy, lambda o: 100.0 * (o.status == "SUCCEEDED"))
+    return {level: _paired(done[("timebill", level)], done[("fixed_0.95", level)])
+            for level in table[policy]["timebill"]}
+
+
+def _per_goal(outcomes: dict[str, Outcome], policy: str, of: Callable[[Outcome], float]) -> dict:
+    """(method, level) -> example -> OF(its outcome), for POLICY's goals."""
+    values: dict[tuple[str, str], dict[str, float]] = {}
     for goal, o in outcomes.items():
         g = GoalId.parse(goal)
         if g.policy == policy:
-            scores.setdefault((g.method, g.level), {})[g.example] = o.score
-    out = {}
-    for level in methods["timebill"]:
-        best = best_fixed(methods, level)
-        tb, fixed = scores[("timebill", level)], scores[(best, level)]
-        diffs = [tb[e] - fixed[e] for e in tb]
-        mean, se = statistics.fmean(diffs), standard_error(diffs)
-        out[level] = {"best_fixed": best, "difference": mean, "paired_se": se,
-                      "decided": abs(mean) >= DECIDED_SE * se and mean != 0.0,
-                      "goals_to_decide": goals_to_decide(mean, se, len(diffs))}
-    return out
+            values.setdefault((g.method, g.level), {})[g.example] = of(o)
+    return values
+
+
+def _paired(a: dict[str, float], b: dict[str, float]) -> dict:
+    """A's mean minus B's over the same examples, its paired standard error, whether it is
+    decided (DECIDED_SE errors from 0) and about how many goals would decide it."""
+    diffs = [a[e] - b[e] for e in a]
+    mean, se = statistics.fmean(diffs), standard_error(diffs)
+    return {"difference": mean, "paired_se": se, "decided": abs(mean) >= DECIDED_SE * se and mean != 0.0,
+            "goals_to_decide": goals_to_decide(mean, se, len(diffs))}
 
 
 # A paired difference counts as decided at this many standard errors (about 95 % two-sided).
