@@ -248,7 +248,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
                                        prefill_samples=prefill_samples, n_hat_from=n_hat_from)
     # What planning reads is the node's own: its calibration, its k (or its predictor's), its SnapKV window.
     calibration, k = stored_calibration(params_file), planning_k(params)
-    timing = calibration.planning_timing()
+    timing, planned_k = calibration.planning_timing(), k or PAPER_K  # k 0: neither the node's nor its predictor's
     levels = traces.budget_levels(prompts, quantiles)
     outcomes = traces.goal_outcomes(prompts, levels, timing, n_max=params.max_new_tokens,
                                     min_kept=params.snapkv_window, predictor_k=k)
@@ -256,11 +256,11 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     data = {"model": params.model_path, "predictor": params.predictor_path, "predictor_digest": n_hat_from,
             "machine": machine_id(), "per_task": per_task, "answers": answers, "split": split,
             "prompt_tokens": list(prompt_tokens) if prompt_tokens else f"{split} split",
-            "timebill_k": k or PAPER_K, "timebill_k_from": k_from(params, n_hat_from),
+            "timebill_k": planned_k, "timebill_k_from": k_from(params, n_hat_from),
             "alpha_grid": list(alphas), "prefill_samples": prefill_samples, "levels": levels, "table": table,
             "claims": {policy: traces.claims(table, policy) for policy in table},
             "decode_share_of_vanilla": traces.decode_share(prompts, levels),
-            "mechanism": traces.mechanism(prompts, k or PAPER_K),
+            "mechanism": traces.mechanism(prompts, planned_k),
             "by_task": traces.by_task(outcomes, prompts),
             "paired_gaps_kill": traces.paired_gaps(outcomes, table),
             "completion_gaps_kill": traces.completion_gaps(outcomes, table),
@@ -268,16 +268,16 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "plan_losses_kill": traces.plan_losses(prompts, levels, outcomes),
             "k_sweep": (sweep := traces.k_sweep(prompts, levels, timing, table, n_max=params.max_new_tokens,
                                                 min_kept=params.snapkv_window,
-                                                ks=tuple(sorted({*traces.SWEEP_K, k or PAPER_K})))),
+                                                ks=tuple(sorted({*traces.SWEEP_K, planned_k})))),
             "best_k": traces.best_k(sweep),
             "machine_pace": (pace := traces.machine_pace(prompts, timing, calibration.fitted_timing())),
-            "at_traced_pace_kill": traces.at_traced_pace(prompts, levels, timing, table, pace, k=k or PAPER_K,
+            "at_traced_pace_kill": traces.at_traced_pace(prompts, levels, timing, table, pace, k=planned_k,
                                                          n_max=params.max_new_tokens, min_kept=params.snapkv_window),
             "online_timing_kill": {
                 "estimator": params.timing_estimator, "miss_rate": params.timing_miss_rate,
                 **traces.with_online_timing(prompts, levels, lambda: online_timing_from(
                     calibration, window=params.online_window, enabled=True, estimator=params.timing_estimator,
-                    miss_rate=params.timing_miss_rate), table, k=k or PAPER_K, n_max=params.max_new_tokens,
+                    miss_rate=params.timing_miss_rate), table, k=planned_k, n_max=params.max_new_tokens,
                     min_kept=params.snapkv_window)},
             "measure_minutes": measured}
     if agree:

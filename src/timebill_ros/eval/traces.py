@@ -108,6 +108,11 @@ class Outcome:
     end_s: float  # when its work ended, from its start (0 when skipped)
     margin: float = float("nan")  # (budget - the whole traced work's time) / budget: < 0 when late
 
+    @property
+    def completed(self) -> bool:
+        """Whether the goal delivered its answer by the deadline (what completion counts)."""
+        return self.status == "SUCCEEDED"
+
 
 def outcome(trace: Trace, reference: str, budget: float, policy: str) -> Outcome:
     """A goal that starts at once: Kill ends it at the deadline (score 0), Skip-Next lets it
@@ -145,7 +150,7 @@ class Cell:
     def summary(self) -> dict:
         """n, mean score and completion with their standard errors, misses, mean alpha."""
         scores = [o.score for o in self.outcomes]
-        done = [float(o.status == "SUCCEEDED") for o in self.outcomes]
+        done = [float(o.completed) for o in self.outcomes]
         ran = [o.alpha for o in self.outcomes if o.status != "SKIPPED"]
         return {"n": len(scores), "score": statistics.fmean(scores), "score_se": standard_error(scores),
                 "completion": statistics.fmean(done), "completion_se": standard_error(done),
@@ -313,7 +318,7 @@ def paired_gaps(outcomes: dict[str, Outcome], table: dict, policy: str = "kill")
 def completion_gaps(outcomes: dict[str, Outcome], table: dict, policy: str = "kill") -> dict:
     """level -> TimeBill's completion minus fixed 0.95's, in points, goal by goal with its paired
     standard error (the third claim's gap, as `paired_gaps` gives the first's)."""
-    done = _per_goal(outcomes, policy, lambda o: 100.0 * (o.status == "SUCCEEDED"))
+    done = _per_goal(outcomes, policy, lambda o: 100.0 * o.completed)
     return {level: _paired(done[("timebill", level)], done[("fixed_0.95", level)])
             for level in table[policy]["timebill"]}
 
@@ -390,7 +395,7 @@ def plan_losses(prompts: list[Prompt], levels: dict[str, dict[str, float]], outc
             for p in prompts:
                 fits = p.fitting_alphas(levels[p.task][level])
                 ended = outcomes[str(GoalId("kill", level, method, p.example_id))]
-                done = ended.status == "SUCCEEDED"
+                done = ended.completed
                 kind = LOSS_KINDS[0 if not fits else 3 if not done else 2 if ended.alpha > fits[0] else 1]
                 least = p.score_at(fits[0]) if fits else 0.0
                 tally[kind]["goals"] += 1
@@ -445,11 +450,12 @@ def with_online_timing(prompts: list[Prompt], levels: dict[str, dict[str, float]
     by the deadline against the fit without margins. The node's in-goal re-plan is not replayed
     (the traces hold one eviction a run). Cells and claims as `replanned`."""
     name, grid, out = "timebill_online", _grid(prompts), {}
+    method = Method(name, k=k)
     for level in next(iter(levels.values())):
         online = online_for()
         for p in prompts:
             budget, snapshot = levels[p.task][level], online.snapshot()
-            alpha = p.planned_alpha(Method(name, k=k), snapshot.timing, p.prefill_s, budget, n_max=n_max,
+            alpha = p.planned_alpha(method, snapshot.timing, p.prefill_s, budget, n_max=n_max,
                                     min_kept=min_kept, predictor_k=k, grid=grid)
             trace = p.trace(alpha)
             out[str(GoalId("kill", level, name, p.example_id))] = outcome(trace, p.reference, budget, "kill")
@@ -517,7 +523,7 @@ def agreement(outcomes: dict[str, Outcome], node_records: list[dict], near: floa
     (NODE_RECORDS: result records with a request_id, as `timebill eval` reads them), over all
     of them and over those whose traced work ends more than NEAR x the budget from the
     deadline (the rest are decided by the host's noise as much as by the plan)."""
-    pairs = [(outcomes[r["request_id"]].status == "SUCCEEDED", r["status_name"] == "SUCCEEDED",
+    pairs = [(outcomes[r["request_id"]].completed, r["status_name"] == "SUCCEEDED",
               abs(outcomes[r["request_id"]].margin) > near)
              for r in node_records if r.get("request_id") in outcomes]
     clear = [(a, b) for a, b, far in pairs if far]
@@ -559,7 +565,7 @@ def agreement_at_node_prefill(prompts: list[Prompt], levels: dict[str, dict[str,
         alpha = p.planned_alpha(methods[g.method], timing, prefill_s, budget, n_max=n_max, min_kept=min_kept,
                                 predictor_k=predictor_k, grid=grid)
         traced = outcome(replace(p.traces[alpha], prefill_s=prefill_s), p.reference, budget, "kill")
-        pairs.append((traced.status == "SUCCEEDED", r["status_name"] == "SUCCEEDED"))
+        pairs.append((traced.completed, r["status_name"] == "SUCCEEDED"))
     return {"goals": len(pairs), "agree_pct": _agree_pct(pairs)}
 
 
@@ -690,7 +696,8 @@ def machine_pace(prompts: list[Prompt], timing: TimingModel, fit: TimingModel | 
     whether a loose plan comes from the margins or from a host that ran faster than calibrated."""
     ratios = [p.prefill_s / timing.prefill(p.traces[0.0].prompt_tokens) for p in prompts]
     low, high = min(ratios), max(ratios)
-    decodes = sorted(_decode_over(t, timing) for t in _paced_decodes(prompts))
+    paced = _paced_decodes(prompts)
+    decodes = sorted(_decode_over(t, timing) for t in paced)
     pace = {"prefill_over_fit_min": low, "prefill_over_fit_median": statistics.median(ratios),
             "prefill_over_fit_max": high, "steady": high / low <= STEADY_SPREAD}
     if decodes:
@@ -702,7 +709,7 @@ def machine_pace(prompts: list[Prompt], timing: TimingModel, fit: TimingModel | 
         pace["prefill_over_calibration"] = statistics.median(
             p.prefill_s / fit.prefill(p.traces[0.0].prompt_tokens) for p in prompts)
         if decodes:
-            pace["decode_over_calibration"] = statistics.median(_decode_over(t, fit) for t in _paced_decodes(prompts))
+            pace["decode_over_calibration"] = statistics.median(_decode_over(t, fit) for t in paced)
     return pace
 
 
