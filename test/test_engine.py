@@ -496,6 +496,34 @@ def test_the_in_goal_replan_ends_a_slowed_goal_complete(tiny):
     assert replanned and replanned[0].alpha > 0.0  # the feedback shows it
 
 
+def test_an_answer_past_its_planned_length_is_replanned_and_ends_sooner(tiny):
+    # Steps run at the planned pace (40 us a cached entry, as the timing says), so only the
+    # length is wrong: N_W is 10 tokens, the answer 40. Once past N_W the worst case is as many
+    # again as decoded, and when those steps at the live pace no longer fit the time left, the
+    # goal evicts again. (Each re-plan fits its own guess exactly, so whether the goal then ends
+    # by the deadline is the host's noise; that it ends much sooner is not.)
+    timing = TimingModel(a=1e-9, b=1e-5, c=1e-3, p=40e-6, q=3e-3)
+
+    def run(replan_steps):
+        e = SlowingDecodeEngine(tiny, timing, FixedLengthPredictor(10),
+                                EngineConfig(snapkv_window=16, event_period=0.0, replan_steps=replan_steps))
+        e.slow_after, e.per_entry = 0, 40e-6
+        events = []
+        result = e.run(Request(ids(1000), budget=1.0, max_new_tokens=40, ignore_eos=True, k=1.0), CancelToken(),
+                       events.append)
+        e.close()
+        return result, [ev for ev in events if ev.phase == "replanned"]
+
+    paper, none = run(replan_steps=0)
+    assert paper.plan.alpha == 0.0 and not none and paper.status is Status.COMPLETED_LATE
+    result, replans = run(replan_steps=8)
+    assert result.first_plan.alpha == 0.0 and result.first_plan.worst_case_tokens == 10
+    assert len(result.token_ids) == 40 and result.replans == len(replans) >= 1 and result.kept_prompt_tokens < 1000
+    # The first re-plan came from the length (past N_W, at the planned pace), and it grew N_W.
+    assert len(replans[0].tokens) >= 9 and replans[0].worst_case_tokens > 10
+    assert result.timings.decode < 0.85 * paper.timings.decode
+
+
 def test_a_prefill_far_slower_than_planned_plans_the_decode_as_slow(tiny):
     # TIMING predicts ~12 ms for 1,000 prompt tokens; 0.3 s more is a load that began after the
     # first plan. Decode at the planned 1.1 ms a step fits the budget at alpha 0; at the

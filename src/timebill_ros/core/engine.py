@@ -18,15 +18,15 @@ from typing import Callable
 import torch
 
 from timebill_ros.core.attention import split_chunks
-from timebill_ros.core.conformal import PACE_CHANGE
 from timebill_ros.core.eviction import SnapKV, SnapKVScorer, attention_modules, evict, evict_again, mlp_modules
 from timebill_ros.core.jobs import CancelToken, Event, OnInfeasible, Request, Result, Status, Timings
 from timebill_ros.core.kv_cache import convert_cache, new_cache
 from timebill_ros.core.length_probe import LayerTap
 from timebill_ros.core.model import LoadedModel
 from timebill_ros.core.online import OnlineTiming, PhaseWork, TimingSnapshot
-from timebill_ros.core.planner import Plan, optimal_alpha, plan
+from timebill_ros.core.planner import Plan, plan
 from timebill_ros.core.predictor import LengthPredictor
+from timebill_ros.core.replan import live_timing, paced_by_prefill, replan_floor, replan_keep, tokens_left
 from timebill_ros.core.sampling import StopStrings, TokenChooser
 from timebill_ros.core.timing import TimingModel
 
@@ -58,8 +58,9 @@ class EngineConfig:
     prefill_chunk: int = 1024  # tokens per prefill forward (the cancel token is also checked between layers)
     event_period: float = 0.05  # seconds between decode events (phase changes always emit)
     fallback_prediction_tokens: int = 64  # N_hat when the length predictor fails on a prompt
-    # In-goal re-plan: when the last `replan_steps` decode steps ran so slow that the worst case
-    # would end past the deadline, evict again (0 turns it off; baselines with a fixed alpha never do).
+    # In-goal re-plan: when, at the pace of the last `replan_steps` decode steps, the rest of the
+    # worst case (or of an answer grown past it, core.replan.tokens_left) would end past the
+    # deadline, evict again (0 turns it off; baselines with a fixed alpha never do).
     replan_steps: int = 8
 
     def validate(self) -> None:
@@ -236,7 +237,11 @@ class Engine:
     # ------------------------------------------------------------------- job
     def run(self, request: Request, cancel: CancelToken, on_event: EventSink | None = None) -> Result:
         """Run one job to a terminal Result; never raises for a stopped job."""
-        job = _Job(self, request, cancel, on_event or (lambda event: None))
+        return self.run_job(Job(self, request, cancel, on_event or (lambda event: None)))
+
+    @staticmethod
+    def run_job(job: Job) -> Result:
+        """Run JOB (made for this engine) to a terminal Result; never raises for a stopped job."""
         try:
             return job.run()
         except Stopped as stop:
@@ -258,8 +263,9 @@ def _raise_if_cancelled(cancel: CancelToken | None) -> None:
         raise Stopped(cancel.status, cancel.reason)
 
 
-class _Job:
-    """The state of one run; split out so each phase is a short method."""
+class Job:
+    """The state of one run; split out so each phase is a short method (eval.traces runs a
+    subclass that evicts again at a given step, to measure what a re-plan does)."""
 
     def __init__(self, engine: Engine, request: Request, cancel: CancelToken, emit: EventSink) -> None:
         self.engine, self.request, self.cancel, self.emit = engine, request, cancel, emit
@@ -425,17 +431,17 @@ class _Job:
 
     def paced_by_prefill(self, seconds: float) -> TimingModel:
         """This job's timing with its decode steps (and eviction) slowed as much as its own
-        prefill of SECONDS ran past the planned one, when that is a change of load (more than
-        PACE_CHANGE x: a core taken by another process slowed goals 2.6-8.9x, idle noise stays
-        within 1.5x) rather than noise. A load that began after the first plan then evicts
+        prefill of SECONDS ran past the planned one when that is a change of load
+        (core.replan.paced_by_prefill). A load that began after the first plan then evicts
         enough at once, instead of after `replan_steps` slow steps; the paper's single plan
         (replan_steps 0) keeps the planned pace."""
-        planned = self.timing.prefill(len(self.request.prompt_ids))
-        slower = seconds / planned if planned > 0.0 else 1.0
-        if not self.engine.config.replan_steps or self.request.fixed_alpha is not None or slower <= PACE_CHANGE:
+        if not self.engine.config.replan_steps or self.request.fixed_alpha is not None:
             return self.timing
-        log.info("prefill ran %.1fx its plan: decode planned %.1fx slower", slower, slower)
-        return self.timing.scaled(1.0, slower)
+        paced = paced_by_prefill(self.timing, self.timing.prefill(len(self.request.prompt_ids)), seconds)
+        if paced is not self.timing:
+            log.info("prefill ran %.1fx its plan: decode planned as much slower",
+                     seconds / self.timing.prefill(len(self.request.prompt_ids)))
+        return paced
 
     def count_chunk(self, start: int, end: int, seconds: float) -> None:
         """A completed prefill chunk, against the unmargined fit's time for it."""
@@ -489,37 +495,43 @@ class _Job:
             self.timings.decode = time.monotonic() - t0
 
     def replan_if_late(self, cache: object) -> None:
-        """The paper plans once. When the live decode steps run so much slower than planned
-        that the rest of the worst case would end past the deadline, plan alpha again from the
-        live step time and evict again (SnapKV scores of the kept prompt entries; every decoded
-        entry stays), so a slow spell that starts after the plan can still end complete."""
-        window, r, n_x = self.engine.config.replan_steps, self.request, len(self.request.prompt_ids)
-        remaining = self.plan.worst_case_tokens - len(self.tokens)
-        if not window or len(self.recent_steps) < window or r.fixed_alpha is not None or remaining < 2:
+        """The paper plans once. When the live decode steps run so much slower than planned, or
+        the answer runs so far past the N_W planned (core.replan.tokens_left), that the rest of
+        the worst case would end past the deadline, plan alpha again from the live step time
+        and evict again (SnapKV scores of the kept prompt entries; every decoded entry stays),
+        so a slow spell or a long answer that shows itself after the plan can still end complete."""
+        window, r = self.engine.config.replan_steps, self.request
+        if not window or len(self.recent_steps) < window or r.fixed_alpha is not None:
+            return
+        remaining = tokens_left(self.plan.worst_case_tokens, len(self.tokens), r.max_new_tokens)
+        if remaining < 2:
             return
         live = statistics.fmean(self.recent_steps[-window:])
-        left = r.deadline - time.monotonic()
         decoded = len(self.tokens) - 1  # entries decoding added to the cache
-        if left >= remaining * live:
+        keep = replan_keep(self.timing, kept=self.kept, floor=replan_floor(len(r.prompt_ids), r.alpha_max,
+                                                                            self.engine.press.window),
+                           decoded=decoded, remaining=remaining, left=r.deadline - time.monotonic(), live_step_s=live)
+        if keep is None:
             return
         self.recent_steps.clear()
-        floor = max(self.engine.press.window, int(n_x * (1.0 - r.alpha_max)))
-        scores = self.kept_scores or dict(self.engine.scorer.scores)  # nothing evicted yet: the prompt's
-        if self.kept <= floor or len(scores) != len(cache.layers):
+        timing = live_timing(self.timing, live, self.kept + decoded)
+        if keep >= self.kept or not self.evict_to(cache, keep):
             return  # nothing left to evict, or a prompt too short to have been scored
-        # The planned model with its decode steps scaled to the live pace.
-        timing = self.timing.scaled(1.0, live / max(1e-9, self.timing.decode_step(self.kept + decoded)))
-        raw = optimal_alpha(timing, self.kept, remaining + 1, left - timing.evict(self.kept, 1.0),
-                            remaining * timing.p * decoded)
-        keep = min(self.kept, max(floor, int(self.kept * (1.0 - min(max(raw, 0.0), 1.0)))))
-        if keep >= self.kept:
-            return
-        self.kept_scores = scores
-        self.kept = evict_again(cache, scores, self.kept, keep, lambda: _raise_if_cancelled(self.cancel))
         self.replans += 1
         wcet = self.elapsed() + timing.decode(self.kept, 0.0, remaining + 1)
-        self.plan = replace(self.plan, alpha=1.0 - self.kept / n_x, wcet=wcet, feasible=wcet <= r.budget)
+        self.plan = replace(self.plan, alpha=1.0 - self.kept / len(r.prompt_ids), wcet=wcet,
+                            feasible=wcet <= r.budget, worst_case_tokens=len(self.tokens) + remaining)
         self.event("replanned")
+
+    def evict_to(self, cache: object, keep: int) -> bool:
+        """A second eviction while decoding: keep the KEEP best-scored of the kept prompt
+        entries (and every decoded one). False when the prompt was too short to be scored."""
+        scores = self.kept_scores or dict(self.engine.scorer.scores)  # nothing evicted yet: the prompt's
+        if len(scores) != len(cache.layers):
+            return False
+        self.kept_scores = scores
+        self.kept = evict_again(cache, scores, self.kept, keep, lambda: _raise_if_cancelled(self.cancel))
+        return True
 
     def next_token(self, logits: torch.Tensor) -> int:
         """The token chosen from LOGITS; a structured answer's grammar masks them first and follows it."""
@@ -567,6 +579,20 @@ class _Job:
             prefill_factor=self.snapshot.prefill_factor,
             decode_factor=self.snapshot.decode_factor,
         )
+
+
+class EvictsAgainAt(Job):
+    """A run of REQUEST (a fixed alpha) that evicts again, down to KEEP prompt entries, once AT
+    tokens are decoded: what the in-goal re-plan does there. The traces comparison measures it
+    (eval.traces.measure_second_evictions); the node never runs it."""
+
+    def __init__(self, engine: Engine, request: Request, at: int, keep: int) -> None:
+        super().__init__(engine, request, CancelToken(), lambda event: None)
+        self.at, self.keep_at = at, keep
+
+    def replan_if_late(self, cache: object) -> None:
+        if len(self.tokens) == self.at and self.keep_at < self.kept and self.evict_to(cache, self.keep_at):
+            self.replans += 1
 
 
 def infeasible_reason(p: Plan) -> str:

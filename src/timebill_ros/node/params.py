@@ -44,7 +44,7 @@ class NodeParams:
                            "int8-decode / int4-decode (decode steps on int8 / 4-bit copies); auto-decode (int4 where "
                            "exact, else int8; or int8 throughout when measured faster here)", choices=QUANTIZATIONS)
     kv_cache_dtype: str = _p("auto", "the decode step's K/V cache dtype: auto = chosen at calibration by measuring "
-                             "float32, bfloat16 and float16 on this machine (with the decode weights, under "
+                             "float32, bfloat16 and float16 here (with the decode weights, under "
                              "auto-decode); a dtype pins it", choices=("auto", "float32", "bfloat16", "float16"))
     device: str = _p("cpu", "cpu, cuda, cuda:N or auto (CUDA when torch sees a GPU); part of the calibration key "
                      "(CUDA untested here)")
@@ -102,8 +102,8 @@ class NodeParams:
     timing_miss_rate: float = _p(0.01, "the long-run share of goals whose prefill or decode may run past its bound "
                                  "(conformal estimator)", low=0.001, high=0.5)
     online_window: int = _p(5, "window estimator: goals per estimate (second-largest ratio)", low=2, high=1000)
-    replan_steps: int = _p(8, "re-plan in the goal when the last N decode steps ran too slow for the deadline; "
-                           "0 = plan once (the paper)", low=0, high=BIG)
+    replan_steps: int = _p(8, "re-plan in the goal when, at the last N steps' pace, the rest (past N_W: as many "
+                           "again) would miss; 0 = plan once (the paper)", low=0, high=BIG)
 
     @classmethod
     def runtime_names(cls) -> set[str]:
