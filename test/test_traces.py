@@ -638,3 +638,68 @@ def test_online_timing_plans_less_eviction_once_goals_show_a_host_faster_than_ca
     prior = traces.with_online_timing(prompts, levels, lambda: OnlineTiming(TIMING, Margins(), window=2, enabled=False),
                                       table, k=1.0, n_max=100)
     assert prior["cells"] == static
+
+
+def _long_answer(first_step=0.011, later_step=None, at=0, keep=0):
+    """A 40-token answer on a 1,000-token prompt after a 1 s prefill, each step FIRST_STEP (10 us
+    a cached entry, as TIMING says), LATER_STEP from token AT on: the run that evicted again there."""
+    steps = [first_step if i < at or later_step is None else later_step for i in range(40)]
+    token_s = tuple(sum(steps[1:i + 1]) for i in range(40))
+    return Trace("ex", "qa", 0.0, 1000, 1.0, 0.0, token_s, "garage", again_at=at, keep=keep)
+
+
+def test_the_replay_re_plans_a_long_answer_where_the_node_would_and_continues_on_the_run_measured_there():
+    first = _long_answer()
+    # N_W 10 at the planned pace: past it the worst case is as many tokens again as decoded,
+    # and at 14 tokens those 14 steps (0.154 s) no longer fit the 0.146 s left of 1.3 s.
+    point = traces.replan_point(first, 1.3, TIMING, n_w=10, n_max=384, steps=8, kept=1000, floor=50)
+    assert point is not None and point[0] == 14 and 50 <= point[1] < 1000
+    # A budget with time for the whole answer: past N_W too, nothing to re-plan.
+    assert traces.replan_point(first, 2.0, TIMING, n_w=10, n_max=384, steps=8, kept=1000, floor=50) is None
+    for off in (0, 99):  # re-plans off (the paper), or a window longer than the answer
+        assert traces.replan_point(first, 1.3, TIMING, n_w=10, n_max=384, steps=off, kept=1000, floor=50) is None
+    again = _long_answer(later_step=0.003, at=14, keep=point[1])
+    replanned = traces.after_second_eviction(first, replace(again, token_s=tuple(t + 0.05 for t in again.token_s)))
+    assert replanned.token_s[:14] == first.token_s[:14]  # its own clock until the re-plan, the run's after
+    assert replanned.token_s[-1] == pytest.approx(first.token_s[13] + 26 * 0.003)
+    assert replanned.alpha == pytest.approx(1.0 - point[1] / 1000)
+    assert traces.outcome(first, "garage", 1.3, "kill").status == "KILLED_AT_DEADLINE"
+    assert traces.outcome(replanned, "garage", 1.3, "kill").completed
+
+
+def test_in_goal_replan_cells_use_the_measured_second_evictions_and_name_one_missing():
+    base = Prompt("ex", "qa", "garage", n_hat=10,
+                  traces={a: replace(_long_answer(), alpha=a) for a in traces.ALPHA_GRID})
+    levels = {"qa": {"q50": 1.3}}
+    table = traces.evaluate(traces.goal_outcomes([base], levels, TIMING, n_max=384, policies=("kill",)))
+    args = dict(k=1.0, n_max=384, min_kept=16, steps=8)
+    wanted = traces.second_evictions_wanted([base], levels, TIMING, **args)
+    [(alpha, at, keep)] = wanted["ex"]
+    assert alpha == 0.0 and at == 14
+    with pytest.raises(KeyError, match="no run measured"):
+        traces.with_in_goal_replan([base], levels, TIMING, table, **args)
+    p = replace(base, second_evictions=(_long_answer(later_step=0.003, at=at, keep=keep),))
+    assert traces.from_json(traces.to_json([p])) == [p]
+    r = traces.with_in_goal_replan([p], levels, TIMING, table, **args)
+    assert (r["goals"], r["replanned"], r["replanned_completed"]) == (1, 1, 1)
+    assert r["cells"]["q50"]["completion"] == 1.0 and table["kill"]["timebill"]["q50"]["completion"] == 0.0
+    from timebill_ros.eval.publish import _at_pace
+
+    assert _at_pace({"in_goal_replan_kill": r}).startswith(
+        " With the node's in-goal re-plan (replan_steps 8, off in the compared node as in the paper; 1 of 1 goals "
+        "evicted again, from runs measured to do so at 1.00x the traces' pace, 1 of them then complete;")
+
+
+def test_a_run_that_evicts_again_decodes_the_same_tokens_until_then(tiny):
+    from timebill_ros.core.engine import Engine, EngineConfig, EvictsAgainAt
+    from timebill_ros.core.jobs import CancelToken, Request
+    from timebill_ros.core.predictor import FixedLengthPredictor
+
+    engine = Engine(tiny, TIMING, FixedLengthPredictor(7), EngineConfig(snapkv_window=16))
+    request = Request([(7 * i) % 250 for i in range(300)], budget=1e9, max_new_tokens=12, fixed_alpha=0.5,
+                      ignore_eos=True)
+    once = engine.run(request, CancelToken())
+    again = engine.run_job(EvictsAgainAt(engine, request, 5, 40))
+    engine.close()
+    assert once.kept_prompt_tokens == 150 and (again.kept_prompt_tokens, again.replans) == (40, 1)
+    assert again.token_ids[:5] == once.token_ids[:5] and len(again.timings.token_s) == 12

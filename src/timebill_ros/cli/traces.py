@@ -211,6 +211,29 @@ def traced_prompts(params_file: str, params, tokenizer, examples, out: Path, *, 
     return prompts, measured
 
 
+def with_second_evictions(params_file: str, params, tokenizer, examples, prompts: list, out: Path,
+                          wanted: dict[str, set]) -> list:
+    """PROMPTS holding every second-eviction run of WANTED (eval.traces.second_evictions_wanted),
+    the missing ones measured now on the engine PARAMS_FILE serves and saved with the traces in
+    OUT/traces.json; the model is not loaded when none is missing."""
+    from tqdm import tqdm
+
+    from timebill_ros.eval import traces
+
+    held = {p.example_id: {(t.alpha, t.again_at, t.keep) for t in p.second_evictions} for p in prompts}
+    if not (missing := sum(len(runs - held[ex_id]) for ex_id, runs in wanted.items())):
+        return prompts
+    engine = served_engine(params_file, params, tokenizer)
+    try:
+        with tqdm(total=missing, desc="second evictions", unit="run") as bar:
+            prompts = traces.measure_second_evictions(engine, examples, prompts, wanted,
+                                                      max_new_tokens=params.max_new_tokens, tick=lambda: bar.update(1))
+    finally:
+        engine.close()
+    (out / "traces.json").write_text(json.dumps(traces.to_json(prompts)))
+    return prompts
+
+
 def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[float, ...] | None = None,
                alphas: tuple[float, ...] | None = None, task_names: tuple[str, ...] = (),
                prompt_tokens: tuple[int, int] | None = None, agree: tuple[Path, ...] = (),
@@ -229,6 +252,7 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     from timebill_ros.core.planner import PAPER_K
     from timebill_ros.core.predictor import predictor_digest
     from timebill_ros.eval import tasks, traces, workload
+    from timebill_ros.node.params import NodeParams
 
     alphas, quantiles = alphas or traces.ALPHA_GRID, quantiles or workload.QUANTILES
     out.mkdir(parents=True, exist_ok=True)
@@ -250,6 +274,11 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     calibration, k = stored_calibration(params_file), planning_k(params)
     timing, planned_k = calibration.planning_timing(), k or PAPER_K  # k 0: neither the node's nor its predictor's
     levels = traces.budget_levels(prompts, quantiles)
+    # The node's in-goal re-plan, replayed beside the paper's single plan: its own replan_steps, or its default.
+    replan = {"k": planned_k, "n_max": params.max_new_tokens, "min_kept": params.snapkv_window,
+              "steps": params.replan_steps or NodeParams().replan_steps, "alpha_max": params.alpha_max}
+    prompts = with_second_evictions(params_file, params, tokenizer, examples, prompts, out,
+                                    traces.second_evictions_wanted(prompts, levels, timing, **replan))
     outcomes = traces.goal_outcomes(prompts, levels, timing, n_max=params.max_new_tokens,
                                     min_kept=params.snapkv_window, predictor_k=k)
     table = traces.evaluate(outcomes)
@@ -273,6 +302,8 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "machine_pace": (pace := traces.machine_pace(prompts, timing, calibration.fitted_timing())),
             "at_traced_pace_kill": traces.at_traced_pace(prompts, levels, timing, table, pace, k=planned_k,
                                                          n_max=params.max_new_tokens, min_kept=params.snapkv_window),
+            "in_goal_replan_kill": traces.with_in_goal_replan(prompts, levels, timing, table, outcomes=outcomes,
+                                                              **replan),
             "online_timing_kill": {
                 "estimator": params.timing_estimator, "miss_rate": params.timing_miss_rate,
                 **traces.with_online_timing(prompts, levels, lambda: online_timing_from(

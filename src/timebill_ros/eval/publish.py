@@ -798,6 +798,11 @@ def _decided(paired: dict) -> str:
             + (f"; goals a level the rest would need at this spread: {', '.join(need)}" if need else ""))
 
 
+def _decided_at(paired: dict) -> str:
+    """The levels of PAIRED (eval.traces.paired_gaps) whose difference is decided, in words."""
+    return ", ".join(f"{lv} ({g['difference']:+.3g})" for lv, g in paired.items() if g["decided"]) or "no level"
+
+
 def _measured_on(r: dict) -> str:
     """Where and how steadily the traces were measured (older files lack some of it)."""
     text = f" Measured on `{r['machine']}`" if r.get("machine") else ""
@@ -936,15 +941,30 @@ def traces_plan_loss_table(load: Callable[[str], dict], source: str = "traces_ev
 
 def _at_pace(r: dict) -> str:
     """TimeBill replanned as if calibrated at the traces' own pace (eval.traces.at_traced_pace),
-    then with the node's online timing (eval.traces.with_online_timing); "" for files before them."""
+    with the node's in-goal re-plan (eval.traces.with_in_goal_replan), then with its online
+    timing (eval.traces.with_online_timing); "" for files before them."""
     text = ""
     if row := r.get("at_traced_pace_kill"):
         text += _replanned(f"Replanned as if calibrated at the pace the traces ran (the plan's decode "
                            f"x{row['decode_factor']:.2f}, margins kept)", row)
+    if row := r.get("in_goal_replan_kill"):
+        text += _replanned(f"With the node's in-goal re-plan (replan_steps {row['replan_steps']}, off in the "
+                           f"compared node as in the paper; {row['replanned']} of {row['goals']} goals evicted again, "
+                           f"from runs measured to do so{_pace_of(row)}, {row['replanned_completed']} of them then "
+                           f"complete; {row['replans_after']} would have re-planned once more, not replayed)", row)
+        if "paired_gaps" in row:
+            text += (f" Goal by goal, its gap to the best fixed alpha is decided (two paired standard errors from 0) "
+                     f"at {_decided_at(row['paired_gaps'])}, its completion's to fixed 0.95 at "
+                     f"{_decided_at(row['completion_gaps'])}.")
     if row := r.get("online_timing_kill"):
         text += _replanned(f"Planned with the node's online timing ({row['estimator']}, miss rate "
                            f"{pct(row['miss_rate'], 0)}; goal after goal through each level, no in-goal re-plan)", row)
     return text
+
+
+def _pace_of(row: dict) -> str:
+    """", at Nx the traces' pace" for the second-eviction runs of ROW, when any was measured."""
+    return f" at {row['runs_over_traces_pace']:.2f}x the traces' pace" if row.get("runs_over_traces_pace") else ""
 
 
 def _replanned(how: str, row: dict) -> str:

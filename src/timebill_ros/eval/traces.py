@@ -9,7 +9,8 @@ TimeBill's planned alpha (and the true-length arm's) is rounded UP to the next g
 more eviction, never a later finish than the plan asked for; the report says so.
 
 What the traces leave out, against the node: the in-goal re-plan (a goal whose live steps
-run slow evicts again; rare on an idle machine), the control timer's period (a kill lands
+run slow, or whose answer runs past its N_W, evicts again; off in the comparison's node, as
+in the paper, and replayed beside it by `with_in_goal_replan`), the control timer's period (a kill lands
 within one period of the deadline; here it lands on it) and the predictor's thread beside
 prefill (its contention is in the measured prefill when the traces are made with the
 predictor running, see `measure`). `agreement` checks the path: a sample of the same goals
@@ -20,11 +21,13 @@ from __future__ import annotations
 import bisect
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from timebill_ros.core.online import OnlineTiming, PhaseWork
-from timebill_ros.core.planner import PAPER_K, plan
+from timebill_ros.core.planner import PAPER_K, plan, worst_case_tokens
+from timebill_ros.core.replan import paced_by_prefill, replan_floor, replan_keep, tokens_left
 from timebill_ros.core.timing import TimingModel
 from timebill_ros.eval.metrics import score
 from timebill_ros.eval.workload import GoalId
@@ -49,6 +52,10 @@ class Trace:
     token_s: tuple[float, ...]
     text: str
     hit_cap: bool = False  # stopped at max_new_tokens, not at its end of turn
+    # A run that evicted again once AGAIN_AT tokens were decoded, down to KEEP prompt entries
+    # (what the node's in-goal re-plan does there; 0: one eviction, the paper's).
+    again_at: int = 0
+    keep: int = 0
 
     @property
     def total_s(self) -> float:
@@ -178,6 +185,8 @@ class Prompt:
     prefill_samples: tuple[float, ...] = ()
     # Which predictor read N_HAT (core.predictor.predictor_digest): "" in traces saved before it was kept.
     n_hat_from: str = ""
+    # Runs with a second eviction (Trace.again_at), measured where TimeBill's re-plan would make one.
+    second_evictions: tuple[Trace, ...] = ()
 
     @property
     def prefill_s(self) -> float:
@@ -193,6 +202,14 @@ class Prompt:
     def trace(self, alpha: float) -> Trace:
         """The run at ALPHA with the prompt's shared prefill."""
         return replace(self.traces[alpha], prefill_s=self.prefill_s)
+
+    def second_eviction(self, alpha: float, at: int, keep: int) -> Trace:
+        """The run at ALPHA that evicted again to KEEP prompt entries at AT tokens decoded."""
+        for t in self.second_evictions:
+            if (t.alpha, t.again_at, t.keep) == (alpha, at, keep):
+                return replace(t, prefill_s=self.prefill_s)
+        raise KeyError(f"{self.example_id}: no run measured that evicts again at {at} tokens to {keep} "
+                       f"entries after alpha {alpha:g}; run eval-traces with the model to measure it")
 
     def score_at(self, alpha: float) -> float:
         """The quality of the answer measured at ALPHA against the reference, deadlines aside."""
@@ -479,6 +496,135 @@ def phase_work(trace: Trace, fit: TimingModel, budget: float) -> tuple[PhaseWork
     return prefill, decode
 
 
+# ------------------------------------------------------------------- the in-goal re-plan
+# The node re-plans inside a goal (core.replan) unless replan_steps is 0, as the comparison's
+# node runs, like the paper. Beside it, the traces replay TimeBill's first re-plan on its traced
+# decode and take the rest from a run measured to evict again there; a further re-plan on that
+# run is not replayed (counted as `replans_after`).
+
+def replan_point(trace: Trace, budget: float, timing: TimingModel, *, n_w: int, n_max: int, steps: int,
+                 kept: int, floor: int, after: int = 0) -> tuple[int, int] | None:
+    """(tokens decoded, prompt entries to keep) where the node's in-goal re-plan would first
+    evict again on TRACE's decode after AFTER tokens, run to BUDGET with KEPT prompt entries,
+    N_W planned and TIMING its plan's (core.engine.Job.replan_if_late with STEPS steps a window
+    and FLOOR the fewest entries kept); None when it would not. The step times and the time
+    left are the trace's own, read where the engine reads its clock."""
+    if not steps:  # replan_steps 0: the paper's single plan
+        return None
+    start, recent = trace.prefill_s + trace.evict_s, []
+    for i in range(after + 1, len(trace.token_s)):  # i tokens out; the step making token i + 1 has just run
+        recent.append(trace.token_s[i] - trace.token_s[i - 1])
+        remaining = tokens_left(n_w, i, n_max)
+        if len(recent) < steps or remaining < 2:
+            continue
+        keep = replan_keep(timing, kept=kept, floor=floor, decoded=i - 1, remaining=remaining,
+                           left=budget - start - trace.token_s[i], live_step_s=statistics.fmean(recent[-steps:]))
+        if keep is None:
+            continue
+        recent.clear()
+        if keep < kept:
+            return i, keep
+    return None
+
+
+def after_second_eviction(first: Trace, again: Trace) -> Trace:
+    """FIRST's run up to the tokens AGAIN (the same prompt and alpha) evicted again at, then
+    AGAIN's steps from there on: the goal as the node's re-plan would have run it. Its alpha
+    is the share of the prompt evicted in all."""
+    at = again.again_at
+    shift = first.token_s[at - 1] - again.token_s[at - 1]
+    return replace(again, alpha=1.0 - again.keep / again.prompt_tokens, prefill_s=first.prefill_s,
+                   evict_s=first.evict_s, token_s=first.token_s[:at] + tuple(t + shift for t in again.token_s[at:]))
+
+
+class _ReplanGoal(NamedTuple):
+    """A TimeBill goal as `_replan_goals` plans it: its TRACE at the planned alpha, the TIMING
+    and N_W its plan read, and where its first re-plan would evict again (None: nowhere)."""
+
+    level: str
+    prompt: Prompt
+    budget: float
+    trace: Trace
+    timing: TimingModel
+    n_w: int
+    point: tuple[int, int] | None
+
+
+def _replan_goals(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: TimingModel, *, k: float,
+                  n_max: int, min_kept: int, steps: int, alpha_max: float) -> Iterator[_ReplanGoal]:
+    """Every TimeBill goal planned with K as the node with re-plans on plans it: after prefill,
+    with the decode paced by a prefill far slower than planned."""
+    from timebill_ros.core.eviction import kept_count
+
+    method, grid = Method("timebill", k=k), _grid(prompts)
+    for level in next(iter(levels.values())):
+        for p in prompts:
+            budget, n_x = levels[p.task][level], p.traces[0.0].prompt_tokens
+            paced = paced_by_prefill(timing, timing.prefill(n_x), p.prefill_s)
+            alpha = p.planned_alpha(method, paced, p.prefill_s, budget, n_max=n_max, min_kept=min_kept,
+                                    predictor_k=k, grid=grid)
+            first, n_w = p.trace(alpha), worst_case_tokens(max(1, p.n_hat), k, n_max)
+            point = replan_point(first, budget, paced, n_w=n_w, n_max=n_max, steps=steps,
+                                 kept=kept_count(n_x, alpha, min_kept), floor=replan_floor(n_x, alpha_max, min_kept))
+            yield _ReplanGoal(level, p, budget, first, paced, n_w, point)
+
+
+def second_evictions_wanted(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: TimingModel, *,
+                            k: float, n_max: int, min_kept: int, steps: int,
+                            alpha_max: float = 0.95) -> dict[str, set[tuple[float, int, int]]]:
+    """Example id -> the (alpha, tokens decoded, entries kept) runs `with_in_goal_replan` reads
+    for it: one a TimeBill goal that would re-plan (`measure_second_evictions` makes them)."""
+    wanted: dict[str, set[tuple[float, int, int]]] = {}
+    for g in _replan_goals(prompts, levels, timing, k=k, n_max=n_max, min_kept=min_kept, steps=steps,
+                           alpha_max=alpha_max):
+        if g.point:
+            wanted.setdefault(g.prompt.example_id, set()).add((g.trace.alpha, *g.point))
+    return wanted
+
+
+def with_in_goal_replan(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: TimingModel,
+                        table: dict, *, k: float, n_max: int, min_kept: int, steps: int, alpha_max: float = 0.95,
+                        outcomes: dict[str, Outcome] | None = None) -> dict:
+    """TimeBill under Kill as the node runs it with its in-goal re-plan on (replan_steps STEPS):
+    each goal's first re-plan replayed on its trace and, where it evicts again, the run measured
+    to do so (Prompt.second_evictions; a KeyError names a missing one). Cells and claims as
+    `replanned`, with the goals that re-planned, how many of them completed, how many a second
+    re-plan would have changed (the replay makes one) and the median pace of the measured runs
+    over their traces' on the steps before the re-plan (both ran them; the runs may be measured
+    later, on a host whose pace has moved). With the table's OUTCOMES, also both claims' paired
+    gaps (`paired_gaps`, `completion_gaps`) with these goals in TimeBill's place."""
+    name, out, pace = "timebill_in_goal_replan", {}, []
+    counts = {"goals": 0, "replanned": 0, "replanned_completed": 0, "replans_after": 0}
+    for g in _replan_goals(prompts, levels, timing, k=k, n_max=n_max, min_kept=min_kept, steps=steps,
+                           alpha_max=alpha_max):
+        counts["goals"] += 1
+        trace = g.trace
+        if g.point:
+            at, keep = g.point
+            again = g.prompt.second_eviction(g.trace.alpha, at, keep)
+            if g.trace.token_s[at - 1] > 0.0:  # the same steps before the re-plan, in two runs
+                pace.append(again.token_s[at - 1] / g.trace.token_s[at - 1])
+            trace = after_second_eviction(g.trace, again)
+            counts["replanned"] += 1
+            # The re-plan's own N_W (core.engine: the tokens out plus the worst case left then).
+            again = replan_point(trace, g.budget, g.timing, n_w=at + tokens_left(g.n_w, at, n_max), n_max=n_max,
+                                 steps=steps, kept=keep, floor=replan_floor(trace.prompt_tokens, alpha_max, min_kept),
+                                 after=at)
+            counts["replans_after"] += again is not None
+        ended = outcome(trace, g.prompt.reference, g.budget, "kill")
+        counts["replanned_completed"] += bool(g.point) and ended.completed
+        out[str(GoalId("kill", g.level, name, g.prompt.example_id))] = ended
+    # Measured later than the traces: how the host's pace then compares, over the steps both ran.
+    runs_over_traces = statistics.median(pace) if pace else None
+    report = {"replan_steps": steps, **counts, "runs_over_traces_pace": runs_over_traces,
+              **in_timebill_s_place(out, name, table)}
+    if outcomes is not None:
+        mine = {**outcomes, **{str(replace(GoalId.parse(goal), method="timebill")): o for goal, o in out.items()}}
+        placed = {"kill": {**table["kill"], "timebill": report["cells"]}}
+        report |= {"paired_gaps": paired_gaps(mine, placed), "completion_gaps": completion_gaps(mine, placed)}
+    return report
+
+
 def at_traced_pace(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: TimingModel, table: dict,
                    pace: dict, *, k: float, n_max: int, min_kept: int = 0) -> dict | None:
     """TimeBill under Kill replanned as if its calibration had been made at the pace the traces
@@ -639,6 +785,41 @@ def measure(engine, examples, *, alphas: tuple[float, ...] = ALPHA_GRID, max_new
     return prompts
 
 
+def measure_second_evictions(engine, examples, prompts: list[Prompt], wanted: dict[str, set[tuple[float, int, int]]],
+                             *, max_new_tokens: int = 384, tick=lambda: None) -> list[Prompt]:
+    """PROMPTS with a run measured for each (alpha, tokens decoded, entries kept) of WANTED (by
+    example id, `second_evictions_wanted`) they do not hold yet: on ENGINE, greedy, no deadline,
+    the prompt's cache evicted at alpha and then again down to the entries kept once that many
+    tokens are out (core.engine.EvictsAgainAt, the eviction the node's re-plan makes). One
+    prefill a prompt; its other runs start from a copy of its cache."""
+    from timebill_ros.core.engine import EvictsAgainAt, PrefillMemo
+    from timebill_ros.core.jobs import Request
+    from timebill_ros.core.model import encode_prompt
+
+    by_id, out = {ex.id: ex for ex in examples}, []
+    try:
+        for p in prompts:
+            new = sorted(wanted.get(p.example_id, set()) - {(t.alpha, t.again_at, t.keep) for t in p.second_evictions})
+            if new:
+                ids = encode_prompt(engine.loaded.tokenizer, by_id[p.example_id].prompt)
+                engine.prefill_memo = PrefillMemo()
+                runs = []
+                for alpha, at, keep in new:
+                    request = Request(ids, budget=1e9, max_new_tokens=max_new_tokens, fixed_alpha=alpha)
+                    r = engine.run_job(EvictsAgainAt(engine, request, at, keep))
+                    if r.status.name != "SUCCEEDED" or r.replans != 1:
+                        raise RuntimeError(f"{p.example_id} at alpha {alpha}, again at {at} to {keep}: {r.status.name} "
+                                           f"{r.reason} ({r.replans} second evictions)")
+                    runs.append(Trace(p.example_id, p.task, alpha, len(ids), 0.0, r.timings.evict,
+                                      tuple(r.timings.token_s), r.text, len(r.token_ids) >= max_new_tokens, at, keep))
+                    tick()
+                p = replace(p, second_evictions=p.second_evictions + tuple(runs))
+            out.append(p)
+    finally:
+        engine.prefill_memo = None
+    return out
+
+
 def reread_n_hat(engine, examples, prompts: list[Prompt], n_hat_from: str, tick=lambda: None) -> list[Prompt]:
     """PROMPTS with N_hat read again by ENGINE's predictor (named N_HAT_FROM), their traces kept:
     N_hat does not change what a run at a given alpha does, only which alpha a plan picks, so a
@@ -662,17 +843,22 @@ def to_json(prompts: list[Prompt]) -> list[dict]:
     """PROMPTS as plain dicts (traces keyed by alpha), for results/eval/traces.json."""
     from dataclasses import asdict
 
-    return [{**{k: v for k, v in asdict(p).items() if k != "traces"},
-             "traces": [asdict(t) for t in p.traces.values()]} for p in prompts]
+    return [{**{k: v for k, v in asdict(p).items() if k not in ("traces", "second_evictions")},
+             "traces": [asdict(t) for t in p.traces.values()],
+             "second_evictions": [asdict(t) for t in p.second_evictions]} for p in prompts]
 
 
 def from_json(rows: list[dict]) -> list[Prompt]:
     """The inverse of to_json."""
     out = []
+    def trace(t: dict) -> Trace:
+        return Trace(**{**t, "token_s": tuple(t["token_s"])})
+
     for row in rows:
-        runs = {float(t["alpha"]): Trace(**{**t, "token_s": tuple(t["token_s"])}) for t in row["traces"]}
+        runs = {float(t["alpha"]): trace(t) for t in row["traces"]}
         out.append(Prompt(row["example_id"], row["task"], row["reference"], int(row["n_hat"]), runs,
-                          tuple(row.get("prefill_samples", ())), row.get("n_hat_from", "")))
+                          tuple(row.get("prefill_samples", ())), row.get("n_hat_from", ""),
+                          tuple(trace(t) for t in row.get("second_evictions", ()))))
     return out
 
 
