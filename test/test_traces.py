@@ -703,3 +703,23 @@ def test_a_run_that_evicts_again_decodes_the_same_tokens_until_then(tiny):
     engine.close()
     assert once.kept_prompt_tokens == 150 and (again.kept_prompt_tokens, again.replans) == (40, 1)
     assert again.token_ids[:5] == once.token_ids[:5] and len(again.timings.token_s) == 12
+
+
+def test_second_evictions_are_measured_once_and_kept_with_the_traces(tiny):
+    from timebill_ros.core.engine import Engine, EngineConfig
+    from timebill_ros.core.predictor import FixedLengthPredictor
+    from timebill_ros.eval import tasks
+
+    engine = Engine(tiny, TIMING, FixedLengthPredictor(7), EngineConfig(snapkv_window=16))
+    examples = [e for e in tasks.load("test") if e.task == "qa"][:1]
+    [p] = traces.measure(engine, examples, alphas=(0.0, 0.5), max_new_tokens=8)
+    at = len(p.traces[0.5].token_s) - 1  # a re-plan comes after a step, so before the last token
+    kept = p.traces[0.5].prompt_tokens // 4
+    wanted = {p.example_id: {(0.5, at, kept)}}
+    [measured] = traces.measure_second_evictions(engine, examples, [p], wanted, max_new_tokens=8)
+    [run] = measured.second_evictions
+    assert (run.alpha, run.again_at, run.keep) == (0.5, at, kept) and len(run.token_s) == len(p.traces[0.5].token_s)
+    assert measured.second_eviction(0.5, at, kept) == replace(run, prefill_s=measured.prefill_s)
+    # Held runs are not measured again.
+    assert traces.measure_second_evictions(engine, examples, [measured], wanted, max_new_tokens=8) == [measured]
+    engine.close()

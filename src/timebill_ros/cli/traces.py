@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -169,11 +170,11 @@ def validation_k(model: str, digest: str,
     return None
 
 
-def traced_prompts(params_file: str, params, tokenizer, examples, out: Path, *, alphas: tuple[float, ...],
+def traced_prompts(engine: Callable, params, examples, out: Path, *, alphas: tuple[float, ...],
                    prefill_samples: int, n_hat_from: str) -> tuple[list, float | None]:
     """(the EXAMPLES' traces, the minutes measuring them took): OUT/traces.json when it holds
     exactly these prompts, alphas and prefill samples (with N_hat read again when another
-    predictor than N_HAT_FROM read it), else measured now on the engine PARAMS_FILE serves."""
+    predictor than N_HAT_FROM read it), else measured now on ENGINE() (the node's, loaded once)."""
     from tqdm import tqdm
 
     from timebill_ros.eval import traces
@@ -191,31 +192,23 @@ def traced_prompts(params_file: str, params, tokenizer, examples, out: Path, *, 
         # Another predictor read N_hat: its own N_hat, over the same decodes.
         click.echo(f"{saved}: N_hat was read by another predictor than {params.predictor_path or 'the fixed one'}; "
                    "reading it again (one prefill a prompt)")
-        engine = served_engine(params_file, params, tokenizer)
-        try:
-            with tqdm(total=len(prompts), desc="N_hat", unit="prompt") as bar:
-                prompts = traces.reread_n_hat(engine, examples, prompts, n_hat_from, tick=lambda: bar.update(1))
-        finally:
-            engine.close()
+        with tqdm(total=len(prompts), desc="N_hat", unit="prompt") as bar:
+            prompts = traces.reread_n_hat(engine(), examples, prompts, n_hat_from, tick=lambda: bar.update(1))
     else:
-        engine = served_engine(params_file, params, tokenizer)
-        try:
-            with tqdm(total=len(examples) * len(alphas), desc="traces", unit="run") as bar:
-                prompts = traces.measure(engine, examples, alphas=alphas, max_new_tokens=params.max_new_tokens,
-                                         prefill_samples=prefill_samples, n_hat_from=n_hat_from,
-                                         tick=lambda: bar.update(1))
-        finally:
-            engine.close()
+        with tqdm(total=len(examples) * len(alphas), desc="traces", unit="run") as bar:
+            prompts = traces.measure(engine(), examples, alphas=alphas, max_new_tokens=params.max_new_tokens,
+                                     prefill_samples=prefill_samples, n_hat_from=n_hat_from,
+                                     tick=lambda: bar.update(1))
         measured = (time.monotonic() - started) / 60
     saved.write_text(json.dumps(traces.to_json(prompts)))
     return prompts, measured
 
 
-def with_second_evictions(params_file: str, params, tokenizer, examples, prompts: list, out: Path,
+def with_second_evictions(engine: Callable, params, examples, prompts: list, out: Path,
                           wanted: dict[str, set]) -> list:
     """PROMPTS holding every second-eviction run of WANTED (eval.traces.second_evictions_wanted),
-    the missing ones measured now on the engine PARAMS_FILE serves and saved with the traces in
-    OUT/traces.json; the model is not loaded when none is missing."""
+    the missing ones measured now on ENGINE() (the node's, loaded once) and saved with the
+    traces in OUT/traces.json; the model is not loaded when none is missing."""
     from tqdm import tqdm
 
     from timebill_ros.eval import traces
@@ -223,13 +216,9 @@ def with_second_evictions(params_file: str, params, tokenizer, examples, prompts
     held = {p.example_id: {(t.alpha, t.again_at, t.keep) for t in p.second_evictions} for p in prompts}
     if not (missing := sum(len(runs - held[ex_id]) for ex_id, runs in wanted.items())):
         return prompts
-    engine = served_engine(params_file, params, tokenizer)
-    try:
-        with tqdm(total=missing, desc="second evictions", unit="run") as bar:
-            prompts = traces.measure_second_evictions(engine, examples, prompts, wanted,
-                                                      max_new_tokens=params.max_new_tokens, tick=lambda: bar.update(1))
-    finally:
-        engine.close()
+    with tqdm(total=missing, desc="second evictions", unit="run") as bar:
+        prompts = traces.measure_second_evictions(engine(), examples, prompts, wanted,
+                                                  max_new_tokens=params.max_new_tokens, tick=lambda: bar.update(1))
     (out / "traces.json").write_text(json.dumps(traces.to_json(prompts)))
     return prompts
 
@@ -268,17 +257,28 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
     examples = comparison_examples(tokenizer, per_task, task_names or tasks.TASKS, prompt_tokens,
                                    params.max_prompt_tokens, answers, split)
     n_hat_from = predictor_digest(params.predictor_path, params.fixed_prediction_tokens)
-    prompts, measured = traced_prompts(params_file, params, tokenizer, examples, out, alphas=alphas,
-                                       prefill_samples=prefill_samples, n_hat_from=n_hat_from)
+    loaded: list = []  # the node's engine, loaded once and only when a run must be measured
+
+    def engine():
+        if not loaded:
+            loaded.append(served_engine(params_file, params, tokenizer))
+        return loaded[0]
+
     # What planning reads is the node's own: its calibration, its k (or its predictor's), its SnapKV window.
     calibration, k = stored_calibration(params_file), planning_k(params)
     timing, planned_k = calibration.planning_timing(), k or PAPER_K  # k 0: neither the node's nor its predictor's
-    levels = traces.budget_levels(prompts, quantiles)
     # The node's in-goal re-plan, replayed beside the paper's single plan: its own replan_steps, or its default.
     replan = {"k": planned_k, "n_max": params.max_new_tokens, "min_kept": params.snapkv_window,
               "steps": params.replan_steps or NodeParams().replan_steps, "alpha_max": params.alpha_max}
-    prompts = with_second_evictions(params_file, params, tokenizer, examples, prompts, out,
-                                    traces.second_evictions_wanted(prompts, levels, timing, **replan))
+    try:
+        prompts, measured = traced_prompts(engine, params, examples, out, alphas=alphas,
+                                           prefill_samples=prefill_samples, n_hat_from=n_hat_from)
+        levels = traces.budget_levels(prompts, quantiles)
+        prompts = with_second_evictions(engine, params, examples, prompts, out,
+                                        traces.second_evictions_wanted(prompts, levels, timing, **replan))
+    finally:
+        for e in loaded:
+            e.close()
     outcomes = traces.goal_outcomes(prompts, levels, timing, n_max=params.max_new_tokens,
                                     min_kept=params.snapkv_window, predictor_k=k)
     table = traces.evaluate(outcomes)
