@@ -316,6 +316,12 @@ def test_the_published_table_shows_every_cell_with_its_error_the_claims_and_the_
     held = len(data["claims"]["kill"]["ahead_of_every_fixed_alpha"]["levels_held"])
     assert comparison_headline({**data, "machine": "cpu"})[1].startswith(f"{held} of 3 / ")
     assert comparison_headline(data)[1].endswith(" / 95.0 %") and comparison_headline(data)[3] == "-"
+    # With the in-goal re-plan replayed, its three claims follow the node check in the same cell.
+    replan = {"claims": {**data["claims"]["kill"], "ahead_of_every_fixed_alpha": {
+        "levels_held": ["q10", "q50", "q90"], "per_level": data["claims"]["kill"]["ahead_of_every_fixed_alpha"][
+            "per_level"]}}}
+    with_replan = comparison_headline({**data, "in_goal_replan_kill": replan})
+    assert with_replan[0].endswith("; the same with in-goal re-plan") and " / 95.0 %; 3 of 3 / " in with_replan[1]
 
 
 def test_the_mechanism_says_what_eviction_cost_each_task_and_how_well_n_hat_knew_the_length():
