@@ -55,7 +55,7 @@ eval: setup
 	@$(ENV) && bash scripts/eval.sh
 
 eval-quick: setup
-	@$(ENV) && PER_TASK=2 AGREE_PER_TASK=1 AGREE_METHODS=timebill CAL_ARGS="--points 6 --repeats 1" \
+	@$(ENV) && PER_TASK=2 AGREE_PER_TASK=1 AGREE_METHODS=timebill AGREE_REPLAN=0 CAL_ARGS="--points 6 --repeats 1" \
 		ALPHAS=0,0.25,0.5,0.75,0.9,0.95 PREFILL_SAMPLES=1 \
 		OUT=results/eval-quick bash scripts/eval.sh
 

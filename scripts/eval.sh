@@ -7,7 +7,9 @@
 #      level under Kill and Skip-Next follows from those runs (docs/evaluation.md);
 #   3. a sample of the same goals (AGREE_PER_TASK prompts a task, a few methods, Kill) as a
 #      rosbag replayed against timebill_node: how often node and traces agree on complete;
-#      AGREE_REPEATS=2 (the default) replays it once more: how often the node agrees with itself.
+#      AGREE_REPEATS=2 (the default) replays it once more: how often the node agrees with itself;
+#      AGREE_REPLAN=1 (the default) once more through the node with its in-goal re-plan on: how
+#      often it agrees with the traces' replay of the re-plan (in_goal_replan_kill).
 # PER_TASK (default 12) sets the size, TASKS the tasks, PROMPT_TOKENS the prompt lengths, ANSWERS
 # "long" asks only for long answers (make eval-long; eval.tasks.LONG_ANSWERS, no QA),
 # ALPHAS the measured grid ('' = eval-traces' ten), PREFILL_SAMPLES the prefills measured per
@@ -32,6 +34,7 @@ AGREE_METHODS=${AGREE_METHODS:-vanilla,timebill}
 # A second replay of the same goals says what the host's noise alone flips: about the most the
 # agreement above can reach (TimeBill plans to the edge of the budget). 1 skips it; more count as 2.
 AGREE_REPEATS=${AGREE_REPEATS:-2}
+AGREE_REPLAN=${AGREE_REPLAN:-1}
 ALPHAS=${ALPHAS:-}
 # Prefills measured per prompt (their median is every goal's): a single one measured in a slow
 # second of the host decided 11 of the 13 goals where the node and the traces disagreed.
@@ -47,7 +50,8 @@ SPLIT=${SPLIT:-test}
 if [ "$SPLIT" = test ]; then EVAL_K=${EVAL_K:-validation}; else EVAL_K=${EVAL_K:-0}; fi
 OUT=${OUT:-results/eval}
 # A fresh run measures afresh: the traces are this host's pace now (`timebill eval-traces` alone reuses them).
-mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results" "$OUT/agree_results_again" "$OUT/traces.json"
+mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results" "$OUT/agree_results_again" "$OUT/agree_results_replan" \
+  "$OUT/traces.json"
 STARTED=$(date +%s)
 PARAMS="$OUT/node.yaml"
 # The traces plan as the paper does, once and from the stored calibration: the node is run the
@@ -89,24 +93,34 @@ echo "== node agreement: $AGREE_PER_TASK prompts a task, $AGREE_METHODS, through
 timebill bag make "$OUT/agree" --per-task "$AGREE_PER_TASK" --tasks "$TASKS" --prompt-tokens "$PROMPT_TOKENS" \
   --budgets "$OUT/levels.json" --methods "$AGREE_METHODS" --no-k-sweep --policies kill --params-file "$PARAMS" \
   --answers "$ANSWERS"
-LOG="$OUT/node-agree.log"
-timebill_node --ros-args --params-file "$PARAMS" >"$LOG" 2>&1 &
-NODE=$!
-# Requests sent while the node loads are REJECTED ("node is starting"): wait until its start-up ends.
-until grep -q "start-up took" "$LOG"; do
-  kill -0 $NODE 2>/dev/null || { echo "timebill_node exited; see $LOG"; exit 1; }
-  sleep 0.5
-done
+start_node() {  # timebill_node with params file $1, logging to $2; returns once it serves
+  LOG=$2
+  timebill_node --ros-args --params-file "$1" >"$LOG" 2>&1 &
+  NODE=$!
+  # Requests sent while the node loads are REJECTED ("node is starting"): wait until its start-up ends.
+  until grep -q "start-up took" "$LOG"; do
+    kill -0 $NODE 2>/dev/null || { echo "timebill_node exited; see $LOG"; exit 1; }
+    sleep 0.5
+  done
+}
 replay() {  # the agree bag through the running node into $1
   timebill bag replay "$OUT/agree" --out "$1" --skip-idle \
     || { kill -INT $NODE; wait $NODE || true; echo "replay failed; see $LOG"; exit 1; }
 }
+start_node "$PARAMS" "$OUT/node-agree.log"
 replay "$OUT/agree_results"
 AGREE_ARGS=(--agree "$OUT/agree_results")
 if [ "$AGREE_REPEATS" -ge 2 ]; then
   replay "$OUT/agree_results_again" && AGREE_ARGS+=(--agree-again "$OUT/agree_results_again")
 fi
 kill -INT $NODE; wait $NODE || true
+if [ "$AGREE_REPLAN" = 1 ]; then  # the node as shipped re-plans in the goal; the traces replay that too
+  # 8: the node's default (NodeParams.replan_steps), what eval-traces replays when the node plans once.
+  sed 's/replan_steps: 0$/replan_steps: 8/' "$PARAMS" > "$OUT/node-replan.yaml"
+  start_node "$OUT/node-replan.yaml" "$OUT/node-agree-replan.log"
+  replay "$OUT/agree_results_replan" && AGREE_ARGS+=(--agree-replan "$OUT/agree_results_replan")
+  kill -INT $NODE; wait $NODE || true
+fi
 
 # The traces measured above (traces.json) are reused: only the agreement is added.
 timebill eval-traces "${TRACES_ARGS[@]}" "${AGREE_ARGS[@]}"

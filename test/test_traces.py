@@ -231,6 +231,15 @@ def test_the_agreement_refuses_results_a_node_planned_with_another_target_predic
                          ({"model_path": "x"}, "model_path 'x'")):
         with pytest.raises(click.ClickException, match=re.escape(said)):
             check_answered_by((answered(said, {**same, **change}),), params, "abc")
+    # The re-plan's check takes only a node that re-plans, and checks the rest as above.
+    from timebill_ros.cli.traces import replanning_records
+
+    with pytest.raises(click.ClickException, match="replan_steps 0: --agree-replan needs one that re-plans"):
+        replanning_records((answered("once", {**same, "replan_steps": 0}),), params, "abc")
+    with pytest.raises(click.ClickException, match=re.escape("k 1.5 (traces: 0.9)")):
+        replanning_records((answered("other k", {**same, "replan_steps": 8, "k": 1.5}),), params, "abc")
+    with pytest.raises(click.ClickException, match="no results"):  # it passes the check; this bag holds no results
+        replanning_records((answered("re-plans", {**same, "replan_steps": 8}),), params, "abc")
 
 
 def test_agreement_at_the_node_s_prefill_recomputes_each_goal_from_the_prefill_the_node_took():
@@ -689,6 +698,13 @@ def test_in_goal_replan_cells_use_the_measured_second_evictions_and_name_one_mis
     r = traces.with_in_goal_replan([p], levels, TIMING, table, **args)
     assert (r["goals"], r["replanned"], r["replanned_completed"]) == (1, 1, 1)
     assert r["cells"]["q50"]["completion"] == 1.0 and table["kill"]["timebill"]["q50"]["completion"] == 0.0
+    # Against a node replay with its re-plan on, the re-planned goal is TimeBill's (the bags' method name).
+    outcomes = traces.goal_outcomes([p], levels, TIMING, n_max=384, policies=("kill",), predictor_k=1.0)
+    records = [{"request_id": "kill/q50/timebill/ex", "status_name": "SUCCEEDED"},
+               {"request_id": "kill/q50/vanilla/ex", "status_name": "KILLED_AT_DEADLINE"}]
+    checked = traces.with_in_goal_replan([p], levels, TIMING, table, outcomes=outcomes, node_records=records, **args)
+    assert checked["node_agreement"]["goals"] == 2 and checked["node_agreement"]["agree_pct"] == 100.0
+    assert traces.agreement(outcomes, records)["agree_pct"] == 50.0  # the single plan was killed
     from timebill_ros.eval.publish import _at_pace
 
     assert _at_pace({"in_goal_replan_kill": r}).startswith(

@@ -226,13 +226,15 @@ def with_second_evictions(engine: Callable, params, examples, prompts: list, out
 def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[float, ...] | None = None,
                alphas: tuple[float, ...] | None = None, task_names: tuple[str, ...] = (),
                prompt_tokens: tuple[int, int] | None = None, agree: tuple[Path, ...] = (),
-               agree_again: tuple[Path, ...] = (), prefill_samples: int = 1, answers: str = "any",
-               split: str = "test") -> dict:
+               agree_again: tuple[Path, ...] = (), agree_replan: tuple[Path, ...] = (), prefill_samples: int = 1,
+               answers: str = "any", split: str = "test") -> dict:
     """Measure (or reuse OUT/traces.json), evaluate, write OUT/traces_eval.json; returns it.
     ANSWERS "long": prompts asking for the long answers of eval.tasks.LONG_ANSWERS; SPLIT: whose
     sources the prompts come from (validation: to choose a setting such as k without the test prompts).
     AGREE: result bags of the same goals replayed through timebill_node, checked against the traces;
     AGREE_AGAIN: the same bag replayed once more, checked against AGREE (the node against itself);
+    AGREE_REPLAN: the same bag through the node with its in-goal re-plan on, checked against
+    the traces' replay of it (`in_goal_replan_kill`);
     PREFILL_SAMPLES: prefills measured per prompt (their median is the prompt's)."""
 
     from timebill_ros.core.calibration import machine_id
@@ -302,8 +304,9 @@ def run_traces(params_file: str, per_task: int, out: Path, quantiles: tuple[floa
             "machine_pace": (pace := traces.machine_pace(prompts, timing, calibration.fitted_timing())),
             "at_traced_pace_kill": traces.at_traced_pace(prompts, levels, timing, table, pace, k=planned_k,
                                                          n_max=params.max_new_tokens, min_kept=params.snapkv_window),
-            "in_goal_replan_kill": traces.with_in_goal_replan(prompts, levels, timing, table, outcomes=outcomes,
-                                                              **replan),
+            "in_goal_replan_kill": traces.with_in_goal_replan(
+                prompts, levels, timing, table, outcomes=outcomes, **replan,
+                node_records=replanning_records(agree_replan, params, n_hat_from) if agree_replan else None),
             "online_timing_kill": {
                 "estimator": params.timing_estimator, "miss_rate": params.timing_miss_rate,
                 **traces.with_online_timing(prompts, levels, lambda: online_timing_from(
@@ -352,6 +355,21 @@ def check_answered_by(paths: tuple[Path, ...], params, digest: str) -> None:
                                        + ": replay the bag against a node started with the traces' params file")
 
 
+def replanning_records(paths: tuple[Path, ...], params, digest: str) -> list[dict]:
+    """The result records of PATHS, answered by a node that planned as PARAMS (`check_answered_by`)
+    but with its in-goal re-plan on; a bag from a node that plans once is refused."""
+    from timebill_ros.eval import bags
+
+    check_answered_by(paths, params, digest)
+    for path in paths:
+        node = json.loads(bags.custom_data(path).get(bags.NODE_KEY) or "{}")
+        if not node.get("replan_steps"):
+            raise click.ClickException(f"{path} was answered by a node with replan_steps "
+                                       f"{node.get('replan_steps', 'unknown')}: --agree-replan needs one that "
+                                       "re-plans (replan_steps > 0)")
+    return node_records(paths)
+
+
 def node_records(paths: tuple[Path, ...]) -> list[dict]:
     """The result records of PATHS (bags recorded by `timebill bag replay`), one per request."""
     from timebill_ros.eval import bags
@@ -385,21 +403,24 @@ def node_records(paths: tuple[Path, ...]) -> list[dict]:
 @click.option("--agree-again", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="The same goals' bag replayed through the node a second time: how often the node agrees "
                    "with itself, about the most the traces can agree with it on this host.")
+@click.option("--agree-replan", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="The same goals' bag replayed through the node with its in-goal re-plan on (replan_steps > 0): "
+                   "how often it agrees with the traces' replay of the re-plan.")
 @ANSWERS_OPTION
 @click.option("--split", type=click.Choice(("test", "validation")), default="test", show_default=True,
               help="Whose sources the prompts come from: validation to choose a setting (k) on, test to report.")
 def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...],
                     prompt_tokens: tuple[int, int] | None, out: str, alphas: tuple[float, ...] | None,
-                    agree: tuple[Path, ...], agree_again: tuple[Path, ...], prefill_samples: int, answers: str,
-                    split: str) -> None:
+                    agree: tuple[Path, ...], agree_again: tuple[Path, ...], agree_replan: tuple[Path, ...],
+                    prefill_samples: int, answers: str, split: str) -> None:
     """Every method at every budget and policy, computed from one run per prompt and alpha."""
-    if agree and split != "test":
+    if (agree or agree_replan) and split != "test":
         raise click.UsageError("--agree checks the test prompts bag make sends; it takes --split test")
     if agree_again and not agree:
         raise click.UsageError("--agree-again compares a second replay with the first: give --agree too")
     data = run_traces(params_file, per_task, Path(out), task_names=task_names, prompt_tokens=prompt_tokens,
-                      alphas=alphas, agree=agree, agree_again=agree_again, prefill_samples=prefill_samples,
-                      answers=answers, split=split)
+                      alphas=alphas, agree=agree, agree_again=agree_again, agree_replan=agree_replan,
+                      prefill_samples=prefill_samples, answers=answers, split=split)
     (Path(out) / "levels.json").write_text(json.dumps(data["levels"], indent=2))  # for bag make --budgets
     for policy, methods in data["table"].items():
         click.echo(f"[{policy}] mean score (standard error) per level")
@@ -424,4 +445,7 @@ def eval_traces_cmd(params_file: str, per_task: int, task_names: tuple[str, ...]
         if itself := agreed.get("node_with_itself"):
             click.echo(f"the node replayed again agrees with itself on {itself['agree_pct']:.1f} % of "
                        f"{itself['goals']} goals (and with the traces on {itself['again_with_traces_pct']:.1f} %)")
+    if agreed := data["in_goal_replan_kill"].get("node_agreement"):
+        click.echo(f"the node with its in-goal re-plan on agrees with the traces' replay of it on "
+                   f"{agreed['agree_pct']:.1f} % of {agreed['goals']} goals")
     click.echo(f"saved {out}/traces_eval.json")

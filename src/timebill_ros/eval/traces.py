@@ -584,7 +584,7 @@ def second_evictions_wanted(prompts: list[Prompt], levels: dict[str, dict[str, f
 
 def with_in_goal_replan(prompts: list[Prompt], levels: dict[str, dict[str, float]], timing: TimingModel,
                         table: dict, *, k: float, n_max: int, min_kept: int, steps: int, alpha_max: float = 0.95,
-                        outcomes: dict[str, Outcome] | None = None) -> dict:
+                        outcomes: dict[str, Outcome] | None = None, node_records: list[dict] | None = None) -> dict:
     """TimeBill under Kill as the node runs it with its in-goal re-plan on (replan_steps STEPS):
     each goal's first re-plan replayed on its trace and, where it evicts again, the run measured
     to do so (Prompt.second_evictions; a KeyError names a missing one). Cells and claims as
@@ -592,7 +592,8 @@ def with_in_goal_replan(prompts: list[Prompt], levels: dict[str, dict[str, float
     re-plan would have changed (the replay makes one) and the median pace of the measured runs
     over their traces' on the steps before the re-plan (both ran them; the runs may be measured
     later, on a host whose pace has moved). With the table's OUTCOMES, also both claims' paired
-    gaps (`paired_gaps`, `completion_gaps`) with these goals in TimeBill's place."""
+    gaps (`paired_gaps`, `completion_gaps`) with these goals in TimeBill's place, and with
+    NODE_RECORDS (the same goals replayed through a node with its re-plan on) the `agreement`."""
     name, out, pace = "timebill_in_goal_replan", {}, []
     counts = {"goals": 0, "replanned": 0, "replanned_completed": 0, "replans_after": 0}
     for g in _replan_goals(prompts, levels, timing, k=k, n_max=n_max, min_kept=min_kept, steps=steps,
@@ -622,6 +623,8 @@ def with_in_goal_replan(prompts: list[Prompt], levels: dict[str, dict[str, float
         mine = {**outcomes, **{str(replace(GoalId.parse(goal), method="timebill")): o for goal, o in out.items()}}
         placed = {"kill": {**table["kill"], "timebill": report["cells"]}}
         report |= {"paired_gaps": paired_gaps(mine, placed), "completion_gaps": completion_gaps(mine, placed)}
+        if node_records:
+            report["node_agreement"] = agreement(mine, node_records)
     return report
 
 
