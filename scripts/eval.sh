@@ -50,8 +50,8 @@ SPLIT=${SPLIT:-test}
 if [ "$SPLIT" = test ]; then EVAL_K=${EVAL_K:-validation}; else EVAL_K=${EVAL_K:-0}; fi
 OUT=${OUT:-results/eval}
 # A fresh run measures afresh: the traces are this host's pace now (`timebill eval-traces` alone reuses them).
-mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results" "$OUT/agree_results_again" "$OUT/agree_results_replan" \
-  "$OUT/traces.json"
+mkdir -p "$OUT" && rm -rf "$OUT/agree" "$OUT/agree_results" "$OUT/agree_results_again" "$OUT/agree_replan" \
+  "$OUT/agree_results_replan" "$OUT/traces.json"
 STARTED=$(date +%s)
 PARAMS="$OUT/node.yaml"
 # The traces plan as the paper does, once and from the stored calibration: the node is run the
@@ -90,9 +90,12 @@ fi
 timebill eval-traces "${TRACES_ARGS[@]}"
 
 echo "== node agreement: $AGREE_PER_TASK prompts a task, $AGREE_METHODS, through timebill_node"
-timebill bag make "$OUT/agree" --per-task "$AGREE_PER_TASK" --tasks "$TASKS" --prompt-tokens "$PROMPT_TOKENS" \
-  --budgets "$OUT/levels.json" --methods "$AGREE_METHODS" --no-k-sweep --policies kill --params-file "$PARAMS" \
-  --answers "$ANSWERS"
+agree_bag() {  # the node check's goals of methods $2 into bag $1
+  timebill bag make "$1" --per-task "$AGREE_PER_TASK" --tasks "$TASKS" --prompt-tokens "$PROMPT_TOKENS" \
+    --budgets "$OUT/levels.json" --methods "$2" --no-k-sweep --policies kill --params-file "$PARAMS" \
+    --answers "$ANSWERS"
+}
+agree_bag "$OUT/agree" "$AGREE_METHODS"
 start_node() {  # timebill_node with params file $1, logging to $2; returns once it serves
   LOG=$2
   timebill_node --ros-args --params-file "$1" >"$LOG" 2>&1 &
@@ -103,8 +106,8 @@ start_node() {  # timebill_node with params file $1, logging to $2; returns once
     sleep 0.5
   done
 }
-replay() {  # the agree bag through the running node into $1
-  timebill bag replay "$OUT/agree" --out "$1" --skip-idle \
+replay() {  # the agree bag ($2, else the whole check's) through the running node into $1
+  timebill bag replay "${2:-$OUT/agree}" --out "$1" --skip-idle \
     || { kill -INT $NODE; wait $NODE || true; echo "replay failed; see $LOG"; exit 1; }
 }
 start_node "$PARAMS" "$OUT/node-agree.log"
@@ -116,9 +119,11 @@ fi
 kill -INT $NODE; wait $NODE || true
 if [ "$AGREE_REPLAN" = 1 ]; then  # the node as shipped re-plans in the goal; the traces replay that too
   # 8: the node's default (NodeParams.replan_steps), what eval-traces replays when the node plans once.
+  # TimeBill's goals only: a fixed alpha never re-plans (half the replay's ~10 minutes saved).
   sed 's/replan_steps: 0$/replan_steps: 8/' "$PARAMS" > "$OUT/node-replan.yaml"
+  agree_bag "$OUT/agree_replan" timebill
   start_node "$OUT/node-replan.yaml" "$OUT/node-agree-replan.log"
-  replay "$OUT/agree_results_replan" && AGREE_ARGS+=(--agree-replan "$OUT/agree_results_replan")
+  replay "$OUT/agree_results_replan" "$OUT/agree_replan" && AGREE_ARGS+=(--agree-replan "$OUT/agree_results_replan")
   kill -INT $NODE; wait $NODE || true
 fi
 
