@@ -704,6 +704,8 @@ def test_in_goal_replan_cells_use_the_measured_second_evictions_and_name_one_mis
                {"request_id": "kill/q50/vanilla/ex", "status_name": "KILLED_AT_DEADLINE"}]
     checked = traces.with_in_goal_replan([p], levels, TIMING, table, outcomes=outcomes, node_records=records, **args)
     assert checked["node_agreement"]["goals"] == 2 and checked["node_agreement"]["agree_pct"] == 100.0
+    # The node's record says it did not re-plan the goal the replay re-planned.
+    assert checked["node_agreement"]["replans_agree_pct"] == 0.0 and checked["node_agreement"]["replanned_by_node"] == 0
     assert traces.agreement(outcomes, records)["agree_pct"] == 50.0  # the single plan was killed
     from timebill_ros.eval.publish import _at_pace
 

@@ -960,8 +960,9 @@ def _at_pace(r: dict) -> str:
                            f"from runs measured to do so{_pace_of(row)}, {row['replanned_completed']} of them then "
                            f"complete; {row['replans_after']} would have re-planned once more, not replayed)", row)
         if agreed := row.get("node_agreement"):
-            text += (f" The node with its re-plan on, replaying the node check's goals, agrees with this replay on "
-                     f"{agreed['agree_pct']:.1f} % of {agreed['goals']}.")
+            text += (f" The node with its re-plan on, replaying the node check's TimeBill goals, agrees with this "
+                     f"replay on {agreed['agree_pct']:.1f} % of {agreed['goals']} (on whether a goal re-plans, "
+                     f"{agreed['replans_agree_pct']:.1f} %; it re-planned {agreed['replanned_by_node']}).")
         if "paired_gaps" in row:
             text += (f" Goal by goal, its gap to the best fixed alpha is decided (two paired standard errors from 0) "
                      f"at {_decided_at(row['paired_gaps'])}, its completion's to fixed 0.95 at "

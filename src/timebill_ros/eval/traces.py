@@ -593,8 +593,9 @@ def with_in_goal_replan(prompts: list[Prompt], levels: dict[str, dict[str, float
     over their traces' on the steps before the re-plan (both ran them; the runs may be measured
     later, on a host whose pace has moved). With the table's OUTCOMES, also both claims' paired
     gaps (`paired_gaps`, `completion_gaps`) with these goals in TimeBill's place, and with
-    NODE_RECORDS (the same goals replayed through a node with its re-plan on) the `agreement`."""
-    name, out, pace = "timebill_in_goal_replan", {}, []
+    NODE_RECORDS (the same goals replayed through a node with its re-plan on) the `agreement`
+    and how often node and replay agree on whether a goal re-planned."""
+    name, out, pace, replans = "timebill_in_goal_replan", {}, [], {}
     counts = {"goals": 0, "replanned": 0, "replanned_completed": 0, "replans_after": 0}
     for g in _replan_goals(prompts, levels, timing, k=k, n_max=n_max, min_kept=min_kept, steps=steps,
                            alpha_max=alpha_max):
@@ -615,6 +616,7 @@ def with_in_goal_replan(prompts: list[Prompt], levels: dict[str, dict[str, float
         ended = outcome(trace, g.prompt.reference, g.budget, "kill")
         counts["replanned_completed"] += bool(g.point) and ended.completed
         out[str(GoalId("kill", g.level, name, g.prompt.example_id))] = ended
+        replans[str(GoalId("kill", g.level, "timebill", g.prompt.example_id))] = g.point is not None
     # Measured later than the traces: how the host's pace then compares, over the steps both ran.
     runs_over_traces = statistics.median(pace) if pace else None
     report = {"replan_steps": steps, **counts, "runs_over_traces_pace": runs_over_traces,
@@ -624,7 +626,10 @@ def with_in_goal_replan(prompts: list[Prompt], levels: dict[str, dict[str, float
         placed = {"kill": {**table["kill"], "timebill": report["cells"]}}
         report |= {"paired_gaps": paired_gaps(mine, placed), "completion_gaps": completion_gaps(mine, placed)}
         if node_records:
-            report["node_agreement"] = agreement(mine, node_records)
+            both = [(replans[r["request_id"]], bool(r.get("replans"))) for r in node_records
+                    if r.get("request_id") in replans]
+            report["node_agreement"] = {**agreement(mine, node_records), "replans_agree_pct": _agree_pct(both),
+                                        "replanned_by_node": sum(b for _, b in both)}
     return report
 
 
