@@ -64,8 +64,9 @@ eval-long: setup
 	@$(ENV) && ANSWERS=long TASKS=code,list,summary OUT=results/eval-long bash scripts/eval.sh
 
 # The main comparison with twice the prompts (24 a task: make eval's 12 and 12 more) and one node
-# replay, where 48 goals a level decide no difference at two paired standard errors; ~50 min
-# with the calibration stored (about 60 from a fresh clone: not make eval's budget). results/eval-large/.
+# replay, where 48 goals a level decide no difference at two paired standard errors; ~62 min
+# with the calibration stored (50.7 measured before the re-plan's runs and node check, ~12 more;
+# over 60 from a fresh clone: not make eval's budget). results/eval-large/.
 eval-large: setup
 	@$(ENV) && PER_TASK=24 AGREE_REPEATS=1 OUT=results/eval-large bash scripts/eval.sh
 

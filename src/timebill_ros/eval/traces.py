@@ -609,10 +609,10 @@ def with_in_goal_replan(prompts: list[Prompt], levels: dict[str, dict[str, float
             trace = after_second_eviction(g.trace, again)
             counts["replanned"] += 1
             # The re-plan's own N_W (core.engine: the tokens out plus the worst case left then).
-            again = replan_point(trace, g.budget, g.timing, n_w=at + tokens_left(g.n_w, at, n_max), n_max=n_max,
-                                 steps=steps, kept=keep, floor=replan_floor(trace.prompt_tokens, alpha_max, min_kept),
-                                 after=at)
-            counts["replans_after"] += again is not None
+            further = replan_point(trace, g.budget, g.timing, n_w=at + tokens_left(g.n_w, at, n_max), n_max=n_max,
+                                   steps=steps, kept=keep, floor=replan_floor(trace.prompt_tokens, alpha_max, min_kept),
+                                   after=at)
+            counts["replans_after"] += further is not None
         ended = outcome(trace, g.prompt.reference, g.budget, "kill")
         counts["replanned_completed"] += bool(g.point) and ended.completed
         out[str(GoalId("kill", g.level, name, g.prompt.example_id))] = ended
