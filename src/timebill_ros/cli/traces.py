@@ -213,7 +213,7 @@ def with_second_evictions(engine: Callable, params, examples, prompts: list, out
 
     from timebill_ros.eval import traces
 
-    held = {p.example_id: {(t.alpha, t.again_at, t.keep) for t in p.second_evictions} for p in prompts}
+    held = {p.example_id: {t.second_eviction_key for t in p.second_evictions} for p in prompts}
     if not (missing := sum(len(runs - held[ex_id]) for ex_id, runs in wanted.items())):
         return prompts
     with tqdm(total=missing, desc="second evictions", unit="run") as bar:
@@ -336,10 +336,8 @@ def check_answered_by(paths: tuple[Path, ...], params, digest: str) -> None:
     Bags replayed before the node was recorded (cli.bag._node_planning) pass with a warning."""
     import math
 
-    from timebill_ros.eval import bags
-
     for path in paths:
-        node = json.loads(bags.custom_data(path).get(bags.NODE_KEY) or "{}")
+        node = answering_node(path)
         if not node:
             click.echo(f"WARNING: {path} does not say which node answered it: its planning is not checked", err=True)
             continue
@@ -355,14 +353,20 @@ def check_answered_by(paths: tuple[Path, ...], params, digest: str) -> None:
                                        + ": replay the bag against a node started with the traces' params file")
 
 
+def answering_node(path: Path) -> dict:
+    """The planning parameters of the node that answered result bag PATH ({} for bags replayed
+    before nodes were recorded, cli.bag._node_planning)."""
+    from timebill_ros.eval import bags
+
+    return json.loads(bags.custom_data(path).get(bags.NODE_KEY) or "{}")
+
+
 def replanning_records(paths: tuple[Path, ...], params, digest: str) -> list[dict]:
     """The result records of PATHS, answered by a node that planned as PARAMS (`check_answered_by`)
     but with its in-goal re-plan on; a bag from a node that plans once is refused."""
-    from timebill_ros.eval import bags
-
     check_answered_by(paths, params, digest)
     for path in paths:
-        node = json.loads(bags.custom_data(path).get(bags.NODE_KEY) or "{}")
+        node = answering_node(path)
         if not node.get("replan_steps"):
             raise click.ClickException(f"{path} was answered by a node with replan_steps "
                                        f"{node.get('replan_steps', 'unknown')}: --agree-replan needs one that "

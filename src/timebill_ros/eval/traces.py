@@ -58,6 +58,12 @@ class Trace:
     keep: int = 0
 
     @property
+    def second_eviction_key(self) -> tuple[float, int, int]:
+        """(alpha, tokens out at the second eviction, prompt entries it kept): what a run that
+        evicts again is found by (`second_evictions_wanted`)."""
+        return self.alpha, self.again_at, self.keep
+
+    @property
     def total_s(self) -> float:
         """Prefill + eviction + decode: the goal's time from its start."""
         return self.prefill_s + self.evict_s + (self.token_s[-1] if self.token_s else 0.0)
@@ -206,7 +212,7 @@ class Prompt:
     def second_eviction(self, alpha: float, at: int, keep: int) -> Trace:
         """The run at ALPHA that evicted again to KEEP prompt entries at AT tokens decoded."""
         for t in self.second_evictions:
-            if (t.alpha, t.again_at, t.keep) == (alpha, at, keep):
+            if t.second_eviction_key == (alpha, at, keep):
                 return replace(t, prefill_s=self.prefill_s)
         raise KeyError(f"{self.example_id}: no run measured that evicts again at {at} tokens to {keep} "
                        f"entries after alpha {alpha:g}; run eval-traces with the model to measure it")
@@ -807,7 +813,7 @@ def measure_second_evictions(engine, examples, prompts: list[Prompt], wanted: di
     by_id, out = {ex.id: ex for ex in examples}, []
     try:
         for p in prompts:
-            new = sorted(wanted.get(p.example_id, set()) - {(t.alpha, t.again_at, t.keep) for t in p.second_evictions})
+            new = sorted(wanted.get(p.example_id, set()) - {t.second_eviction_key for t in p.second_evictions})
             if new:
                 ids = encode_prompt(engine.loaded.tokenizer, by_id[p.example_id].prompt)
                 engine.prefill_memo = PrefillMemo()
